@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.db import session_scope, utcnow
+from app.dispatch import publish_job
+from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
+from app.models import Job, JobEvent, JobStatus, Tenant
+from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
+from app.services import jobs as job_service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+WAIT_POLL_SECONDS = 0.25
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+@router.post("", status_code=202)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
+    job, created = job_service.create_job(
+        session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
+    )
+    if not created:
+        return job_service.job_public(job)
+    # Commit first, publish second: a message must never name a job that is not in PostgreSQL.
+    session.commit()
+    JOBS_SUBMITTED.labels(job.type, job.queue).inc()
+    if publish_job(job.id, job.queue):
+        job.dispatched_at = utcnow()
+        job_service.add_event(session, job.id, "dispatched", {"queue": job.queue})
+    else:
+        JOBS_PUBLISH_FAILED.inc()
+    return job_service.job_public(job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    status: JobStatus | None = None,
+    type: Annotated[str | None, Query(pattern="^(inference|training)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> JobList:
+    jobs, has_more = job_service.list_jobs(
+        session, tenant, status=status, type_=type, limit=limit, after=after
+    )
+    return JobList(
+        data=[job_service.job_public(j) for j in jobs], has_more=has_more,
+        last_id=jobs[-1].id if jobs else None,
+    )
+
+
+def _load(tenant: Tenant, job_id: str) -> Job:
+    with session_scope() as session:
+        return job_service.get_job(session, tenant, job_id)
+
+
+@router.get("/{job_id}")
+async def get_job(
+    job_id: str,
+    response: Response,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    prefer: Annotated[str | None, Header()] = None,
+) -> JobPublic:
+    """With `Prefer: wait=N`, hold the answer up to N seconds until the job has finished."""
+    job = await run_in_threadpool(_load, tenant, job_id)
+    match = _PREFER_WAIT.search(prefer or "")
+    if match:
+        wait = min(float(match.group(1)), settings.max_wait_seconds)
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        deadline = time.monotonic() + wait
+        while not job.is_terminal and time.monotonic() < deadline:
+            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            job = await run_in_threadpool(_load, tenant, job_id)
+    return job_service.job_public(job)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    return job_service.job_public(job_service.request_cancel(session, tenant, job_id))
+
+
+@router.get("/{job_id}/events")
+def list_events(job_id: str, session: SessionDep, tenant: TenantDep) -> JobEventList:
+    job = job_service.get_job(session, tenant, job_id)
+    events = session.query(JobEvent).filter(JobEvent.job_id == job.id).order_by(JobEvent.id)
+    return JobEventList(data=[JobEventPublic.model_validate(e, from_attributes=True)
+                              for e in events])

@@ -1,0 +1,120 @@
+"""Every knob of the farm, read once from the environment (prefix ``MODELFARM_``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Written by `modelfarm up` when it starts embedded servers, so that every other command run
+# with the same DATA_DIR reaches the same farm without URLs being set by hand.
+STATE_FILE = "farm.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELFARM_", extra="ignore")
+
+    environment: str = "development"  # "production" refuses placeholder secrets
+    data_dir: Path = Path("data")
+
+    # Services. Unset means: use the embedded servers that `modelfarm up` started.
+    database_url: str | None = None
+    redis_url: str | None = None  # the Celery broker (redis:// or amqp://)
+
+    # HTTP
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    api_url: str | None = None  # for the CLI as a client; default http://api_host:api_port
+    api_key: SecretStr | None = None  # for the CLI as a client
+    max_upload_bytes: int = 2 * 1024**3
+    max_inline_items: int = 1000
+    max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
+
+    # Jobs and workers
+    artifact_root: str | None = None  # default: <data_dir>/artifacts; s3://bucket/prefix works too
+    max_item_chars: int = 20000
+    chunk_items: int = 512  # items read, run and recorded together; cancel is seen between chunks
+    batch_tokens: int = 8192
+    batch_size: int = 128
+    worker_concurrency: int = 1  # processes per CPU worker; torch threads = cores / processes
+    worker_threads: int | None = None  # override the torch threads per process
+    model_cache_size: int = 2
+    preload_models: str = "minilm"  # comma separated builtin models loaded at process start
+    gpu_count: int | None = None  # GPU processes to start; default: GPUs visible to the host
+    device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU
+    visibility_timeout_seconds: int = 3600
+    lease_seconds: int = 60
+    sweep_interval_seconds: float = 15.0
+
+    # Webhooks (delivery lands with step 3; the settings are part of the contract already)
+    webhook_allowed_hosts: str = ""
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+
+    secret_key: SecretStr = SecretStr("dev-insecure-secret")
+
+    @model_validator(mode="after")
+    def _fill_from_state(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value().startswith(
+            "dev-"
+        ):
+            raise ValueError("MODELFARM_SECRET_KEY must be set outside development")
+        state = self.read_state()
+        if self.database_url is None:
+            self.database_url = state.get("database_url")
+        if self.redis_url is None:
+            self.redis_url = state.get("redis_url")
+        if self.api_key is None and state.get("api_key"):
+            self.api_key = SecretStr(state["api_key"])
+        return self
+
+    def read_state(self) -> dict[str, str]:
+        path = self.data_dir / STATE_FILE
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write_state(self, state: dict[str, str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / STATE_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_root or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def client_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "No database: set MODELFARM_DATABASE_URL or start the farm with `modelfarm up`"
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "No broker: set MODELFARM_REDIS_URL or start the farm with `modelfarm up`"
+            )
+        return self.redis_url
+
+    def torch_threads(self, cores: int | None = None) -> int:
+        if self.worker_threads:
+            return self.worker_threads
+        cores = cores or os.cpu_count() or 1
+        return max(1, cores // max(1, self.worker_concurrency))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""The only broker-aware module in app/: hand a job id to the queue of its pool.
+
+The API publishes after the job is committed. A failed publish loses nothing: the job stays
+`queued` with no `dispatched_at`, and the sweeper publishes it again later.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_RUN_JOB = "modelfarm.run_job"
+QUEUES = ("cpu", "gpu")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Settings shared by the producer here and the workers' Celery app."""
+    return {
+        "broker_url": settings.require_redis_url(),
+        "broker_transport_options": {
+            # With acks_late a task running longer than this is delivered again; the job's
+            # conditional transitions make that harmless, the lease (not this) finds lost work.
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # outcomes live in PostgreSQL, not in a result backend
+        "task_send_sent_event": True,  # Flower shows tasks from the moment they are queued
+    }
+
+
+@lru_cache
+def producer() -> Celery:
+    app = Celery("modelfarm-api", set_as_current=False)
+    app.conf.update(celery_config(get_settings()))
+    return app
+
+
+def publish_job(job_id: str, queue: str) -> bool:
+    """True when the broker took the message; False (logged) when it did not."""
+    try:
+        producer().send_task(TASK_RUN_JOB, args=[job_id], queue=queue, retry=False)
+    except Exception:  # the broker being down must never fail the request
+        log.warning("could not publish job %s to queue %s", job_id, queue, exc_info=True)
+        return False
+    return True
+
+
+def broker_reachable() -> bool:
+    try:
+        with producer().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False

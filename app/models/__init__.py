@@ -1,0 +1,19 @@
+"""SQLAlchemy ORM classes. They never leave the service layer: the API answers with schemas."""
+
+from app.models.file import File, FilePurpose
+from app.models.job import Job, JobEvent, JobStatus, JobType
+from app.models.model import Model, ModelVersion
+from app.models.tenant import ApiKey, Tenant
+
+__all__ = [
+    "ApiKey",
+    "File",
+    "FilePurpose",
+    "Job",
+    "JobEvent",
+    "JobStatus",
+    "JobType",
+    "Model",
+    "ModelVersion",
+    "Tenant",
+]

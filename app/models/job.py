@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, utcnow
+from app.ids import new_id
+
+
+class JobType(enum.StrEnum):
+    INFERENCE = "inference"  #: batch inference over input items
+    TRAINING = "training"  #: fit a model and register a new version
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"  #: committed, waiting for a worker
+    RUNNING = "running"  #: a worker holds it
+    CANCELLING = "cancelling"  #: cancel asked; the worker stops at its next check
+    SUCCEEDED = "succeeded"  #: every input item has one output or error line
+    FAILED = "failed"  #: the job itself could not run; `error` says why
+    CANCELLED = "cancelled"  #: stopped on request; finished items are kept
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
+    model: Mapped[str | None] = mapped_column(String(140))  # resolved "name@version"
+    model_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    device: Mapped[str] = mapped_column(String(10))
+    queue: Mapped[str] = mapped_column(String(40))
+    input_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    output_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    error_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    counts_total: Mapped[int] = mapped_column(Integer, default=0)
+    counts_succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    counts_failed: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, str] | None] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    worker: Mapped[str | None] = mapped_column(String(255))  # hostname of the last worker
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def is_terminal(self) -> bool:
+        return JobStatus(self.status).terminal
+
+
+class JobEvent(Base):
+    """Append-only: one row per transition and per notable step of a job."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,1 @@
+"""Request and response bodies: `XCreate` comes in, `XPublic` / `XList` go out."""

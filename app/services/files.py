@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.ids import new_id
+from app.models import File, FilePurpose, Tenant
+from app.services.errors import NotFound, PayloadTooLarge
+from app.storage import TooLarge, get_store
+
+UPLOAD_PURPOSES = (FilePurpose.BATCH, FilePurpose.TRAINING, FilePurpose.MODEL)
+
+
+def file_uri(tenant_id: str, file_id: str) -> str:
+    return get_store().uri("tenants", tenant_id, "files", file_id)
+
+
+def create_file(
+    session: Session,
+    tenant: Tenant,
+    purpose: FilePurpose,
+    filename: str,
+    chunks: Iterator[bytes],
+    limit: int | None,
+) -> File:
+    """Stream an upload into the store; nothing is held whole in memory."""
+    file_id = new_id("file")
+    uri = file_uri(tenant.id, file_id)
+    try:
+        size, sha256 = get_store().write_stream(uri, chunks, limit)
+    except TooLarge as exc:
+        raise PayloadTooLarge(f"the file is {exc}") from exc
+    file = File(id=file_id, tenant_id=tenant.id, purpose=purpose,
+                filename=filename[:255] or "upload", bytes=size, sha256=sha256, uri=uri)
+    session.add(file)
+    session.flush()
+    return file
+
+
+def create_items_file(session: Session, tenant: Tenant, items: Iterable[dict[str, object]]) -> File:
+    """Inline items become a JSONL input file, so every job reads its input the same way."""
+    body = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
+    return create_file(
+        session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None
+    )
+
+
+def register_file(
+    session: Session,
+    tenant_id: str,
+    purpose: FilePurpose,
+    filename: str,
+    uri: str,
+    size: int,
+    sha256: str,
+) -> File:
+    """A file the farm wrote itself (results), already in the store."""
+    file = File(
+        tenant_id=tenant_id, purpose=purpose, filename=filename, uri=uri, bytes=size, sha256=sha256
+    )
+    session.add(file)
+    session.flush()
+    return file
+
+
+def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
+    file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant.id))
+    if file is None:
+        raise NotFound(f"no file {file_id!r}")
+    return file
+

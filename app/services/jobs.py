@@ -1,0 +1,186 @@
+"""The job lifecycle. Every status change goes through `transition`, a conditional UPDATE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
+from app.schemas.jobs import JobCreate, JobPublic
+from app.services.errors import Conflict, InvalidRequest, NotFound
+from app.services.files import create_items_file, get_file
+from app.services.models import resolve_model
+
+QUEUE_BY_DEVICE = {"cpu": "cpu", "gpu": "gpu"}
+
+
+def pick_queue(device: str) -> str:
+    # `auto` means the CPU pool until GPU workers announce themselves (the GPU step).
+    return QUEUE_BY_DEVICE.get(device, "cpu")
+
+
+def create_job(
+    session: Session,
+    tenant: Tenant,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+    max_inline_items: int = 1000,
+) -> tuple[Job, bool]:
+    """Returns (job, created). A repeated idempotency key returns the first job unchanged."""
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return existing, False
+    if body.type != JobType.INFERENCE:
+        raise InvalidRequest("training jobs are not served yet", code="unsupported_job_type")
+    assert body.model is not None  # JobCreate guarantees it for inference
+    resolved = resolve_model(session, tenant, body.model)
+    if body.input.items is not None:
+        if len(body.input.items) > max_inline_items:
+            raise InvalidRequest(
+                f"{len(body.input.items)} inline items; at most {max_inline_items} "
+                "(upload a JSONL file for larger jobs)",
+                code="too_many_items",
+            )
+        input_file = create_items_file(
+            session, tenant, (item.model_dump() for item in body.input.items)
+        )
+    else:
+        assert body.input.file_id is not None
+        input_file = get_file(session, tenant, body.input.file_id)
+        if input_file.purpose != FilePurpose.BATCH:
+            raise InvalidRequest(f"file {input_file.id} is not a batch input file")
+    job = Job(
+        tenant_id=tenant.id, type=body.type, status=JobStatus.QUEUED, model=resolved.ref,
+        model_version_id=resolved.version_id, device=body.device, queue=pick_queue(body.device),
+        input_file_id=input_file.id, params=body.params,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        meta=body.metadata, idempotency_key=idempotency_key, usage={},
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # Two requests with one key raced; the other one's job is the answer.
+        existing = find_by_idempotency_key(session, tenant, idempotency_key or "")
+        if existing is None:
+            raise
+        return existing, False
+    add_event(session, job.id, "queued", {"queue": job.queue, "model": job.model})
+    return job, True
+
+
+def find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key)
+    )
+
+
+def add_event(session: Session, job_id: str, type_: str, data: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, data=data or {}))
+    session.flush()
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    expected: Iterable[JobStatus],
+    to: JobStatus,
+    event_data: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to `to` only if its status is one of `expected`; False if it was not.
+
+    Because the check and the write are one UPDATE, a duplicated or late task can neither run a
+    job twice nor move it backwards.
+    """
+    if to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        values.setdefault("finished_at", utcnow())
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in expected]))
+        .values(status=to.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, to.value, event_data)
+    return True
+
+
+def record_progress(session: Session, job_id: str, succeeded: int, failed: int) -> JobStatus:
+    """Add finished items to the counts; returns the status, so a worker sees a cancel."""
+    status = session.scalar(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            counts_succeeded=Job.counts_succeeded + succeeded,
+            counts_failed=Job.counts_failed + failed,
+        )
+        .returning(Job.status)
+    )
+    return JobStatus(status)
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    tenant: Tenant,
+    *,
+    status: str | None = None,
+    type_: str | None = None,
+    limit: int = 20,
+    after: str | None = None,
+) -> tuple[list[Job], bool]:
+    """Newest first. Ids are time-ordered, so `after` is a plain id comparison."""
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    if type_:
+        query = query.where(Job.type == type_)
+    if after:
+        get_job(session, tenant, after)  # an unknown cursor is a 404, not an empty page
+        query = query.where(Job.id < after)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def request_cancel(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next check."""
+    job = get_job(session, tenant, job_id)
+    now = utcnow()
+    changed = transition(
+        session, job.id, [JobStatus.QUEUED], JobStatus.CANCELLED, cancel_requested_at=now
+    ) or transition(
+        session, job.id, [JobStatus.RUNNING], JobStatus.CANCELLING, cancel_requested_at=now
+    )
+    session.refresh(job)
+    if not changed and job.status not in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+        raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")
+    return job
+
+
+def job_public(job: Job) -> JobPublic:
+    return JobPublic(
+        id=job.id, type=job.type, status=job.status, model=job.model, device=job.device,
+        queue=job.queue,
+        counts={"total": job.counts_total, "succeeded": job.counts_succeeded,
+                "failed": job.counts_failed},
+        input_file_id=job.input_file_id, output_file_id=job.output_file_id,
+        error_file_id=job.error_file_id, result=job.result, error=job.error,
+        attempts=job.attempts, params=job.params, webhook=job.webhook, metadata=job.meta,
+        usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, **(job.usage or {})},
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+    )

@@ -1,0 +1,213 @@
+"""Model registration and lookup: builtin models plus each tenant's numbered versions."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from app.models import FilePurpose, Model, ModelVersion, Tenant
+from app.schemas.models import ModelCreate, ModelPublic, ModelVersionPublic
+from app.services.errors import InvalidRequest, NotFound
+from app.services.files import get_file
+from app.storage import get_store
+
+# Builtin models ship with the farm (their weights come from Python packages), so every tenant
+# can use them and none may register a model of the same name.
+BUILTIN_MODELS: dict[str, dict[str, str]] = {
+    "minilm": {"framework": "sentence-transformers", "task": "feature-extraction"},
+}
+
+TASKS_BY_FRAMEWORK = {
+    "sklearn": {"classification", "regression"},
+    "transformers": {"text-classification", "feature-extraction"},
+    "sentence-transformers": {"feature-extraction"},
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str  # "name@version"
+    framework: str
+    task: str
+    version_id: str | None  # None for a builtin model
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    name, _, version = ref.partition("@")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidRequest(f"bad model version in {ref!r}: use name or name@N")
+    return name, int(version)
+
+
+def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
+    name, version = parse_ref(ref)
+    if name in BUILTIN_MODELS:
+        if version not in (None, 1):
+            raise NotFound(f"builtin model {name!r} has only version 1")
+        spec = BUILTIN_MODELS[name]
+        return ResolvedModel(f"{name}@1", spec["framework"], spec["task"], None)
+    query = (
+        select(ModelVersion)
+        .join(Model)
+        .where(Model.tenant_id == tenant.id, Model.name == name)
+        .order_by(ModelVersion.version.desc())
+    )
+    if version is not None:
+        query = query.where(ModelVersion.version == version)
+    found = session.scalars(query.limit(1)).first()
+    if found is None:
+        raise NotFound(f"no model {ref!r}")
+    return ResolvedModel(f"{name}@{found.version}", found.framework, found.task, found.id)
+
+
+def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> ModelVersion:
+    if body.name in BUILTIN_MODELS:
+        raise InvalidRequest(f"{body.name!r} is a builtin model name")
+    file = get_file(session, tenant, body.file_id)
+    if file.purpose != FilePurpose.MODEL:
+        raise InvalidRequest(f"file {file.id} was uploaded for {file.purpose!r}, not 'model'")
+    model = session.scalar(
+        select(Model).where(Model.tenant_id == tenant.id, Model.name == body.name).with_for_update()
+    )
+    if model is None:
+        model = Model(tenant_id=tenant.id, name=body.name)
+        session.add(model)
+        session.flush()
+    version = (
+        session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+        or 0
+    ) + 1
+    store = get_store()
+    target = store.uri("tenants", tenant.id, "models", body.name, str(version))
+    source = store.local_path(file.uri)
+    if body.framework == "sklearn":
+        task, info = _check_sklearn(source, body.task)
+        target += "/model.skops"
+        with open(source, "rb") as f:
+            store.write_file(target, f)
+    else:
+        task = body.task or "feature-extraction"
+        if task not in TASKS_BY_FRAMEWORK[body.framework]:
+            raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
+        info = _unpack_model_archive(source, target)
+    mv = ModelVersion(
+        model_id=model.id, version=version, framework=body.framework, task=task,
+        file_id=file.id, uri=target, info=info,
+    )
+    session.add(mv)
+    session.flush()
+    return mv
+
+
+def _check_sklearn(path: Path, task: str | None) -> tuple[str, dict[str, object]]:
+    # The runtime owns the allowlist of types a skops file may hold; the API asks it up front
+    # so that a bad artifact is refused at registration, not when a job first runs.
+    from workers.runtime.base import ModelLoadError
+    from workers.runtime.sklearn import check_skops_file
+
+    try:
+        info = check_skops_file(str(path))
+    except ModelLoadError as exc:
+        raise InvalidRequest(f"not a usable scikit-learn model: {exc}") from exc
+    if task is not None and task != info["task"]:
+        raise InvalidRequest(f"the estimator does {info['task']}, not {task}")
+    return str(info["task"]), {k: v for k, v in info.items() if k != "task"}
+
+
+def _unpack_model_archive(archive: Path, target_uri: str) -> dict[str, object]:
+    """Unpack a .tar(.gz) or .zip of config + safetensors + tokenizer into the store."""
+    store = get_store()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "model"
+        root.mkdir()
+        _safe_extract(archive, root)
+        # An archive of one top-level folder is common (tar -czf m.tgz my-model/).
+        entries = list(root.iterdir())
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        names = {p.name for p in root.rglob("*") if p.is_file()}
+        if "config.json" not in names:
+            raise InvalidRequest("the model archive has no config.json")
+        if not any(n.endswith(".safetensors") for n in names):
+            raise InvalidRequest("the model archive has no .safetensors weights")
+        target = store.local_path(target_uri) if target_uri.startswith("file:") else None
+        if target is not None:
+            shutil.copytree(root, target, dirs_exist_ok=True)
+        else:
+            store.put_directory(root, target_uri)
+        return {"files": sorted(names)}
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    _inside(dest, member)
+                zf.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")  # refuses links out and absolute paths
+        else:
+            raise InvalidRequest("a transformers model must be a .zip or .tar(.gz) archive")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise InvalidRequest(f"the model archive cannot be unpacked: {exc}") from exc
+
+
+def _inside(dest: Path, member: str) -> None:
+    if not (dest / member).resolve().is_relative_to(dest.resolve()):
+        raise InvalidRequest(f"archive member {member!r} points outside the archive")
+
+
+def version_public(name: str, mv: ModelVersion) -> ModelVersionPublic:
+    return ModelVersionPublic(
+        id=mv.id, model=f"{name}@{mv.version}", name=name, version=mv.version,
+        framework=mv.framework, task=mv.task, file_id=mv.file_id, info=mv.info,
+        created_at=mv.created_at,
+    )
+
+
+def _builtin_public(name: str) -> ModelPublic:
+    spec = BUILTIN_MODELS[name]
+    version = ModelVersionPublic(
+        id=f"builtin_{name}", model=f"{name}@1", name=name, version=1,
+        framework=spec["framework"], task=spec["task"], file_id=None, info={}, created_at=None,
+    )
+    return ModelPublic(name=name, builtin=True, latest_version=1, versions=[version])
+
+
+def _model_public(model: Model) -> ModelPublic:
+    versions = [version_public(model.name, v) for v in model.versions]
+    return ModelPublic(
+        name=model.name, builtin=False, latest_version=versions[-1].version if versions else 0,
+        versions=versions,
+    )
+
+
+def list_models(session: Session, tenant: Tenant) -> list[ModelPublic]:
+    models = session.scalars(
+        select(Model).where(Model.tenant_id == tenant.id).options(selectinload(Model.versions))
+        .order_by(Model.name)
+    )
+    return [_builtin_public(n) for n in sorted(BUILTIN_MODELS)] + [_model_public(m) for m in models]
+
+
+def get_model(session: Session, tenant: Tenant, name: str) -> ModelPublic:
+    if name in BUILTIN_MODELS:
+        return _builtin_public(name)
+    model = session.scalar(
+        select(Model).where(Model.tenant_id == tenant.id, Model.name == name)
+        .options(selectinload(Model.versions))
+    )
+    if model is None:
+        raise NotFound(f"no model {name!r}")
+    return _model_public(model)

@@ -1,0 +1,102 @@
+"""The artifact store: uploaded files, results and model artifacts, addressed by URI.
+
+A local directory by default; any fsspec URL (``s3://bucket/prefix``) works the same way, with
+remote artifacts copied to a local cache when a library needs a real path (model loading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from app.config import get_settings
+
+CHUNK = 1024 * 1024
+
+
+class TooLarge(Exception):
+    """The stream went past the byte limit; what was written has been removed."""
+
+
+class ArtifactStore:
+    def __init__(self, root: str, cache_dir: Path) -> None:
+        if "://" not in root:
+            root = Path(root).resolve().as_uri()
+        self.root = root.rstrip("/")
+        self.cache_dir = cache_dir
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _fs(self, uri: str) -> tuple[Any, str]:
+        return url_to_fs(uri)
+
+    def open(self, uri: str, mode: str = "rb") -> IO[Any]:
+        fs, path = self._fs(uri)
+        if "w" in mode or "a" in mode:
+            fs.makedirs(fs._parent(path), exist_ok=True)
+        return fs.open(path, mode)
+
+    def write_stream(self, uri: str, chunks: Iterator[bytes], limit: int | None) -> tuple[int, str]:
+        """Copy chunks to `uri` without holding them; returns (bytes, sha256 hex)."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.open(uri, "wb") as out:
+            for chunk in chunks:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+        if limit is not None and size > limit:
+            self.delete(uri)
+            raise TooLarge(f"larger than the limit of {limit} bytes")
+        return size, digest.hexdigest()
+
+    def write_file(self, uri: str, source: BinaryIO, limit: int | None = None) -> tuple[int, str]:
+        return self.write_stream(uri, iter(lambda: source.read(CHUNK), b""), limit)
+
+    def size(self, uri: str) -> int:
+        fs, path = self._fs(uri)
+        return int(fs.size(path))
+
+    def delete(self, uri: str, recursive: bool = False) -> None:
+        fs, path = self._fs(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+    def iter_bytes(self, uri: str) -> Iterator[bytes]:
+        with self.open(uri, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def local_path(self, uri: str) -> Path:
+        """A filesystem path for `uri` (a file or a directory), fetched into the cache if remote."""
+        fs, path = self._fs(uri)
+        if isinstance(fs, LocalFileSystem):
+            return Path(path)
+        target = self.cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:32]
+        if not target.exists():
+            tmp = target.with_suffix(".part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            fs.get(path, str(tmp), recursive=fs.isdir(path))
+            tmp.rename(target)
+        return target
+
+    def put_directory(self, local_dir: Path, uri: str) -> None:
+        fs, path = self._fs(uri)
+        fs.put(str(local_dir), path, recursive=True)
+
+
+@lru_cache
+def get_store() -> ArtifactStore:
+    settings = get_settings()
+    return ArtifactStore(settings.artifacts, settings.data_dir.resolve() / "cache")
+

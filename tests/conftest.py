@@ -1,0 +1,161 @@
+"""Real services for the integration and e2e tiers; the unit tier asks for none of these.
+
+PostgreSQL and Redis come from MODELFARM_TEST_DATABASE_URL / MODELFARM_TEST_REDIS_URL when set
+(a fresh database is created on that server and dropped afterwards), and otherwise from
+throwaway servers started here, so `make test` passes on a machine with nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+
+from tests.helpers import FarmProcess, wait_for_http
+
+
+def _fresh_database(server_url: str, stack: ExitStack) -> str:
+    import psycopg
+
+    from app.db import sqlalchemy_url
+
+    name = f"modelfarm_test_{secrets.token_hex(4)}"
+    plain = server_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    stack.callback(drop)
+    base, _, query = sqlalchemy_url(server_url).partition("?")
+    url = base.rsplit("/", 1)[0] + "/" + name
+    return url + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment that points this process and every child at one test farm."""
+    with ExitStack() as stack:
+        db_url = os.environ.get("MODELFARM_TEST_DATABASE_URL")
+        redis_url = os.environ.get("MODELFARM_TEST_REDIS_URL")
+        if not db_url or not redis_url:
+            from app.embedded import throwaway_servers
+
+            embedded_db, embedded_redis = stack.enter_context(throwaway_servers())
+            db_url = db_url or embedded_db
+            redis_url = redis_url or embedded_redis
+        db_url = _fresh_database(db_url, stack)
+        data_dir = tmp_path_factory.mktemp("data")
+        env = {
+            "MODELFARM_DATABASE_URL": db_url,
+            "MODELFARM_REDIS_URL": redis_url,
+            "MODELFARM_DATA_DIR": str(data_dir),
+            "MODELFARM_PRELOAD_MODELS": "minilm",
+            "MODELFARM_CHUNK_ITEMS": "64",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        _reset_caches()
+        from app.migrate import upgrade
+
+        upgrade()
+        try:
+            yield env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            _reset_caches()
+
+
+def _reset_caches() -> None:
+    from app import db
+    from app.config import get_settings
+    from app.dispatch import producer
+    from app.storage import get_store
+
+    get_settings.cache_clear()
+    get_store.cache_clear()
+    producer.cache_clear()
+    db.reset_engine()
+
+
+@pytest.fixture(scope="session")
+def api_url(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from app.embedded import free_port
+
+    port = free_port()
+    proc = FarmProcess.start(
+        ["api"], {**services, "MODELFARM_API_PORT": str(port)},
+        tmp_path_factory.mktemp("logs") / "api.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", proc)
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+    proc = FarmProcess.start(["worker", "--pool", "cpu"], services,
+                             tmp_path_factory.mktemp("logs") / "worker-cpu.log")
+    try:
+        proc.wait_for_log("ready.")
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+    """The GPU pool's own code path, run on the CPU through the device override."""
+    env = {**services, "MODELFARM_DEVICE_OVERRIDE": "cpu", "MODELFARM_GPU_COUNT": "1"}
+    proc = FarmProcess.start(["worker", "--pool", "gpu"], env,
+                             tmp_path_factory.mktemp("logs") / "worker-gpu.log")
+    try:
+        proc.wait_for_log("ready.")
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def tenant_key(services: dict[str, str]) -> str:
+    """A fresh tenant per test: tests never see each other's files, models or jobs."""
+    from app.db import session_scope
+    from app.services.tenants import create_api_key, get_or_create_tenant
+
+    with session_scope() as session:
+        return create_api_key(session, get_or_create_tenant(session, f"t-{secrets.token_hex(6)}"))
+
+
+@pytest.fixture
+def client(api_url: str, tenant_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"},
+                      timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def other_client(api_url: str, services: dict[str, str]) -> Iterator[httpx.Client]:
+    from app.db import session_scope
+    from app.services.tenants import create_api_key, get_or_create_tenant
+
+    with session_scope() as session:
+        key = create_api_key(session, get_or_create_tenant(session, f"o-{secrets.token_hex(6)}"))
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=60) as c:
+        yield c
+

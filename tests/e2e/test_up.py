@@ -1,0 +1,114 @@
+"""`modelfarm up` on a clean data directory: embedded servers, every process, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from app.embedded import free_port
+from tests.helpers import FarmProcess, wait_for_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+URL_VARS = ("MODELFARM_DATABASE_URL", "MODELFARM_REDIS_URL", "MODELFARM_API_KEY",
+            "MODELFARM_API_URL")
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in URL_VARS}
+    env.update({"MODELFARM_DATA_DIR": str(data_dir), "MODELFARM_API_PORT": str(free_port()),
+                "MODELFARM_FLOWER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1", **extra})
+    return env
+
+
+def _start_up(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "up"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _wait_state(data_dir: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, str]:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state_file = data_dir / "farm.json"
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if "api_key" in state:
+                return state
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.2)
+    raise TimeoutError(log.read_text())
+
+
+def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "farm"
+    # Flower's JSON API is closed unless asked for; the test reads it, so it asks.
+    env = _env(data_dir, FLOWER_UNAUTHENTICATED_API="true")
+    log = tmp_path / "up.log"
+    up = _start_up(env, log)
+    try:
+        state = _wait_state(data_dir, up, log)
+        assert state["database_url"] and state["redis_url"].startswith("redis://127.0.0.1:")
+        api = f"http://127.0.0.1:{env['MODELFARM_API_PORT']}"
+        wait_for_http(f"{api}/readyz", timeout=60)
+        flower = f"http://127.0.0.1:{env['MODELFARM_FLOWER_PORT']}"
+        wait_for_http(f"{flower}/healthcheck", timeout=60)
+
+        # Another command with only the same DATA_DIR reaches the same farm and key.
+        source = tmp_path / "in.jsonl"
+        source.write_text("".join(json.dumps({"custom_id": i, "input": f"text {i}"}) + "\n"
+                                  for i in range(20)))
+        cli_env = {k: v for k, v in env.items() if k != "MODELFARM_FLOWER_PORT"}
+        done = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(source), "--model",
+                               "minilm", "--wait"], env=cli_env, capture_output=True, text=True,
+                              timeout=240)
+        assert done.returncode == 0, done.stderr + log.read_text()[-3000:]
+        job = json.loads(done.stdout)
+        assert job["counts"]["succeeded"] == 20
+
+        # Flower sees the CPU worker and the job's task, named so the job id shows.
+        workers = httpx.get(f"{flower}/api/workers", timeout=30).json()
+        assert any(name.startswith("cpu@") for name in workers), workers
+        tasks = httpx.get(f"{flower}/api/tasks", timeout=30).json()
+        assert any(t["name"] == "modelfarm.run_job" and job["id"] in t["args"]
+                   for t in tasks.values()), tasks
+
+        tree = psutil.Process(up.pid).children(recursive=True)
+        assert len(tree) >= 4  # api, worker (+ its pool child), flower, redis-server
+        postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        gone, alive = psutil.wait_procs([*tree], timeout=20)
+        assert not alive, [p.info for p in alive]
+        deadline = time.monotonic() + 20
+        while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not psutil.pid_exists(postmaster)
+        assert "database_url" not in json.loads((data_dir / "farm.json").read_text())
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[str, str]) -> None:
+    data_dir = tmp_path / "farm"
+    env = _env(data_dir, MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+               MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"])
+    proc = FarmProcess.start(["up", "--no-flower"], {k: v for k, v in env.items()},
+                             tmp_path / "up.log")
+    try:
+        wait_for_http(f"http://127.0.0.1:{env['MODELFARM_API_PORT']}/readyz", proc, timeout=60)
+        assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()
+        assert "embedded" not in proc.output()
+    finally:
+        proc.stop()
+    assert proc.proc.returncode == 0, proc.output()[-3000:]

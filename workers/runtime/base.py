@@ -1,0 +1,61 @@
+"""The small interface every model backend implements, and the errors it speaks in.
+
+A job runs items through a runner in two steps: `prepare` checks one item on its own, so a bad
+line becomes one error line instead of failing the job, and `run` does the real work on many
+prepared items at once, which is where batching pays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+class ItemError(Exception):
+    """One item cannot be run; the job goes on and the item gets a line in the error file."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ModelLoadError(Exception):
+    """The model cannot be loaded or used at all, so the job fails with this message."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load one model version in a worker process."""
+
+    key: str  #: cache key, e.g. "minilm@1" or "ten_x/my-clf@2"
+    framework: str  #: "sentence-transformers" | "transformers" | "sklearn"
+    task: str  #: "feature-extraction" | "text-classification" | "classification" | "regression"
+    path: str  #: a model directory (transformers / sentence-transformers) or a .skops file
+    device: str = "cpu"  #: "cpu" | "cuda" | "cuda:0" ...
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Knobs for one run; the defaults were measured on a 2-core CPU (see text.py)."""
+
+    batch_tokens: int = 8192  #: token budget per micro-batch (padded length x items)
+    batch_size: int = 128  #: max items per micro-batch
+    max_chars: int = 20000  #: longer text inputs are ItemError("input_too_long", ...)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A loaded model that turns prepared items into JSON-serialisable outputs."""
+
+    def prepare(self, value: Any, options: RunOptions) -> Any:
+        """Validate one item's `input` and return the value to pass to run().
+
+        Raises ItemError with one of the codes "invalid_input_type", "input_too_long",
+        "invalid_features", "empty_input".
+        """
+        ...
+
+    def run(self, values: list[Any], options: RunOptions) -> list[Any]:
+        """Outputs for prepared values, in the same order, made of plain lists/floats/str."""
+        ...

