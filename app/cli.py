@@ -101,6 +101,21 @@ def _run_gpu_pool() -> int:
 
 
 @cli.command()
+def sweeper() -> None:
+    """Re-dispatch lost work, expire leases and deadlines (one acts at a time)."""
+    _logging()
+    settings = get_settings()
+    settings.require_database_url()
+    settings.require_redis_url()
+    from app.sweeper import run_sweeper
+
+    try:
+        run_sweeper()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
 def flower() -> None:
     """Flower, the live view of workers, tasks and queues."""
     settings = get_settings()

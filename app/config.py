@@ -48,8 +48,13 @@ class Settings(BaseSettings):
     gpu_count: int | None = None  # GPU processes to start; default: GPUs visible to the host
     device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU
     visibility_timeout_seconds: int = 3600
-    lease_seconds: int = 60
+    shard_items: int = 2000  # input items per shard: the unit of work that a crash repeats
+    lease_seconds: float = 60.0  # a silent worker keeps its work this long before re-dispatch
     sweep_interval_seconds: float = 15.0
+    max_attempts: int = 3  # tries per shard before the job fails
+    task_soft_time_limit: int = 3600  # a shard task past this stops and is tried again
+    task_time_limit: int = 3900  # ... and is killed past this
+    db_retry_seconds: float = 120.0  # how long workers retry writes while PostgreSQL is away
 
     # Webhooks (delivery lands with step 3; the settings are part of the contract already)
     webhook_allowed_hosts: str = ""

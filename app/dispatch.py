@@ -16,7 +16,10 @@ from app.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-TASK_RUN_JOB = "modelfarm.run_job"
+# Task names and arguments are chosen so that Flower shows the job id of every task.
+TASK_PLAN_JOB = "modelfarm.plan_job"  # [job_id]: split the input into shards
+TASK_RUN_SHARD = "modelfarm.run_shard"  # [job_id, shard_index]
+TASK_FINALIZE_JOB = "modelfarm.finalize_job"  # [job_id]: assemble the result files
 QUEUES = ("cpu", "gpu")
 
 
@@ -46,14 +49,18 @@ def producer() -> Celery:
     return app
 
 
-def publish_job(job_id: str, queue: str) -> bool:
+def publish(task: str, args: list[Any], queue: str) -> bool:
     """True when the broker took the message; False (logged) when it did not."""
     try:
-        producer().send_task(TASK_RUN_JOB, args=[job_id], queue=queue, retry=False)
-    except Exception:  # the broker being down must never fail the request
-        log.warning("could not publish job %s to queue %s", job_id, queue, exc_info=True)
+        producer().send_task(task, args=args, queue=queue, retry=False)
+    except Exception:  # the broker being down must never fail a request or a sweep
+        log.warning("could not publish %s%s to queue %s", task, args, queue, exc_info=True)
         return False
     return True
+
+
+def publish_job(job_id: str, queue: str) -> bool:
+    return publish(TASK_PLAN_JOB, [job_id], queue)
 
 
 def broker_reachable() -> bool:

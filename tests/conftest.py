@@ -58,6 +58,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "MODELFARM_DATA_DIR": str(data_dir),
             "MODELFARM_PRELOAD_MODELS": "minilm",
             "MODELFARM_CHUNK_ITEMS": "64",
+            "MODELFARM_SHARD_ITEMS": "200",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
@@ -118,7 +119,7 @@ def cpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
     """The GPU pool's own code path, run on the CPU through the device override."""
     env = {**services, "MODELFARM_DEVICE_OVERRIDE": "cpu", "MODELFARM_GPU_COUNT": "1"}

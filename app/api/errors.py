@@ -7,7 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from app.services.errors import ServiceError
@@ -52,10 +53,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: IntegrityError) -> JSONResponse:
         return error_response(409, "conflict", "the request conflicts with existing data")
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        # Connection lost, server down or restarting, pool exhausted: a retryable 503, not a 500.
         log.warning("database unavailable: %s", exc)
         return error_response(503, "service_unavailable", "the database is not reachable")
+
+    app.add_exception_handler(DBAPIError, _db_down)
+    app.add_exception_handler(PoolTimeout, _db_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -6,14 +6,16 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.db import session_scope, utcnow
-from app.dispatch import publish_job
+from app.dispatch import TASK_FINALIZE_JOB, publish, publish_job
 from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.models import Job, JobEvent, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
+from app.services import control
 from app.services import jobs as job_service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -35,7 +37,12 @@ def create_job(
     )
     if not created:
         return job_service.job_public(job)
+    return _publish_new(session, job)
+
+
+def _publish_new(session: Session, job: Job) -> JobPublic:
     # Commit first, publish second: a message must never name a job that is not in PostgreSQL.
+    # If the broker is away the job stays queued without `dispatched_at`; the sweeper sends it.
     session.commit()
     JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     if publish_job(job.id, job.queue):
@@ -92,7 +99,19 @@ async def get_job(
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    return job_service.job_public(job_service.request_cancel(session, tenant, job_id))
+    job, assemble_now = control.request_cancel(session, tenant, job_id)
+    if assemble_now:
+        # No worker holds any of its shards: the results it has are put together right away.
+        session.commit()
+        publish(TASK_FINALIZE_JOB, [job.id], job.queue)
+    return job_service.job_public(job)
+
+
+@router.post("/{job_id}/retry", status_code=202)
+def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """A new job over just the items in this job's error file (409 when there are none)."""
+    job = control.create_retry(session, tenant, job_id)
+    return _publish_new(session, job)
 
 
 @router.get("/{job_id}/events")

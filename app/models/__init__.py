@@ -1,7 +1,7 @@
 """SQLAlchemy ORM classes. They never leave the service layer: the API answers with schemas."""
 
 from app.models.file import File, FilePurpose
-from app.models.job import Job, JobEvent, JobStatus, JobType
+from app.models.job import Job, JobEvent, JobShard, JobStatus, JobType, ShardStatus
 from app.models.model import Model, ModelVersion
 from app.models.tenant import ApiKey, Tenant
 
@@ -11,9 +11,11 @@ __all__ = [
     "FilePurpose",
     "Job",
     "JobEvent",
+    "JobShard",
     "JobStatus",
     "JobType",
     "Model",
     "ModelVersion",
+    "ShardStatus",
     "Tenant",
 ]

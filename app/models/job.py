@@ -74,10 +74,55 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Set once the input is split; NULL while the job is queued or being planned.
+    shards_total: Mapped[int | None] = mapped_column(Integer)
+    # The job-level lease covers planning and assembling; shards hold their own leases.
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def is_terminal(self) -> bool:
         return JobStatus(self.status).terminal
+
+
+class ShardStatus(enum.StrEnum):
+    QUEUED = "queued"  #: waiting for a worker (or re-dispatched after a lost lease)
+    RUNNING = "running"  #: a worker holds its lease
+    SUCCEEDED = "succeeded"  #: every item of its range is in its part files
+    CANCELLED = "cancelled"  #: stopped by a cancel or deadline; finished items kept
+    FAILED = "failed"  #: gave up after the maximum number of attempts
+
+
+class JobShard(Base):
+    """A range of a batch job's input items, run as one task and written to its own part files.
+
+    A crash repeats at most the shard that was running: its part files are rewritten from the
+    start of its range, never appended to, so no item can appear twice.
+    """
+
+    __tablename__ = "job_shards"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    start_item: Mapped[int] = mapped_column(Integer)  # 0-based, inclusive
+    end_item: Mapped[int] = mapped_column(Integer)  # exclusive
+    start_offset: Mapped[int] = mapped_column(BigInteger)  # byte offset of its first line
+    start_line: Mapped[int] = mapped_column(Integer)  # 1-based line number there
+    status: Mapped[str] = mapped_column(String(20), default=ShardStatus.QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    # The attempt whose part files are whole (set when a worker closes the shard); NULL: none.
+    parts_attempt: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobEvent(Base):

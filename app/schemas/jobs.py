@@ -7,7 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 JobTypeName = Literal["inference", "training"]
 Device = Literal["cpu", "gpu", "auto"]
-WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"]
+WebhookEvent = Literal[
+    "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"
+]
+TERMINAL_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled")
 
 
 class InlineItem(BaseModel):
@@ -33,9 +36,7 @@ class JobInput(BaseModel):
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: HttpUrl
-    events: list[WebhookEvent] = Field(
-        default_factory=lambda: ["job.succeeded", "job.failed", "job.cancelled"]
-    )
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
 
 
 class InferenceParams(BaseModel):
@@ -57,6 +58,9 @@ class JobCreate(BaseModel):
     webhook: WebhookSpec | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     output_model: str | None = None
+    # Past this many seconds after submission the job is stopped and ends `cancelled` with
+    # error code `deadline_exceeded`, keeping the results finished by then.
+    deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
     @model_validator(mode="after")
     def _model_for_inference(self) -> JobCreate:
@@ -95,6 +99,8 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     error: JobError | None
     attempts: int
+    retry_of: str | None = None
+    deadline_at: datetime | None = None
     params: dict[str, Any]
     webhook: dict[str, Any] | None
     metadata: dict[str, str]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
-from app.schemas.jobs import JobCreate, JobPublic
-from app.services.errors import Conflict, InvalidRequest, NotFound
+from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
+from app.services.errors import InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
 
@@ -61,6 +62,8 @@ def create_job(
         input_file_id=input_file.id, params=body.params,
         webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
         meta=body.metadata, idempotency_key=idempotency_key, usage={},
+        deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds)
+        if body.deadline_seconds else None,
     )
     try:
         with session.begin_nested():
@@ -82,7 +85,9 @@ def find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Job |
     )
 
 
-def add_event(session: Session, job_id: str, type_: str, data: dict[str, Any] | None = None) -> None:
+def add_event(
+    session: Session, job_id: str, type_: str, data: dict[str, Any] | None = None
+) -> None:
     session.add(JobEvent(job_id=job_id, type=type_, data=data or {}))
     session.flush()
 
@@ -93,6 +98,7 @@ def transition(
     expected: Iterable[JobStatus],
     to: JobStatus,
     event_data: dict[str, Any] | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
     """Move a job to `to` only if its status is one of `expected`; False if it was not.
@@ -104,7 +110,7 @@ def transition(
         values.setdefault("finished_at", utcnow())
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([s.value for s in expected]))
+        .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *where)
         .values(status=to.value, **values)
         .execution_options(synchronize_session=False)
     )
@@ -116,7 +122,7 @@ def transition(
 
 def record_progress(session: Session, job_id: str, succeeded: int, failed: int) -> JobStatus:
     """Add finished items to the counts; returns the status, so a worker sees a cancel."""
-    status = session.scalar(
+    status = session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(
@@ -124,7 +130,7 @@ def record_progress(session: Session, job_id: str, succeeded: int, failed: int) 
             counts_failed=Job.counts_failed + failed,
         )
         .returning(Job.status)
-    )
+    ).scalar_one()
     return JobStatus(status)
 
 
@@ -157,30 +163,17 @@ def list_jobs(
     return rows[:limit], len(rows) > limit
 
 
-def request_cancel(session: Session, tenant: Tenant, job_id: str) -> Job:
-    """A queued job is cancelled at once; a running one is asked to stop at its next check."""
-    job = get_job(session, tenant, job_id)
-    now = utcnow()
-    changed = transition(
-        session, job.id, [JobStatus.QUEUED], JobStatus.CANCELLED, cancel_requested_at=now
-    ) or transition(
-        session, job.id, [JobStatus.RUNNING], JobStatus.CANCELLING, cancel_requested_at=now
-    )
-    session.refresh(job)
-    if not changed and job.status not in (JobStatus.CANCELLING, JobStatus.CANCELLED):
-        raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")
-    return job
-
-
 def job_public(job: Job) -> JobPublic:
     return JobPublic(
         id=job.id, type=job.type, status=job.status, model=job.model, device=job.device,
         queue=job.queue,
-        counts={"total": job.counts_total, "succeeded": job.counts_succeeded,
-                "failed": job.counts_failed},
+        counts=JobCounts(total=job.counts_total, succeeded=job.counts_succeeded,
+                         failed=job.counts_failed),
         input_file_id=job.input_file_id, output_file_id=job.output_file_id,
-        error_file_id=job.error_file_id, result=job.result, error=job.error,
-        attempts=job.attempts, params=job.params, webhook=job.webhook, metadata=job.meta,
+        error_file_id=job.error_file_id, result=job.result,
+        error=JobError(**job.error) if job.error else None,
+        attempts=job.attempts, retry_of=job.retry_of, deadline_at=job.deadline_at,
+        params=job.params, webhook=job.webhook, metadata=job.meta,
         usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, **(job.usage or {})},
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )

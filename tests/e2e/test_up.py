@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -49,6 +51,25 @@ def _wait_state(data_dir: Path, proc: subprocess.Popen[bytes], log: Path) -> dic
     raise TimeoutError(log.read_text())
 
 
+def _poll(url: str, ok: Callable[[Any], bool], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(url, timeout=30).json()
+        if ok(body) or time.monotonic() > deadline:
+            return body if ok(body) else None
+        time.sleep(1)
+
+
+def _stop(up: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C first, so a failing test still leaves no farm process behind."""
+    if up.poll() is None:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
 def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     data_dir = tmp_path / "farm"
     # Flower's JSON API is closed unless asked for; the test reads it, so it asks.
@@ -76,14 +97,16 @@ def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert job["counts"]["succeeded"] == 20
 
         # Flower sees the CPU worker and the job's task, named so the job id shows.
-        workers = httpx.get(f"{flower}/api/workers", timeout=30).json()
-        assert any(name.startswith("cpu@") for name in workers), workers
-        tasks = httpx.get(f"{flower}/api/tasks", timeout=30).json()
-        assert any(t["name"] == "modelfarm.run_job" and job["id"] in t["args"]
-                   for t in tasks.values()), tasks
+        # (Flower asks the workers live and may answer before they do: ask a few times.)
+        workers = _poll(f"{flower}/api/workers?refresh=1",
+                        lambda w: any(name.startswith("cpu@") for name in w))
+        assert workers
+        tasks = _poll(f"{flower}/api/tasks", lambda ts: any(
+            t["name"] == "modelfarm.plan_job" and job["id"] in t["args"] for t in ts.values()))
+        assert tasks
 
         tree = psutil.Process(up.pid).children(recursive=True)
-        assert len(tree) >= 4  # api, worker (+ its pool child), flower, redis-server
+        assert len(tree) >= 5  # api, worker (+ its pool child), sweeper, flower, redis-server
         postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -95,8 +118,7 @@ def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert not psutil.pid_exists(postmaster)
         assert "database_url" not in json.loads((data_dir / "farm.json").read_text())
     finally:
-        if up.poll() is None:
-            up.kill()
+        _stop(up)
 
 
 def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[str, str]) -> None:

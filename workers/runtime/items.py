@@ -21,9 +21,9 @@ class ChunkResult:
     errors: list[str] = field(default_factory=list)
 
 
-def iter_lines(stream: IO[bytes]) -> Iterator[Line]:
+def iter_lines(stream: IO[bytes], first_line: int = 1) -> Iterator[Line]:
     """Non-blank lines with their line numbers; blank lines are not items."""
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(stream, start=first_line):
         if raw.strip():
             yield number, raw
 

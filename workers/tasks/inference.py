@@ -1,140 +1,186 @@
-"""Running one batch inference job: stream the input in chunks, write results as they come.
+"""Batch inference: plan a job into shards, run one shard, assemble the results.
 
-Every write to PostgreSQL is a short transaction of its own, so the counts advance while the
-job runs and a cancel request is seen between chunks.
+Every database write is a short transaction of its own, retried while PostgreSQL is away, so
+counts advance while a job runs and a cancel or a deadline is seen between chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import IO, Any
+from itertools import islice
+from typing import Literal
 
-from sqlalchemy import update
+from sqlalchemy import select
 
 from app.config import get_settings
-from app.db import session_scope, utcnow
-from app.models import File, FilePurpose, Job, JobStatus, ModelVersion
-from app.services.files import register_file
-from app.services.jobs import record_progress, transition
-from app.storage import ArtifactStore, get_store
+from app.db import session_scope
+from app.dispatch import TASK_RUN_SHARD, publish
+from app.models import File, Job, JobShard, JobStatus, ModelVersion, ShardStatus
+from app.services import shards as shard_service
+from app.services.jobs import transition
+from app.storage import get_store
 from workers import state
+from workers.reliability import LeaseKeeper, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, builtin_spec
-from workers.runtime.items import count_items, iter_chunks, iter_lines, run_chunk
+from workers.runtime.items import iter_chunks, iter_lines, run_chunk
+from workers.tasks.assemble import assemble_job
+from workers.tasks.results import ResultWriter, part_uris
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class JobPlan:
-    """What a worker needs from the job row, read once when it starts the job."""
+# -- planning ---------------------------------------------------------------------------------
 
-    job_id: str
+def plan_job(job_id: str, worker: str) -> None:
+    """Split the input into shards of SHARD_ITEMS items (by byte offset) and queue them."""
+    settings = get_settings()
+    owner = new_owner()
+
+    def claim() -> tuple[str, str] | None:
+        with session_scope() as session:
+            job = shard_service.claim_for_planning(session, job_id, owner, worker,
+                                                   settings.lease_seconds)
+            if job is None:
+                return None
+            return session.get_one(File, job.input_file_id).uri, job.queue
+
+    claimed = db_retry(claim)
+    if claimed is None:
+        log.info("job %s is not waiting to be planned; nothing to do", job_id)
+        return
+    input_uri, queue = claimed
+    try:
+        ranges = split_input(input_uri, settings.shard_items)
+    except OSError as exc:
+        db_retry(fail_job, job_id, "input_unreadable", f"the input file cannot be read: {exc}")
+        return
+    if not ranges:
+        db_retry(fail_job, job_id, "empty_input", "the input file has no items")
+        return
+
+    def record() -> bool:
+        with session_scope() as session:
+            return shard_service.create_shards(session, job_id, owner, ranges)
+
+    if db_retry(record):
+        for index in range(len(ranges)):
+            publish(TASK_RUN_SHARD, [job_id, index], queue)
+
+
+def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
+    """One streaming pass: where each shard's first item starts (byte offset, line number)."""
+    ranges: list[shard_service.ShardRange] = []
+    items, offset = 0, 0
+    start: tuple[int, int, int] | None = None  # (item, offset, line)
+    with get_store().open(uri, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                if start is None:
+                    start = (items, offset, number)
+                items += 1
+                if items - start[0] == shard_items:
+                    ranges.append(shard_service.ShardRange(start[0], items, start[1], start[2]))
+                    start = None
+            offset += len(raw)
+    if start is not None:
+        ranges.append(shard_service.ShardRange(start[0], items, start[1], start[2]))
+    return ranges
+
+
+def fail_job(job_id: str, code: str, message: str) -> None:
+    log.warning("job %s failed: %s: %s", job_id, code, message)
+    with session_scope() as session:
+        transition(session, job_id, [JobStatus.RUNNING, JobStatus.CANCELLING], JobStatus.FAILED,
+                   event_data={"code": code}, error={"code": code, "message": message},
+                   lease_owner=None, lease_expires_at=None)
+
+
+# -- one shard --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardPlan:
+    shard: JobShard
     tenant_id: str
     input_uri: str
     spec: ModelSpec
     options: RunOptions
 
 
-class ResultWriter:
-    """A result file in the store, hashed while written so registering it reads nothing."""
-
-    def __init__(self, store: ArtifactStore, uri: str) -> None:
-        self.uri = uri
-        self.lines = 0
-        self.size = 0
-        self._digest = hashlib.sha256()
-        self._file: IO[Any] = store.open(uri, "wb")
-
-    def write(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        data = "".join(lines).encode()
-        self._digest.update(data)
-        self._file.write(data)
-        self.size += len(data)
-        self.lines += len(lines)
-
-    def close(self) -> None:
-        self._file.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
-
-
-def run_inference_job(job_id: str, worker: str) -> None:
-    plan = _start(job_id, worker)
+def run_shard(job_id: str, index: int, worker: str) -> None:
+    settings = get_settings()
+    owner = new_owner()
+    plan = db_retry(_claim_shard, job_id, index, owner)
     if plan is None:
+        log.info("shard %s/%d is not waiting for a worker; nothing to do", job_id, index)
         return
-    try:
-        _run(plan)
-    except Exception as exc:
-        # The job itself broke (not one item): say so on the job instead of leaving it running.
-        log.exception("job %s broke", job_id)
-        _fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-
-
-def _run(plan: JobPlan) -> None:
-    job_id = plan.job_id
     cpu_start, wall_start = time.process_time(), time.monotonic()
     try:
         runner = state.current().cache.get(plan.spec)
     except ModelLoadError as exc:
-        _fail(job_id, "model_load_failed", str(exc))
+        db_retry(fail_job, job_id, "model_load_failed", str(exc))
         return
-    store = get_store()
+    out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
-        with store.open(plan.input_uri, "rb") as f:
-            total = count_items(f)
-    except OSError as exc:
-        _fail(job_id, "input_unreadable", f"the input file cannot be read: {exc}")
+        with (LeaseKeeper(plan.shard.id, owner, settings.lease_seconds) as keeper,
+              ResultWriter(get_store(), out_uri) as outputs,
+              ResultWriter(get_store(), err_uri) as errors):
+            outcome = _run_items(plan, runner, owner, keeper, outputs, errors)
+    except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
+        log.exception("shard %s/%d broke", job_id, index)
+        _give_back(plan, owner, f"{type(exc).__name__}: {exc}")
         return
-    if total == 0:
-        _fail(job_id, "empty_input", "the input file has no items")
+    if outcome == "lost":
+        log.warning("shard %s/%d lost its lease; another attempt will redo it", job_id, index)
         return
-    with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(counts_total=total))
-
-    prefix = ("tenants", plan.tenant_id, "jobs", job_id)
-    outputs = ResultWriter(store, store.uri(*prefix, "output.jsonl"))
-    errors = ResultWriter(store, store.uri(*prefix, "errors.jsonl"))
-    cancelled = False
-    try:
-        with store.open(plan.input_uri, "rb") as f:
-            for chunk in iter_chunks(iter_lines(f), get_settings().chunk_items):
-                result = run_chunk(runner, chunk, plan.options)
-                outputs.write(result.outputs)
-                errors.write(result.errors)
-                with session_scope() as session:
-                    status = record_progress(
-                        session, job_id, len(result.outputs), len(result.errors)
-                    )
-                if status == JobStatus.CANCELLING:
-                    cancelled = True
-                    break
-    finally:
-        outputs.close()
-        errors.close()
     usage = _usage(state.current().device, cpu_start, wall_start)
-    _finish(plan, outputs, errors, cancelled, usage)
+    status = ShardStatus.SUCCEEDED if outcome == "done" else ShardStatus.CANCELLED
+
+    def finish() -> bool:
+        with session_scope() as session:
+            return shard_service.finish_shard(session, plan.shard, owner, status, usage)
+
+    if db_retry(finish):
+        assemble_job(job_id)
 
 
-def _start(job_id: str, worker: str) -> JobPlan | None:
+def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
+    """Another attempt, or after MAX_ATTEMPTS the job fails with the reason."""
+    shard = plan.shard
+    if shard.attempts >= get_settings().max_attempts:
+        db_retry(fail_job, shard.job_id, "shard_failed",
+                 f"shard {shard.index} failed {shard.attempts} times; last: {reason}")
+        return
+
+    def release() -> str:
+        with session_scope() as session:
+            shard_service.release_shard(session, shard, owner, reason)
+            return session.get_one(Job, shard.job_id).queue
+
+    publish(TASK_RUN_SHARD, [shard.job_id, shard.index], db_retry(release))
+
+
+def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
+    settings = get_settings()
     device = state.current().device
     with session_scope() as session:
-        started = transition(
-            session, job_id, [JobStatus.QUEUED], JobStatus.RUNNING,
-            event_data={"worker": worker, "device": device},
-            started_at=utcnow(), worker=worker, attempts=Job.attempts + 1,
-        )
-        if not started:
-            log.info("job %s is not queued any more; nothing to do", job_id)
+        shard = shard_service.claim_shard(session, job_id, index, owner, settings.lease_seconds)
+        if shard is None:
+            # A pool child killed mid-shard leaves its lease behind; take it over at once
+            # instead of waiting for the lease to run out.
+            current = session.scalar(
+                select(JobShard).where(JobShard.job_id == job_id,
+                                                     JobShard.index == index))
+            if current is not None and current.status == ShardStatus.RUNNING \
+                    and owner_is_dead(current.lease_owner):
+                shard = shard_service.claim_shard(session, job_id, index, owner,
+                                                  settings.lease_seconds,
+                                                  takeover_of=current.lease_owner)
+        if shard is None:
             return None
         job = session.get_one(Job, job_id)
-        input_file = session.get_one(File, job.input_file_id)
+        input_uri = session.get_one(File, job.input_file_id).uri
         if job.model_version_id is None:
             spec = builtin_spec((job.model or "").partition("@")[0], device=device)
         else:
@@ -143,59 +189,54 @@ def _start(job_id: str, worker: str) -> JobPlan | None:
                 key=f"{job.tenant_id}/{job.model}", framework=version.framework,
                 task=version.task, path=str(get_store().local_path(version.uri)), device=device,
             )
-        settings = get_settings()
         options = RunOptions(
-            batch_tokens=int(job.params.get("batch_tokens", settings.batch_tokens)),
-            batch_size=int(job.params.get("batch_size", settings.batch_size)),
+            batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
+            batch_size=int(job.params.get("batch_size") or settings.batch_size),
             max_chars=settings.max_item_chars,
         )
-        return JobPlan(job_id, job.tenant_id, input_file.uri, spec, options)
+        return ShardPlan(shard, job.tenant_id, input_uri, spec, options)
 
 
-def _finish(
-    plan: JobPlan,
-    outputs: ResultWriter,
-    errors: ResultWriter,
-    cancelled: bool,
-    usage: dict[str, float],
-) -> None:
+def _run_items(plan: ShardPlan, runner: object, owner: str, keeper: LeaseKeeper,
+               outputs: ResultWriter, errors: ResultWriter) -> Literal["done", "stopped", "lost"]:
+    settings = get_settings()
+    shard = plan.shard
+    with get_store().open(plan.input_uri, "rb") as f:
+        f.seek(shard.start_offset)
+        lines = islice(iter_lines(f, first_line=shard.start_line),
+                       shard.end_item - shard.start_item)
+        for chunk in iter_chunks(lines, settings.chunk_items):
+            if keeper.lost:
+                return "lost"
+            result = run_chunk(runner, chunk, plan.options)  # type: ignore[arg-type]
+            outputs.write(result.outputs)
+            errors.write(result.errors)
+            progress = db_retry(_record, shard, owner, len(result.outputs), len(result.errors))
+            if not progress.held:
+                return "lost"
+            if progress.past_deadline:
+                db_retry(_expire_deadline, shard.job_id)
+                return "stopped"
+            if progress.job_status == JobStatus.CANCELLING:
+                return "stopped"
+    return "done"
+
+
+def _record(shard: JobShard, owner: str, succeeded: int, failed: int
+            ) -> shard_service.Progress:
     with session_scope() as session:
-        out_file = register_file(
-            session, plan.tenant_id, FilePurpose.BATCH_OUTPUT, f"{plan.job_id}_output.jsonl",
-            outputs.uri, outputs.size, outputs.sha256,
-        )
-        err_file_id = None
-        if errors.lines:
-            err_file_id = register_file(
-                session, plan.tenant_id, FilePurpose.BATCH_ERROR, f"{plan.job_id}_errors.jsonl",
-                errors.uri, errors.size, errors.sha256,
-            ).id
-        values: dict[str, Any] = {
-            "output_file_id": out_file.id, "error_file_id": err_file_id, "usage": usage,
-        }
-        counts = {"succeeded": outputs.lines, "failed": errors.lines}
-        if cancelled:
-            transition(session, plan.job_id, [JobStatus.CANCELLING], JobStatus.CANCELLED,
-                       event_data=counts, **values)
-        # A cancel that arrives after the last chunk is too late: every item is done.
-        elif not transition(
-            session, plan.job_id, [JobStatus.RUNNING, JobStatus.CANCELLING], JobStatus.SUCCEEDED,
-            event_data=counts, **values,
-        ):
-            log.warning("job %s changed status under its worker; result files kept", plan.job_id)
+        return shard_service.record_shard_progress(
+            session, shard.id, shard.job_id, owner, succeeded, failed,
+            get_settings().lease_seconds)
 
 
-def _fail(job_id: str, code: str, message: str) -> None:
-    log.warning("job %s failed: %s: %s", job_id, code, message)
+def _expire_deadline(job_id: str) -> None:
     with session_scope() as session:
-        transition(
-            session, job_id, [JobStatus.RUNNING, JobStatus.CANCELLING], JobStatus.FAILED,
-            event_data={"code": code}, error={"code": code, "message": message},
-        )
+        shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
 
 
 def _usage(device: str, cpu_start: float, wall_start: float) -> dict[str, float]:
     # process_time covers every thread of this process, torch's intra-op pool included.
-    cpu = round(time.process_time() - cpu_start, 3)
-    gpu = round(time.monotonic() - wall_start, 3) if device.startswith("cuda") else 0.0
+    cpu = time.process_time() - cpu_start
+    gpu = time.monotonic() - wall_start if device.startswith("cuda") else 0.0
     return {"cpu_seconds": cpu, "gpu_seconds": gpu}

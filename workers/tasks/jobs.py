@@ -1,14 +1,28 @@
-"""Thin Celery tasks: take a job id, run it with workers/runtime, record through app/services."""
+"""Thin Celery tasks: take ids, run them with workers/tasks + runtime, record through services.
+
+Arguments always start with the job id, so Flower shows which job every task belongs to.
+"""
 
 from __future__ import annotations
 
 from celery import Task
 
-from app.dispatch import TASK_RUN_JOB
+from app.dispatch import TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD
 from workers.celery_app import celery_app
-from workers.tasks.inference import run_inference_job
+from workers.tasks.assemble import assemble_job
+from workers.tasks.inference import plan_job, run_shard
 
 
-@celery_app.task(name=TASK_RUN_JOB, bind=True)
-def run_job(self: Task, job_id: str) -> None:
-    run_inference_job(job_id, worker=self.request.hostname or "unknown")
+@celery_app.task(name=TASK_PLAN_JOB, bind=True)
+def plan_job_task(self: Task, job_id: str) -> None:
+    plan_job(job_id, worker=self.request.hostname or "unknown")
+
+
+@celery_app.task(name=TASK_RUN_SHARD, bind=True)
+def run_shard_task(self: Task, job_id: str, index: int) -> None:
+    run_shard(job_id, index, worker=self.request.hostname or "unknown")
+
+
+@celery_app.task(name=TASK_FINALIZE_JOB)
+def finalize_job_task(job_id: str) -> None:
+    assemble_job(job_id)

@@ -1,0 +1,201 @@
+"""Shards and leases: the bookkeeping that lets any worker die without losing an item.
+
+Every write is conditional on the status and, while work is held, on the lease owner, so a late
+or duplicated task can neither finish work it no longer holds nor run finished work again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import Job, JobShard, JobStatus, ShardStatus
+from app.services.jobs import add_event, transition
+
+ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
+DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
+
+
+def lease_until(seconds: float) -> datetime:
+    return utcnow() + timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    start_item: int
+    end_item: int
+    start_offset: int
+    start_line: int
+
+
+def claim_for_planning(session: Session, job_id: str, owner: str, worker: str,
+                       lease_seconds: float) -> Job | None:
+    """Start a queued job, or take over one whose planner died before it made shards."""
+    now = utcnow()
+    taken = transition(
+        session, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], JobStatus.RUNNING,
+        event_data={"worker": worker},
+        where=[or_(Job.status == JobStatus.QUEUED,
+                   (Job.shards_total.is_(None)) & (Job.lease_expires_at < now))],
+        started_at=func.coalesce(Job.started_at, now), worker=worker, lease_owner=owner,
+        lease_expires_at=lease_until(lease_seconds),
+    )
+    return session.get(Job, job_id, populate_existing=True) if taken else None
+
+
+def create_shards(session: Session, job_id: str, owner: str, ranges: list[ShardRange]) -> bool:
+    """Record the plan and give up the planning lease; False if the lease was lost."""
+    total = ranges[-1].end_item if ranges else 0
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.shards_total.is_(None),
+               Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
+        .values(shards_total=len(ranges), counts_total=total, lease_owner=None,
+                lease_expires_at=None)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add_all(
+        # Published right after this commits; the sweeper resends any the broker drops.
+        JobShard(job_id=job_id, index=i, start_item=r.start_item, end_item=r.end_item,
+                 start_offset=r.start_offset, start_line=r.start_line, dispatched_at=utcnow())
+        for i, r in enumerate(ranges)
+    )
+    add_event(session, job_id, "planned", {"shards": len(ranges), "items": total})
+    return True
+
+
+def claim_shard(session: Session, job_id: str, index: int, owner: str, lease_seconds: float,
+                takeover_of: str | None = None) -> JobShard | None:
+    """queued -> running under a new lease (or take over `takeover_of`, a dead owner's lease).
+
+    The shard's counts restart at zero: its part files are written again from the start.
+    """
+    held = (JobShard.status == ShardStatus.QUEUED) if takeover_of is None else (
+        (JobShard.status == ShardStatus.RUNNING) & (JobShard.lease_owner == takeover_of))
+    job_running = select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+    shard = session.execute(
+        update(JobShard)
+        .where(JobShard.job_id == job_id, JobShard.index == index, held,
+               JobShard.job_id.in_(job_running))
+        .values(status=ShardStatus.RUNNING, lease_owner=owner,
+                lease_expires_at=lease_until(lease_seconds), attempts=JobShard.attempts + 1,
+                succeeded=0, failed=0, last_error=None)
+        .returning(JobShard)
+    ).scalar_one_or_none()
+    if shard is None:
+        return None
+    session.execute(update(Job).where(Job.id == job_id).values(
+        attempts=func.greatest(Job.attempts, shard.attempts), **_count_sums(job_id)))
+    add_event(session, job_id, "shard_started",
+              {"shard": index, "attempt": shard.attempts, "owner": owner})
+    return shard
+
+
+def _count_sums(job_id: str) -> dict[str, Any]:
+    # Job counts are the sums over its shards, so a repeated shard never counts twice.
+    def total(column: Any) -> Any:
+        return (select(func.coalesce(func.sum(column), 0)).where(JobShard.job_id == job_id)
+                .scalar_subquery())
+
+    return {"counts_succeeded": total(JobShard.succeeded), "counts_failed": total(JobShard.failed)}
+
+
+@dataclass(frozen=True)
+class Progress:
+    held: bool  # False: the lease was lost, stop without finishing
+    job_status: JobStatus
+    past_deadline: bool
+
+
+def record_shard_progress(session: Session, shard_id: int, job_id: str, owner: str,
+                          succeeded: int, failed: int, lease_seconds: float) -> Progress:
+    """Add a chunk's counts and renew the lease in one round trip per table."""
+    held = session.execute(
+        update(JobShard)
+        .where(JobShard.id == shard_id, JobShard.lease_owner == owner,
+               JobShard.status == ShardStatus.RUNNING)
+        .values(succeeded=JobShard.succeeded + succeeded, failed=JobShard.failed + failed,
+                lease_expires_at=lease_until(lease_seconds))
+    ).rowcount == 1  # type: ignore[attr-defined]
+    status, deadline = session.execute(
+        update(Job).where(Job.id == job_id).values(**_count_sums(job_id))
+        .returning(Job.status, Job.deadline_at)
+    ).one()
+    return Progress(held, JobStatus(status), deadline is not None and deadline < utcnow())
+
+
+def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds: float) -> bool:
+    return session.execute(
+        update(JobShard)
+        .where(JobShard.id == shard_id, JobShard.lease_owner == owner,
+               JobShard.status == ShardStatus.RUNNING)
+        .values(lease_expires_at=lease_until(lease_seconds))
+    ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish_shard(
+    session: Session, shard: JobShard, owner: str, status: ShardStatus, usage: dict[str, float]
+) -> bool:
+    """Close a shard; True when no shard of its job is left to run (time to assemble)."""
+    # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
+    session.execute(select(Job.id).where(Job.id == shard.job_id).with_for_update())
+    done = session.execute(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.lease_owner == owner,
+               JobShard.status == ShardStatus.RUNNING)
+        .values(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
+                parts_attempt=shard.attempts)
+    ).rowcount == 1  # type: ignore[attr-defined]
+    if not done:
+        return False
+    job = session.get_one(Job, shard.job_id, populate_existing=True)
+    job.usage = {k: round((job.usage or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
+    add_event(session, shard.job_id, f"shard_{status}", {"shard": shard.index})
+    return active_shards(session, shard.job_id) == 0
+
+
+def active_shards(session: Session, job_id: str) -> int:
+    return session.scalar(
+        select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(ACTIVE_SHARD))
+    ) or 0
+
+
+def cancel_queued_shards(session: Session, job_id: str) -> None:
+    session.execute(
+        update(JobShard).where(JobShard.job_id == job_id, JobShard.status == ShardStatus.QUEUED)
+        .values(status=ShardStatus.CANCELLED, finished_at=utcnow())
+    )
+
+
+def request_stop(session: Session, job_id: str, error: dict[str, str] | None = None) -> bool:
+    """running -> cancelling (workers stop at their next chunk); queued shards never start.
+
+    Returns True when nothing of the job is running any more, so it can be assembled now.
+    """
+    values: dict[str, Any] = {"cancel_requested_at": utcnow()}
+    if error is not None:
+        values["error"] = error
+    transition(session, job_id, [JobStatus.RUNNING], JobStatus.CANCELLING,
+               event_data={"reason": (error or {}).get("code", "cancel_requested")}, **values)
+    cancel_queued_shards(session, job_id)
+    job = session.get_one(Job, job_id, populate_existing=True)
+    return job.shards_total is not None and active_shards(session, job_id) == 0
+
+
+def release_shard(session: Session, shard: JobShard, owner: str, reason: str) -> None:
+    """Give a shard back for another attempt (its task broke or ran out of time)."""
+    session.execute(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.lease_owner == owner,
+               JobShard.status == ShardStatus.RUNNING)
+        .values(status=ShardStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                last_error=reason[:1000], dispatched_at=utcnow())
+    )
+    add_event(session, shard.job_id, "shard_released",
+              {"shard": shard.index, "attempt": shard.attempts, "reason": reason[:200]})

@@ -1,0 +1,171 @@
+"""The sweeper: finds work that nobody will finish and sends it again.
+
+PostgreSQL is the source of truth and Redis may lose messages, so every SWEEP_INTERVAL_SECONDS
+one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in order:
+1. stops jobs past their deadline;
+2. gives shards whose lease ran out (a worker died or hung) another attempt, or fails the job
+   once a shard used up MAX_ATTEMPTS;
+3. re-publishes queued jobs and shards that the broker no longer holds (never published,
+   flushed, or taken by a consumer that died), and jobs whose planner died;
+4. assembles jobs whose shards are all closed but that nobody is assembling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, text, update
+
+from app.broker_scan import TaskKey, live_task_keys
+from app.config import get_settings
+from app.db import get_engine, session_scope, utcnow
+from app.dispatch import QUEUES, TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD, publish
+from app.models import Job, JobShard, JobStatus, ShardStatus
+from app.services import control
+from app.services.jobs import add_event, transition
+from app.services.shards import active_shards
+
+log = logging.getLogger(__name__)
+
+SWEEPER_LOCK = 0x6D66_7377  # "mfsw": the advisory lock only one sweeper holds
+BATCH = 500  # rows looked at per step and sweep
+
+
+def sweep_once() -> dict[str, int]:
+    """One pass; returns how many of each kind of thing it did (for logs and tests)."""
+    settings = get_settings()
+    done = {"deadlines": 0, "expired": 0, "failed": 0, "republished": 0, "assembled": 0}
+    sends: list[tuple[str, list[Any], str]] = []
+    with session_scope() as session:
+        for job in control.jobs_past_deadline(session, BATCH):
+            done["deadlines"] += 1
+            if control.expire_deadline(session, job):
+                sends.append((TASK_FINALIZE_JOB, [job.id], job.queue))
+    with session_scope() as session:
+        _expire_leases(session, settings.max_attempts, done, sends)
+    live = live_task_keys(get_settings().require_redis_url(), QUEUES, settings.lease_seconds)
+    with session_scope() as session:
+        sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
+        sends += _unassembled(session)
+    for task, args, queue in sends:
+        if publish(task, args, queue):
+            done["assembled" if task == TASK_FINALIZE_JOB else "republished"] += 1
+    _mark_dispatched(sends)
+    return done
+
+
+def _expire_leases(session: Any, max_attempts: int, done: dict[str, int],
+                   sends: list[tuple[str, list[Any], str]]) -> None:
+    expired = session.execute(
+        select(JobShard, Job.queue).join(Job, Job.id == JobShard.job_id)
+        .where(JobShard.status == ShardStatus.RUNNING, JobShard.lease_expires_at < utcnow())
+        .limit(BATCH).with_for_update(of=JobShard, skip_locked=True)
+    ).all()
+    for shard, queue in expired:
+        info = {"shard": shard.index, "attempt": shard.attempts, "owner": shard.lease_owner}
+        if shard.attempts >= max_attempts:
+            shard.status = ShardStatus.FAILED
+            reason = (f"shard {shard.index} lost its worker {shard.attempts} times "
+                      "(killed, out of memory, or hung)")
+            transition(session, shard.job_id, [JobStatus.RUNNING, JobStatus.CANCELLING],
+                       JobStatus.FAILED, event_data=info,
+                       error={"code": "worker_lost", "message": reason})
+            done["failed"] += 1
+            continue
+        shard.status, shard.lease_owner, shard.lease_expires_at = ShardStatus.QUEUED, None, None
+        shard.last_error = "lease expired"
+        add_event(session, shard.job_id, "lease_expired", info)
+        sends.append((TASK_RUN_SHARD, [shard.job_id, shard.index], queue))
+        done["expired"] += 1
+
+
+def _lost_messages(session: Any, live: set[TaskKey] | None, visibility: float
+                   ) -> list[tuple[str, list[Any], str]]:
+    """Queued work whose message the broker no longer holds."""
+    now = utcnow()
+    grace = now - timedelta(seconds=2)  # the API publishes just after it commits
+    # Without a view into the broker, only work older than the visibility timeout is resent.
+    stale = now - timedelta(seconds=visibility)
+
+    def lost(key: TaskKey, dispatched: Any) -> bool:
+        if dispatched is None:
+            return True
+        if dispatched > grace:
+            return False
+        return key not in live if live is not None else dispatched < stale
+
+    sends: list[tuple[str, list[Any], str]] = []
+    jobs = session.execute(
+        select(Job.id, Job.queue, Job.dispatched_at).where(
+            (Job.status == JobStatus.QUEUED)
+            | ((Job.status == JobStatus.RUNNING) & Job.shards_total.is_(None)
+               & (Job.lease_expires_at < now)))
+        .where(Job.created_at < grace).limit(BATCH)
+    ).all()
+    for job_id, queue, dispatched in jobs:
+        if lost((TASK_PLAN_JOB, (job_id,)), dispatched):
+            sends.append((TASK_PLAN_JOB, [job_id], queue))
+    shards = session.execute(
+        select(JobShard.job_id, JobShard.index, Job.queue, JobShard.dispatched_at)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(JobShard.status == ShardStatus.QUEUED, Job.status == JobStatus.RUNNING)
+        .limit(BATCH)
+    ).all()
+    for job_id, index, queue, dispatched in shards:
+        if lost((TASK_RUN_SHARD, (job_id, index)), dispatched):
+            sends.append((TASK_RUN_SHARD, [job_id, index], queue))
+    return sends
+
+
+def _unassembled(session: Any) -> list[tuple[str, list[Any], str]]:
+    now = utcnow()
+    rows = session.execute(
+        select(Job.id, Job.queue).where(
+            Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            Job.shards_total.is_not(None),
+            (Job.lease_owner.is_(None)) | (Job.lease_expires_at < now),
+        ).limit(BATCH)
+    ).all()
+    return [(TASK_FINALIZE_JOB, [job_id], queue) for job_id, queue in rows
+            if active_shards(session, job_id) == 0]
+
+
+def _mark_dispatched(sends: list[tuple[str, list[Any], str]]) -> None:
+    now = utcnow()
+    with session_scope() as session:
+        for task, args, _ in sends:
+            if task == TASK_PLAN_JOB:
+                session.execute(update(Job).where(Job.id == args[0]).values(dispatched_at=now))
+                add_event(session, args[0], "redispatched", {"by": "sweeper"})
+            elif task == TASK_RUN_SHARD:
+                session.execute(update(JobShard).where(
+                    JobShard.job_id == args[0], JobShard.index == args[1]
+                ).values(dispatched_at=now))
+
+
+def run_sweeper() -> None:
+    """Sweep forever; only the holder of the advisory lock acts."""
+    settings = get_settings()
+    log.info("sweeper started: every %.1fs, lease %.1fs", settings.sweep_interval_seconds,
+             settings.lease_seconds)
+    lock_conn = None
+    while True:
+        try:
+            if lock_conn is None:
+                lock_conn = get_engine().connect()
+            held = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                     {"k": SWEEPER_LOCK}).scalar()
+            lock_conn.commit()
+            if held:
+                done = sweep_once()
+                if any(done.values()):
+                    log.info("sweep: %s", done)
+        except Exception:  # the database or the broker may be away; try again next time
+            log.warning("sweep failed", exc_info=True)
+            if lock_conn is not None:
+                lock_conn.invalidate()
+                lock_conn = None
+        time.sleep(settings.sweep_interval_seconds)

@@ -1,0 +1,93 @@
+"""Keeping hold of work: database writes that outlast a PostgreSQL restart, and lease renewal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psutil
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from app.config import get_settings
+from app.db import session_scope
+from app.services.shards import renew_shard_lease
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+HOST = socket.gethostname()
+
+
+def new_owner() -> str:
+    """A lease owner: host and pid say who, the random part tells two attempts apart."""
+    return f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True only when the owner ran on this host and its process is gone (a killed child)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return host == HOST and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def db_retry(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run a whole unit of work (its own transaction) again while the database is away.
+
+    Each unit is a conditional update, so running it again after a lost connection is safe.
+    """
+    deadline = time.monotonic() + get_settings().db_retry_seconds
+    delay = 0.25
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _retryable(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class LeaseKeeper:
+    """Renews a shard's lease from a thread while the task computes; `lost` once it cannot."""
+
+    def __init__(self, shard_id: int, owner: str, lease_seconds: float) -> None:
+        self.shard_id, self.owner, self.lease_seconds = shard_id, owner, lease_seconds
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                with session_scope() as session:
+                    held = renew_shard_lease(session, self.shard_id, self.owner,
+                                             self.lease_seconds)
+            except Exception:  # the database may be away; the next tick tries again
+                log.warning("could not renew the lease of shard %s", self.shard_id)
+                continue
+            if not held:
+                self.lost = True
+                return

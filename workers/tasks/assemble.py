@@ -1,0 +1,103 @@
+"""The last step of a batch job: its shards' part files become one output and one error file,
+in input order, and the job ends `succeeded` (or `cancelled`, keeping what was finished)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.db import session_scope, utcnow
+from app.models import FilePurpose, Job, JobShard, JobStatus, ShardStatus
+from app.services.files import register_file
+from app.services.jobs import transition
+from app.services.shards import active_shards, lease_until
+from app.storage import get_store
+from workers.reliability import db_retry, new_owner
+from workers.tasks.results import ResultWriter, append_part, final_uris, part_uris
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Assembly:
+    tenant_id: str
+    parts: list[tuple[int, int]]  # (shard index, attempt whose parts are whole), input order
+    all_succeeded: bool
+
+
+def assemble_job(job_id: str) -> None:
+    """Safe to call any number of times: only one caller holds the job's lease to do it."""
+    owner = new_owner()
+    claimed = db_retry(_claim, job_id, owner)
+    if claimed is None:
+        return
+    store = get_store()
+    out_uri, err_uri = final_uris(store, claimed.tenant_id, job_id)
+    with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
+        for index, attempt in claimed.parts:
+            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, index, attempt)
+            append_part(store, part_out, outputs)
+            append_part(store, part_err, errors)
+    if db_retry(_complete, job_id, owner, claimed, outputs, errors):
+        _remove_parts(claimed.tenant_id, job_id)
+
+
+def _claim(job_id: str, owner: str) -> Assembly | None:
+    with session_scope() as session:
+        job = session.scalar(
+            select(Job).where(Job.id == job_id).with_for_update(), execution_options={
+                "populate_existing": True})
+        if (job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+                or job.shards_total is None or active_shards(session, job_id) > 0):
+            return None
+        if job.lease_owner is not None and job.lease_expires_at and \
+                job.lease_expires_at > utcnow():
+            return None  # someone else is assembling it right now
+        job.lease_owner = owner
+        job.lease_expires_at = lease_until(get_settings().lease_seconds * 10)
+        shards = session.execute(
+            select(JobShard.index, JobShard.status, JobShard.parts_attempt)
+            .where(JobShard.job_id == job_id).order_by(JobShard.index)
+        ).all()
+        return Assembly(
+            tenant_id=job.tenant_id,
+            parts=[(i, a) for i, _, a in shards if a is not None],
+            all_succeeded=all(s == ShardStatus.SUCCEEDED for _, s, _ in shards),
+        )
+
+
+def _complete(job_id: str, owner: str, claimed: Assembly, outputs: ResultWriter,
+              errors: ResultWriter) -> bool:
+    with session_scope() as session:
+        out_file = register_file(session, claimed.tenant_id, FilePurpose.BATCH_OUTPUT,
+                                 f"{job_id}_output.jsonl", outputs.uri, outputs.size,
+                                 outputs.sha256)
+        err_file_id = None
+        if errors.lines:
+            err_file_id = register_file(session, claimed.tenant_id, FilePurpose.BATCH_ERROR,
+                                        f"{job_id}_errors.jsonl", errors.uri, errors.size,
+                                        errors.sha256).id
+        # The files are the truth: every item is in exactly one of them.
+        values = {"output_file_id": out_file.id, "error_file_id": err_file_id,
+                  "counts_succeeded": outputs.lines, "counts_failed": errors.lines,
+                  "lease_owner": None, "lease_expires_at": None}
+        counts = {"succeeded": outputs.lines, "failed": errors.lines}
+        held = [Job.lease_owner == owner]
+        if claimed.all_succeeded:
+            # Every item is done, even if a cancel or the deadline came after the last chunk.
+            return transition(session, job_id, [JobStatus.RUNNING, JobStatus.CANCELLING],
+                              JobStatus.SUCCEEDED, event_data=counts, where=held, error=None,
+                              **values)
+        return transition(session, job_id, [JobStatus.CANCELLING], JobStatus.CANCELLED,
+                          event_data=counts, where=held, **values)
+
+
+def _remove_parts(tenant_id: str, job_id: str) -> None:
+    store = get_store()
+    try:
+        store.delete(store.uri("tenants", tenant_id, "jobs", job_id, "parts"), recursive=True)
+    except OSError:  # only disk space is at stake; the job is complete
+        log.warning("could not remove the part files of job %s", job_id, exc_info=True)

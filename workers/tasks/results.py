@@ -1,0 +1,67 @@
+"""Result files: written while hashed, and the final files assembled from shard parts."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import IO, Any
+
+from app.storage import ArtifactStore
+
+
+class ResultWriter:
+    """A JSONL file in the store, hashed and counted while written, so registering it reads
+    nothing back."""
+
+    def __init__(self, store: ArtifactStore, uri: str) -> None:
+        self.uri = uri
+        self.lines = 0
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._file: IO[Any] = store.open(uri, "wb")
+
+    def write(self, lines: list[str]) -> None:
+        if lines:
+            self.write_bytes("".join(lines).encode(), len(lines))
+
+    def write_bytes(self, data: bytes, lines: int) -> None:
+        self._digest.update(data)
+        self._file.write(data)
+        self.size += len(data)
+        self.lines += lines
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+def part_uris(store: ArtifactStore, tenant_id: str, job_id: str, index: int,
+              attempt: int) -> tuple[str, str]:
+    """A shard attempt's own part files: a late attempt can never overwrite the winner's."""
+    stem = f"{index:06d}-{attempt}"
+    base = ("tenants", tenant_id, "jobs", job_id, "parts")
+    return store.uri(*base, f"{stem}.out.jsonl"), store.uri(*base, f"{stem}.err.jsonl")
+
+
+def final_uris(store: ArtifactStore, tenant_id: str, job_id: str) -> tuple[str, str]:
+    base = ("tenants", tenant_id, "jobs", job_id)
+    return store.uri(*base, "output.jsonl"), store.uri(*base, "errors.jsonl")
+
+
+def append_part(store: ArtifactStore, uri: str, writer: ResultWriter) -> None:
+    """Copy one part file into the final file, streaming, counting its lines."""
+    try:
+        f = store.open(uri, "rb")
+    except FileNotFoundError:
+        return  # an empty part is never written
+    with f:
+        while chunk := f.read(1024 * 1024):
+            writer.write_bytes(chunk, chunk.count(b"\n"))
