@@ -22,6 +22,8 @@ def create_celery() -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
+        # A new pool child loads its models before it says it is up (seconds, not Celery's 4).
+        worker_proc_alive_timeout=300,
         # Every task is guarded: past the soft limit it stops and its shard is tried again.
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
