@@ -15,9 +15,7 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -40,37 +38,11 @@ def make_sentences(n: int, seed: int = 7) -> list[str]:
 
 
 def run_farm(sentences: list[str], runs: int) -> tuple[float, np.ndarray]:
-    from app.client import Client
-    from app.embedded import free_port, throwaway_servers
-    from app.procs import Supervisor, modelfarm_command
+    from bench.farm import running_farm
 
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mf-bench-")))
-        db_url = os.environ.get("MODELFARM_TEST_DATABASE_URL")
-        redis_url = os.environ.get("MODELFARM_TEST_REDIS_URL")
-        if not db_url or not redis_url:
-            db_url, redis_url = stack.enter_context(throwaway_servers())
-        port = free_port()
-        os.environ.update({
-            "MODELFARM_DATABASE_URL": db_url, "MODELFARM_REDIS_URL": redis_url,
-            "MODELFARM_DATA_DIR": str(tmp), "MODELFARM_API_PORT": str(port),
-            "HF_HUB_OFFLINE": "1",
-        })
-        from app.db import session_scope
-        from app.migrate import upgrade
-        from app.services.tenants import create_api_key, get_or_create_tenant
-
-        upgrade()
-        with session_scope() as session:
-            key = create_api_key(session, get_or_create_tenant(session, "bench"))
-        supervisor = Supervisor()
-        stack.callback(supervisor.stop_all)
-        supervisor.start("api", modelfarm_command("api"))
-        supervisor.start("worker", modelfarm_command("worker", "--pool", "cpu"))
-        client = Client(f"http://127.0.0.1:{port}", key)
-        stack.callback(client.close)
-        _wait_ready(client)
-        path = tmp / "sentences.jsonl"
+    with running_farm() as farm:
+        client = farm.client
+        path = farm.tmp / "sentences.jsonl"
         path.write_text("".join(json.dumps({"custom_id": i, "input": s}) + "\n"
                                 for i, s in enumerate(sentences)))
         best = float("inf")
@@ -87,20 +59,6 @@ def run_farm(sentences: list[str], runs: int) -> tuple[float, np.ndarray]:
             rows = [json.loads(line) for line in body.splitlines()]
             embeddings = np.array([r["output"] for r in rows], dtype=np.float32)
         return best, embeddings
-
-
-def _wait_ready(client, timeout: float = 180) -> None:  # type: ignore[no-untyped-def]
-    """A one-item job: the API answers, the worker is up and has its model loaded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            job = client.create_job({"model": "minilm", "input": {"items": [{"input": "warm"}]}})
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    client.wait(job["id"], timeout=timeout, poll=1)
 
 
 def run_baseline(sentences: list[str], runs: int) -> tuple[float, np.ndarray]:

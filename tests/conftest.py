@@ -119,6 +119,17 @@ def cpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def sweeper(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+    env = {**services, "MODELFARM_SWEEP_INTERVAL_SECONDS": "0.5"}
+    proc = FarmProcess.start(["sweeper"], env, tmp_path_factory.mktemp("logs") / "sweeper.log")
+    try:
+        proc.wait_for_log("sweeper started")
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def gpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
     """The GPU pool's own code path, run on the CPU through the device override."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from workers.runtime import (
     ModelSpec,
     RunOptions,
     builtin_spec,
+    configure_threads,
     load_runner,
+    resolve_device,
 )
 
 MINILM = Path(BUILTIN_MODELS["minilm"].path)
@@ -186,3 +189,48 @@ def test_unknown_sentence_transformers_module_is_refused(tmp_path: Path) -> None
 def test_unloadable_specs_raise_model_load_error(framework: str, task: str, path: str) -> None:
     with pytest.raises(ModelLoadError, match="x@1"):
         load_runner(ModelSpec("x@1", framework, task, path))
+
+
+def test_builtin_spec() -> None:
+    spec = builtin_spec("minilm", device="cuda")
+    assert (spec.key, spec.framework, spec.task, spec.device) == (
+        "minilm@1",
+        "sentence-transformers",
+        "feature-extraction",
+        "cuda",
+    )
+    assert (Path(spec.path) / "model.safetensors").is_file()
+    with pytest.raises(KeyError):
+        builtin_spec("gpt-17")
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu", None) == "cpu"
+    assert resolve_device("cuda", "cpu") == "cpu"  # the worker's override wins
+    assert resolve_device("gpu", "CPU") == "cpu"
+    assert resolve_device("auto", None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        resolve_device("tpu", None)
+    if not torch.cuda.is_available():
+        for requested in ("cuda", "gpu", "cuda:0"):
+            with pytest.raises(ModelLoadError, match="CUDA is not available"):
+                resolve_device(requested, None)
+    else:
+        assert resolve_device("gpu", None) == "cuda"
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}", None)
+
+
+def test_configure_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        monkeypatch.setenv(name, "")  # restored after the test
+    try:
+        configure_threads(1)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        configure_threads(before)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        configure_threads(0)

@@ -33,8 +33,9 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
 }
-_UNSUPPORTED_LEGACY_POOLING = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
 
 
 class _TextRunner:
@@ -122,7 +123,7 @@ class TextClassificationRunner(_TextRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config = self.model.config
+        config: Any = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         # Multi-label heads are trained with independent sigmoids; a softmax would distort them.
         self.multi_label = config.problem_type == "multi_label_classification"
@@ -181,9 +182,10 @@ def load_text_classifier(path: str, device: str) -> TextClassificationRunner:
     root = Path(path)
     tokenizer = _load_tokenizer(root)
     model = _load_model(AutoModelForSequenceClassification, root, device)
-    if model.config.num_labels < 2:
+    num_labels = int(getattr(model.config, "num_labels", 0) or 0)
+    if num_labels < 2:
         raise ModelLoadError(
-            f"{root} has {model.config.num_labels} output label(s); "
+            f"{root} has {num_labels} output label(s); "
             "text-classification needs at least 2 (a 1-output head is a regressor)"
         )
     return TextClassificationRunner(model, tokenizer, _default_max_length(tokenizer, model), device)
@@ -211,16 +213,13 @@ def _pooling_modes(config: dict[str, Any] | None) -> tuple[str, ...]:
     if not config:
         return ("mean",)
     mode = config.get("pooling_mode")
-    if mode is not None:
-        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    if mode is None:  # the older format: one boolean per mode
+        modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key))
     else:
-        if any(config.get(key) for key in _UNSUPPORTED_LEGACY_POOLING):
-            modes = ("unsupported",)
-        else:
-            modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if config.get(key))
-    unknown = [m for m in modes if m not in _POOLING_MODES]
-    if unknown:
-        raise ModelLoadError(f"unsupported pooling mode in {config}; supported: {_POOLING_MODES}")
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    unsupported = [m for m in modes if m not in _POOLING_MODES]
+    if unsupported:
+        raise ModelLoadError(f"pooling {unsupported} is not supported; supported: {_POOLING_MODES}")
     return modes or ("mean",)
 
 

@@ -1,0 +1,92 @@
+"""A throwaway farm for the benchmarks: servers, schema, an API key, the API and one CPU worker.
+
+    with running_farm() as farm:
+        farm.client.upload(...)            # app.client.Client, already authenticated
+        farm.pid("worker")                 # pids of the processes the Supervisor started
+
+PostgreSQL and Redis are the services named by MODELFARM_TEST_DATABASE_URL and
+MODELFARM_TEST_REDIS_URL when both are set, otherwise throwaway servers. The farm's settings are
+put into os.environ (and stay there), so the child processes and this process agree on them;
+`extra_env` adds MODELFARM_* knobs the same way. When the block is entered the API answers and
+the worker has run a one-item job, so its model is loaded.
+
+Scripts in bench/ put the repository root on sys.path and import this as `bench.farm`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.client import Client
+from app.procs import Supervisor
+
+
+@dataclass
+class FarmHandle:
+    client: Client
+    tmp: Path  # removed when the farm stops; the artifact store lives under it too
+    supervisor: Supervisor  # children "api" and "worker"
+    url: str
+    api_key: str
+
+    def pid(self, name: str) -> int:
+        """The pid of a process the Supervisor started: "api" or "worker" (the Celery main
+        process; its pool children are its child processes)."""
+        return self.supervisor.children[name].pid
+
+
+@contextmanager
+def running_farm(extra_env: dict[str, str] | None = None,
+                 ready_timeout: float = 180) -> Iterator[FarmHandle]:
+    from app.embedded import free_port, throwaway_servers
+    from app.procs import modelfarm_command
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mf-bench-")))
+        db_url = os.environ.get("MODELFARM_TEST_DATABASE_URL")
+        redis_url = os.environ.get("MODELFARM_TEST_REDIS_URL")
+        if not db_url or not redis_url:
+            db_url, redis_url = stack.enter_context(throwaway_servers())
+        port = free_port()
+        os.environ.update({
+            "MODELFARM_DATABASE_URL": db_url, "MODELFARM_REDIS_URL": redis_url,
+            "MODELFARM_DATA_DIR": str(tmp), "MODELFARM_API_PORT": str(port),
+            "HF_HUB_OFFLINE": "1",
+            **(extra_env or {}),
+        })
+        from app.db import session_scope
+        from app.migrate import upgrade
+        from app.services.tenants import create_api_key, get_or_create_tenant
+
+        upgrade()
+        with session_scope() as session:
+            key = create_api_key(session, get_or_create_tenant(session, "bench"))
+        supervisor = Supervisor()
+        stack.callback(supervisor.stop_all)
+        supervisor.start("api", modelfarm_command("api"))
+        supervisor.start("worker", modelfarm_command("worker", "--pool", "cpu"))
+        url = f"http://127.0.0.1:{port}"
+        client = Client(url, key)
+        stack.callback(client.close)
+        wait_ready(client, timeout=ready_timeout)
+        yield FarmHandle(client=client, tmp=tmp, supervisor=supervisor, url=url, api_key=key)
+
+
+def wait_ready(client: Client, timeout: float = 180) -> None:
+    """A one-item job: the API answers, the worker is up and has its model loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            job = client.create_job({"model": "minilm", "input": {"items": [{"input": "warm"}]}})
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    client.wait(job["id"], timeout=timeout, poll=1)

@@ -1,0 +1,88 @@
+"""Retry of failed items, deadlines, and the event log of a sharded job."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.helpers import assert_error, read_lines, run_job, submit, upload, wait_done
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker", "sweeper")]
+
+
+def _mixed_input(n: int) -> bytes:
+    lines = []
+    for i in range(n):
+        value = f"sentence {i}" if i % 3 else 1234  # every third item has the wrong type
+        lines.append(json.dumps({"custom_id": i, "input": value}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_retry_runs_only_the_failed_items(client: httpx.Client) -> None:
+    first = run_job(client, "minilm", _mixed_input(30))
+    assert first["counts"] == {"total": 30, "succeeded": 20, "failed": 10}
+    response = client.post(f"/v1/jobs/{first['id']}/retry")
+    assert response.status_code == 202, response.text
+    retry = wait_done(client, response.json()["id"])
+    assert retry["retry_of"] == first["id"] and retry["model"] == first["model"]
+    assert retry["counts"]["total"] == 10  # just the failed ones
+    errors = read_lines(client, retry["error_file_id"])
+    assert [e["custom_id"] for e in errors] == list(range(0, 30, 3))
+    # Nothing failed in a clean job: nothing to retry.
+    clean = run_job(client, "minilm", [{"custom_id": 1, "input": "fine"}])
+    assert_error(client.post(f"/v1/jobs/{clean['id']}/retry"), 409, "nothing_to_retry")
+
+
+def test_retry_of_an_unfinished_job_is_409(client: httpx.Client) -> None:
+    job = submit(client, {"model": "minilm", "device": "gpu",  # no GPU worker: stays queued
+                          "input": {"items": [{"input": "x"}]}})
+    assert_error(client.post(f"/v1/jobs/{job['id']}/retry"), 409, "not_retryable")
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert_error(client.post("/v1/jobs/job_nope/retry"), 404)
+
+
+def test_a_queued_job_past_its_deadline_is_cancelled(client: httpx.Client) -> None:
+    job = submit(client, {"model": "minilm", "device": "gpu", "deadline_seconds": 0.5,
+                          "input": {"items": [{"input": "x"}]}})
+    assert job["deadline_at"] is not None
+    done = wait_done(client, job["id"], timeout=30)
+    assert done["status"] == "cancelled"
+    assert done["error"]["code"] == "deadline_exceeded"
+
+
+def test_a_running_job_past_its_deadline_keeps_its_finished_items(client: httpx.Client) -> None:
+    rows = [{"custom_id": i, "input": "a sentence to embed " * 20} for i in range(4000)]
+    job = run_job(client, "minilm", rows, deadline_seconds=4)
+    assert job["status"] == "cancelled" and job["error"]["code"] == "deadline_exceeded"
+    done = read_lines(client, job["output_file_id"])
+    assert 0 < len(done) < 4000 and len(done) == job["counts"]["succeeded"]
+    assert [d["custom_id"] for d in done] == list(range(len(done)))
+
+
+def test_bad_deadline_is_422(client: httpx.Client) -> None:
+    for value in (0, -1, "soon", 10**9):
+        body = {"model": "minilm", "deadline_seconds": value, "input": {"items": [{"input": "x"}]}}
+        assert_error(client.post("/v1/jobs", json=body), 422)
+
+
+def test_a_job_whose_message_was_never_published_still_runs(client: httpx.Client,
+                                                            services: dict[str, str]) -> None:
+    """The API commits before it publishes; a job left without a message is the sweeper's."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job
+
+    file = upload(client, b'{"custom_id": "a", "input": "hello"}\n')
+    job = submit(client, {"model": "minilm", "device": "gpu", "input": {"file_id": file["id"]}})
+    # Simulate a publish that never happened: a cpu job, queued, with no dispatch time and no
+    # message anywhere (its real message went to the gpu queue, which nobody consumes).
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job["id"])
+                        .values(queue="cpu", device="cpu", dispatched_at=None))
+    done = wait_done(client, job["id"], timeout=60)
+    assert done["status"] == "succeeded"
+    events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert "redispatched" in events
