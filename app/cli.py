@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.config import get_settings
 
-cli = typer.Typer(help="modelfarm: batch inference and training jobs on your own machines.",
-                  no_args_is_help=True)
+cli = typer.Typer(
+    help="modelfarm: batch inference and training jobs on your own machines.", no_args_is_help=True
+)
 keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 console = Console()
@@ -42,8 +43,13 @@ def api() -> None:
 
     settings = get_settings()
     settings.require_database_url()
-    uvicorn.run("app.api.main:create_app", factory=True, host=settings.api_host,
-                port=settings.api_port, log_level="info")
+    uvicorn.run(
+        "app.api.main:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="info",
+    )
 
 
 @cli.command()
@@ -68,8 +74,20 @@ def worker(
 
     name = f"{pool}{'' if gpu_slot is None else gpu_slot}@%h"
     procs = 1 if pool == "gpu" else get_settings().worker_concurrency
-    celery_app.worker_main(["worker", "--queues", pool, "--concurrency", str(procs),
-                            "--hostname", name, "--loglevel", "INFO", "--events"])
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            pool,
+            "--concurrency",
+            str(procs),
+            "--hostname",
+            name,
+            "--loglevel",
+            "INFO",
+            "--events",
+        ]
+    )
 
 
 def _run_gpu_pool() -> int:
@@ -80,17 +98,21 @@ def _run_gpu_pool() -> int:
     gpus = visible_gpus()
     count = settings.gpu_count if settings.gpu_count is not None else len(gpus)
     if count < 1:
-        err.print("no GPU visible (set MODELFARM_GPU_COUNT with MODELFARM_DEVICE_OVERRIDE=cpu "
-                  "to run the GPU pool on the CPU)")
+        err.print(
+            "no GPU visible (set MODELFARM_GPU_COUNT with MODELFARM_DEVICE_OVERRIDE=cpu "
+            "to run the GPU pool on the CPU)"
+        )
         return 2
     install_stop_handlers()
     supervisor = Supervisor()
     try:
         for slot in range(count):
             device = gpus[slot] if slot < len(gpus) else ""
-            supervisor.start(f"gpu{slot}",
-                             modelfarm_command("worker", "--pool", "gpu", "--gpu-slot", str(slot)),
-                             env={"CUDA_VISIBLE_DEVICES": device})
+            supervisor.start(
+                f"gpu{slot}",
+                modelfarm_command("worker", "--pool", "gpu", "--gpu-slot", str(slot)),
+                env={"CUDA_VISIBLE_DEVICES": device},
+            )
         name, code = supervisor.wait_any()
         err.print(f"GPU worker {name} exited with {code}")
         return code or 1
@@ -120,8 +142,16 @@ def flower() -> None:
     """Flower, the live view of workers, tasks and queues."""
     settings = get_settings()
     settings.require_redis_url()
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:celery_app", "flower",
-            f"--port={settings.flower_port}", f"--address={settings.api_host}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app:celery_app",
+        "flower",
+        f"--port={settings.flower_port}",
+        f"--address={settings.api_host}",
+    ]
     os.execv(sys.executable, argv)
 
 
@@ -162,16 +192,23 @@ def _show(job: dict[str, object]) -> None:
 def _watch(client, job_id: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from app.client import TERMINAL
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err) as progress:
         bar = progress.add_task(job_id, total=None)
         while True:
             job = client.job(job_id, wait=1)
             counts = job["counts"]
-            progress.update(bar, total=counts["total"] or None,
-                            completed=counts["succeeded"] + counts["failed"],
-                            description=f"{job_id} {job['status']}")
+            progress.update(
+                bar,
+                total=counts["total"] or None,
+                completed=counts["succeeded"] + counts["failed"],
+                description=f"{job_id} {job['status']}",
+            )
             if job["status"] in TERMINAL:
                 return job
 
@@ -186,8 +223,14 @@ def submit(
     """Upload FILE (JSONL) and run a batch inference job over it."""
     client = _client()
     uploaded = client.upload(file, "batch")
-    job = client.create_job({"type": "inference", "model": model, "device": device,
-                             "input": {"file_id": uploaded["id"]}})
+    job = client.create_job(
+        {
+            "type": "inference",
+            "model": model,
+            "device": device,
+            "input": {"file_id": uploaded["id"]},
+        }
+    )
     err.print(f"job {job['id']} {job['status']}")
     if wait:
         job = _watch(client, job["id"])

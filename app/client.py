@@ -43,7 +43,9 @@ class Client:
                 self.http.post("/v1/files", files=files, data={"purpose": purpose})
             ).json()
 
-    def create_job(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+    def create_job(
+        self, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._check(self.http.post("/v1/jobs", json=body, headers=headers)).json()
 

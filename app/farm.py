@@ -74,7 +74,9 @@ def run_farm(with_flower: bool = True) -> int:
 
             console.print(f"[bold]API[/bold]     {settings.client_api_url}")
             if with_flower:
-                console.print(f"[bold]Flower[/bold]  http://{settings.api_host}:{settings.flower_port}")
+                console.print(
+                    f"[bold]Flower[/bold]  http://{settings.api_host}:{settings.flower_port}"
+                )
             console.print(f"[bold]API key[/bold] {api_key}  (tenant 'default')")
             console.print("Ctrl-C stops the farm.")
             name, code = supervisor.wait_any()

@@ -12,15 +12,20 @@ from sqlalchemy import func, select
 registry = CollectorRegistry()
 
 HTTP_REQUESTS = Histogram(
-    "modelfarm_http_request_duration_seconds", "HTTP requests by route and status",
-    ["method", "route", "status"], registry=registry,
+    "modelfarm_http_request_duration_seconds",
+    "HTTP requests by route and status",
+    ["method", "route", "status"],
+    registry=registry,
 )
 JOBS_SUBMITTED = Counter(
-    "modelfarm_jobs_submitted_total", "Jobs accepted by the API", ["type", "queue"],
+    "modelfarm_jobs_submitted_total",
+    "Jobs accepted by the API",
+    ["type", "queue"],
     registry=registry,
 )
 JOBS_PUBLISH_FAILED = Counter(
-    "modelfarm_job_publish_failures_total", "Jobs committed but not handed to the broker",
+    "modelfarm_job_publish_failures_total",
+    "Jobs committed but not handed to the broker",
     registry=registry,
 )
 

@@ -26,7 +26,9 @@ class Supervisor:
     def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         # Own process group: Ctrl-C reaches the supervisor, which then stops children in order.
         self.children[name] = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            argv,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.info("started %s (pid %d)", name, self.children[name].pid)

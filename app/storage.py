@@ -99,4 +99,3 @@ class ArtifactStore:
 def get_store() -> ArtifactStore:
     settings = get_settings()
     return ArtifactStore(settings.artifacts, settings.data_dir.resolve() / "cache")
-

@@ -57,33 +57,58 @@ def sweep_once() -> dict[str, int]:
     return done
 
 
-def _expire_leases(session: Any, max_attempts: int, done: dict[str, int],
-                   sends: list[tuple[str, list[Any], str]]) -> None:
+def _expire_leases(
+    session: Any, max_attempts: int, done: dict[str, int], sends: list[tuple[str, list[Any], str]]
+) -> None:
+    # A stopping job runs nothing more: its waiting shards close, so it can be assembled.
+    session.execute(
+        update(JobShard)
+        .where(
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.job_id.in_(select(Job.id).where(Job.status == JobStatus.CANCELLING)),
+        )
+        .values(status=ShardStatus.CANCELLED, finished_at=utcnow())
+    )
     expired = session.execute(
-        select(JobShard, Job.queue).join(Job, Job.id == JobShard.job_id)
+        select(JobShard, Job.queue, Job.status)
+        .join(Job, Job.id == JobShard.job_id)
         .where(JobShard.status == ShardStatus.RUNNING, JobShard.lease_expires_at < utcnow())
-        .limit(BATCH).with_for_update(of=JobShard, skip_locked=True)
+        .limit(BATCH)
+        .with_for_update(of=JobShard, skip_locked=True)
     ).all()
-    for shard, queue in expired:
+    for shard, queue, job_status in expired:
         info = {"shard": shard.index, "attempt": shard.attempts, "owner": shard.lease_owner}
+        add_event(session, shard.job_id, "lease_expired", info)
+        if job_status == JobStatus.CANCELLING:
+            # The dead attempt's part files may end mid-line: they are left out.
+            shard.status, shard.finished_at = ShardStatus.CANCELLED, utcnow()
+            shard.lease_owner = shard.lease_expires_at = None
+            continue
         if shard.attempts >= max_attempts:
             shard.status = ShardStatus.FAILED
-            reason = (f"shard {shard.index} lost its worker {shard.attempts} times "
-                      "(killed, out of memory, or hung)")
-            transition(session, shard.job_id, [JobStatus.RUNNING, JobStatus.CANCELLING],
-                       JobStatus.FAILED, event_data=info,
-                       error={"code": "worker_lost", "message": reason})
+            reason = (
+                f"shard {shard.index} lost its worker {shard.attempts} times "
+                "(killed, out of memory, or hung)"
+            )
+            transition(
+                session,
+                shard.job_id,
+                [JobStatus.RUNNING, JobStatus.CANCELLING],
+                JobStatus.FAILED,
+                event_data=info,
+                error={"code": "worker_lost", "message": reason},
+            )
             done["failed"] += 1
             continue
         shard.status, shard.lease_owner, shard.lease_expires_at = ShardStatus.QUEUED, None, None
         shard.last_error = "lease expired"
-        add_event(session, shard.job_id, "lease_expired", info)
         sends.append((TASK_RUN_SHARD, [shard.job_id, shard.index], queue))
         done["expired"] += 1
 
 
-def _lost_messages(session: Any, live: set[TaskKey] | None, visibility: float
-                   ) -> list[tuple[str, list[Any], str]]:
+def _lost_messages(
+    session: Any, live: set[TaskKey] | None, visibility: float
+) -> list[tuple[str, list[Any], str]]:
     """Queued work whose message the broker no longer holds."""
     now = utcnow()
     grace = now - timedelta(seconds=2)  # the API publishes just after it commits
@@ -99,11 +124,17 @@ def _lost_messages(session: Any, live: set[TaskKey] | None, visibility: float
 
     sends: list[tuple[str, list[Any], str]] = []
     jobs = session.execute(
-        select(Job.id, Job.queue, Job.dispatched_at).where(
+        select(Job.id, Job.queue, Job.dispatched_at)
+        .where(
             (Job.status == JobStatus.QUEUED)
-            | ((Job.status == JobStatus.RUNNING) & Job.shards_total.is_(None)
-               & (Job.lease_expires_at < now)))
-        .where(Job.created_at < grace).limit(BATCH)
+            | (
+                (Job.status == JobStatus.RUNNING)
+                & Job.shards_total.is_(None)
+                & (Job.lease_expires_at < now)
+            )
+        )
+        .where(Job.created_at < grace)
+        .limit(BATCH)
     ).all()
     for job_id, queue, dispatched in jobs:
         if lost((TASK_PLAN_JOB, (job_id,)), dispatched):
@@ -123,14 +154,19 @@ def _lost_messages(session: Any, live: set[TaskKey] | None, visibility: float
 def _unassembled(session: Any) -> list[tuple[str, list[Any], str]]:
     now = utcnow()
     rows = session.execute(
-        select(Job.id, Job.queue).where(
+        select(Job.id, Job.queue)
+        .where(
             Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
             Job.shards_total.is_not(None),
             (Job.lease_owner.is_(None)) | (Job.lease_expires_at < now),
-        ).limit(BATCH)
+        )
+        .limit(BATCH)
     ).all()
-    return [(TASK_FINALIZE_JOB, [job_id], queue) for job_id, queue in rows
-            if active_shards(session, job_id) == 0]
+    return [
+        (TASK_FINALIZE_JOB, [job_id], queue)
+        for job_id, queue in rows
+        if active_shards(session, job_id) == 0
+    ]
 
 
 def _mark_dispatched(sends: list[tuple[str, list[Any], str]]) -> None:
@@ -141,23 +177,29 @@ def _mark_dispatched(sends: list[tuple[str, list[Any], str]]) -> None:
                 session.execute(update(Job).where(Job.id == args[0]).values(dispatched_at=now))
                 add_event(session, args[0], "redispatched", {"by": "sweeper"})
             elif task == TASK_RUN_SHARD:
-                session.execute(update(JobShard).where(
-                    JobShard.job_id == args[0], JobShard.index == args[1]
-                ).values(dispatched_at=now))
+                session.execute(
+                    update(JobShard)
+                    .where(JobShard.job_id == args[0], JobShard.index == args[1])
+                    .values(dispatched_at=now)
+                )
 
 
 def run_sweeper() -> None:
     """Sweep forever; only the holder of the advisory lock acts."""
     settings = get_settings()
-    log.info("sweeper started: every %.1fs, lease %.1fs", settings.sweep_interval_seconds,
-             settings.lease_seconds)
+    log.info(
+        "sweeper started: every %.1fs, lease %.1fs",
+        settings.sweep_interval_seconds,
+        settings.lease_seconds,
+    )
     lock_conn = None
     while True:
         try:
             if lock_conn is None:
                 lock_conn = get_engine().connect()
-            held = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                     {"k": SWEEPER_LOCK}).scalar()
+            held = lock_conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": SWEEPER_LOCK}
+            ).scalar()
             lock_conn.commit()
             if held:
                 done = sweep_once()

@@ -43,8 +43,11 @@ def run_farm(sentences: list[str], runs: int) -> tuple[float, np.ndarray]:
     with running_farm() as farm:
         client = farm.client
         path = farm.tmp / "sentences.jsonl"
-        path.write_text("".join(json.dumps({"custom_id": i, "input": s}) + "\n"
-                                for i, s in enumerate(sentences)))
+        path.write_text(
+            "".join(
+                json.dumps({"custom_id": i, "input": s}) + "\n" for i, s in enumerate(sentences)
+            )
+        )
         best = float("inf")
         embeddings = np.empty(0)
         for _ in range(runs):

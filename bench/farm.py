@@ -42,8 +42,9 @@ class FarmHandle:
 
 
 @contextmanager
-def running_farm(extra_env: dict[str, str] | None = None,
-                 ready_timeout: float = 180) -> Iterator[FarmHandle]:
+def running_farm(
+    extra_env: dict[str, str] | None = None, ready_timeout: float = 180
+) -> Iterator[FarmHandle]:
     from app.embedded import free_port, throwaway_servers
     from app.procs import modelfarm_command
 
@@ -54,12 +55,16 @@ def running_farm(extra_env: dict[str, str] | None = None,
         if not db_url or not redis_url:
             db_url, redis_url = stack.enter_context(throwaway_servers())
         port = free_port()
-        os.environ.update({
-            "MODELFARM_DATABASE_URL": db_url, "MODELFARM_REDIS_URL": redis_url,
-            "MODELFARM_DATA_DIR": str(tmp), "MODELFARM_API_PORT": str(port),
-            "HF_HUB_OFFLINE": "1",
-            **(extra_env or {}),
-        })
+        os.environ.update(
+            {
+                "MODELFARM_DATABASE_URL": db_url,
+                "MODELFARM_REDIS_URL": redis_url,
+                "MODELFARM_DATA_DIR": str(tmp),
+                "MODELFARM_API_PORT": str(port),
+                "HF_HUB_OFFLINE": "1",
+                **(extra_env or {}),
+            }
+        )
         from app.db import session_scope
         from app.migrate import upgrade
         from app.services.tenants import create_api_key, get_or_create_tenant

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
@@ -97,7 +97,8 @@ def api_url(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
     port = free_port()
     proc = FarmProcess.start(
-        ["api"], {**services, "MODELFARM_API_PORT": str(port)},
+        ["api"],
+        {**services, "MODELFARM_API_PORT": str(port)},
         tmp_path_factory.mktemp("logs") / "api.log",
     )
     url = f"http://127.0.0.1:{port}"
@@ -108,39 +109,44 @@ def api_url(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         proc.stop()
 
 
-@pytest.fixture(scope="session")
-def cpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
-    proc = FarmProcess.start(["worker", "--pool", "cpu"], services,
-                             tmp_path_factory.mktemp("logs") / "worker-cpu.log")
+@contextmanager
+def _farm_process(
+    args: list[str], env: dict[str, str], logs: pytest.TempPathFactory, ready: str
+) -> Iterator[FarmProcess]:
+    """A `modelfarm` command as a child process, yielded once its log says `ready`."""
+    proc = FarmProcess.start(args, env, logs.mktemp("logs") / f"{'-'.join(args)}.log")
     try:
-        proc.wait_for_log("ready.")
+        proc.wait_for_log(ready)
         yield proc
     finally:
         proc.stop()
 
 
 @pytest.fixture(scope="session")
-def sweeper(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+def cpu_worker(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FarmProcess]:
+    with _farm_process(["worker", "--pool", "cpu"], services, tmp_path_factory, "ready.") as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def sweeper(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FarmProcess]:
     env = {**services, "MODELFARM_SWEEP_INTERVAL_SECONDS": "0.5"}
-    proc = FarmProcess.start(["sweeper"], env, tmp_path_factory.mktemp("logs") / "sweeper.log")
-    try:
-        proc.wait_for_log("sweeper started")
-        yield proc
-    finally:
-        proc.stop()
+    with _farm_process(["sweeper"], env, tmp_path_factory, "sweeper started") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def gpu_worker(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmProcess]:
+def gpu_worker(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FarmProcess]:
     """The GPU pool's own code path, run on the CPU through the device override."""
     env = {**services, "MODELFARM_DEVICE_OVERRIDE": "cpu", "MODELFARM_GPU_COUNT": "1"}
-    proc = FarmProcess.start(["worker", "--pool", "gpu"], env,
-                             tmp_path_factory.mktemp("logs") / "worker-gpu.log")
-    try:
-        proc.wait_for_log("ready.")
-        yield proc
-    finally:
-        proc.stop()
+    with _farm_process(["worker", "--pool", "gpu"], env, tmp_path_factory, "ready.") as p:
+        yield p
 
 
 @pytest.fixture
@@ -155,8 +161,9 @@ def tenant_key(services: dict[str, str]) -> str:
 
 @pytest.fixture
 def client(api_url: str, tenant_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"},
-                      timeout=60) as c:
+    with httpx.Client(
+        base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"}, timeout=60
+    ) as c:
         yield c
 
 
@@ -167,7 +174,7 @@ def other_client(api_url: str, services: dict[str, str]) -> Iterator[httpx.Clien
 
     with session_scope() as session:
         key = create_api_key(session, get_or_create_tenant(session, f"o-{secrets.token_hex(6)}"))
-    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"},
-                      timeout=60) as c:
+    with httpx.Client(
+        base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as c:
         yield c
-

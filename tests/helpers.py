@@ -26,8 +26,11 @@ class FarmProcess:
     def start(cls, args: list[str], env: dict[str, str], log: Path) -> FarmProcess:
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args], env={**os.environ, **env},
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "app.cli", *args],
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         return cls(proc, log)
@@ -41,7 +44,9 @@ class FarmProcess:
             if text in self.output():
                 return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"process exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+                raise RuntimeError(
+                    f"process exited {self.proc.returncode}:\n{self.output()[-3000:]}"
+                )
             time.sleep(0.2)
         raise TimeoutError(f"{text!r} not seen in {timeout}s:\n{self.output()[-3000:]}")
 
@@ -79,10 +84,10 @@ def jsonl(rows: list[Any]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def upload(client: httpx.Client, content: bytes, purpose: str = "batch",
-           name: str = "input.jsonl") -> dict[str, Any]:
-    response = client.post("/v1/files", files={"file": (name, content)},
-                           data={"purpose": purpose})
+def upload(
+    client: httpx.Client, content: bytes, purpose: str = "batch", name: str = "input.jsonl"
+) -> dict[str, Any]:
+    response = client.post("/v1/files", files={"file": (name, content)}, data={"purpose": purpose})
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -120,8 +125,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     return body["error"]
 
 
-def run_job(client: httpx.Client, model: str, rows: list[Any] | bytes,
-            **fields: Any) -> dict[str, Any]:
+def run_job(
+    client: httpx.Client, model: str, rows: list[Any] | bytes, **fields: Any
+) -> dict[str, Any]:
     """Upload `rows` (JSONL bytes, or rows to encode), run an inference job, wait for its end."""
     content = rows if isinstance(rows, bytes) else jsonl(rows)
     file = upload(client, content)

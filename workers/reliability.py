@@ -83,8 +83,7 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_seconds / 3):
             try:
                 with session_scope() as session:
-                    held = renew_shard_lease(session, self.shard_id, self.owner,
-                                             self.lease_seconds)
+                    held = renew_shard_lease(session, self.shard_id, self.owner, self.lease_seconds)
             except Exception:  # the database may be away; the next tick tries again
                 log.warning("could not renew the lease of shard %s", self.shard_id)
                 continue

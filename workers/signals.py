@@ -26,5 +26,9 @@ def _init_process(**_: object) -> None:
             worker.cache.get(builtin_spec(name, device=worker.device))
         except Exception:  # a model that will not load fails its jobs, not the worker
             log.exception("could not preload model %s", name)
-    log.info("worker process ready: pool=%s device=%s threads=%d",
-             worker.pool, worker.device, settings.torch_threads())
+    log.info(
+        "worker process ready: pool=%s device=%s threads=%d",
+        worker.pool,
+        worker.device,
+        settings.torch_threads(),
+    )

@@ -29,7 +29,11 @@ def upload_file(
     settings: SettingsDep,
 ) -> FilePublic:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + MULTIPART_SLACK:
+    if (
+        declared
+        and declared.isdigit()
+        and int(declared) > settings.max_upload_bytes + MULTIPART_SLACK
+    ):
         raise PayloadTooLarge(f"uploads are limited to {settings.max_upload_bytes} bytes")
     if purpose not in file_service.UPLOAD_PURPOSES:
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
@@ -37,7 +41,11 @@ def upload_file(
     # Starlette spools the part to a temporary file, so it is copied to the store in chunks.
     chunks = iter(lambda: file.file.read(CHUNK), b"")
     created = file_service.create_file(
-        session, tenant, FilePurpose(purpose), file.filename or "upload", chunks,
+        session,
+        tenant,
+        FilePurpose(purpose),
+        file.filename or "upload",
+        chunks,
         settings.max_upload_bytes,
     )
     return FilePublic.model_validate(created, from_attributes=True)
@@ -55,7 +63,10 @@ def get_file_content(file_id: str, session: SessionDep, tenant: TenantDep) -> St
     file = file_service.get_file(session, tenant, file_id)
     media = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return StreamingResponse(
-        get_store().iter_bytes(file.uri), media_type=media,
-        headers={"Content-Length": str(file.bytes),
-                 "Content-Disposition": f'attachment; filename="{file.filename}"'},
+        get_store().iter_bytes(file.uri),
+        media_type=media,
+        headers={
+            "Content-Length": str(file.bytes),
+            "Content-Disposition": f'attachment; filename="{file.filename}"',
+        },
     )

@@ -66,7 +66,8 @@ def list_jobs(
         session, tenant, status=status, type_=type, limit=limit, after=after
     )
     return JobList(
-        data=[job_service.job_public(j) for j in jobs], has_more=has_more,
+        data=[job_service.job_public(j) for j in jobs],
+        has_more=has_more,
         last_id=jobs[-1].id if jobs else None,
     )
 
@@ -118,5 +119,6 @@ def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
 def list_events(job_id: str, session: SessionDep, tenant: TenantDep) -> JobEventList:
     job = job_service.get_job(session, tenant, job_id)
     events = session.query(JobEvent).filter(JobEvent.job_id == job.id).order_by(JobEvent.id)
-    return JobEventList(data=[JobEventPublic.model_validate(e, from_attributes=True)
-                              for e in events])
+    return JobEventList(
+        data=[JobEventPublic.model_validate(e, from_attributes=True) for e in events]
+    )

@@ -33,8 +33,15 @@ def create_file(
         size, sha256 = get_store().write_stream(uri, chunks, limit)
     except TooLarge as exc:
         raise PayloadTooLarge(f"the file is {exc}") from exc
-    file = File(id=file_id, tenant_id=tenant.id, purpose=purpose,
-                filename=filename[:255] or "upload", bytes=size, sha256=sha256, uri=uri)
+    file = File(
+        id=file_id,
+        tenant_id=tenant.id,
+        purpose=purpose,
+        filename=filename[:255] or "upload",
+        bytes=size,
+        sha256=sha256,
+        uri=uri,
+    )
     session.add(file)
     session.flush()
     return file
@@ -43,9 +50,7 @@ def create_file(
 def create_items_file(session: Session, tenant: Tenant, items: Iterable[dict[str, object]]) -> File:
     """Inline items become a JSONL input file, so every job reads its input the same way."""
     body = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
-    return create_file(
-        session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None
-    )
+    return create_file(session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None)
 
 
 def register_file(
@@ -71,4 +76,3 @@ def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
     if file is None:
         raise NotFound(f"no file {file_id!r}")
     return file
-

@@ -57,13 +57,22 @@ def create_job(
         if input_file.purpose != FilePurpose.BATCH:
             raise InvalidRequest(f"file {input_file.id} is not a batch input file")
     job = Job(
-        tenant_id=tenant.id, type=body.type, status=JobStatus.QUEUED, model=resolved.ref,
-        model_version_id=resolved.version_id, device=body.device, queue=pick_queue(body.device),
-        input_file_id=input_file.id, params=body.params,
+        tenant_id=tenant.id,
+        type=body.type,
+        status=JobStatus.QUEUED,
+        model=resolved.ref,
+        model_version_id=resolved.version_id,
+        device=body.device,
+        queue=pick_queue(body.device),
+        input_file_id=input_file.id,
+        params=body.params,
         webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
-        meta=body.metadata, idempotency_key=idempotency_key, usage={},
+        meta=body.metadata,
+        idempotency_key=idempotency_key,
+        usage={},
         deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds)
-        if body.deadline_seconds else None,
+        if body.deadline_seconds
+        else None,
     )
     try:
         with session.begin_nested():
@@ -80,9 +89,7 @@ def create_job(
 
 
 def find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key)
-    )
+    return session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
 
 
 def add_event(
@@ -165,15 +172,28 @@ def list_jobs(
 
 def job_public(job: Job) -> JobPublic:
     return JobPublic(
-        id=job.id, type=job.type, status=job.status, model=job.model, device=job.device,
+        id=job.id,
+        type=job.type,
+        status=job.status,
+        model=job.model,
+        device=job.device,
         queue=job.queue,
-        counts=JobCounts(total=job.counts_total, succeeded=job.counts_succeeded,
-                         failed=job.counts_failed),
-        input_file_id=job.input_file_id, output_file_id=job.output_file_id,
-        error_file_id=job.error_file_id, result=job.result,
+        counts=JobCounts(
+            total=job.counts_total, succeeded=job.counts_succeeded, failed=job.counts_failed
+        ),
+        input_file_id=job.input_file_id,
+        output_file_id=job.output_file_id,
+        error_file_id=job.error_file_id,
+        result=job.result,
         error=JobError(**job.error) if job.error else None,
-        attempts=job.attempts, retry_of=job.retry_of, deadline_at=job.deadline_at,
-        params=job.params, webhook=job.webhook, metadata=job.meta,
+        attempts=job.attempts,
+        retry_of=job.retry_of,
+        deadline_at=job.deadline_at,
+        params=job.params,
+        webhook=job.webhook,
+        metadata=job.meta,
         usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, **(job.usage or {})},
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
     )

@@ -17,12 +17,10 @@ from app.schemas.models import ModelCreate, ModelPublic, ModelVersionPublic
 from app.services.errors import InvalidRequest, NotFound
 from app.services.files import get_file
 from app.storage import get_store
+from workers.runtime.registry import BUILTIN_MODELS
 
-# Builtin models ship with the farm (their weights come from Python packages), so every tenant
-# can use them and none may register a model of the same name.
-BUILTIN_MODELS: dict[str, dict[str, str]] = {
-    "minilm": {"framework": "sentence-transformers", "task": "feature-extraction"},
-}
+# Builtin models (workers/runtime/registry.py) ship with the farm, their weights in Python
+# packages, so every tenant can use them and none may register a model of the same name.
 
 TASKS_BY_FRAMEWORK = {
     "sklearn": {"classification", "regression"},
@@ -51,10 +49,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
     name, version = parse_ref(ref)
     if name in BUILTIN_MODELS:
-        if version not in (None, 1):
-            raise NotFound(f"builtin model {name!r} has only version 1")
-        spec = BUILTIN_MODELS[name]
-        return ResolvedModel(f"{name}@1", spec["framework"], spec["task"], None)
+        if version not in (None, BUILTIN_MODELS[name].version):
+            raise NotFound(f"no model {ref!r}: builtin {name!r} has one version")
+        builtin = BUILTIN_MODELS[name]
+        return ResolvedModel(f"{name}@{builtin.version}", builtin.framework, builtin.task, None)
     query = (
         select(ModelVersion)
         .join(Model)
@@ -83,7 +81,9 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
         session.add(model)
         session.flush()
     version = (
-        session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+        session.scalar(
+            select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+        )
         or 0
     ) + 1
     store = get_store()
@@ -100,8 +100,13 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
             raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
         info = _unpack_model_archive(source, target)
     mv = ModelVersion(
-        model_id=model.id, version=version, framework=body.framework, task=task,
-        file_id=file.id, uri=target, info=info,
+        model_id=model.id,
+        version=version,
+        framework=body.framework,
+        task=task,
+        file_id=file.id,
+        uri=target,
+        info=info,
     )
     session.add(mv)
     session.flush()
@@ -170,32 +175,49 @@ def _inside(dest: Path, member: str) -> None:
 
 def version_public(name: str, mv: ModelVersion) -> ModelVersionPublic:
     return ModelVersionPublic(
-        id=mv.id, model=f"{name}@{mv.version}", name=name, version=mv.version,
-        framework=mv.framework, task=mv.task, file_id=mv.file_id, info=mv.info,
+        id=mv.id,
+        model=f"{name}@{mv.version}",
+        name=name,
+        version=mv.version,
+        framework=mv.framework,
+        task=mv.task,
+        file_id=mv.file_id,
+        info=mv.info,
         created_at=mv.created_at,
     )
 
 
 def _builtin_public(name: str) -> ModelPublic:
-    spec = BUILTIN_MODELS[name]
+    builtin = BUILTIN_MODELS[name]
     version = ModelVersionPublic(
-        id=f"builtin_{name}", model=f"{name}@1", name=name, version=1,
-        framework=spec["framework"], task=spec["task"], file_id=None, info={}, created_at=None,
+        id=f"builtin_{name}",
+        model=f"{name}@{builtin.version}",
+        name=name,
+        version=builtin.version,
+        framework=builtin.framework,
+        task=builtin.task,
+        file_id=None,
+        info={},
+        created_at=None,
     )
-    return ModelPublic(name=name, builtin=True, latest_version=1, versions=[version])
+    return ModelPublic(name=name, builtin=True, latest_version=builtin.version, versions=[version])
 
 
 def _model_public(model: Model) -> ModelPublic:
     versions = [version_public(model.name, v) for v in model.versions]
     return ModelPublic(
-        name=model.name, builtin=False, latest_version=versions[-1].version if versions else 0,
+        name=model.name,
+        builtin=False,
+        latest_version=versions[-1].version if versions else 0,
         versions=versions,
     )
 
 
 def list_models(session: Session, tenant: Tenant) -> list[ModelPublic]:
     models = session.scalars(
-        select(Model).where(Model.tenant_id == tenant.id).options(selectinload(Model.versions))
+        select(Model)
+        .where(Model.tenant_id == tenant.id)
+        .options(selectinload(Model.versions))
         .order_by(Model.name)
     )
     return [_builtin_public(n) for n in sorted(BUILTIN_MODELS)] + [_model_public(m) for m in models]
@@ -205,7 +227,8 @@ def get_model(session: Session, tenant: Tenant, name: str) -> ModelPublic:
     if name in BUILTIN_MODELS:
         return _builtin_public(name)
     model = session.scalar(
-        select(Model).where(Model.tenant_id == tenant.id, Model.name == name)
+        select(Model)
+        .where(Model.tenant_id == tenant.id, Model.name == name)
         .options(selectinload(Model.versions))
     )
     if model is None:

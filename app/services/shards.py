@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -19,6 +19,20 @@ from app.services.jobs import add_event, transition
 
 ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
+
+
+def _execute(session: Session, statement: Any) -> Any:
+    """`session.execute` typed loosely: UPDATE results are read for `rowcount` here."""
+    return session.execute(statement)
+
+
+def _held(shard_id: int, owner: str) -> tuple[ColumnElement[bool], ...]:
+    """The shard is running under this owner's lease: the guard of every write while working."""
+    return (
+        JobShard.id == shard_id,
+        JobShard.lease_owner == owner,
+        JobShard.status == ShardStatus.RUNNING,
+    )
 
 
 def lease_until(seconds: float) -> datetime:
@@ -33,75 +47,143 @@ class ShardRange:
     start_line: int
 
 
-def claim_for_planning(session: Session, job_id: str, owner: str, worker: str,
-                       lease_seconds: float) -> Job | None:
+def claim_for_planning(
+    session: Session, job_id: str, owner: str, worker: str, lease_seconds: float
+) -> Job | None:
     """Start a queued job, or take over one whose planner died before it made shards."""
     now = utcnow()
     taken = transition(
-        session, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], JobStatus.RUNNING,
+        session,
+        job_id,
+        [JobStatus.QUEUED, JobStatus.RUNNING],
+        JobStatus.RUNNING,
         event_data={"worker": worker},
-        where=[or_(Job.status == JobStatus.QUEUED,
-                   (Job.shards_total.is_(None)) & (Job.lease_expires_at < now))],
-        started_at=func.coalesce(Job.started_at, now), worker=worker, lease_owner=owner,
+        where=[
+            or_(
+                Job.status == JobStatus.QUEUED,
+                (Job.shards_total.is_(None)) & (Job.lease_expires_at < now),
+            )
+        ],
+        started_at=func.coalesce(Job.started_at, now),
+        worker=worker,
+        lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
     )
     return session.get(Job, job_id, populate_existing=True) if taken else None
 
 
-def create_shards(session: Session, job_id: str, owner: str, ranges: list[ShardRange]) -> bool:
-    """Record the plan and give up the planning lease; False if the lease was lost."""
+PlanOutcome = Literal["run", "assemble", "lost"]
+
+
+def create_shards(
+    session: Session, job_id: str, owner: str, ranges: list[ShardRange]
+) -> PlanOutcome:
+    """Record the plan and give up the planning lease.
+
+    "run": publish the shards; "assemble": a cancel came while planning, so no shard runs and
+    the (empty) result is assembled now; "lost": another planner took over.
+    """
     total = ranges[-1].end_item if ranges else 0
-    result = session.execute(
+    status = _execute(
+        session,
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.shards_total.is_(None),
-               Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]))
-        .values(shards_total=len(ranges), counts_total=total, lease_owner=None,
-                lease_expires_at=None)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
+        .where(
+            Job.id == job_id,
+            Job.lease_owner == owner,
+            Job.shards_total.is_(None),
+            Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+        )
+        .values(
+            shards_total=len(ranges), counts_total=total, lease_owner=None, lease_expires_at=None
+        )
+        .returning(Job.status),
+    ).scalar_one_or_none()
+    if status is None:
+        return "lost"
     session.add_all(
         # Published right after this commits; the sweeper resends any the broker drops.
-        JobShard(job_id=job_id, index=i, start_item=r.start_item, end_item=r.end_item,
-                 start_offset=r.start_offset, start_line=r.start_line, dispatched_at=utcnow())
+        JobShard(
+            job_id=job_id,
+            index=i,
+            start_item=r.start_item,
+            end_item=r.end_item,
+            start_offset=r.start_offset,
+            start_line=r.start_line,
+            dispatched_at=utcnow(),
+        )
         for i, r in enumerate(ranges)
     )
     add_event(session, job_id, "planned", {"shards": len(ranges), "items": total})
-    return True
+    if status == JobStatus.CANCELLING:
+        session.flush()
+        cancel_queued_shards(session, job_id)
+        return "assemble"
+    return "run"
 
 
-def claim_shard(session: Session, job_id: str, index: int, owner: str, lease_seconds: float,
-                takeover_of: str | None = None) -> JobShard | None:
+def claim_shard(
+    session: Session,
+    job_id: str,
+    index: int,
+    owner: str,
+    lease_seconds: float,
+    takeover_of: str | None = None,
+) -> JobShard | None:
     """queued -> running under a new lease (or take over `takeover_of`, a dead owner's lease).
 
     The shard's counts restart at zero: its part files are written again from the start.
     """
-    held = (JobShard.status == ShardStatus.QUEUED) if takeover_of is None else (
-        (JobShard.status == ShardStatus.RUNNING) & (JobShard.lease_owner == takeover_of))
+    held = (
+        (JobShard.status == ShardStatus.QUEUED)
+        if takeover_of is None
+        else ((JobShard.status == ShardStatus.RUNNING) & (JobShard.lease_owner == takeover_of))
+    )
     job_running = select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-    shard = session.execute(
+    shard = _execute(
+        session,
         update(JobShard)
-        .where(JobShard.job_id == job_id, JobShard.index == index, held,
-               JobShard.job_id.in_(job_running))
-        .values(status=ShardStatus.RUNNING, lease_owner=owner,
-                lease_expires_at=lease_until(lease_seconds), attempts=JobShard.attempts + 1,
-                succeeded=0, failed=0, last_error=None)
-        .returning(JobShard)
+        .where(
+            JobShard.job_id == job_id,
+            JobShard.index == index,
+            held,
+            JobShard.job_id.in_(job_running),
+        )
+        .values(
+            status=ShardStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=lease_until(lease_seconds),
+            attempts=JobShard.attempts + 1,
+            succeeded=0,
+            failed=0,
+            last_error=None,
+        )
+        .returning(JobShard),
     ).scalar_one_or_none()
     if shard is None:
         return None
-    session.execute(update(Job).where(Job.id == job_id).values(
-        attempts=func.greatest(Job.attempts, shard.attempts), **_count_sums(job_id)))
-    add_event(session, job_id, "shard_started",
-              {"shard": index, "attempt": shard.attempts, "owner": owner})
+    _execute(
+        session,
+        update(Job)
+        .where(Job.id == job_id)
+        .values(attempts=func.greatest(Job.attempts, shard.attempts), **_count_sums(job_id)),
+    )
+    add_event(
+        session,
+        job_id,
+        "shard_started",
+        {"shard": index, "attempt": shard.attempts, "owner": owner},
+    )
     return shard
 
 
 def _count_sums(job_id: str) -> dict[str, Any]:
     # Job counts are the sums over its shards, so a repeated shard never counts twice.
     def total(column: Any) -> Any:
-        return (select(func.coalesce(func.sum(column), 0)).where(JobShard.job_id == job_id)
-                .scalar_subquery())
+        return (
+            select(func.coalesce(func.sum(column), 0))
+            .where(JobShard.job_id == job_id)
+            .scalar_subquery()
+        )
 
     return {"counts_succeeded": total(JobShard.succeeded), "counts_failed": total(JobShard.failed)}
 
@@ -113,30 +195,49 @@ class Progress:
     past_deadline: bool
 
 
-def record_shard_progress(session: Session, shard_id: int, job_id: str, owner: str,
-                          succeeded: int, failed: int, lease_seconds: float) -> Progress:
+def record_shard_progress(
+    session: Session,
+    shard_id: int,
+    job_id: str,
+    owner: str,
+    succeeded: int,
+    failed: int,
+    lease_seconds: float,
+) -> Progress:
     """Add a chunk's counts and renew the lease in one round trip per table."""
-    held = session.execute(
-        update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.lease_owner == owner,
-               JobShard.status == ShardStatus.RUNNING)
-        .values(succeeded=JobShard.succeeded + succeeded, failed=JobShard.failed + failed,
-                lease_expires_at=lease_until(lease_seconds))
-    ).rowcount == 1  # type: ignore[attr-defined]
-    status, deadline = session.execute(
-        update(Job).where(Job.id == job_id).values(**_count_sums(job_id))
-        .returning(Job.status, Job.deadline_at)
+    held = (
+        _execute(
+            session,
+            update(JobShard)
+            .where(*_held(shard_id, owner))
+            .values(
+                succeeded=JobShard.succeeded + succeeded,
+                failed=JobShard.failed + failed,
+                lease_expires_at=lease_until(lease_seconds),
+            ),
+        ).rowcount
+        == 1
+    )
+    status, deadline = _execute(
+        session,
+        update(Job)
+        .where(Job.id == job_id)
+        .values(**_count_sums(job_id))
+        .returning(Job.status, Job.deadline_at),
     ).one()
     return Progress(held, JobStatus(status), deadline is not None and deadline < utcnow())
 
 
 def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds: float) -> bool:
-    return session.execute(
-        update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.lease_owner == owner,
-               JobShard.status == ShardStatus.RUNNING)
-        .values(lease_expires_at=lease_until(lease_seconds))
-    ).rowcount == 1  # type: ignore[attr-defined]
+    return (
+        _execute(
+            session,
+            update(JobShard)
+            .where(*_held(shard_id, owner))
+            .values(lease_expires_at=lease_until(lease_seconds)),
+        ).rowcount
+        == 1
+    )
 
 
 def finish_shard(
@@ -144,14 +245,22 @@ def finish_shard(
 ) -> bool:
     """Close a shard; True when no shard of its job is left to run (time to assemble)."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
-    session.execute(select(Job.id).where(Job.id == shard.job_id).with_for_update())
-    done = session.execute(
-        update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.lease_owner == owner,
-               JobShard.status == ShardStatus.RUNNING)
-        .values(status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
-                parts_attempt=shard.attempts)
-    ).rowcount == 1  # type: ignore[attr-defined]
+    _execute(session, select(Job.id).where(Job.id == shard.job_id).with_for_update())
+    done = (
+        _execute(
+            session,
+            update(JobShard)
+            .where(*_held(shard.id, owner))
+            .values(
+                status=status,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+                parts_attempt=shard.attempts,
+            ),
+        ).rowcount
+        == 1
+    )
     if not done:
         return False
     job = session.get_one(Job, shard.job_id, populate_existing=True)
@@ -161,15 +270,20 @@ def finish_shard(
 
 
 def active_shards(session: Session, job_id: str) -> int:
-    return session.scalar(
-        select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(ACTIVE_SHARD))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(ACTIVE_SHARD))
+        )
+        or 0
+    )
 
 
 def cancel_queued_shards(session: Session, job_id: str) -> None:
-    session.execute(
-        update(JobShard).where(JobShard.job_id == job_id, JobShard.status == ShardStatus.QUEUED)
-        .values(status=ShardStatus.CANCELLED, finished_at=utcnow())
+    _execute(
+        session,
+        update(JobShard)
+        .where(JobShard.job_id == job_id, JobShard.status == ShardStatus.QUEUED)
+        .values(status=ShardStatus.CANCELLED, finished_at=utcnow()),
     )
 
 
@@ -181,8 +295,14 @@ def request_stop(session: Session, job_id: str, error: dict[str, str] | None = N
     values: dict[str, Any] = {"cancel_requested_at": utcnow()}
     if error is not None:
         values["error"] = error
-    transition(session, job_id, [JobStatus.RUNNING], JobStatus.CANCELLING,
-               event_data={"reason": (error or {}).get("code", "cancel_requested")}, **values)
+    transition(
+        session,
+        job_id,
+        [JobStatus.RUNNING],
+        JobStatus.CANCELLING,
+        event_data={"reason": (error or {}).get("code", "cancel_requested")},
+        **values,
+    )
     cancel_queued_shards(session, job_id)
     job = session.get_one(Job, job_id, populate_existing=True)
     return job.shards_total is not None and active_shards(session, job_id) == 0
@@ -190,12 +310,21 @@ def request_stop(session: Session, job_id: str, error: dict[str, str] | None = N
 
 def release_shard(session: Session, shard: JobShard, owner: str, reason: str) -> None:
     """Give a shard back for another attempt (its task broke or ran out of time)."""
-    session.execute(
+    _execute(
+        session,
         update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.lease_owner == owner,
-               JobShard.status == ShardStatus.RUNNING)
-        .values(status=ShardStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                last_error=reason[:1000], dispatched_at=utcnow())
+        .where(*_held(shard.id, owner))
+        .values(
+            status=ShardStatus.QUEUED,
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=reason[:1000],
+            dispatched_at=utcnow(),
+        ),
     )
-    add_event(session, shard.job_id, "shard_released",
-              {"shard": shard.index, "attempt": shard.attempts, "reason": reason[:200]})
+    add_event(
+        session,
+        shard.job_id,
+        "shard_released",
+        {"shard": shard.index, "attempt": shard.attempts, "reason": reason[:200]},
+    )

@@ -34,6 +34,4 @@ def create_api_key(session: Session, tenant: Tenant) -> str:
 
 
 def authenticate(session: Session, key: str) -> Tenant | None:
-    return session.scalar(
-        select(Tenant).join(ApiKey).where(ApiKey.key_hash == hash_key(key))
-    )
+    return session.scalar(select(Tenant).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))

@@ -15,16 +15,26 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("cpu_worker")]
 
 
 def modelfarm(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
-def test_submit_wait_status_results(api_url: str, tenant_key: str, tmp_path: Path,
-                                    services: dict[str, str]) -> None:
+def test_submit_wait_status_results(
+    api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
+) -> None:
     env = {**services, "MODELFARM_API_URL": api_url, "MODELFARM_API_KEY": tenant_key}
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"custom_id": f"c{i}", "input": f"sentence {i}"}) + "\n"
-                              for i in range(50)) + "oops\n")
+    source.write_text(
+        "".join(
+            json.dumps({"custom_id": f"c{i}", "input": f"sentence {i}"}) + "\n" for i in range(50)
+        )
+        + "oops\n"
+    )
     submitted = modelfarm(["submit", str(source), "--model", "minilm", "--wait"], env)
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)

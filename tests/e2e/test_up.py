@@ -21,21 +21,37 @@ from tests.helpers import FarmProcess, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-URL_VARS = ("MODELFARM_DATABASE_URL", "MODELFARM_REDIS_URL", "MODELFARM_API_KEY",
-            "MODELFARM_API_URL")
+URL_VARS = (
+    "MODELFARM_DATABASE_URL",
+    "MODELFARM_REDIS_URL",
+    "MODELFARM_API_KEY",
+    "MODELFARM_API_URL",
+)
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS}
-    env.update({"MODELFARM_DATA_DIR": str(data_dir), "MODELFARM_API_PORT": str(free_port()),
-                "MODELFARM_FLOWER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1", **extra})
+    env.update(
+        {
+            "MODELFARM_DATA_DIR": str(data_dir),
+            "MODELFARM_API_PORT": str(free_port()),
+            "MODELFARM_FLOWER_PORT": str(free_port()),
+            "HF_HUB_OFFLINE": "1",
+            **extra,
+        }
+    )
     return env
 
 
 def _start_up(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "up"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def _wait_state(data_dir: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, str]:
@@ -86,23 +102,33 @@ def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
         # Another command with only the same DATA_DIR reaches the same farm and key.
         source = tmp_path / "in.jsonl"
-        source.write_text("".join(json.dumps({"custom_id": i, "input": f"text {i}"}) + "\n"
-                                  for i in range(20)))
+        source.write_text(
+            "".join(json.dumps({"custom_id": i, "input": f"text {i}"}) + "\n" for i in range(20))
+        )
         cli_env = {k: v for k, v in env.items() if k != "MODELFARM_FLOWER_PORT"}
-        done = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(source), "--model",
-                               "minilm", "--wait"], env=cli_env, capture_output=True, text=True,
-                              timeout=240)
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "submit", str(source), "--model", "minilm", "--wait"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stderr + log.read_text()[-3000:]
         job = json.loads(done.stdout)
         assert job["counts"]["succeeded"] == 20
 
         # Flower sees the CPU worker and the job's task, named so the job id shows.
         # (Flower asks the workers live and may answer before they do: ask a few times.)
-        workers = _poll(f"{flower}/api/workers?refresh=1",
-                        lambda w: any(name.startswith("cpu@") for name in w))
+        workers = _poll(
+            f"{flower}/api/workers?refresh=1", lambda w: any(name.startswith("cpu@") for name in w)
+        )
         assert workers
-        tasks = _poll(f"{flower}/api/tasks", lambda ts: any(
-            t["name"] == "modelfarm.plan_job" and job["id"] in t["args"] for t in ts.values()))
+        tasks = _poll(
+            f"{flower}/api/tasks",
+            lambda ts: any(
+                t["name"] == "modelfarm.plan_job" and job["id"] in t["args"] for t in ts.values()
+            ),
+        )
         assert tasks
 
         tree = psutil.Process(up.pid).children(recursive=True)
@@ -123,10 +149,12 @@ def test_up_runs_the_farm_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
 def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[str, str]) -> None:
     data_dir = tmp_path / "farm"
-    env = _env(data_dir, MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
-               MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"])
-    proc = FarmProcess.start(["up", "--no-flower"], {k: v for k, v in env.items()},
-                             tmp_path / "up.log")
+    env = _env(
+        data_dir,
+        MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+        MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
+    )
+    proc = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
     try:
         wait_for_http(f"http://127.0.0.1:{env['MODELFARM_API_PORT']}/readyz", proc, timeout=60)
         assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()

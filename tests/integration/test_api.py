@@ -40,15 +40,21 @@ def test_upload_and_download_round_trip(client: httpx.Client) -> None:
 
 
 def test_upload_errors(client: httpx.Client) -> None:
-    assert_error(client.post("/v1/files", files={"file": ("a", b"x")},
-                             data={"purpose": "nonsense"}), 422, "invalid_request")
+    assert_error(
+        client.post("/v1/files", files={"file": ("a", b"x")}, data={"purpose": "nonsense"}),
+        422,
+        "invalid_request",
+    )
     assert_error(client.post("/v1/files", data={"purpose": "batch"}), 422)
     assert_error(client.get("/v1/files/file_missing"), 404, "not_found")
 
 
-def test_upload_over_the_limit_is_413(api_url: str, services: dict[str, str],
-                                      tmp_path_factory: pytest.TempPathFactory,
-                                      tenant_key: str) -> None:
+def test_upload_over_the_limit_is_413(
+    api_url: str,
+    services: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    tenant_key: str,
+) -> None:
     from app.embedded import free_port
     from tests.helpers import FarmProcess, wait_for_http
 
@@ -60,15 +66,27 @@ def test_upload_over_the_limit_is_413(api_url: str, services: dict[str, str],
         wait_for_http(f"{base}/healthz", proc)
         auth = {"Authorization": f"Bearer {tenant_key}"}
         # Over the limit with a Content-Length: refused before the body is read.
-        big = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
-                         files={"file": ("big.jsonl", b"x" * 200_000)})
+        big = httpx.post(
+            f"{base}/v1/files",
+            headers=auth,
+            data={"purpose": "batch"},
+            files={"file": ("big.jsonl", b"x" * 200_000)},
+        )
         assert_error(big, 413, "payload_too_large")
         # Just over the limit, within the multipart slack: refused while copying.
-        near = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
-                          files={"file": ("near.jsonl", b"x" * 1001)})
+        near = httpx.post(
+            f"{base}/v1/files",
+            headers=auth,
+            data={"purpose": "batch"},
+            files={"file": ("near.jsonl", b"x" * 1001)},
+        )
         assert_error(near, 413, "payload_too_large")
-        ok = httpx.post(f"{base}/v1/files", headers=auth, data={"purpose": "batch"},
-                        files={"file": ("ok.jsonl", b"x" * 1000)})
+        ok = httpx.post(
+            f"{base}/v1/files",
+            headers=auth,
+            data={"purpose": "batch"},
+            files={"file": ("ok.jsonl", b"x" * 1000)},
+        )
         assert ok.status_code == 201, ok.text
     finally:
         proc.stop()
@@ -89,7 +107,9 @@ def test_job_body_errors_are_422(client: httpx.Client) -> None:
     ]
     for body in cases:
         assert_error(client.post("/v1/jobs", json=body), 422)
-    malformed = client.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    malformed = client.post(
+        "/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert_error(malformed, 422, "invalid_request")
 
 
@@ -102,8 +122,11 @@ def test_unknown_model_and_file_are_404(client: httpx.Client) -> None:
 
 def test_too_many_inline_items(client: httpx.Client) -> None:
     items = [{"custom_id": str(i), "input": "x"} for i in range(1001)]
-    error = assert_error(client.post("/v1/jobs", json={"model": "minilm", "input": {"items": items}}),
-                         422, "too_many_items")
+    error = assert_error(
+        client.post("/v1/jobs", json={"model": "minilm", "input": {"items": items}}),
+        422,
+        "too_many_items",
+    )
     assert "1001" in error["message"]
 
 
@@ -144,8 +167,12 @@ def test_list_pagination_newest_first(client: httpx.Client) -> None:
 def test_tenants_see_only_their_own(client: httpx.Client, other_client: httpx.Client) -> None:
     file = upload(client, jsonl([{"custom_id": "a", "input": "x"}]))
     job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
-    for path in (f"/v1/files/{file['id']}", f"/v1/files/{file['id']}/content",
-                 f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events"):
+    for path in (
+        f"/v1/files/{file['id']}",
+        f"/v1/files/{file['id']}/content",
+        f"/v1/jobs/{job['id']}",
+        f"/v1/jobs/{job['id']}/events",
+    ):
         assert_error(other_client.get(path), 404, "not_found")
     assert_error(other_client.post(f"/v1/jobs/{job['id']}/cancel"), 404)
     stolen = {"model": "minilm", "input": {"file_id": file["id"]}}
@@ -162,7 +189,9 @@ def test_cancel_a_queued_job(client: httpx.Client) -> None:
     assert cancelled.json()["finished_at"] is not None
     # Cancelling again is harmless; the job stays cancelled.
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
-    assert client.get("/v1/jobs", params={"status": "cancelled"}).json()["data"][0]["id"] == job["id"]
+    assert (
+        client.get("/v1/jobs", params={"status": "cancelled"}).json()["data"][0]["id"] == job["id"]
+    )
 
 
 def test_prefer_wait_returns_early_for_a_finished_job(client: httpx.Client) -> None:

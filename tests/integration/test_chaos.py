@@ -7,9 +7,11 @@ API, a CPU worker, a sweeper) with short leases, so recovery takes seconds, not 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +23,15 @@ import psutil
 import pytest
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, start_postgres, start_redis
-from tests.helpers import FarmProcess, assert_error, read_lines, submit, upload, jsonl, wait_for_http
+from tests.helpers import (
+    FarmProcess,
+    assert_error,
+    jsonl,
+    read_lines,
+    submit,
+    upload,
+    wait_for_http,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,8 +60,9 @@ class ChaosFarm:
         return worker
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, timeout=60,
-                            headers={"Authorization": f"Bearer {self.key}"})
+        return httpx.Client(
+            base_url=self.api_url, timeout=60, headers={"Authorization": f"Bearer {self.key}"}
+        )
 
     def restart_redis(self, down_seconds: float = 1.0) -> None:
         port = int(self.redis.url.rsplit(":", 1)[1].split("/")[0])
@@ -65,8 +76,13 @@ class ChaosFarm:
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -74,15 +90,23 @@ def _cli(env: dict[str, str], *args: str) -> str:
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFarm]:
     root = tmp_path_factory.mktemp("chaos")
-    pg = start_postgres(root / "pg")
+    # Outside pytest's own temp root: pytest keeps that private (0700) and, running as root,
+    # PostgreSQL runs as another user that must reach its data directory.
+    pg_root = Path(tempfile.mkdtemp(prefix="modelfarm-chaos-"))
+    pg = start_postgres(pg_root / "pg")
     redis = start_redis(root / "redis")
     port = free_port()
     env = {
-        "MODELFARM_DATABASE_URL": pg.url, "MODELFARM_REDIS_URL": redis.url,
-        "MODELFARM_DATA_DIR": str(root / "data"), "MODELFARM_API_PORT": str(port),
-        "MODELFARM_LEASE_SECONDS": str(LEASE), "MODELFARM_SWEEP_INTERVAL_SECONDS": "1",
-        "MODELFARM_SHARD_ITEMS": "30", "MODELFARM_CHUNK_ITEMS": "10",
-        "MODELFARM_DB_RETRY_SECONDS": "60", "MODELFARM_PRELOAD_MODELS": "minilm",
+        "MODELFARM_DATABASE_URL": pg.url,
+        "MODELFARM_REDIS_URL": redis.url,
+        "MODELFARM_DATA_DIR": str(root / "data"),
+        "MODELFARM_API_PORT": str(port),
+        "MODELFARM_LEASE_SECONDS": str(LEASE),
+        "MODELFARM_SWEEP_INTERVAL_SECONDS": "1",
+        "MODELFARM_SHARD_ITEMS": "30",
+        "MODELFARM_CHUNK_ITEMS": "10",
+        "MODELFARM_DB_RETRY_SECONDS": "60",
+        "MODELFARM_PRELOAD_MODELS": "minilm",
         "HF_HUB_OFFLINE": "1",
     }
     farm = ChaosFarm(root, pg, redis, env)
@@ -99,12 +123,14 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFarm]:
         farm.stop_all()
         farm.redis.stop()
         pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def _rows(n: int = ITEMS) -> list[dict[str, Any]]:
     # Long enough that a job takes a few seconds: there is time to break something mid-job.
-    return [{"custom_id": i, "input": f"item {i}: " + "a sentence to embed " * 12}
-            for i in range(n)]
+    return [
+        {"custom_id": i, "input": f"item {i}: " + "a sentence to embed " * 12} for i in range(n)
+    ]
 
 
 def _submit(client: httpx.Client, n: int = ITEMS) -> str:
@@ -128,8 +154,9 @@ def _progress(client: httpx.Client, job_id: str) -> int:
     return int(client.get(f"/v1/jobs/{job_id}").json()["counts"]["succeeded"])
 
 
-def _assert_exactly_once(client: httpx.Client, job_id: str, n: int = ITEMS,
-                         timeout: float = 180) -> dict[str, Any]:
+def _assert_exactly_once(
+    client: httpx.Client, job_id: str, n: int = ITEMS, timeout: float = 180
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -176,8 +203,10 @@ def test_sigkill_the_whole_worker_and_start_another(farm: ChaosFarm) -> None:
         killed_at = time.monotonic()
         farm.start_worker()
         _assert_exactly_once(client, job_id)
-        print(f"\nrecovered from a killed worker in {time.monotonic() - killed_at:.1f}s "
-              "(including the new worker's start)")
+        print(
+            f"\nrecovered from a killed worker in {time.monotonic() - killed_at:.1f}s "
+            "(including the new worker's start)"
+        )
 
 
 def test_flushdb_with_jobs_queued(farm: ChaosFarm) -> None:

@@ -52,7 +52,8 @@ def test_minilm_embeddings_match_sentence_transformers(client: httpx.Client) -> 
     out = read_lines(client, job["output_file_id"])
     assert [o["custom_id"] for o in out] == [r["custom_id"] for r in rows]
     expected = SentenceTransformer(str(get_model_path()), device="cpu").encode(
-        SENTENCES, normalize_embeddings=True)
+        SENTENCES, normalize_embeddings=True
+    )
     got = np.array([o["output"] for o in out])
     assert got.shape == (5, 384)
     cosines = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1)
@@ -114,8 +115,9 @@ def test_empty_input_fails_the_job_with_a_reason(client: httpx.Client) -> None:
 
 def _register_skops(client: httpx.Client, path: Path, name: str) -> dict:
     model_file = upload(client, path.read_bytes(), purpose="model", name=path.name)
-    response = client.post("/v1/models", json={"name": name, "framework": "sklearn",
-                                               "file_id": model_file["id"]})
+    response = client.post(
+        "/v1/models", json={"name": name, "framework": "sklearn", "file_id": model_file["id"]}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -139,7 +141,9 @@ def test_sklearn_classifier_and_regressor(client: httpx.Client, tmp_path: Path) 
         assert o["output"]["label"] == label.item()
         assert np.allclose([o["output"]["scores"][str(c)] for c in clf.classes_], p)
     assert [e["error"]["code"] for e in read_lines(client, job["error_file_id"])] == [
-        "invalid_features", "invalid_features"]
+        "invalid_features",
+        "invalid_features",
+    ]
 
     reg_path = tmp_path / "reg.skops"
     reg, xr = train_sklearn_regressor(reg_path)
@@ -161,8 +165,12 @@ def test_model_registration_errors(client: httpx.Client, other_client: httpx.Cli
     assert_error(client.post("/v1/models", json={**body, "framework": "keras"}), 422)
     assert_error(other_client.post("/v1/models", json={**body, "file_id": junk["id"]}), 404)
     archive = upload(client, b"PK-not-really", purpose="model", name="m.zip")
-    tf_body = {"name": "tf", "framework": "transformers", "task": "text-classification",
-               "file_id": archive["id"]}
+    tf_body = {
+        "name": "tf",
+        "framework": "transformers",
+        "task": "text-classification",
+        "file_id": archive["id"],
+    }
     assert_error(client.post("/v1/models", json=tf_body), 422)
     assert_error(client.get("/v1/models/unknown"), 404)
     names = [m["name"] for m in client.get("/v1/models").json()["data"]]
@@ -179,9 +187,15 @@ def _tar_of(directory: Path) -> bytes:
 def test_transformers_text_classifier(client: httpx.Client, tmp_path: Path) -> None:
     model_dir = make_tiny_text_classifier(tmp_path / "tiny", ["neg", "pos"])
     archive = upload(client, _tar_of(model_dir), purpose="model", name="tiny.tar.gz")
-    response = client.post("/v1/models", json={"name": "sentiment", "framework": "transformers",
-                                               "task": "text-classification",
-                                               "file_id": archive["id"]})
+    response = client.post(
+        "/v1/models",
+        json={
+            "name": "sentiment",
+            "framework": "transformers",
+            "task": "text-classification",
+            "file_id": archive["id"],
+        },
+    )
     assert response.status_code == 201, response.text
     listed = client.get("/v1/models/sentiment").json()
     assert listed["latest_version"] == 1 and listed["versions"][0]["task"] == "text-classification"
@@ -193,8 +207,9 @@ def test_transformers_text_classifier(client: httpx.Client, tmp_path: Path) -> N
         assert sum(line["output"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_cancel_a_running_job_keeps_finished_items(client: httpx.Client,
-                                                   cpu_worker: FarmProcess) -> None:
+def test_cancel_a_running_job_keeps_finished_items(
+    client: httpx.Client, cpu_worker: FarmProcess
+) -> None:
     rows = [{"custom_id": i, "input": "a sentence to embed " * 20} for i in range(3000)]
     file = upload(client, jsonl(rows))
     job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})

@@ -36,16 +36,29 @@ def test_retry_runs_only_the_failed_items(client: httpx.Client) -> None:
 
 
 def test_retry_of_an_unfinished_job_is_409(client: httpx.Client) -> None:
-    job = submit(client, {"model": "minilm", "device": "gpu",  # no GPU worker: stays queued
-                          "input": {"items": [{"input": "x"}]}})
+    job = submit(
+        client,
+        {
+            "model": "minilm",
+            "device": "gpu",  # no GPU worker: stays queued
+            "input": {"items": [{"input": "x"}]},
+        },
+    )
     assert_error(client.post(f"/v1/jobs/{job['id']}/retry"), 409, "not_retryable")
     client.post(f"/v1/jobs/{job['id']}/cancel")
     assert_error(client.post("/v1/jobs/job_nope/retry"), 404)
 
 
 def test_a_queued_job_past_its_deadline_is_cancelled(client: httpx.Client) -> None:
-    job = submit(client, {"model": "minilm", "device": "gpu", "deadline_seconds": 0.5,
-                          "input": {"items": [{"input": "x"}]}})
+    job = submit(
+        client,
+        {
+            "model": "minilm",
+            "device": "gpu",
+            "deadline_seconds": 0.5,
+            "input": {"items": [{"input": "x"}]},
+        },
+    )
     assert job["deadline_at"] is not None
     done = wait_done(client, job["id"], timeout=30)
     assert done["status"] == "cancelled"
@@ -67,8 +80,9 @@ def test_bad_deadline_is_422(client: httpx.Client) -> None:
         assert_error(client.post("/v1/jobs", json=body), 422)
 
 
-def test_a_job_whose_message_was_never_published_still_runs(client: httpx.Client,
-                                                            services: dict[str, str]) -> None:
+def test_a_job_whose_message_was_never_published_still_runs(
+    client: httpx.Client, services: dict[str, str]
+) -> None:
     """The API commits before it publishes; a job left without a message is the sweeper's."""
     from sqlalchemy import update
 
@@ -80,8 +94,11 @@ def test_a_job_whose_message_was_never_published_still_runs(client: httpx.Client
     # Simulate a publish that never happened: a cpu job, queued, with no dispatch time and no
     # message anywhere (its real message went to the gpu queue, which nobody consumes).
     with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job["id"])
-                        .values(queue="cpu", device="cpu", dispatched_at=None))
+        session.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(queue="cpu", device="cpu", dispatched_at=None)
+        )
     done = wait_done(client, job["id"], timeout=60)
     assert done["status"] == "succeeded"
     events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]

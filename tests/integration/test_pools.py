@@ -18,8 +18,9 @@ def _worker_of(client: httpx.Client, job_id: str) -> dict[str, str]:
     return next(e["data"] for e in events if e["type"] == "running")
 
 
-def test_gpu_jobs_run_on_the_gpu_pool(client: httpx.Client, gpu_worker: FarmProcess,
-                                      cpu_worker: FarmProcess) -> None:
+def test_gpu_jobs_run_on_the_gpu_pool(
+    client: httpx.Client, gpu_worker: FarmProcess, cpu_worker: FarmProcess
+) -> None:
     rows = [{"custom_id": i, "input": f"sentence number {i}"} for i in range(10)]
     gpu_job = run_job(client, "minilm", rows, device="gpu")
     assert gpu_job["status"] == "succeeded" and gpu_job["queue"] == "gpu", gpu_job

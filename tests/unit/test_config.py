@@ -23,8 +23,13 @@ def test_state_file_fills_unset_urls_only(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("MODELFARM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("MODELFARM_DATABASE_URL", raising=False)
     monkeypatch.setenv("MODELFARM_REDIS_URL", "redis://explicit/0")
-    Settings().write_state({"database_url": "postgresql://embedded/x",
-                            "redis_url": "redis://embedded/0", "api_key": "mf_k"})
+    Settings().write_state(
+        {
+            "database_url": "postgresql://embedded/x",
+            "redis_url": "redis://embedded/0",
+            "api_key": "mf_k",
+        }
+    )
     assert (tmp_path / "farm.json").stat().st_mode & 0o777 == 0o600
     settings = Settings()
     assert settings.database_url == "postgresql://embedded/x"

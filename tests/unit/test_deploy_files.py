@@ -28,8 +28,11 @@ def procfile_commands() -> list[list[str]]:
 
 def compose_commands() -> list[list[str]]:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    return [s["command"] for s in compose["services"].values()
-            if s.get("image", "").startswith("modelfarm") or "build" in s]
+    return [
+        s["command"]
+        for s in compose["services"].values()
+        if s.get("image", "").startswith("modelfarm") or "build" in s
+    ]
 
 
 def test_procfile_names_cli_commands() -> None:

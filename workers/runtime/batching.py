@@ -8,9 +8,7 @@ length and capping padded tokens per batch keeps every forward pass about the sa
 from __future__ import annotations
 
 
-def token_budget_batches(
-    lengths: list[int], batch_tokens: int, batch_size: int
-) -> list[list[int]]:
+def token_budget_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
     """Group item indices so that max(length) x items <= batch_tokens and items <= batch_size.
 
     Items are visited longest first, so the largest batch (the one most likely to run out of

@@ -49,8 +49,9 @@ def _dump(obj: dict[str, Any]) -> str:
 
 def _error(custom_id: Any, code: str, message: str, line: int) -> str:
     # `line` (1-based) lets a user find the item even when it had no usable custom_id.
-    return _dump({"custom_id": custom_id, "error": {"code": code, "message": message},
-                  "line": line})
+    return _dump(
+        {"custom_id": custom_id, "error": {"code": code, "message": message}, "line": line}
+    )
 
 
 def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
@@ -68,13 +69,15 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             result.errors.append(_error(None, "invalid_json", f"line {number}: {exc}", number))
             continue
         if not isinstance(item, dict):
-            result.errors.append(_error(None, "invalid_item",
-                                        f"line {number}: not a JSON object", number))
+            result.errors.append(
+                _error(None, "invalid_item", f"line {number}: not a JSON object", number)
+            )
             continue
         custom_id = item.get("custom_id")
         if "input" not in item:
-            result.errors.append(_error(custom_id, "missing_input",
-                                        f"line {number} has no `input`", number))
+            result.errors.append(
+                _error(custom_id, "missing_input", f"line {number} has no `input`", number)
+            )
             continue
         try:
             good_values.append(runner.prepare(item["input"], options))

@@ -48,19 +48,24 @@ def assemble_job(job_id: str) -> None:
 def _claim(job_id: str, owner: str) -> Assembly | None:
     with session_scope() as session:
         job = session.scalar(
-            select(Job).where(Job.id == job_id).with_for_update(), execution_options={
-                "populate_existing": True})
-        if (job is None or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
-                or job.shards_total is None or active_shards(session, job_id) > 0):
+            select(Job).where(Job.id == job_id).with_for_update(),
+            execution_options={"populate_existing": True},
+        )
+        if (
+            job is None
+            or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+            or job.shards_total is None
+            or active_shards(session, job_id) > 0
+        ):
             return None
-        if job.lease_owner is not None and job.lease_expires_at and \
-                job.lease_expires_at > utcnow():
+        if job.lease_owner is not None and job.lease_expires_at and job.lease_expires_at > utcnow():
             return None  # someone else is assembling it right now
         job.lease_owner = owner
         job.lease_expires_at = lease_until(get_settings().lease_seconds * 10)
         shards = session.execute(
             select(JobShard.index, JobShard.status, JobShard.parts_attempt)
-            .where(JobShard.job_id == job_id).order_by(JobShard.index)
+            .where(JobShard.job_id == job_id)
+            .order_by(JobShard.index)
         ).all()
         return Assembly(
             tenant_id=job.tenant_id,
@@ -69,30 +74,62 @@ def _claim(job_id: str, owner: str) -> Assembly | None:
         )
 
 
-def _complete(job_id: str, owner: str, claimed: Assembly, outputs: ResultWriter,
-              errors: ResultWriter) -> bool:
+def _complete(
+    job_id: str, owner: str, claimed: Assembly, outputs: ResultWriter, errors: ResultWriter
+) -> bool:
     with session_scope() as session:
-        out_file = register_file(session, claimed.tenant_id, FilePurpose.BATCH_OUTPUT,
-                                 f"{job_id}_output.jsonl", outputs.uri, outputs.size,
-                                 outputs.sha256)
+        out_file = register_file(
+            session,
+            claimed.tenant_id,
+            FilePurpose.BATCH_OUTPUT,
+            f"{job_id}_output.jsonl",
+            outputs.uri,
+            outputs.size,
+            outputs.sha256,
+        )
         err_file_id = None
         if errors.lines:
-            err_file_id = register_file(session, claimed.tenant_id, FilePurpose.BATCH_ERROR,
-                                        f"{job_id}_errors.jsonl", errors.uri, errors.size,
-                                        errors.sha256).id
+            err_file_id = register_file(
+                session,
+                claimed.tenant_id,
+                FilePurpose.BATCH_ERROR,
+                f"{job_id}_errors.jsonl",
+                errors.uri,
+                errors.size,
+                errors.sha256,
+            ).id
         # The files are the truth: every item is in exactly one of them.
-        values = {"output_file_id": out_file.id, "error_file_id": err_file_id,
-                  "counts_succeeded": outputs.lines, "counts_failed": errors.lines,
-                  "lease_owner": None, "lease_expires_at": None}
+        values = {
+            "output_file_id": out_file.id,
+            "error_file_id": err_file_id,
+            "counts_succeeded": outputs.lines,
+            "counts_failed": errors.lines,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
         counts = {"succeeded": outputs.lines, "failed": errors.lines}
         held = [Job.lease_owner == owner]
         if claimed.all_succeeded:
             # Every item is done, even if a cancel or the deadline came after the last chunk.
-            return transition(session, job_id, [JobStatus.RUNNING, JobStatus.CANCELLING],
-                              JobStatus.SUCCEEDED, event_data=counts, where=held, error=None,
-                              **values)
-        return transition(session, job_id, [JobStatus.CANCELLING], JobStatus.CANCELLED,
-                          event_data=counts, where=held, **values)
+            return transition(
+                session,
+                job_id,
+                [JobStatus.RUNNING, JobStatus.CANCELLING],
+                JobStatus.SUCCEEDED,
+                event_data=counts,
+                where=held,
+                error=None,
+                **values,
+            )
+        return transition(
+            session,
+            job_id,
+            [JobStatus.CANCELLING],
+            JobStatus.CANCELLED,
+            event_data=counts,
+            where=held,
+            **values,
+        )
 
 
 def _remove_parts(tenant_id: str, job_id: str) -> None:

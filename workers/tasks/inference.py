@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # -- planning ---------------------------------------------------------------------------------
 
+
 def plan_job(job_id: str, worker: str) -> None:
     """Split the input into shards of SHARD_ITEMS items (by byte offset) and queue them."""
     settings = get_settings()
@@ -40,8 +41,9 @@ def plan_job(job_id: str, worker: str) -> None:
 
     def claim() -> tuple[str, str] | None:
         with session_scope() as session:
-            job = shard_service.claim_for_planning(session, job_id, owner, worker,
-                                                   settings.lease_seconds)
+            job = shard_service.claim_for_planning(
+                session, job_id, owner, worker, settings.lease_seconds
+            )
             if job is None:
                 return None
             return session.get_one(File, job.input_file_id).uri, job.queue
@@ -60,13 +62,16 @@ def plan_job(job_id: str, worker: str) -> None:
         db_retry(fail_job, job_id, "empty_input", "the input file has no items")
         return
 
-    def record() -> bool:
+    def record() -> shard_service.PlanOutcome:
         with session_scope() as session:
             return shard_service.create_shards(session, job_id, owner, ranges)
 
-    if db_retry(record):
+    outcome = db_retry(record)
+    if outcome == "run":
         for index in range(len(ranges)):
             publish(TASK_RUN_SHARD, [job_id, index], queue)
+    elif outcome == "assemble":
+        assemble_job(job_id)
 
 
 def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
@@ -92,12 +97,20 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
 def fail_job(job_id: str, code: str, message: str) -> None:
     log.warning("job %s failed: %s: %s", job_id, code, message)
     with session_scope() as session:
-        transition(session, job_id, [JobStatus.RUNNING, JobStatus.CANCELLING], JobStatus.FAILED,
-                   event_data={"code": code}, error={"code": code, "message": message},
-                   lease_owner=None, lease_expires_at=None)
+        transition(
+            session,
+            job_id,
+            [JobStatus.RUNNING, JobStatus.CANCELLING],
+            JobStatus.FAILED,
+            event_data={"code": code},
+            error={"code": code, "message": message},
+            lease_owner=None,
+            lease_expires_at=None,
+        )
 
 
 # -- one shard --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ShardPlan:
@@ -123,9 +136,11 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
         return
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
-        with (LeaseKeeper(plan.shard.id, owner, settings.lease_seconds) as keeper,
-              ResultWriter(get_store(), out_uri) as outputs,
-              ResultWriter(get_store(), err_uri) as errors):
+        with (
+            LeaseKeeper(plan.shard.id, owner, settings.lease_seconds) as keeper,
+            ResultWriter(get_store(), out_uri) as outputs,
+            ResultWriter(get_store(), err_uri) as errors,
+        ):
             outcome = _run_items(plan, runner, owner, keeper, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
@@ -149,8 +164,12 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
     """Another attempt, or after MAX_ATTEMPTS the job fails with the reason."""
     shard = plan.shard
     if shard.attempts >= get_settings().max_attempts:
-        db_retry(fail_job, shard.job_id, "shard_failed",
-                 f"shard {shard.index} failed {shard.attempts} times; last: {reason}")
+        db_retry(
+            fail_job,
+            shard.job_id,
+            "shard_failed",
+            f"shard {shard.index} failed {shard.attempts} times; last: {reason}",
+        )
         return
 
     def release() -> str:
@@ -170,13 +189,21 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
             # A pool child killed mid-shard leaves its lease behind; take it over at once
             # instead of waiting for the lease to run out.
             current = session.scalar(
-                select(JobShard).where(JobShard.job_id == job_id,
-                                                     JobShard.index == index))
-            if current is not None and current.status == ShardStatus.RUNNING \
-                    and owner_is_dead(current.lease_owner):
-                shard = shard_service.claim_shard(session, job_id, index, owner,
-                                                  settings.lease_seconds,
-                                                  takeover_of=current.lease_owner)
+                select(JobShard).where(JobShard.job_id == job_id, JobShard.index == index)
+            )
+            if (
+                current is not None
+                and current.status == ShardStatus.RUNNING
+                and owner_is_dead(current.lease_owner)
+            ):
+                shard = shard_service.claim_shard(
+                    session,
+                    job_id,
+                    index,
+                    owner,
+                    settings.lease_seconds,
+                    takeover_of=current.lease_owner,
+                )
         if shard is None:
             return None
         job = session.get_one(Job, job_id)
@@ -186,8 +213,11 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
         else:
             version = session.get_one(ModelVersion, job.model_version_id)
             spec = ModelSpec(
-                key=f"{job.tenant_id}/{job.model}", framework=version.framework,
-                task=version.task, path=str(get_store().local_path(version.uri)), device=device,
+                key=f"{job.tenant_id}/{job.model}",
+                framework=version.framework,
+                task=version.task,
+                path=str(get_store().local_path(version.uri)),
+                device=device,
             )
         options = RunOptions(
             batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
@@ -197,14 +227,21 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
         return ShardPlan(shard, job.tenant_id, input_uri, spec, options)
 
 
-def _run_items(plan: ShardPlan, runner: object, owner: str, keeper: LeaseKeeper,
-               outputs: ResultWriter, errors: ResultWriter) -> Literal["done", "stopped", "lost"]:
+def _run_items(
+    plan: ShardPlan,
+    runner: object,
+    owner: str,
+    keeper: LeaseKeeper,
+    outputs: ResultWriter,
+    errors: ResultWriter,
+) -> Literal["done", "stopped", "lost"]:
     settings = get_settings()
     shard = plan.shard
     with get_store().open(plan.input_uri, "rb") as f:
         f.seek(shard.start_offset)
-        lines = islice(iter_lines(f, first_line=shard.start_line),
-                       shard.end_item - shard.start_item)
+        lines = islice(
+            iter_lines(f, first_line=shard.start_line), shard.end_item - shard.start_item
+        )
         for chunk in iter_chunks(lines, settings.chunk_items):
             if keeper.lost:
                 return "lost"
@@ -217,17 +254,16 @@ def _run_items(plan: ShardPlan, runner: object, owner: str, keeper: LeaseKeeper,
             if progress.past_deadline:
                 db_retry(_expire_deadline, shard.job_id)
                 return "stopped"
-            if progress.job_status == JobStatus.CANCELLING:
+            if progress.job_status != JobStatus.RUNNING:  # cancelling, or failed elsewhere
                 return "stopped"
     return "done"
 
 
-def _record(shard: JobShard, owner: str, succeeded: int, failed: int
-            ) -> shard_service.Progress:
+def _record(shard: JobShard, owner: str, succeeded: int, failed: int) -> shard_service.Progress:
     with session_scope() as session:
         return shard_service.record_shard_progress(
-            session, shard.id, shard.job_id, owner, succeeded, failed,
-            get_settings().lease_seconds)
+            session, shard.id, shard.job_id, owner, succeeded, failed, get_settings().lease_seconds
+        )
 
 
 def _expire_deadline(job_id: str) -> None:

@@ -43,8 +43,9 @@ class ResultWriter:
         return self._digest.hexdigest()
 
 
-def part_uris(store: ArtifactStore, tenant_id: str, job_id: str, index: int,
-              attempt: int) -> tuple[str, str]:
+def part_uris(
+    store: ArtifactStore, tenant_id: str, job_id: str, index: int, attempt: int
+) -> tuple[str, str]:
     """A shard attempt's own part files: a late attempt can never overwrite the winner's."""
     stem = f"{index:06d}-{attempt}"
     base = ("tenants", tenant_id, "jobs", job_id, "parts")
