@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.config import get_settings
 from app.db import session_scope
-from app.services.shards import renew_shard_lease
+from app.services.shards import job_should_stop, renew_shard_lease
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,16 +62,29 @@ def db_retry(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
             delay = min(delay * 2, 5.0)
 
 
-class LeaseKeeper:
-    """Renews a shard's lease from a thread while the task computes; `lost` once it cannot."""
+class ShardWatch:
+    """A thread beside a running shard: renews its lease and watches its job.
 
-    def __init__(self, shard_id: int, owner: str, lease_seconds: float) -> None:
-        self.shard_id, self.owner, self.lease_seconds = shard_id, owner, lease_seconds
+    `lost`: the lease could not be renewed (the sweeper gave the shard to another attempt).
+    `stop_wanted`: the job is no longer running (cancel, deadline, failed) or is past its
+    deadline. The runner asks `should_stop` between micro-batches, so a cancel is seen within
+    about WATCH_SECONDS plus one micro-batch, however large the chunk.
+    """
+
+    WATCH_SECONDS = 1.0
+
+    def __init__(self, shard_id: int, job_id: str, owner: str, lease_seconds: float) -> None:
+        self.shard_id, self.job_id, self.owner = shard_id, job_id, owner
+        self.lease_seconds = lease_seconds
         self.lost = False
+        self.stop_wanted = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="shard-watch", daemon=True)
 
-    def __enter__(self) -> LeaseKeeper:
+    def should_stop(self) -> bool:
+        return self.lost or self.stop_wanted
+
+    def __enter__(self) -> ShardWatch:
         self._thread.start()
         return self
 
@@ -80,13 +93,18 @@ class LeaseKeeper:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        renew_every = max(self.WATCH_SECONDS, self.lease_seconds / 3)
+        last_renewal = time.monotonic()
+        while not self._stop.wait(self.WATCH_SECONDS):
             try:
                 with session_scope() as session:
-                    held = renew_shard_lease(session, self.shard_id, self.owner, self.lease_seconds)
+                    if time.monotonic() - last_renewal >= renew_every:
+                        if not renew_shard_lease(
+                            session, self.shard_id, self.owner, self.lease_seconds
+                        ):
+                            self.lost = True
+                            return
+                        last_renewal = time.monotonic()
+                    self.stop_wanted = job_should_stop(session, self.job_id)
             except Exception:  # the database may be away; the next tick tries again
-                log.warning("could not renew the lease of shard %s", self.shard_id)
-                continue
-            if not held:
-                self.lost = True
-                return
+                log.warning("could not watch shard %s", self.shard_id, exc_info=True)

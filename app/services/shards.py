@@ -240,6 +240,13 @@ def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds
     )
 
 
+def job_should_stop(session: Session, job_id: str) -> bool:
+    """The job is not running any more (cancelling, failed) or is past its deadline."""
+    row = session.execute(select(Job.status, Job.deadline_at).where(Job.id == job_id)).one()
+    status, deadline = row
+    return status != JobStatus.RUNNING or (deadline is not None and deadline < utcnow())
+
+
 def finish_shard(
     session: Session, shard: JobShard, owner: str, status: ShardStatus, usage: dict[str, float]
 ) -> bool:

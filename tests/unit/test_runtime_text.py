@@ -19,6 +19,7 @@ from workers.runtime import (
     ModelLoadError,
     ModelSpec,
     RunOptions,
+    Stopped,
     builtin_spec,
     configure_threads,
     load_runner,
@@ -234,3 +235,18 @@ def test_configure_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError):
         configure_threads(0)
+
+
+def test_run_stops_between_micro_batches_when_asked(minilm: Any) -> None:
+    asked = []
+
+    def stop_on_third() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    texts = [f"sentence number {i} " * (1 + i % 7) for i in range(40)]
+    options = RunOptions(batch_size=4, should_stop=stop_on_third)
+    with pytest.raises(Stopped):
+        minilm.run(texts, options)
+    assert len(asked) == 3  # asked before each micro-batch, stopped at the third
+    assert len(minilm.run(texts, RunOptions(batch_size=4))) == 40

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.runtime.base import ItemError, ModelLoadError, ModelSpec, Runner, RunOptions
+from workers.runtime.base import (
+    ItemError,
+    ModelLoadError,
+    ModelSpec,
+    Runner,
+    RunOptions,
+    Stopped,
+)
 from workers.runtime.batching import token_budget_batches
 from workers.runtime.registry import (
     BUILTIN_MODELS,
@@ -37,6 +44,7 @@ __all__ = [
     "ModelSpec",
     "RunOptions",
     "Runner",
+    "Stopped",
     "builtin_spec",
     "check_skops_file",
     "configure_threads",

@@ -7,7 +7,8 @@ prepared items at once, which is where batching pays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -18,6 +19,10 @@ class ItemError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class Stopped(Exception):
+    """run() was asked to stop between micro-batches; the outputs of that call are dropped."""
 
 
 class ModelLoadError(Exception):
@@ -47,6 +52,8 @@ class RunOptions:
     batch_tokens: int = 4096  #: token budget per micro-batch (padded length x items)
     batch_size: int = 128  #: max items per micro-batch
     max_chars: int = 20000  #: longer text inputs are ItemError("input_too_long", ...)
+    #: asked before every micro-batch; True makes run() raise Stopped (a cancel, a lost lease)
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

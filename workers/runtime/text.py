@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.runtime.base import ItemError, ModelLoadError, RunOptions
+from workers.runtime.base import ItemError, ModelLoadError, RunOptions, Stopped
 from workers.runtime.batching import token_budget_batches
 
 # Sentence-transformers modules whose effect this runner reproduces; anything else (Dense,
@@ -84,6 +84,8 @@ class _TextRunner:
         columns = {k: encoded[k] for k in keys}
         lengths = [len(ids) for ids in columns["input_ids"]]
         for indices in token_budget_batches(lengths, options.batch_tokens, options.batch_size):
+            if options.should_stop is not None and options.should_stop():
+                raise Stopped()
             width = lengths[indices[0]]  # batches come longest first
             tensors: dict[str, torch.Tensor] = {}
             for key, rows in columns.items():

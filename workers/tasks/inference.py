@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 
 from sqlalchemy import select
 
 from app.config import get_settings
-from app.db import session_scope
+from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.models import File, Job, JobShard, JobStatus, ModelVersion, ShardStatus
 from app.services import shards as shard_service
 from app.services.jobs import transition
 from app.storage import get_store
 from workers import state
-from workers.reliability import LeaseKeeper, db_retry, new_owner, owner_is_dead
-from workers.runtime import ModelLoadError, ModelSpec, RunOptions, builtin_spec
+from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
+from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped, builtin_spec
 from workers.runtime.items import iter_chunks, iter_lines, run_chunk
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
@@ -137,11 +137,11 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
         with (
-            LeaseKeeper(plan.shard.id, owner, settings.lease_seconds) as keeper,
+            ShardWatch(plan.shard.id, job_id, owner, settings.lease_seconds) as watch,
             ResultWriter(get_store(), out_uri) as outputs,
             ResultWriter(get_store(), err_uri) as errors,
         ):
-            outcome = _run_items(plan, runner, owner, keeper, outputs, errors)
+            outcome = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
         _give_back(plan, owner, f"{type(exc).__name__}: {exc}")
@@ -231,32 +231,45 @@ def _run_items(
     plan: ShardPlan,
     runner: object,
     owner: str,
-    keeper: LeaseKeeper,
+    watch: ShardWatch,
     outputs: ResultWriter,
     errors: ResultWriter,
 ) -> Literal["done", "stopped", "lost"]:
     settings = get_settings()
     shard = plan.shard
+    # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
+    options = replace(plan.options, should_stop=watch.should_stop)
     with get_store().open(plan.input_uri, "rb") as f:
         f.seek(shard.start_offset)
         lines = islice(
             iter_lines(f, first_line=shard.start_line), shard.end_item - shard.start_item
         )
         for chunk in iter_chunks(lines, settings.chunk_items):
-            if keeper.lost:
-                return "lost"
-            result = run_chunk(runner, chunk, plan.options)  # type: ignore[arg-type]
+            try:
+                result = run_chunk(runner, chunk, options)  # type: ignore[arg-type]
+            except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
+                return "lost" if watch.lost else _stopping(shard.job_id)
             outputs.write(result.outputs)
             errors.write(result.errors)
             progress = db_retry(_record, shard, owner, len(result.outputs), len(result.errors))
             if not progress.held:
                 return "lost"
-            if progress.past_deadline:
-                db_retry(_expire_deadline, shard.job_id)
-                return "stopped"
-            if progress.job_status != JobStatus.RUNNING:  # cancelling, or failed elsewhere
-                return "stopped"
+            if progress.past_deadline or progress.job_status != JobStatus.RUNNING:
+                return _stopping(shard.job_id)
     return "done"
+
+
+def _stopping(job_id: str) -> Literal["stopped"]:
+    """A shard stops because its job is stopping; a deadline that passed is recorded first."""
+
+    def expire_if_due() -> None:
+        with session_scope() as session:
+            job = session.get_one(Job, job_id)
+            if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
+                shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
+
+    db_retry(expire_if_due)
+    return "stopped"
 
 
 def _record(shard: JobShard, owner: str, succeeded: int, failed: int) -> shard_service.Progress:
@@ -264,11 +277,6 @@ def _record(shard: JobShard, owner: str, succeeded: int, failed: int) -> shard_s
         return shard_service.record_shard_progress(
             session, shard.id, shard.job_id, owner, succeeded, failed, get_settings().lease_seconds
         )
-
-
-def _expire_deadline(job_id: str) -> None:
-    with session_scope() as session:
-        shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
 
 
 def _usage(device: str, cpu_start: float, wall_start: float) -> dict[str, float]:
