@@ -250,3 +250,20 @@ def test_postgres_restart_mid_job(farm: ChaosFarm) -> None:
         server.ensure_postgres_running()
         _assert_exactly_once(client, job_id)
         print(f"\nrecovered from a PostgreSQL restart in {time.monotonic() - stopped_at:.1f}s")
+
+
+def test_broker_down_at_submit_still_answers_202(farm: ChaosFarm) -> None:
+    with farm.client() as client:
+        file = upload(client, jsonl(_rows(20)))
+        farm.redis.stop()
+        try:
+            job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
+            assert job["status"] == "queued"
+        finally:
+            farm.restart_redis(down_seconds=0)
+        back_at = time.monotonic()
+        _assert_exactly_once(client, job["id"], n=20)
+        print(
+            f"\nran a job submitted while the broker was down {time.monotonic() - back_at:.1f}s "
+            "after it came back"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -103,3 +104,20 @@ def test_a_job_whose_message_was_never_published_still_runs(
     assert done["status"] == "succeeded"
     events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
     assert "redispatched" in events
+
+
+def test_only_one_sweeper_acts(sweeper: object, services: dict[str, str]) -> None:
+    """The running sweeper holds the advisory lock, so a second one cannot take it."""
+    from sqlalchemy import text
+
+    from app.db import get_engine
+    from app.sweeper import SWEEPER_LOCK
+
+    lock = text("SELECT pg_try_advisory_lock(:k)")
+    with get_engine().connect() as conn:
+        for _ in range(50):  # the sweeper takes the lock on its first round, just after start
+            if conn.execute(lock, {"k": SWEEPER_LOCK}).scalar() is False:
+                return
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SWEEPER_LOCK})
+            time.sleep(0.2)
+    raise AssertionError("the sweeper never held its lock")
