@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # for the CLI as a client
     max_upload_bytes: int = 2 * 1024**3
     max_inline_items: int = 1000
+    max_request_bytes: int = 32 * 1024 * 1024  # any other request body
     max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
 
     # Jobs and workers

@@ -26,7 +26,7 @@ from app.dispatch import QUEUES, TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHAR
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services import control
 from app.services.jobs import add_event, transition
-from app.services.shards import active_shards
+from app.services.shards import active_shards, fail_job, give_up_shard
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,12 @@ def sweep_once() -> dict[str, int]:
     live = live_task_keys(get_settings().require_redis_url(), QUEUES, settings.lease_seconds)
     with session_scope() as session:
         sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
+        sends += _dead_planners(session, settings.max_attempts, live)
         sends += _unassembled(session)
-    for task, args, queue in sends:
-        if publish(task, args, queue):
-            done["assembled" if task == TASK_FINALIZE_JOB else "republished"] += 1
-    _mark_dispatched(sends)
+    sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
+    for task, _, _ in sent:
+        done["assembled" if task == TASK_FINALIZE_JOB else "republished"] += 1
+    _mark_dispatched(sent)
     return done
 
 
@@ -72,7 +73,11 @@ def _expire_leases(
     expired = session.execute(
         select(JobShard, Job.queue, Job.status)
         .join(Job, Job.id == JobShard.job_id)
-        .where(JobShard.status == ShardStatus.RUNNING, JobShard.lease_expires_at < utcnow())
+        .where(
+            JobShard.status == ShardStatus.RUNNING,
+            JobShard.lease_expires_at < utcnow(),
+            Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+        )
         .limit(BATCH)
         .with_for_update(of=JobShard, skip_locked=True)
     ).all()
@@ -82,22 +87,11 @@ def _expire_leases(
         if job_status == JobStatus.CANCELLING:
             # The dead attempt's part files may end mid-line: they are left out.
             shard.status, shard.finished_at = ShardStatus.CANCELLED, utcnow()
+            shard.succeeded = shard.failed = 0  # its items are in neither result file
             shard.lease_owner = shard.lease_expires_at = None
             continue
         if shard.attempts >= max_attempts:
-            shard.status = ShardStatus.FAILED
-            reason = (
-                f"shard {shard.index} lost its worker {shard.attempts} times "
-                "(killed, out of memory, or hung)"
-            )
-            transition(
-                session,
-                shard.job_id,
-                [JobStatus.RUNNING, JobStatus.CANCELLING],
-                JobStatus.FAILED,
-                event_data=info,
-                error={"code": "worker_lost", "message": reason},
-            )
+            give_up_shard(session, shard)
             done["failed"] += 1
             continue
         shard.status, shard.lease_owner, shard.lease_expires_at = ShardStatus.QUEUED, None, None
@@ -125,15 +119,7 @@ def _lost_messages(
     sends: list[tuple[str, list[Any], str]] = []
     jobs = session.execute(
         select(Job.id, Job.queue, Job.dispatched_at)
-        .where(
-            (Job.status == JobStatus.QUEUED)
-            | (
-                (Job.status == JobStatus.RUNNING)
-                & Job.shards_total.is_(None)
-                & (Job.lease_expires_at < now)
-            )
-        )
-        .where(Job.created_at < grace)
+        .where(Job.status == JobStatus.QUEUED, Job.created_at < grace)
         .limit(BATCH)
     ).all()
     for job_id, queue, dispatched in jobs:
@@ -148,6 +134,38 @@ def _lost_messages(
     for job_id, index, queue, dispatched in shards:
         if lost((TASK_RUN_SHARD, (job_id, index)), dispatched):
             sends.append((TASK_RUN_SHARD, [job_id, index], queue))
+    return sends
+
+
+def _dead_planners(
+    session: Any, max_attempts: int, live: set[TaskKey] | None
+) -> list[tuple[str, list[Any], str]]:
+    """Jobs whose planner's lease ran out before it recorded any shard."""
+    sends: list[tuple[str, list[Any], str]] = []
+    jobs = session.scalars(
+        select(Job)
+        .where(
+            Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            Job.shards_total.is_(None),
+            Job.lease_expires_at < utcnow(),
+        )
+        .limit(BATCH)
+    ).all()
+    for job in jobs:
+        if job.status == JobStatus.CANCELLING:  # stopped before anything ran
+            transition(
+                session,
+                job.id,
+                [JobStatus.CANCELLING],
+                JobStatus.CANCELLED,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        elif job.attempts >= max_attempts:
+            message = f"the input could not be split into shards in {job.attempts} attempts"
+            fail_job(session, job.id, "planning_failed", message)
+        elif live is None or (TASK_PLAN_JOB, (job.id,)) not in live:
+            sends.append((TASK_PLAN_JOB, [job.id], job.queue))
     return sends
 
 

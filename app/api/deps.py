@@ -47,6 +47,9 @@ def current_tenant(
     tenant = authenticate(session, key.strip())
     if tenant is None:
         raise Unauthorized("the API key is not valid")
+    # End the read-only transaction: its pooled connection goes back while the route works
+    # (or waits, with `Prefer: wait`); the session starts a new one if the route writes.
+    session.commit()
     return tenant
 
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
@@ -64,6 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # Connection lost, server down or restarting, pool exhausted: a retryable 503, not a 500.
         log.warning("database unavailable: %s", exc)
         return error_response(503, "service_unavailable", "the database is not reachable")
+
+    @app.exception_handler(DataError)
+    async def _bad_data(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value (a NUL character, say): the request's fault, not a 503.
+        return error_response(
+            422, "invalid_request", "the request holds a value that cannot be stored"
+        )
 
     app.add_exception_handler(DBAPIError, _db_down)
     app.add_exception_handler(PoolTimeout, _db_down)

@@ -1,40 +1,29 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.models import FilePurpose
 from app.schemas.files import FilePublic
 from app.services import files as file_service
-from app.services.errors import InvalidRequest, PayloadTooLarge
+from app.services.errors import InvalidRequest
 from app.storage import CHUNK, get_store
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-# Multipart framing around the file itself; a request larger than the limit plus this is
-# refused before its body is read.
-MULTIPART_SLACK = 64 * 1024
-
 
 @router.post("", status_code=201)
 def upload_file(
-    request: Request,
     file: UploadFile,
     purpose: Annotated[str, Form()],
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
 ) -> FilePublic:
-    declared = request.headers.get("content-length")
-    if (
-        declared
-        and declared.isdigit()
-        and int(declared) > settings.max_upload_bytes + MULTIPART_SLACK
-    ):
-        raise PayloadTooLarge(f"uploads are limited to {settings.max_upload_bytes} bytes")
     if purpose not in file_service.UPLOAD_PURPOSES:
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
         raise InvalidRequest(f"purpose must be one of: {allowed}")
@@ -58,6 +47,14 @@ def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FilePublic
     )
 
 
+def _attachment(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the real (UTF-8) name; headers are Latin-1 only."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 @router.get("/{file_id}/content")
 def get_file_content(file_id: str, session: SessionDep, tenant: TenantDep) -> StreamingResponse:
     file = file_service.get_file(session, tenant, file_id)
@@ -67,6 +64,6 @@ def get_file_content(file_id: str, session: SessionDep, tenant: TenantDep) -> St
         media_type=media,
         headers={
             "Content-Length": str(file.bytes),
-            "Content-Disposition": f'attachment; filename="{file.filename}"',
+            "Content-Disposition": _attachment(file.filename),
         },
     )

@@ -9,12 +9,14 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import files, health, jobs, models
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.metrics import HTTP_REQUESTS
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="modelfarm", version="0.1.0")
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
     for module in (health, files, models, jobs):
         app.include_router(module.router)
 

@@ -26,7 +26,8 @@ def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, 
     ):
         session.refresh(job)
         return job, False
-    assemble_now = request_stop(session, job.id) if job.status == JobStatus.RUNNING else False
+    # Conditional on `running` itself: the status read above may already be out of date.
+    assemble_now = request_stop(session, job.id)
     session.refresh(job)
     if job.status not in (JobStatus.CANCELLING, JobStatus.CANCELLED):
         raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")

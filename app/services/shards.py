@@ -65,6 +65,7 @@ def claim_for_planning(
             )
         ],
         started_at=func.coalesce(Job.started_at, now),
+        attempts=Job.attempts + 1,  # a planner that dies counts against MAX_ATTEMPTS too
         worker=worker,
         lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
@@ -218,6 +219,8 @@ def record_shard_progress(
         ).rowcount
         == 1
     )
+    if not held:  # the shard is someone else's now: touch nothing of the job
+        return Progress(False, JobStatus.RUNNING, False)
     status, deadline = _execute(
         session,
         update(Job)
@@ -225,7 +228,7 @@ def record_shard_progress(
         .values(**_count_sums(job_id))
         .returning(Job.status, Job.deadline_at),
     ).one()
-    return Progress(held, JobStatus(status), deadline is not None and deadline < utcnow())
+    return Progress(True, JobStatus(status), deadline is not None and deadline < utcnow())
 
 
 def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds: float) -> bool:
@@ -295,7 +298,7 @@ def cancel_queued_shards(session: Session, job_id: str) -> None:
 
 
 def request_stop(session: Session, job_id: str, error: dict[str, str] | None = None) -> bool:
-    """running -> cancelling (workers stop at their next chunk); queued shards never start.
+    """running -> cancelling (workers stop at their next micro-batch); queued shards never start.
 
     Returns True when nothing of the job is running any more, so it can be assembled now.
     """
@@ -310,8 +313,10 @@ def request_stop(session: Session, job_id: str, error: dict[str, str] | None = N
         event_data={"reason": (error or {}).get("code", "cancel_requested")},
         **values,
     )
-    cancel_queued_shards(session, job_id)
     job = session.get_one(Job, job_id, populate_existing=True)
+    if job.status != JobStatus.CANCELLING:  # it had already ended
+        return False
+    cancel_queued_shards(session, job_id)
     return job.shards_total is not None and active_shards(session, job_id) == 0
 
 
@@ -334,4 +339,50 @@ def release_shard(session: Session, shard: JobShard, owner: str, reason: str) ->
         shard.job_id,
         "shard_released",
         {"shard": shard.index, "attempt": shard.attempts, "reason": reason[:200]},
+    )
+
+
+def fail_job(
+    session: Session,
+    job_id: str,
+    code: str,
+    message: str,
+    where: tuple[ColumnElement[bool], ...] = (),
+    event_data: dict[str, Any] | None = None,
+) -> bool:
+    """The job cannot finish: it ends `failed` with the reason, and its shards stop."""
+    failed = transition(
+        session,
+        job_id,
+        [JobStatus.RUNNING, JobStatus.CANCELLING],
+        JobStatus.FAILED,
+        event_data={"code": code, **(event_data or {})},
+        where=where,
+        error={"code": code, "message": message},
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    if failed:
+        # Workers still on its shards see their lease gone at their next write and stop.
+        _execute(
+            session,
+            update(JobShard)
+            .where(JobShard.job_id == job_id, JobShard.status.in_(ACTIVE_SHARD))
+            .values(status=ShardStatus.FAILED, lease_owner=None, lease_expires_at=None),
+        )
+    return failed
+
+
+def give_up_shard(session: Session, shard: JobShard) -> None:
+    """A shard whose worker died MAX_ATTEMPTS times fails its job."""
+    reason = (
+        f"shard {shard.index} lost its worker {shard.attempts} times "
+        "(killed, out of memory, or hung)"
+    )
+    fail_job(
+        session,
+        shard.job_id,
+        "worker_lost",
+        reason,
+        event_data={"shard": shard.index, "attempt": shard.attempts},
     )

@@ -59,7 +59,12 @@ def test_upload_over_the_limit_is_413(
     from tests.helpers import FarmProcess, wait_for_http
 
     port = free_port()
-    env = {**services, "MODELFARM_API_PORT": str(port), "MODELFARM_MAX_UPLOAD_BYTES": "1000"}
+    env = {
+        **services,
+        "MODELFARM_API_PORT": str(port),
+        "MODELFARM_MAX_UPLOAD_BYTES": "1000",
+        "MODELFARM_MAX_REQUEST_BYTES": "2000",
+    }
     proc = FarmProcess.start(["api"], env, tmp_path_factory.mktemp("small") / "api.log")
     try:
         base = f"http://127.0.0.1:{port}"
@@ -88,6 +93,11 @@ def test_upload_over_the_limit_is_413(
             files={"file": ("ok.jsonl", b"x" * 1000)},
         )
         assert ok.status_code == 201, ok.text
+        # Any other body over MAX_REQUEST_BYTES, refused before it is parsed (or authorised).
+        items = [{"custom_id": str(i), "input": "x" * 50} for i in range(60)]
+        body = {"model": "minilm", "input": {"items": items}}
+        assert_error(httpx.post(f"{base}/v1/jobs", json=body, headers=auth), 413)
+        assert_error(httpx.post(f"{base}/v1/jobs", json=body), 413)
     finally:
         proc.stop()
 
@@ -212,3 +222,18 @@ def test_prefer_wait_holds_until_the_limit(client: httpx.Client) -> None:
     assert got.headers["Preference-Applied"] == "wait=1.5"
     assert 1.4 <= elapsed < 5
     client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_values_the_database_cannot_store_are_422(client: httpx.Client) -> None:
+    body = {"model": "minilm", "input": ITEMS, "metadata": {"k": "a\u0000b"}}
+    assert_error(client.post("/v1/jobs", json=body), 422)
+    assert_error(client.get("/v1/jobs/job_a%00b"), 422)
+
+
+def test_any_filename_round_trips(client: httpx.Client) -> None:
+    file = upload(client, b'{"input": "x"}\n', name="données v2 数据.jsonl")
+    response = client.get(f"/v1/files/{file['id']}/content")
+    assert response.status_code == 200
+    disposition = response.headers["content-disposition"]
+    assert "filename*=UTF-8''donn%C3%A9es%20v2%20%E6%95%B0%E6%8D%AE.jsonl" in disposition
+    assert 'filename="donn_es v2 __.jsonl"' in disposition

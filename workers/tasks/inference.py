@@ -12,14 +12,13 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.models import File, Job, JobShard, JobStatus, ModelVersion, ShardStatus
 from app.services import shards as shard_service
-from app.services.jobs import transition
 from app.storage import get_store
 from workers import state
 from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
@@ -53,13 +52,15 @@ def plan_job(job_id: str, worker: str) -> None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
     input_uri, queue = claimed
+    held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
     try:
         ranges = split_input(input_uri, settings.shard_items)
     except OSError as exc:
-        db_retry(fail_job, job_id, "input_unreadable", f"the input file cannot be read: {exc}")
+        message = f"the input file cannot be read: {exc}"
+        db_retry(fail_job, job_id, "input_unreadable", message, held)
         return
     if not ranges:
-        db_retry(fail_job, job_id, "empty_input", "the input file has no items")
+        db_retry(fail_job, job_id, "empty_input", "the input file has no items", held)
         return
 
     def record() -> shard_service.PlanOutcome:
@@ -94,19 +95,10 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     return ranges
 
 
-def fail_job(job_id: str, code: str, message: str) -> None:
+def fail_job(job_id: str, code: str, message: str, *where: ColumnElement[bool]) -> None:
     log.warning("job %s failed: %s: %s", job_id, code, message)
     with session_scope() as session:
-        transition(
-            session,
-            job_id,
-            [JobStatus.RUNNING, JobStatus.CANCELLING],
-            JobStatus.FAILED,
-            event_data={"code": code},
-            error={"code": code, "message": message},
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        shard_service.fail_job(session, job_id, code, message, where=where)
 
 
 # -- one shard --------------------------------------------------------------------------------
@@ -196,6 +188,9 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
                 and current.status == ShardStatus.RUNNING
                 and owner_is_dead(current.lease_owner)
             ):
+                if current.attempts >= settings.max_attempts:
+                    shard_service.give_up_shard(session, current)  # it kills its worker
+                    return None
                 shard = shard_service.claim_shard(
                     session,
                     job_id,
