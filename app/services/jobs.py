@@ -127,20 +127,6 @@ def transition(
     return True
 
 
-def record_progress(session: Session, job_id: str, succeeded: int, failed: int) -> JobStatus:
-    """Add finished items to the counts; returns the status, so a worker sees a cancel."""
-    status = session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            counts_succeeded=Job.counts_succeeded + succeeded,
-            counts_failed=Job.counts_failed + failed,
-        )
-        .returning(Job.status)
-    ).scalar_one()
-    return JobStatus(status)
-
-
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
     if job is None:

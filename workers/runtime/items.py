@@ -28,10 +28,6 @@ def iter_lines(stream: IO[bytes], first_line: int = 1) -> Iterator[Line]:
             yield number, raw
 
 
-def count_items(stream: IO[bytes]) -> int:
-    return sum(1 for _ in iter_lines(stream))
-
-
 def iter_chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
     chunk: list[Line] = []
     for line in lines:
