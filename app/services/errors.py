@@ -32,8 +32,3 @@ class InvalidRequest(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "payload_too_large"
-
-
-class Unavailable(ServiceError):
-    status_code = 503
-    code = "service_unavailable"
