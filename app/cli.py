@@ -54,13 +54,18 @@ def api() -> None:
 
 @cli.command()
 def worker(
-    pool: Annotated[str, typer.Option(help="cpu or gpu: the queue and the device.")] = "cpu",
-    concurrency: Annotated[int | None, typer.Option(help="CPU pool processes.")] = None,
+    pool: Annotated[
+        str, typer.Option(help="cpu or gpu (the queue and the device), or webhooks.")
+    ] = "cpu",
+    concurrency: Annotated[
+        int | None, typer.Option(help="CPU pool processes, or webhooks pool threads.")
+    ] = None,
     gpu_slot: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """A Celery worker for one pool. The GPU pool runs one process per GPU."""
-    if pool not in ("cpu", "gpu"):
-        raise typer.BadParameter("pool must be cpu or gpu")
+    """A Celery worker for one pool. The GPU pool runs one process per GPU; the webhooks pool
+    runs threads, since it waits on receivers rather than computing."""
+    if pool not in ("cpu", "gpu", "webhooks"):
+        raise typer.BadParameter("pool must be cpu, gpu or webhooks")
     settings = get_settings()
     settings.require_database_url()
     settings.require_redis_url()
@@ -73,7 +78,12 @@ def worker(
     from workers.celery_app import celery_app
 
     name = f"{pool}{'' if gpu_slot is None else gpu_slot}@%h"
-    procs = 1 if pool == "gpu" else get_settings().worker_concurrency
+    extra: list[str] = []
+    if pool == "webhooks":
+        procs = concurrency or get_settings().webhook_concurrency
+        extra = ["--pool", "threads"]
+    else:
+        procs = 1 if pool == "gpu" else get_settings().worker_concurrency
     celery_app.worker_main(
         [
             "worker",
@@ -86,6 +96,7 @@ def worker(
             "--loglevel",
             "INFO",
             "--events",
+            *extra,
         ]
     )
 

@@ -59,14 +59,18 @@ class Settings(BaseSettings):
     task_time_limit: int = 3900  # ... and is killed past this
     db_retry_seconds: float = 120.0  # how long workers retry writes while PostgreSQL is away
 
-    # Webhooks (delivery lands with step 3; the settings are part of the contract already)
-    webhook_allowed_hosts: str = ""
+    # Webhooks. The schedule is the seconds between attempts after the first (Standard
+    # Webhooks: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each stretched by up to +-10% jitter.
+    webhook_allowed_hosts: str = ""  # hosts or CIDRs exempt from the private-address block
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_timeout_seconds: float = 15.0
+    webhook_concurrency: int = 8  # threads of a webhooks worker (waiting on receivers, not CPU)
 
     secret_key: SecretStr = SecretStr("dev-insecure-secret")
 
     @model_validator(mode="after")
     def _fill_from_state(self) -> Settings:
+        self.retry_delays()  # a bad schedule stops the process at start, not at the first retry
         if self.environment == "production" and self.secret_key.get_secret_value().startswith(
             "dev-"
         ):
@@ -93,6 +97,19 @@ class Settings(BaseSettings):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(state, f, indent=2)
+
+    def retry_delays(self) -> list[float]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds; an empty schedule means a single attempt."""
+        try:
+            delays = [float(p) for p in self.webhook_retry_schedule.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(
+                "MODELFARM_WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, "
+                f"not {self.webhook_retry_schedule!r}"
+            ) from None
+        if any(d < 0 for d in delays):
+            raise ValueError("MODELFARM_WEBHOOK_RETRY_SCHEDULE may not hold negative delays")
+        return delays
 
     @property
     def artifacts(self) -> str:

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 TASK_PLAN_JOB = "modelfarm.plan_job"  # [job_id]: split the input into shards
 TASK_RUN_SHARD = "modelfarm.run_shard"  # [job_id, shard_index]
 TASK_FINALIZE_JOB = "modelfarm.finalize_job"  # [job_id]: assemble the result files
-QUEUES = ("cpu", "gpu")
+TASK_DELIVER_WEBHOOK = "modelfarm.deliver_webhook"  # [job_id, delivery_id]: one attempt
+WEBHOOK_QUEUE = "webhooks"  # its own workers, so slow receivers never hold up inference
+QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
+# The broker holds a retry as a countdown only when it is this close; later ones wait in
+# PostgreSQL for the sweeper (a countdown past the visibility timeout would be redelivered).
+MAX_COUNTDOWN_SECONDS = 600.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -49,10 +54,10 @@ def producer() -> Celery:
     return app
 
 
-def publish(task: str, args: list[Any], queue: str) -> bool:
+def publish(task: str, args: list[Any], queue: str, countdown: float | None = None) -> bool:
     """True when the broker took the message; False (logged) when it did not."""
     try:
-        producer().send_task(task, args=args, queue=queue, retry=False)
+        producer().send_task(task, args=args, queue=queue, retry=False, countdown=countdown)
     except Exception:  # the broker being down must never fail a request or a sweep
         log.warning("could not publish %s%s to queue %s", task, args, queue, exc_info=True)
         return False
@@ -61,6 +66,10 @@ def publish(task: str, args: list[Any], queue: str) -> bool:
 
 def publish_job(job_id: str, queue: str) -> bool:
     return publish(TASK_PLAN_JOB, [job_id], queue)
+
+
+def publish_delivery(job_id: str, delivery_id: str, countdown: float | None = None) -> bool:
+    return publish(TASK_DELIVER_WEBHOOK, [job_id, delivery_id], WEBHOOK_QUEUE, countdown)
 
 
 def broker_reachable() -> bool:

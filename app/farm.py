@@ -65,6 +65,7 @@ def run_farm(with_flower: bool = True) -> int:
 
             supervisor.start("api", modelfarm_command("api"))
             supervisor.start("worker-cpu", modelfarm_command("worker", "--pool", "cpu"))
+            supervisor.start("worker-webhooks", modelfarm_command("worker", "--pool", "webhooks"))
             supervisor.start("sweeper", modelfarm_command("sweeper"))
             if visible_gpus() or settings.gpu_count:
                 supervisor.start("worker-gpu", modelfarm_command("worker", "--pool", "gpu"))

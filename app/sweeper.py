@@ -7,7 +7,9 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
    once a shard used up MAX_ATTEMPTS;
 3. re-publishes queued jobs and shards that the broker no longer holds (never published,
    flushed, or taken by a consumer that died), and jobs whose planner died;
-4. assembles jobs whose shards are all closed but that nobody is assembling.
+4. assembles jobs whose shards are all closed but that nobody is assembling;
+5. takes back webhook deliveries whose worker died mid-attempt, and sends deliveries that are
+   due but have no message (lost, or a retry too far off to leave with the broker).
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from sqlalchemy import select, text, update
 from app.broker_scan import TaskKey, live_task_keys
 from app.config import get_settings
 from app.db import get_engine, session_scope, utcnow
-from app.dispatch import QUEUES, TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD, publish
+from app.dispatch import (
+    QUEUES,
+    TASK_DELIVER_WEBHOOK,
+    TASK_FINALIZE_JOB,
+    TASK_PLAN_JOB,
+    TASK_RUN_SHARD,
+    WEBHOOK_QUEUE,
+    publish,
+)
 from app.models import Job, JobShard, JobStatus, ShardStatus
-from app.services import control
+from app.services import control, webhooks
 from app.services.jobs import add_event, transition
 from app.services.shards import active_shards, fail_job, give_up_shard
 
@@ -37,7 +47,14 @@ BATCH = 500  # rows looked at per step and sweep
 def sweep_once() -> dict[str, int]:
     """One pass; returns how many of each kind of thing it did (for logs and tests)."""
     settings = get_settings()
-    done = {"deadlines": 0, "expired": 0, "failed": 0, "republished": 0, "assembled": 0}
+    done = {
+        "deadlines": 0,
+        "expired": 0,
+        "failed": 0,
+        "republished": 0,
+        "assembled": 0,
+        "deliveries": 0,
+    }
     sends: list[tuple[str, list[Any], str]] = []
     with session_scope() as session:
         for job in control.jobs_past_deadline(session, BATCH):
@@ -51,11 +68,22 @@ def sweep_once() -> dict[str, int]:
         sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
         sends += _dead_planners(session, settings.max_attempts, live)
         sends += _unassembled(session)
+    with session_scope() as session:
+        sends += _deliveries(session, live)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
+    kinds = {TASK_FINALIZE_JOB: "assembled", TASK_DELIVER_WEBHOOK: "deliveries"}
     for task, _, _ in sent:
-        done["assembled" if task == TASK_FINALIZE_JOB else "republished"] += 1
+        done[kinds.get(task, "republished")] += 1
     _mark_dispatched(sent)
     return done
+
+
+def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list[Any], str]]:
+    resend = webhooks.take_back_expired(session, BATCH)
+    for job_id, delivery_id in webhooks.due_undispatched(session, timedelta(seconds=2), BATCH):
+        if live is None or (TASK_DELIVER_WEBHOOK, (job_id, delivery_id)) not in live:
+            resend.append((job_id, delivery_id))
+    return [(TASK_DELIVER_WEBHOOK, [job_id, d], WEBHOOK_QUEUE) for job_id, d in resend]
 
 
 def _expire_leases(
@@ -194,6 +222,8 @@ def _mark_dispatched(sends: list[tuple[str, list[Any], str]]) -> None:
             if task == TASK_PLAN_JOB:
                 session.execute(update(Job).where(Job.id == args[0]).values(dispatched_at=now))
                 add_event(session, args[0], "redispatched", {"by": "sweeper"})
+            elif task == TASK_DELIVER_WEBHOOK:
+                webhooks.mark_dispatched(session, args[1])
             elif task == TASK_RUN_SHARD:
                 session.execute(
                     update(JobShard)

@@ -59,6 +59,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "MODELFARM_PRELOAD_MODELS": "minilm",
             "MODELFARM_CHUNK_ITEMS": "64",
             "MODELFARM_SHARD_ITEMS": "200",
+            # The receivers of the webhook tests listen on 127.0.0.1 (and only there).
+            "MODELFARM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            "MODELFARM_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,1,1,2,2",
+            "MODELFARM_WEBHOOK_TIMEOUT_SECONDS": "3",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
@@ -136,6 +140,15 @@ def sweeper(
 ) -> Iterator[FarmProcess]:
     env = {**services, "MODELFARM_SWEEP_INTERVAL_SECONDS": "0.5"}
     with _farm_process(["sweeper"], env, tmp_path_factory, "sweeper started") as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FarmProcess]:
+    args = ["worker", "--pool", "webhooks"]
+    with _farm_process(args, services, tmp_path_factory, "ready.") as p:
         yield p
 
 

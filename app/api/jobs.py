@@ -13,9 +13,10 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_FINALIZE_JOB, publish, publish_job
 from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
-from app.models import Job, JobEvent, JobStatus, Tenant
+from app.models import Delivery, Job, JobEvent, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
-from app.services import control
+from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
+from app.services import control, webhooks
 from app.services import jobs as job_service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -121,4 +122,41 @@ def list_events(job_id: str, session: SessionDep, tenant: TenantDep) -> JobEvent
     events = session.query(JobEvent).filter(JobEvent.job_id == job.id).order_by(JobEvent.id)
     return JobEventList(
         data=[JobEventPublic.model_validate(e, from_attributes=True) for e in events]
+    )
+
+
+@router.get("/{job_id}/deliveries")
+def list_deliveries(job_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryList:
+    job = job_service.get_job(session, tenant, job_id)
+    return DeliveryList(data=[_delivery(d) for d in webhooks.list_for_job(session, job.id)])
+
+
+@router.post("/{job_id}/deliveries/{delivery_id}/redeliver", status_code=202)
+def redeliver(
+    job_id: str, delivery_id: str, session: SessionDep, tenant: TenantDep
+) -> DeliveryPublic:
+    """One more attempt now, with the same `webhook-id`; published once this commits."""
+    job = job_service.get_job(session, tenant, job_id)
+    delivery = webhooks.redeliver(session, job.id, delivery_id)
+    session.commit()
+    return _delivery(delivery)
+
+
+def _delivery(delivery: Delivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=delivery.id,
+        job_id=delivery.job_id,
+        event=delivery.event,
+        url=delivery.url,
+        webhook_id=delivery.msg_id,
+        status=delivery.status,
+        attempts=[
+            DeliveryAttemptPublic.model_validate(a, from_attributes=True)
+            for a in delivery.attempt_log
+        ],
+        next_attempt_at=delivery.next_attempt_at,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+        created_at=delivery.created_at,
+        delivered_at=delivery.delivered_at,
     )

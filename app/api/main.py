@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from app.api import files, health, jobs, models
+from app.api import files, health, jobs, models, webhooks
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.metrics import HTTP_REQUESTS
@@ -17,7 +17,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="modelfarm", version="0.1.0")
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    for module in (health, files, models, jobs):
+    for module in (health, files, models, jobs, webhooks):
         app.include_router(module.router)
 
     @app.middleware("http")

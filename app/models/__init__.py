@@ -1,5 +1,6 @@
 """SQLAlchemy ORM classes. They never leave the service layer: the API answers with schemas."""
 
+from app.models.delivery import Delivery, DeliveryAttempt, DeliveryStatus, WebhookSecret
 from app.models.file import File, FilePurpose
 from app.models.job import Job, JobEvent, JobShard, JobStatus, JobType, ShardStatus
 from app.models.model import Model, ModelVersion
@@ -7,6 +8,9 @@ from app.models.tenant import ApiKey, Tenant
 
 __all__ = [
     "ApiKey",
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryStatus",
     "File",
     "FilePurpose",
     "Job",
@@ -18,4 +22,5 @@ __all__ = [
     "ModelVersion",
     "ShardStatus",
     "Tenant",
+    "WebhookSecret",
 ]

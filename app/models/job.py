@@ -81,6 +81,8 @@ class Job(Base):
     # The job-level lease covers planning and assembling; shards hold their own leases.
     lease_owner: Mapped[str | None] = mapped_column(String(120))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the last `job.progress` webhook was queued: at most one a second per job.
+    progress_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def is_terminal(self) -> bool:

@@ -10,12 +10,15 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.db import utcnow
 from app.models import FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
+from app.services import webhooks
 from app.services.errors import InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
+from app.urlguard import Allowlist, RefusedURL, check_url
 
 QUEUE_BY_DEVICE = {"cpu": "cpu", "gpu": "gpu"}
 
@@ -37,6 +40,12 @@ def create_job(
         existing = find_by_idempotency_key(session, tenant, idempotency_key)
         if existing is not None:
             return existing, False
+    if body.webhook is not None:
+        allowlist = Allowlist.parse(get_settings().webhook_allowed_hosts)
+        try:
+            check_url(str(body.webhook.url), allowlist)
+        except RefusedURL as exc:
+            raise InvalidRequest(str(exc), code="webhook_url_refused") from None
     if body.type != JobType.INFERENCE:
         raise InvalidRequest("training jobs are not served yet", code="unsupported_job_type")
     assert body.model is not None  # JobCreate guarantees it for inference
@@ -115,16 +124,32 @@ def transition(
     """
     if to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
         values.setdefault("finished_at", utcnow())
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *where)
         .values(status=to.value, **values)
+        .returning(Job.webhook)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ).first()
+    if row is None:
         return False
     add_event(session, job_id, to.value, event_data)
+    event_type = webhooks.EVENT_BY_STATUS.get(to.value)
+    if event_type and webhooks.wants(row[0], event_type):
+        # The outbox row commits with the transition: no finished job without its callback.
+        notify(session, session.get_one(Job, job_id, populate_existing=True), event_type)
     return True
+
+
+def notify(session: Session, job: Job, event_type: str) -> None:
+    webhooks.enqueue(session, job, event_type, job_public(job).model_dump(mode="json"))
+
+
+def notify_progress(session: Session, job_id: str) -> None:
+    """Queue a `job.progress` webhook if the job wants one and none went out this second."""
+    job = webhooks.progress_due(session, job_id)
+    if job is not None:
+        notify(session, job, "job.progress")
 
 
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
-from app.services.jobs import add_event, transition
+from app.services.jobs import add_event, notify_progress, transition
 
 ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
@@ -228,6 +228,8 @@ def record_shard_progress(
         .values(**_count_sums(job_id))
         .returning(Job.status, Job.deadline_at),
     ).one()
+    if status == JobStatus.RUNNING:
+        notify_progress(session, job_id)
     return Progress(True, JobStatus(status), deadline is not None and deadline < utcnow())
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from celery import Task
 
-from app.dispatch import TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD
+from app.dispatch import TASK_DELIVER_WEBHOOK, TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD
 from workers.celery_app import celery_app
 from workers.tasks.assemble import assemble_job
 from workers.tasks.inference import plan_job, run_shard
+from workers.tasks.webhooks import deliver
 
 
 @celery_app.task(name=TASK_PLAN_JOB, bind=True)
@@ -26,3 +27,8 @@ def run_shard_task(self: Task, job_id: str, index: int) -> None:
 @celery_app.task(name=TASK_FINALIZE_JOB)
 def finalize_job_task(job_id: str) -> None:
     assemble_job(job_id)
+
+
+@celery_app.task(name=TASK_DELIVER_WEBHOOK)
+def deliver_webhook_task(job_id: str, delivery_id: str) -> None:
+    deliver(job_id, delivery_id)

@@ -1,0 +1,22 @@
+"""The tenant's webhook signing secret, and its rotation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import SessionDep, TenantDep
+from app.schemas.webhooks import WebhookSecretPublic
+from app.services import webhooks
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+@router.get("/secret")
+def get_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecretPublic:
+    return WebhookSecretPublic(key=webhooks.current_secret(session, tenant))
+
+
+@router.post("/secret/rotate")
+def rotate_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecretPublic:
+    """A new secret; the old one keeps signing beside it for 24 hours."""
+    return WebhookSecretPublic(key=webhooks.rotate_secret(session, tenant))

@@ -1,0 +1,363 @@
+"""Webhook deliveries as an outbox: rows written in the transaction of the transition they report.
+
+A delivery row is inserted by the same transaction that moves the job, so a crash can never
+leave a finished job without its callback. Its id is published to the `webhooks` queue only
+after that transaction commits; a lost message is found again by the sweeper. Attempts are
+claimed with a conditional UPDATE, so a duplicated message sends nothing twice at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
+from standardwebhooks import Webhook
+
+from app.config import get_settings
+from app.db import utcnow
+from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Job, Tenant, WebhookSecret
+from app.services.errors import Conflict, NotFound
+
+ROTATION_OVERLAP = timedelta(hours=24)  # an old secret keeps signing this long after a rotation
+PROGRESS_INTERVAL = timedelta(seconds=1)  # at most one job.progress a second per job
+MAX_RETRY_AFTER = 24 * 3600.0
+EVENT_BY_STATUS = {
+    "running": "job.started",
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+}
+_OUTBOX = "webhook_outbox"  # Session.info key: (job id, delivery id) to publish after commit
+
+
+# Secrets ------------------------------------------------------------------------------------
+
+
+def _new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def signing_secrets(session: Session, tenant_id: str) -> list[str]:
+    """Every secret that signs now, newest first; the tenant's first one is made on demand."""
+    now = utcnow()
+    rows = list(
+        session.scalars(
+            select(WebhookSecret.key)
+            .where(
+                WebhookSecret.tenant_id == tenant_id,
+                (WebhookSecret.expires_at.is_(None)) | (WebhookSecret.expires_at > now),
+            )
+            .order_by(WebhookSecret.id.desc())
+        )
+    )
+    if rows:
+        return rows
+    # Lock the tenant so two first requests agree on one secret.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    current = session.scalar(
+        select(WebhookSecret.key).where(
+            WebhookSecret.tenant_id == tenant_id, WebhookSecret.expires_at.is_(None)
+        )
+    )
+    if current is None:
+        current = _new_secret()
+        session.add(WebhookSecret(tenant_id=tenant_id, key=current))
+        session.flush()
+    return [current]
+
+
+def current_secret(session: Session, tenant: Tenant) -> str:
+    return signing_secrets(session, tenant.id)[0]
+
+
+def rotate_secret(session: Session, tenant: Tenant) -> str:
+    """A new secret signs from now on; the old one signs too for ROTATION_OVERLAP."""
+    signing_secrets(session, tenant.id)  # there is a current one to retire
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    session.execute(
+        update(WebhookSecret)
+        .where(WebhookSecret.tenant_id == tenant.id, WebhookSecret.expires_at.is_(None))
+        .values(expires_at=utcnow() + ROTATION_OVERLAP)
+    )
+    key = _new_secret()
+    session.add(WebhookSecret(tenant_id=tenant.id, key=key))
+    session.flush()
+    return key
+
+
+def sign(secrets: Sequence[str], msg_id: str, when: datetime, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers; one `v1,` signature per secret, space separated."""
+    signatures = " ".join(Webhook(s).sign(msg_id, when, body) for s in secrets)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signatures,
+    }
+
+
+# Queueing -----------------------------------------------------------------------------------
+
+
+def wants(webhook: dict[str, Any] | None, event_type: str) -> bool:
+    return bool(webhook) and event_type in (webhook or {}).get("events", ())
+
+
+def enqueue(session: Session, job: Job, event_type: str, data: dict[str, Any]) -> Delivery:
+    """Write a delivery of `event_type` for the job's webhook, sent once the caller commits."""
+    assert job.webhook is not None
+    now = utcnow()
+    body = json.dumps(
+        {"type": event_type, "timestamp": now.isoformat(), "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    delivery = Delivery(
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        event=event_type,
+        url=job.webhook["url"],
+        body=body,
+        status=DeliveryStatus.PENDING,
+        max_attempts=1 + len(get_settings().retry_delays()),
+        next_attempt_at=now,
+        dispatched_at=now,  # published right after the commit; the sweeper covers a failure
+    )
+    session.add(delivery)
+    session.flush()
+    session.info.setdefault(_OUTBOX, []).append((job.id, delivery.id))
+    return delivery
+
+
+def progress_due(session: Session, job_id: str) -> Job | None:
+    """The job, when it wants `job.progress` and none was queued in the last second."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.webhook.is_not(None),
+            (Job.progress_notified_at.is_(None))
+            | (Job.progress_notified_at < now - PROGRESS_INTERVAL),
+        )
+        .values(progress_notified_at=now)
+        .returning(Job.webhook)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None or not wants(row[0], "job.progress"):
+        return None
+    return session.get_one(Job, job_id, populate_existing=True)
+
+
+def _publish_outbox(session: Session) -> None:
+    pending = session.info.pop(_OUTBOX, None)
+    if not pending:
+        return
+    from app.dispatch import publish_delivery
+
+    for job_id, delivery_id in pending:
+        publish_delivery(job_id, delivery_id)
+
+
+def _forget_outbox(session: Session) -> None:
+    session.info.pop(_OUTBOX, None)
+
+
+event.listen(Session, "after_commit", _publish_outbox)
+event.listen(Session, "after_rollback", _forget_outbox)
+
+
+# Attempts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: str
+    job_id: str
+    msg_id: str
+    url: str
+    body: str
+    attempt: int
+    secrets: list[str]
+
+
+def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) -> Claimed | None:
+    """Take a due delivery for one attempt; None when it is not due or someone holds it."""
+    now = utcnow()
+    row = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+        )
+        .values(
+            status=DeliveryStatus.SENDING,
+            attempts=Delivery.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            Delivery.job_id,
+            Delivery.tenant_id,
+            Delivery.msg_id,
+            Delivery.url,
+            Delivery.body,
+            Delivery.attempts,
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return None
+    job_id, tenant_id, msg_id, url, body, attempt = row
+    secrets = signing_secrets(session, tenant_id)
+    return Claimed(delivery_id, job_id, msg_id, url, body, attempt, secrets)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from the receiver's Retry-After
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status_code == 410
+
+
+def next_delay(attempt: int, delays: Sequence[float], retry_after: float | None) -> float:
+    """Seconds before attempt `attempt + 1`: the receiver's Retry-After, else the schedule."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
+    base = delays[min(attempt, len(delays)) - 1] if delays else 0.0
+    return base * random.uniform(0.9, 1.1)
+
+
+def record_attempt(
+    session: Session, claimed: Claimed, owner: str, outcome: Outcome, delays: Sequence[float]
+) -> float | None:
+    """Store the attempt and decide what follows; returns the delay of the next attempt."""
+    session.add(
+        DeliveryAttempt(
+            delivery_id=claimed.delivery_id,
+            number=claimed.attempt,
+            started_at=outcome.started_at,
+            duration_ms=outcome.duration_ms,
+            status_code=outcome.status_code,
+            error=(outcome.error or "")[:1000] or None,
+        )
+    )
+    delivery = session.scalar(
+        select(Delivery).where(Delivery.id == claimed.delivery_id).with_for_update()
+    )
+    if delivery is None or delivery.lease_owner != owner:
+        return None  # the sweeper took it back meanwhile; it decides what comes next
+    delivery.lease_owner = delivery.lease_expires_at = None
+    delivery.last_status_code = outcome.status_code
+    delivery.last_error = (outcome.error or "")[:1000] or None
+    now = utcnow()
+    if outcome.ok:
+        delivery.status, delivery.delivered_at, delivery.next_attempt_at = "succeeded", now, None
+        return None
+    if outcome.gone or delivery.attempts >= delivery.max_attempts:
+        delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
+        return None
+    delay = next_delay(delivery.attempts, delays, outcome.retry_after)
+    delivery.status = DeliveryStatus.PENDING
+    delivery.next_attempt_at = now + timedelta(seconds=delay)
+    return delay
+
+
+def mark_dispatched(session: Session, delivery_id: str) -> None:
+    session.execute(
+        update(Delivery).where(Delivery.id == delivery_id).values(dispatched_at=utcnow())
+    )
+
+
+def take_back_expired(session: Session, limit: int) -> list[tuple[str, str]]:
+    """Deliveries whose worker died mid-attempt: the attempt is recorded as lost and the
+    delivery waits for its next one (or fails when it was the last). Returns those to send."""
+    now = utcnow()
+    rows = session.scalars(
+        select(Delivery)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    sends = []
+    for delivery in rows:
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                number=delivery.attempts,
+                started_at=now,
+                error="the worker stopped during the attempt (no answer was recorded)",
+            )
+        )
+        delivery.lease_owner = delivery.lease_expires_at = None
+        if delivery.attempts >= delivery.max_attempts:
+            delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
+            continue
+        delivery.status, delivery.next_attempt_at = DeliveryStatus.PENDING, now
+        sends.append((delivery.job_id, delivery.id))
+    return sends
+
+
+def due_undispatched(session: Session, grace: timedelta, limit: int) -> list[tuple[str, str]]:
+    """Pending deliveries due for a while with no recent message: their message was lost, or
+    their next attempt was too far off to hand to the broker as a countdown."""
+    cutoff = utcnow() - grace
+    rows = session.execute(
+        select(Delivery.job_id, Delivery.id)
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at < cutoff,
+            (Delivery.dispatched_at.is_(None)) | (Delivery.dispatched_at < cutoff),
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+    ).all()
+    return [(job_id, delivery_id) for job_id, delivery_id in rows]
+
+
+# API ----------------------------------------------------------------------------------------
+
+
+def list_for_job(session: Session, job_id: str) -> list[Delivery]:
+    return list(
+        session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
+    )
+
+
+def redeliver(session: Session, job_id: str, delivery_id: str) -> Delivery:
+    """One more attempt now, with the same `webhook-id` and body, whatever came before."""
+    delivery = session.scalar(
+        select(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.job_id == job_id)
+        .with_for_update()
+    )
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id!r} for job {job_id!r}")
+    if delivery.status == DeliveryStatus.SENDING:
+        raise Conflict(f"delivery {delivery_id} is being sent now", code="delivery_in_progress")
+    now = utcnow()
+    if delivery.status != DeliveryStatus.PENDING:
+        delivery.max_attempts = delivery.attempts + 1
+    delivery.status = DeliveryStatus.PENDING
+    delivery.next_attempt_at = delivery.dispatched_at = now
+    session.flush()
+    session.info.setdefault(_OUTBOX, []).append((job_id, delivery.id))
+    return delivery
