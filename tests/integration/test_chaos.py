@@ -1,7 +1,8 @@
 """Chaos: kill and restart the farm's parts mid-job; every item must come back exactly once.
 
 These tests run their own small farm (throwaway PostgreSQL and Redis that they may stop, an
-API, a CPU worker, a sweeper) with short leases, so recovery takes seconds, not minutes.
+API, a CPU worker, a webhooks worker, a sweeper) with short leases, so recovery takes seconds,
+not minutes. Webhook callbacks obey the same rule: a crash delays one, never drops it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from tests.helpers import (
     read_lines,
     submit,
     upload,
+    wait_done,
     wait_for_http,
 )
+from tests.receiver import Reply, receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,8 +57,9 @@ class ChaosFarm:
         self.procs[name] = proc
         return proc
 
-    def start_worker(self) -> FarmProcess:
-        worker = self.start("worker", ["worker", "--pool", "cpu"])
+    def start_worker(self, pool: str = "cpu") -> FarmProcess:
+        name = "worker" if pool == "cpu" else f"worker-{pool}"
+        worker = self.start(name, ["worker", "--pool", pool])
         worker.wait_for_log("ready.")
         return worker
 
@@ -107,6 +111,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFarm]:
         "MODELFARM_CHUNK_ITEMS": "10",
         "MODELFARM_DB_RETRY_SECONDS": "60",
         "MODELFARM_PRELOAD_MODELS": "minilm",
+        "MODELFARM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "MODELFARM_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1,1,1,1,1",
+        "MODELFARM_WEBHOOK_TIMEOUT_SECONDS": "2",
         "HF_HUB_OFFLINE": "1",
     }
     farm = ChaosFarm(root, pg, redis, env)
@@ -117,6 +124,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFarm]:
         api = farm.start("api", ["api"])
         farm.start("sweeper", ["sweeper"])
         farm.start_worker()
+        farm.start_worker("webhooks")
         wait_for_http(f"{farm.api_url}/healthz", api)
         yield farm
     finally:
@@ -267,3 +275,49 @@ def test_broker_down_at_submit_still_answers_202(farm: ChaosFarm) -> None:
             f"\nran a job submitted while the broker was down {time.monotonic() - back_at:.1f}s "
             "after it came back"
         )
+
+
+def _webhook_job(client: httpx.Client, url: str) -> str:
+    body = {"model": "minilm", "input": {"items": _rows(5)}, "webhook": {"url": url}}
+    return str(submit(client, body)["id"])
+
+
+def test_webhook_worker_killed_mid_attempt(farm: ChaosFarm) -> None:
+    with farm.client() as client, receiver() as hook:
+        hook.script = [Reply(200, delay=30)]  # the first attempt hangs in the receiver
+        job_id = _webhook_job(client, hook.url)
+        (first,) = hook.wait_for(1, timeout=120)
+        farm.procs["worker-webhooks"].signal(signal.SIGKILL)
+        farm.procs["worker-webhooks"].proc.wait()
+        killed_at = time.monotonic()
+        farm.start_worker("webhooks")
+        _, again = hook.wait_for(2, timeout=120)
+        print(f"\nwebhook re-sent {time.monotonic() - killed_at:.1f}s after its worker was killed")
+        assert again.headers["webhook-id"] == first.headers["webhook-id"]
+        assert again.body == first.body
+        _wait_for(
+            lambda: (
+                client.get(f"/v1/jobs/{job_id}/deliveries").json()["data"][0]["status"]
+                == "succeeded"
+            ),
+            what="delivery never succeeded",
+        )
+        (delivery,) = client.get(f"/v1/jobs/{job_id}/deliveries").json()["data"]
+        assert "worker stopped" in delivery["attempts"][0]["error"]
+
+
+def test_webhook_survives_flushdb(farm: ChaosFarm) -> None:
+    import redis
+
+    with farm.client() as client, receiver() as hook:
+        farm.procs["worker-webhooks"].stop()  # the delivery message waits in Redis
+        job_id = _webhook_job(client, hook.url)
+        wait_done(client, job_id)
+        broker = redis.Redis.from_url(farm.redis.url)
+        _wait_for(lambda: broker.llen("webhooks") >= 1, what="no delivery message queued")
+        broker.flushdb()
+        flushed_at = time.monotonic()
+        farm.start_worker("webhooks")
+        (request,) = hook.wait_for(1, timeout=120)
+        print(f"\nwebhook delivered {time.monotonic() - flushed_at:.1f}s after FLUSHDB")
+        assert request.event["type"] == "job.succeeded" and request.event["data"]["id"] == job_id
