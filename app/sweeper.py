@@ -33,9 +33,9 @@ from app.dispatch import (
     WEBHOOK_QUEUE,
     publish,
 )
-from app.models import Job, JobShard, JobStatus, ShardStatus
-from app.services import control, webhooks
-from app.services.jobs import add_event, transition
+from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
+from app.services import control, webhooks, workers
+from app.services.jobs import NO_GPU_WORKER, add_event, transition
 from app.services.shards import active_shards, fail_job, give_up_shard
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,27 @@ def sweep_once() -> dict[str, int]:
         sends += _unassembled(session)
     with session_scope() as session:
         sends += _deliveries(session, live)
+        _gpu_notices(session)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
     kinds = {TASK_FINALIZE_JOB: "assembled", TASK_DELIVER_WEBHOOK: "deliveries"}
     for task, _, _ in sent:
         done[kinds.get(task, "republished")] += 1
     _mark_dispatched(sent)
     return done
+
+
+def _gpu_notices(session: Any) -> None:
+    """A queued GPU job says so when no GPU worker is running (one may have gone away)."""
+    if workers.pool_alive(session, "gpu"):
+        return
+    waiting = session.scalars(
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.queue == "gpu", Job.notice.is_(None))
+        .limit(BATCH)
+    ).all()
+    for job_id in waiting:
+        session.execute(update(Job).where(Job.id == job_id).values(notice=NO_GPU_WORKER))
+        add_event(session, job_id, "waiting_for_gpu_worker", {"notice": NO_GPU_WORKER})
 
 
 def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list[Any], str]]:
@@ -190,8 +205,13 @@ def _dead_planners(
                 lease_expires_at=None,
             )
         elif job.attempts >= max_attempts:
-            message = f"the input could not be split into shards in {job.attempts} attempts"
-            fail_job(session, job.id, "planning_failed", message)
+            if job.type == JobType.TRAINING:
+                code = "worker_lost"
+                message = f"training lost its worker {job.attempts} times (killed or hung)"
+            else:
+                code = "planning_failed"
+                message = f"the input could not be split into shards in {job.attempts} attempts"
+            fail_job(session, job.id, code, message)
         elif live is None or (TASK_PLAN_JOB, (job.id,)) not in live:
             sends.append((TASK_PLAN_JOB, [job.id], job.queue))
     return sends

@@ -9,15 +9,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import psutil
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope
-from app.services.shards import job_should_stop, renew_shard_lease
+from app.services.shards import job_should_stop, renew_job_lease, renew_shard_lease
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +85,7 @@ class ShardWatch:
     def should_stop(self) -> bool:
         return self.lost or self.stop_wanted
 
-    def __enter__(self) -> ShardWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -99,12 +100,23 @@ class ShardWatch:
             try:
                 with session_scope() as session:
                     if time.monotonic() - last_renewal >= renew_every:
-                        if not renew_shard_lease(
-                            session, self.shard_id, self.owner, self.lease_seconds
-                        ):
+                        if not self._renew(session):
                             self.lost = True
                             return
                         last_renewal = time.monotonic()
                     self.stop_wanted = job_should_stop(session, self.job_id)
             except Exception:  # the database may be away; the next tick tries again
                 log.warning("could not watch shard %s", self.shard_id, exc_info=True)
+
+    def _renew(self, session: Session) -> bool:
+        return renew_shard_lease(session, self.shard_id, self.owner, self.lease_seconds)
+
+
+class JobWatch(ShardWatch):
+    """The same watch for work that holds the job's own lease (a training run)."""
+
+    def __init__(self, job_id: str, owner: str, lease_seconds: float) -> None:
+        super().__init__(0, job_id, owner, lease_seconds)
+
+    def _renew(self, session: Session) -> bool:
+        return renew_job_lease(session, self.job_id, self.owner, self.lease_seconds)

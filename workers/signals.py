@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from app import db
 from app.config import get_settings
+from app.db import session_scope
+from app.services import workers as worker_service
 from workers import state
 from workers.runtime import builtin_spec, configure_threads
 
@@ -32,3 +36,35 @@ def _init_process(**_: object) -> None:
         worker.device,
         settings.torch_threads(),
     )
+
+
+_beating = threading.Event()  # set: stop beating
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: object) -> None:
+    """Beat a row every few seconds, so `device: auto` knows whether a GPU pool is up."""
+    name = str(getattr(sender, "hostname", None) or "unknown")
+    worker = state.current()
+
+    def beat() -> None:
+        while True:
+            try:
+                with session_scope() as session:
+                    worker_service.beat(session, name, worker.pool, worker.device)
+            except Exception:  # the database may be away: beat again next time
+                log.warning("heartbeat failed", exc_info=True)
+            if _beating.wait(worker_service.HEARTBEAT_SECONDS):
+                return
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender: Any = None, **_: object) -> None:
+    _beating.set()
+    try:
+        with session_scope() as session:
+            worker_service.forget(session, str(getattr(sender, "hostname", None) or "unknown"))
+    except Exception:
+        log.warning("could not remove the heartbeat row", exc_info=True)

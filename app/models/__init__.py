@@ -5,6 +5,7 @@ from app.models.file import File, FilePurpose
 from app.models.job import Job, JobEvent, JobShard, JobStatus, JobType, ShardStatus
 from app.models.model import Model, ModelVersion
 from app.models.tenant import ApiKey, Tenant
+from app.models.worker import WorkerHeartbeat
 
 __all__ = [
     "ApiKey",
@@ -23,4 +24,5 @@ __all__ = [
     "ShardStatus",
     "Tenant",
     "WebhookSecret",
+    "WorkerHeartbeat",
 ]

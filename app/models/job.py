@@ -81,6 +81,13 @@ class Job(Base):
     # The job-level lease covers planning and assembling; shards hold their own leases.
     lease_owner: Mapped[str | None] = mapped_column(String(120))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Training: what is trained, the name its new version gets, the latest progress
+    # ({"step", "steps_total", "epoch", "epochs", "loss"}).
+    framework: Mapped[str | None] = mapped_column(String(40))
+    output_model: Mapped[str | None] = mapped_column(String(100))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Why a queued job is not starting (no GPU worker); cleared when a worker takes it.
+    notice: Mapped[str | None] = mapped_column(String(500))
     # When the last `job.progress` webhook was queued: at most one a second per job.
     progress_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

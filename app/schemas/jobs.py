@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from app.schemas.models import MODEL_NAME_PATTERN
 
 JobTypeName = Literal["inference", "training"]
 Device = Literal["cpu", "gpu", "auto"]
@@ -11,6 +14,7 @@ WebhookEvent = Literal[
     "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"
 ]
 TERMINAL_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+TRAINING_FRAMEWORKS = ("sklearn", "transformers")
 
 
 class InlineItem(BaseModel):
@@ -63,11 +67,27 @@ class JobCreate(BaseModel):
     deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
 
     @model_validator(mode="after")
-    def _model_for_inference(self) -> JobCreate:
+    def _fields_for_type(self) -> JobCreate:
         if self.type == "inference":
             if not self.model:
                 raise ValueError("an inference job needs `model`")
+            if self.framework is not None or self.output_model is not None:
+                raise ValueError("`framework` and `output_model` are for training jobs")
             InferenceParams.model_validate(self.params)
+        else:
+            if self.framework not in TRAINING_FRAMEWORKS:
+                raise ValueError(
+                    f"a training job needs `framework`: one of {', '.join(TRAINING_FRAMEWORKS)}"
+                )
+            if not self.output_model or not re.match(MODEL_NAME_PATTERN, self.output_model):
+                raise ValueError(
+                    "a training job needs `output_model`, a model name "
+                    "(lower case letters, digits, '.', '_', '-')"
+                )
+            if self.model is not None:
+                raise ValueError("a training job names its base model in `params.base_model`")
+            if self.input.file_id is None:
+                raise ValueError("training input is an uploaded file (purpose `training`)")
         if len(self.metadata) > 16:
             raise ValueError("metadata holds at most 16 keys")
         return self
@@ -90,6 +110,8 @@ class JobPublic(BaseModel):
     type: str
     status: str
     model: str | None
+    framework: str | None = None  # training
+    output_model: str | None = None  # training: the model its new version belongs to
     device: str
     queue: str
     counts: JobCounts
@@ -105,6 +127,8 @@ class JobPublic(BaseModel):
     webhook: dict[str, Any] | None
     metadata: dict[str, str]
     usage: dict[str, float]
+    progress: dict[str, Any] | None = None  # training: step, steps_total, epoch, epochs, loss
+    notice: str | None = None  # why a queued job is not starting, e.g. no GPU worker
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

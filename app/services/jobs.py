@@ -12,20 +12,32 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import utcnow
-from app.models import FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
+from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
-from app.services import webhooks
+from app.services import webhooks, workers
 from app.services.errors import InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
 from app.urlguard import Allowlist, RefusedURL, check_url
+from workers.runtime.registry import BUILTIN_MODELS
 
-QUEUE_BY_DEVICE = {"cpu": "cpu", "gpu": "gpu"}
+NO_GPU_WORKER = (
+    "no GPU worker is running: the job waits in the gpu queue until one starts "
+    "(`modelfarm worker --pool gpu`)"
+)
 
 
-def pick_queue(device: str) -> str:
-    # `auto` means the CPU pool until GPU workers announce themselves (the GPU step).
-    return QUEUE_BY_DEVICE.get(device, "cpu")
+def pick_queue(session: Session, device: str) -> tuple[str, str | None]:
+    """The queue for a device, and a notice when nothing serves that queue now.
+
+    `auto` goes to the GPU pool while a GPU worker beats, and to the CPU pool otherwise.
+    """
+    if device == "cpu":
+        return "cpu", None
+    gpu_alive = workers.pool_alive(session, "gpu")
+    if device == "gpu":
+        return "gpu", None if gpu_alive else NO_GPU_WORKER
+    return ("gpu" if gpu_alive else "cpu"), None
 
 
 def create_job(
@@ -46,35 +58,32 @@ def create_job(
             check_url(str(body.webhook.url), allowlist)
         except RefusedURL as exc:
             raise InvalidRequest(str(exc), code="webhook_url_refused") from None
-    if body.type != JobType.INFERENCE:
-        raise InvalidRequest("training jobs are not served yet", code="unsupported_job_type")
-    assert body.model is not None  # JobCreate guarantees it for inference
-    resolved = resolve_model(session, tenant, body.model)
-    if body.input.items is not None:
-        if len(body.input.items) > max_inline_items:
-            raise InvalidRequest(
-                f"{len(body.input.items)} inline items; at most {max_inline_items} "
-                "(upload a JSONL file for larger jobs)",
-                code="too_many_items",
-            )
-        input_file = create_items_file(
-            session, tenant, (item.model_dump() for item in body.input.items)
-        )
+    if body.type == JobType.TRAINING:
+        model_ref, version_id, params = _training_model(session, tenant, body)
+        input_file = get_file(session, tenant, body.input.file_id or "")
+        if input_file.purpose != FilePurpose.TRAINING:
+            raise InvalidRequest(f"file {input_file.id} is not a training file")
+        if input_file.bytes == 0:
+            raise InvalidRequest("the training file is empty", code="invalid_training_data")
     else:
-        assert body.input.file_id is not None
-        input_file = get_file(session, tenant, body.input.file_id)
-        if input_file.purpose != FilePurpose.BATCH:
-            raise InvalidRequest(f"file {input_file.id} is not a batch input file")
+        assert body.model is not None  # JobCreate guarantees it for inference
+        resolved = resolve_model(session, tenant, body.model)
+        model_ref, version_id, params = resolved.ref, resolved.version_id, body.params
+        input_file = _inference_input(session, tenant, body, max_inline_items)
+    queue, notice = pick_queue(session, body.device)
     job = Job(
         tenant_id=tenant.id,
         type=body.type,
         status=JobStatus.QUEUED,
-        model=resolved.ref,
-        model_version_id=resolved.version_id,
+        model=model_ref,
+        model_version_id=version_id,
+        framework=body.framework,
+        output_model=body.output_model,
         device=body.device,
-        queue=pick_queue(body.device),
+        queue=queue,
+        notice=notice,
         input_file_id=input_file.id,
-        params=body.params,
+        params=params,
         webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
         meta=body.metadata,
         idempotency_key=idempotency_key,
@@ -94,7 +103,54 @@ def create_job(
             raise
         return existing, False
     add_event(session, job.id, "queued", {"queue": job.queue, "model": job.model})
+    if notice:
+        add_event(session, job.id, "waiting_for_gpu_worker", {"notice": notice})
     return job, True
+
+
+def _inference_input(
+    session: Session, tenant: Tenant, body: JobCreate, max_inline_items: int
+) -> File:
+    if body.input.items is not None:
+        if len(body.input.items) > max_inline_items:
+            raise InvalidRequest(
+                f"{len(body.input.items)} inline items; at most {max_inline_items} "
+                "(upload a JSONL file for larger jobs)",
+                code="too_many_items",
+            )
+        return create_items_file(session, tenant, (item.model_dump() for item in body.input.items))
+    assert body.input.file_id is not None
+    input_file = get_file(session, tenant, body.input.file_id)
+    if input_file.purpose != FilePurpose.BATCH:
+        raise InvalidRequest(f"file {input_file.id} is not a batch input file")
+    return input_file
+
+
+def _training_model(
+    session: Session, tenant: Tenant, body: JobCreate
+) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(base model ref, its version id, normalised params); what can be known now is checked."""
+    from workers.runtime.training import TrainingError, check_finetune_params, check_sklearn_params
+
+    assert body.output_model is not None
+    if body.output_model in BUILTIN_MODELS:
+        raise InvalidRequest(
+            f"{body.output_model!r} is a builtin model name", code="invalid_params"
+        )
+    try:
+        if body.framework == "sklearn":
+            return None, None, check_sklearn_params(body.params)
+        params = check_finetune_params(body.params)
+    except TrainingError as exc:
+        raise InvalidRequest(exc.message, code=exc.code) from None
+    base = resolve_model(session, tenant, params["base_model"])
+    if base.framework not in ("transformers", "sentence-transformers"):
+        raise InvalidRequest(
+            f"base model {base.ref} is a {base.framework} model; fine-tuning needs a "
+            "transformers model (or minilm)",
+            code="invalid_params",
+        )
+    return base.ref, base.version_id, params
 
 
 def find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Job | None:
@@ -187,6 +243,8 @@ def job_public(job: Job) -> JobPublic:
         type=job.type,
         status=job.status,
         model=job.model,
+        framework=job.framework,
+        output_model=job.output_model,
         device=job.device,
         queue=job.queue,
         counts=JobCounts(
@@ -204,6 +262,8 @@ def job_public(job: Job) -> JobPublic:
         webhook=job.webhook,
         metadata=job.meta,
         usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, **(job.usage or {})},
+        progress=job.progress,
+        notice=job.notice,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -8,6 +8,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -73,19 +74,7 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
     file = get_file(session, tenant, body.file_id)
     if file.purpose != FilePurpose.MODEL:
         raise InvalidRequest(f"file {file.id} was uploaded for {file.purpose!r}, not 'model'")
-    model = session.scalar(
-        select(Model).where(Model.tenant_id == tenant.id, Model.name == body.name).with_for_update()
-    )
-    if model is None:
-        model = Model(tenant_id=tenant.id, name=body.name)
-        session.add(model)
-        session.flush()
-    version = (
-        session.scalar(
-            select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
-        )
-        or 0
-    ) + 1
+    model, version = _next_version(session, tenant.id, body.name)
     store = get_store()
     target = store.uri("tenants", tenant.id, "models", body.name, str(version))
     source = store.local_path(file.uri)
@@ -107,6 +96,40 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
         file_id=file.id,
         uri=target,
         info=info,
+    )
+    session.add(mv)
+    session.flush()
+    return mv
+
+
+def _next_version(session: Session, tenant_id: str, name: str) -> tuple[Model, int]:
+    """The model of that name (made if new), locked, and its next version number."""
+    model = session.scalar(
+        select(Model).where(Model.tenant_id == tenant_id, Model.name == name).with_for_update()
+    )
+    if model is None:
+        model = Model(tenant_id=tenant_id, name=name)
+        session.add(model)
+        session.flush()
+    latest = session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+    )
+    return model, (latest or 0) + 1
+
+
+def add_trained_version(
+    session: Session,
+    tenant_id: str,
+    name: str,
+    framework: str,
+    task: str,
+    uri: str,
+    info: dict[str, Any],
+) -> ModelVersion:
+    """Register what a training job saved at `uri` as the next version of `name`."""
+    model, version = _next_version(session, tenant_id, name)
+    mv = ModelVersion(
+        model_id=model.id, version=version, framework=framework, task=task, uri=uri, info=info
     )
     session.add(mv)
     session.flush()

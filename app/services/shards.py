@@ -48,25 +48,30 @@ class ShardRange:
 
 
 def claim_for_planning(
-    session: Session, job_id: str, owner: str, worker: str, lease_seconds: float
+    session: Session,
+    job_id: str,
+    owner: str,
+    worker: str,
+    lease_seconds: float,
+    takeover_of: str | None = None,
 ) -> Job | None:
-    """Start a queued job, or take over one whose planner died before it made shards."""
+    """Start a queued job, or take over one whose planner (or trainer) died before it made
+    shards: its lease ran out, or it is `takeover_of`, an owner known to be dead."""
     now = utcnow()
+    lapsed = Job.lease_expires_at < now
+    if takeover_of is not None:
+        lapsed = or_(lapsed, Job.lease_owner == takeover_of)
     taken = transition(
         session,
         job_id,
         [JobStatus.QUEUED, JobStatus.RUNNING],
         JobStatus.RUNNING,
-        event_data={"worker": worker},
-        where=[
-            or_(
-                Job.status == JobStatus.QUEUED,
-                (Job.shards_total.is_(None)) & (Job.lease_expires_at < now),
-            )
-        ],
+        event_data={"worker": worker, **({"takeover_of": takeover_of} if takeover_of else {})},
+        where=[or_(Job.status == JobStatus.QUEUED, (Job.shards_total.is_(None)) & lapsed)],
         started_at=func.coalesce(Job.started_at, now),
         attempts=Job.attempts + 1,  # a planner that dies counts against MAX_ATTEMPTS too
         worker=worker,
+        notice=None,
         lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
     )
@@ -239,6 +244,22 @@ def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds
             session,
             update(JobShard)
             .where(*_held(shard_id, owner))
+            .values(lease_expires_at=lease_until(lease_seconds)),
+        ).rowcount
+        == 1
+    )
+
+
+def renew_job_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    return (
+        _execute(
+            session,
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.lease_owner == owner,
+                Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            )
             .values(lease_expires_at=lease_until(lease_seconds)),
         ).rowcount
         == 1

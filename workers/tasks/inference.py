@@ -1,5 +1,8 @@
 """Batch inference: plan a job into shards, run one shard, assemble the results.
 
+The planning task also starts training jobs (workers/tasks/training.py): it claims any queued
+job, and the sweeper re-sends it for any job whose lease ran out before it made shards.
+
 Every database write is a short transaction of its own, retried while PostgreSQL is away, so
 counts advance while a job runs and a cancel or a deadline is seen between chunks.
 """
@@ -17,7 +20,7 @@ from sqlalchemy import ColumnElement, select
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
-from app.models import File, Job, JobShard, JobStatus, ModelVersion, ShardStatus
+from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import shards as shard_service
 from app.storage import get_store
 from workers import state
@@ -38,20 +41,48 @@ def plan_job(job_id: str, worker: str) -> None:
     settings = get_settings()
     owner = new_owner()
 
-    def claim() -> tuple[str, str] | None:
+    def claim() -> tuple[str, str, str] | None:
         with session_scope() as session:
             job = shard_service.claim_for_planning(
                 session, job_id, owner, worker, settings.lease_seconds
             )
             if job is None:
+                # A pool child killed mid-way leaves its lease behind (the message comes back
+                # through task_reject_on_worker_lost): take over now, not once the lease lapses.
+                current = session.get(Job, job_id)
+                if (
+                    current is None
+                    or current.status != JobStatus.RUNNING
+                    or current.shards_total is not None
+                    or not owner_is_dead(current.lease_owner)
+                ):
+                    return None
+                if current.attempts >= settings.max_attempts:  # it keeps killing its worker
+                    message = f"the job lost its worker {current.attempts} times (killed)"
+                    shard_service.fail_job(session, job_id, "worker_lost", message)
+                    return None
+                job = shard_service.claim_for_planning(
+                    session,
+                    job_id,
+                    owner,
+                    worker,
+                    settings.lease_seconds,
+                    takeover_of=current.lease_owner,
+                )
+            if job is None:
                 return None
-            return session.get_one(File, job.input_file_id).uri, job.queue
+            return session.get_one(File, job.input_file_id).uri, job.queue, job.type
 
     claimed = db_retry(claim)
     if claimed is None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
-    input_uri, queue = claimed
+    input_uri, queue, job_type = claimed
+    if job_type == JobType.TRAINING:  # one task, holding the job's lease, no shards
+        from workers.tasks.training import train_job
+
+        train_job(job_id, owner)
+        return
     held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
     try:
         ranges = split_input(input_uri, settings.shard_items)

@@ -1,0 +1,284 @@
+"""Training jobs: fit a scikit-learn estimator or fine-tune a transformers classifier, then
+register the result as the next version of `output_model`.
+
+A training job holds the job's own lease (renewed by a JobWatch thread). If its worker dies the
+sweeper re-dispatches it once the lease runs out, and a fine-tuning run resumes from the last
+epoch checkpoint it left in the artifact store. Registering the version and marking the job
+`succeeded` are one transaction, so a job can never register twice or succeed without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from app.config import get_settings
+from app.db import session_scope, utcnow
+from app.models import File, Job, JobStatus, ModelVersion
+from app.services import shards as shard_service
+from app.services.jobs import add_event, notify_progress, transition
+from app.services.models import add_trained_version
+from app.storage import ArtifactStore, get_store
+from workers import state
+from workers.reliability import JobWatch, db_retry
+from workers.runtime import Stopped
+from workers.runtime.registry import BUILTIN_MODELS
+from workers.runtime.training import TrainingError, read_examples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    tenant_id: str
+    framework: str
+    output_model: str
+    params: dict[str, Any]
+    input_uri: str
+    base_model: str | None  # "name@version" of a fine-tuning base
+    base_path: str | None
+
+
+@dataclass(frozen=True)
+class Trained:
+    task: str
+    uri: str
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def train_job(job_id: str, owner: str) -> None:
+    settings = get_settings()
+    setup = db_retry(_load, job_id)
+    device = state.current().device
+    store = get_store()
+    cpu_start, wall_start = time.process_time(), time.monotonic()
+    try:
+        with (
+            JobWatch(job_id, owner, settings.lease_seconds) as watch,
+            tempfile.TemporaryDirectory(prefix="modelfarm-train-") as tmp,
+        ):
+            with store.open(setup.input_uri, "rb") as f:
+                kind = "features" if setup.framework == "sklearn" else "text"
+                examples = read_examples(f, kind)
+            if setup.framework == "sklearn":
+                trained = _fit_sklearn(job_id, setup, examples, Path(tmp), store)
+            else:
+                trained = _finetune(job_id, owner, setup, examples, Path(tmp), store, device, watch)
+            if watch.should_stop():
+                raise Stopped
+    except Stopped:
+        if not watch.lost:
+            db_retry(_stop, job_id, owner)
+        return
+    except TrainingError as exc:
+        db_retry(_fail, job_id, owner, exc.code, exc.message)
+        return
+    except Exception as exc:  # a bug or a broken library: the job says what broke
+        log.exception("training job %s broke", job_id)
+        db_retry(_fail, job_id, owner, "training_failed", f"{type(exc).__name__}: {exc}")
+        return
+    cpu = time.process_time() - cpu_start
+    gpu = time.monotonic() - wall_start if device.startswith("cuda") else 0.0
+    usage = {"cpu_seconds": round(cpu, 3), "gpu_seconds": round(gpu, 3)}
+    if not db_retry(_succeed, job_id, owner, setup, trained, usage):
+        log.warning("training job %s lost its lease before it finished; not registered", job_id)
+        store.delete(trained.uri, recursive=True)
+
+
+def _load(job_id: str) -> TrainingSetup:
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        base_path = None
+        if job.framework == "transformers":
+            if job.model_version_id is None:
+                base_path = BUILTIN_MODELS[(job.model or "").partition("@")[0]].path
+            else:
+                version = session.get_one(ModelVersion, job.model_version_id)
+                base_path = str(get_store().local_path(version.uri))
+        return TrainingSetup(
+            tenant_id=job.tenant_id,
+            framework=job.framework or "",
+            output_model=job.output_model or "",
+            params=dict(job.params),
+            input_uri=session.get_one(File, job.input_file_id).uri,
+            base_model=job.model,
+            base_path=base_path,
+        )
+
+
+def _model_uri(store: ArtifactStore, setup: TrainingSetup, job_id: str, *parts: str) -> str:
+    return store.uri("tenants", setup.tenant_id, "models", setup.output_model, job_id, *parts)
+
+
+def _fit_sklearn(
+    job_id: str, setup: TrainingSetup, examples: Any, tmp: Path, store: ArtifactStore
+) -> Trained:
+    from workers.runtime.sklearn import check_skops_file
+    from workers.runtime.training import save_sklearn, train_sklearn
+
+    result = train_sklearn(examples, setup.params)
+    local = tmp / "model.skops"
+    save_sklearn(result.estimator, str(local))
+    info = check_skops_file(str(local))  # what an uploaded model records, from the same code
+    task = str(info.pop("task"))
+    uri = _model_uri(store, setup, job_id, "model.skops")
+    with open(local, "rb") as f:
+        store.write_file(uri, f)
+    if result.warnings:
+        info["warnings"] = result.warnings
+    info.update(trained_by=job_id, metrics=result.metrics)
+    return Trained(task, uri, info, result.metrics)
+
+
+def _finetune(
+    job_id: str,
+    owner: str,
+    setup: TrainingSetup,
+    examples: Any,
+    tmp: Path,
+    store: ArtifactStore,
+    device: str,
+    watch: JobWatch,
+) -> Trained:
+    from workers.runtime.finetune import finetune
+
+    assert setup.base_path is not None
+    checkpoints = store.uri("tenants", setup.tenant_id, "jobs", job_id, "checkpoint")
+    local_checkpoints = tmp / "checkpoints"
+    resumed = _fetch_checkpoint(store, checkpoints, local_checkpoints)
+    if resumed:
+        db_retry(_event, job_id, "resumed_from_checkpoint", {"epoch": resumed})
+
+    def on_checkpoint(epoch: int) -> None:
+        _push_checkpoint(store, checkpoints, local_checkpoints, epoch)
+        db_retry(_event, job_id, "checkpoint", {"epoch": epoch})
+
+    output = tmp / "model"
+    result = finetune(
+        examples,
+        setup.params,
+        setup.base_path,
+        str(output),
+        str(local_checkpoints),
+        device=device,
+        should_stop=watch.should_stop,
+        on_progress=lambda progress: _progress(job_id, owner, progress),
+        on_checkpoint=on_checkpoint,
+    )
+    uri = _model_uri(store, setup, job_id, "model")
+    store.put_directory(output, uri)
+    store.delete(checkpoints, recursive=True)  # the model is saved; the checkpoints are spent
+    info = {
+        "labels": result.labels,
+        "base_model": setup.base_model,
+        "trained_by": job_id,
+        "metrics": result.metrics,
+    }
+    return Trained("text-classification", uri, info, result.metrics)
+
+
+def _fetch_checkpoint(store: ArtifactStore, uri: str, local: Path) -> int | None:
+    """Copy the job's last complete checkpoint here; its epoch, or None for a fresh start."""
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        with store.open(f"{uri}/latest.json", "rb") as f:
+            epoch = int(json.load(f)["epoch"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    shutil.copytree(store.local_path(f"{uri}/epoch-{epoch}"), local / f"epoch-{epoch}")
+    return epoch
+
+
+def _push_checkpoint(store: ArtifactStore, uri: str, local: Path, epoch: int) -> None:
+    """Upload epoch N, then point `latest.json` at it: a crash mid-upload leaves N-1 in use."""
+    store.put_directory(local / f"epoch-{epoch}", f"{uri}/epoch-{epoch}")
+    with store.open(f"{uri}/latest.json", "wb") as f:
+        f.write(json.dumps({"epoch": epoch}).encode())
+    for older in range(1, epoch):
+        store.delete(f"{uri}/epoch-{older}", recursive=True)
+
+
+def _progress(job_id: str, owner: str, progress: dict[str, Any]) -> None:
+    """Counts follow steps (total = all steps), so progress bars work as for batch jobs."""
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner)
+                .values(
+                    progress=progress,
+                    counts_total=int(progress["steps_total"]),
+                    counts_succeeded=int(progress["step"]),
+                )
+            )
+            notify_progress(session, job_id)
+    except Exception:  # progress is worth a retry next second, not a stalled training run
+        log.warning("could not record progress of job %s", job_id, exc_info=True)
+
+
+def _event(job_id: str, type_: str, data: dict[str, Any]) -> None:
+    with session_scope() as session:
+        add_event(session, job_id, type_, data)
+
+
+def _succeed(
+    job_id: str, owner: str, setup: TrainingSetup, trained: Trained, usage: dict[str, float]
+) -> bool:
+    with session_scope() as session:
+        version = add_trained_version(
+            session,
+            setup.tenant_id,
+            setup.output_model,
+            "sklearn" if setup.framework == "sklearn" else "transformers",
+            trained.task,
+            trained.uri,
+            trained.info,
+        )
+        ref = f"{setup.output_model}@{version.version}"
+        done = transition(
+            session,
+            job_id,
+            [JobStatus.RUNNING],
+            JobStatus.SUCCEEDED,
+            event_data={"model": ref},
+            where=[Job.lease_owner == owner],
+            result={"model": ref, "metrics": trained.metrics},
+            usage=usage,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if not done:  # cancelled meanwhile, or another attempt holds it: register nothing
+            session.rollback()
+        return done
+
+
+def _fail(job_id: str, owner: str, code: str, message: str) -> None:
+    log.warning("training job %s failed: %s: %s", job_id, code, message)
+    with session_scope() as session:
+        shard_service.fail_job(session, job_id, code, message, where=(Job.lease_owner == owner,))
+
+
+def _stop(job_id: str, owner: str) -> None:
+    """Cancelled, or past its deadline: the job ends `cancelled`; no version is registered."""
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
+            shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
+        transition(
+            session,
+            job_id,
+            [JobStatus.CANCELLING],
+            JobStatus.CANCELLED,
+            where=[Job.lease_owner == owner],
+            lease_owner=None,
+            lease_expires_at=None,
+        )
