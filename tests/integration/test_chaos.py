@@ -321,3 +321,40 @@ def test_webhook_survives_flushdb(farm: ChaosFarm) -> None:
         (request,) = hook.wait_for(1, timeout=120)
         print(f"\nwebhook delivered {time.monotonic() - flushed_at:.1f}s after FLUSHDB")
         assert request.event["type"] == "job.succeeded" and request.event["data"]["id"] == job_id
+
+
+def test_training_resumes_from_its_checkpoint_after_a_crash(
+    farm: ChaosFarm, tmp_path: Path
+) -> None:
+    from tests.factories import make_tiny_feature_extractor
+    from tests.integration.test_training import register_archive, sentiment_rows
+
+    with farm.client() as client:
+        base = make_tiny_feature_extractor(tmp_path / "base")
+        register_archive(client, base, "tiny-base", "feature-extraction")
+        file = upload(client, jsonl(sentiment_rows(600)), purpose="training")
+        body = {
+            "type": "training",
+            "framework": "transformers",
+            "input": {"file_id": file["id"]},
+            "params": {"base_model": "tiny-base", "epochs": 4, "batch_size": 4},
+            "output_model": "resumed",
+        }
+        job_id = submit(client, body)["id"]
+
+        def events() -> list[dict[str, Any]]:
+            return list(client.get(f"/v1/jobs/{job_id}/events").json()["data"])
+
+        _wait_for(lambda: any(e["type"] == "checkpoint" for e in events()), what="no checkpoint")
+        for child in _pool_children(farm.procs["worker"]):
+            child.send_signal(signal.SIGKILL)
+        job = wait_done(client, job_id, timeout=180)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2 and job["result"]["model"] == "resumed@1"
+        log = events()
+        resumed = [e["data"]["epoch"] for e in log if e["type"] == "resumed_from_checkpoint"]
+        saved = [e["data"]["epoch"] for e in log if e["type"] == "checkpoint"]
+        assert len(resumed) == 1 and 1 <= resumed[0] < 4, log
+        # Epochs before the crash were not trained again: each epoch checkpointed once.
+        assert sorted(saved) == [1, 2, 3, 4], saved
+        assert job["progress"]["step"] == job["progress"]["steps_total"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import FarmProcess, read_lines, run_job
+from tests.helpers import FarmProcess, jsonl, read_lines, run_job, submit, upload, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 
@@ -42,3 +43,48 @@ def test_gpu_pool_refuses_to_start_without_gpus(services: dict[str, str], tmp_pa
     proc = FarmProcess.start(["worker", "--pool", "gpu"], env, tmp_path / "gpu.log")
     assert proc.proc.wait(timeout=60) == 2
     assert "no GPU visible" in proc.output()
+
+
+def _wait_for_gpu_heartbeat(client: httpx.Client, timeout: float = 30) -> None:
+    # `auto` follows the heartbeats in PostgreSQL; the worker beats once it is ready.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = submit(client, {"model": "minilm", "input": {"items": [{"input": "probe"}]}})
+        wait_done(client, job["id"])
+        if job["queue"] == "gpu":
+            return
+        time.sleep(0.5)
+    raise AssertionError("device auto never chose the GPU pool")
+
+
+def test_auto_picks_the_gpu_pool_while_a_gpu_worker_runs(
+    client: httpx.Client, gpu_worker: FarmProcess, cpu_worker: FarmProcess
+) -> None:
+    _wait_for_gpu_heartbeat(client)
+    job = run_job(client, "minilm", [{"custom_id": 1, "input": "hello"}])  # device: auto
+    assert job["device"] == "auto" and job["queue"] == "gpu" and job["notice"] is None
+    assert _worker_of(client, job["id"])["worker"].startswith("gpu0@")
+    assert job["usage"]["cpu_seconds"] > 0
+    # The override runs the GPU pool on the CPU, so no GPU time is counted.
+    assert job["usage"]["gpu_seconds"] == 0
+
+
+def test_training_runs_on_the_gpu_pool(
+    client: httpx.Client, gpu_worker: FarmProcess, cpu_worker: FarmProcess
+) -> None:
+    rows = [
+        {"input": [float(i), float(i % 7)], "label": "odd" if i % 2 else "even"} for i in range(60)
+    ]
+    file = upload(client, jsonl(rows), purpose="training")
+    body = {
+        "type": "training",
+        "framework": "sklearn",
+        "device": "gpu",
+        "input": {"file_id": file["id"]},
+        "params": {"estimator": "random_forest", "hyperparameters": {"n_estimators": 10}},
+        "output_model": "parity",
+    }
+    job = wait_done(client, submit(client, body)["id"])
+    assert job["status"] == "succeeded" and job["queue"] == "gpu", job
+    assert _worker_of(client, job["id"])["worker"].startswith("gpu0@")
+    assert job["usage"]["cpu_seconds"] > 0

@@ -190,7 +190,7 @@ def test_training_input_problems(client: httpx.Client) -> None:
     assert_error(client.get("/v1/models/m"), 404)  # nothing was registered
 
 
-def _register_archive(client: httpx.Client, directory: Path, name: str, task: str) -> None:
+def register_archive(client: httpx.Client, directory: Path, name: str, task: str) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(directory, arcname="model")
@@ -213,7 +213,7 @@ def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def test_finetune_a_tiny_transformer_and_classify(client: httpx.Client, tmp_path: Path) -> None:
-    _register_archive(
+    register_archive(
         client, make_tiny_feature_extractor(tmp_path / "base"), "tiny-base", "feature-extraction"
     )
     params = {"base_model": "tiny-base", "epochs": 3, "learning_rate": 5e-3, "batch_size": 8}
@@ -239,7 +239,7 @@ def test_finetune_a_tiny_transformer_and_classify(client: httpx.Client, tmp_path
 
 
 def test_cancel_stops_a_training_run(client: httpx.Client, tmp_path: Path) -> None:
-    _register_archive(
+    register_archive(
         client, make_tiny_feature_extractor(tmp_path / "base"), "tiny-base", "feature-extraction"
     )
     params = {"base_model": "tiny-base", "epochs": 50, "batch_size": 2}
@@ -273,3 +273,70 @@ def test_gpu_job_without_gpu_worker_says_so(client: httpx.Client) -> None:
     assert auto["queue"] == "cpu" and auto["notice"] is None
     assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     assert wait_done(client, auto["id"])["status"] == "succeeded"
+
+
+SPORTS = [
+    "football",
+    "tennis",
+    "basketball",
+    "the marathon",
+    "cycling",
+    "swimming",
+    "rugby",
+    "the league final",
+    "golf",
+    "the relay race",
+]
+COOKING = [
+    "the soup",
+    "pasta",
+    "a cake",
+    "the bread",
+    "curry",
+    "pancakes",
+    "the salad",
+    "the roast chicken",
+    "a pie",
+    "the stew",
+]
+TEMPLATES = [
+    "I spent the whole afternoon on {}.",
+    "Everyone was talking about {} yesterday.",
+    "My brother is really into {} these days.",
+    "We watched a video about {} last night.",
+    "There was a long article on {} in the paper.",
+]
+
+
+@pytest.mark.slow
+def test_finetune_minilm_classifies_held_out_sentences(client: httpx.Client) -> None:
+    rows = [
+        {"input": template.format(thing), "label": label}
+        for label, things in (("sports", SPORTS), ("cooking", COOKING))
+        for thing in things
+        for template in TEMPLATES
+    ]
+    params = {"base_model": "minilm", "epochs": 5, "learning_rate": 1e-4, "batch_size": 8}
+    job = _train(client, rows, framework="transformers", params=params, output_model="topics")
+    assert job["status"] == "succeeded", job
+    held_out = [
+        ("The striker scored twice in the second half.", "sports"),
+        ("She won the match in straight sets.", "sports"),
+        ("The team trained hard before the championship game.", "sports"),
+        ("He ran ten kilometres before breakfast.", "sports"),
+        ("The goalkeeper saved a penalty.", "sports"),
+        ("Add two cups of flour and bake for forty minutes.", "cooking"),
+        ("Stir the sauce until it thickens, then season with salt.", "cooking"),
+        ("The recipe needs fresh basil and garlic.", "cooking"),
+        ("Chop the onions and fry them in butter.", "cooking"),
+        ("Let the dough rise overnight in the fridge.", "cooking"),
+    ]
+    served = run_job(
+        client, "topics", [{"custom_id": i, "input": text} for i, (text, _) in enumerate(held_out)]
+    )
+    predicted = [line["output"]["label"] for line in read_lines(client, served["output_file_id"])]
+    accuracy = np.mean([p == label for p, (_, label) in zip(predicted, held_out, strict=True)])
+    print(
+        f"minilm fine-tuned: held-out accuracy {accuracy:.2f}, metrics {job['result']['metrics']}"
+    )
+    assert accuracy >= 0.9, list(zip(predicted, held_out, strict=True))
