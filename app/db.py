@@ -60,10 +60,12 @@ def get_engine() -> Engine:
     return _engine
 
 
-def reset_engine() -> None:
+def reset_engine(close: bool = True) -> None:
+    """Forget the engine. In a forked child pass close=False: the pooled connections belong to
+    the parent, which is still using them."""
     global _engine, _sessionmaker
     if _engine is not None:
-        _engine.dispose()
+        _engine.dispose(close=close)
     _engine = None
     _sessionmaker = None
 

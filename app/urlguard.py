@@ -52,8 +52,13 @@ class CheckedURL:
 
 def why_refused(address: IPAddress) -> str | None:
     """The kind of inner address this is, or None for a public unicast address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo) is judged as itself.
+        inner = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if inner is not None:
+            return why_refused(inner)
+        if address.is_site_local:
+            return "site-local"
     kinds = (
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),

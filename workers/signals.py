@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 def _init_process(**_: object) -> None:
     """Runs in each pool child after the fork: fresh DB engine, threads, device, models."""
     settings = get_settings()
-    db.reset_engine()
+    db.reset_engine(close=False)
     configure_threads(settings.torch_threads())
     worker = state.current()
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
@@ -45,13 +46,16 @@ _beating = threading.Event()  # set: stop beating
 def _start_heartbeat(sender: Any = None, **_: object) -> None:
     """Beat a row every few seconds, so `device: auto` knows whether a GPU pool is up."""
     name = str(getattr(sender, "hostname", None) or "unknown")
-    worker = state.current()
+    # Read from settings, not from torch: this is the pool's parent process, and asking CUDA
+    # anything here would break CUDA in the children it forks later.
+    pool = os.environ.get("MODELFARM_WORKER_POOL", "cpu")
+    device = get_settings().device_override or ("cuda" if pool == "gpu" else "cpu")
 
     def beat() -> None:
         while True:
             try:
                 with session_scope() as session:
-                    worker_service.beat(session, name, worker.pool, worker.device)
+                    worker_service.beat(session, name, pool, device)
             except Exception:  # the database may be away: beat again next time
                 log.warning("heartbeat failed", exc_info=True)
             if _beating.wait(worker_service.HEARTBEAT_SECONDS):

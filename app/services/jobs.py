@@ -171,6 +171,7 @@ def transition(
     to: JobStatus,
     event_data: dict[str, Any] | None = None,
     where: Iterable[ColumnElement[bool]] = (),
+    notify_webhook: bool = True,
     **values: Any,
 ) -> bool:
     """Move a job to `to` only if its status is one of `expected`; False if it was not.
@@ -191,7 +192,7 @@ def transition(
         return False
     add_event(session, job_id, to.value, event_data)
     event_type = webhooks.EVENT_BY_STATUS.get(to.value)
-    if event_type and webhooks.wants(row[0], event_type):
+    if notify_webhook and event_type and webhooks.wants(row[0], event_type):
         # The outbox row commits with the transition: no finished job without its callback.
         notify(session, session.get_one(Job, job_id, populate_existing=True), event_type)
     return True

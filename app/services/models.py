@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
+from app.db import utcnow
+from app.ids import new_id
 from app.models import FilePurpose, Model, ModelVersion, Tenant
 from app.schemas.models import ModelCreate, ModelPublic, ModelVersionPublic
 from app.services.errors import InvalidRequest, NotFound
@@ -104,13 +107,15 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
 
 def _next_version(session: Session, tenant_id: str, name: str) -> tuple[Model, int]:
     """The model of that name (made if new), locked, and its next version number."""
-    model = session.scalar(
-        select(Model).where(Model.tenant_id == tenant_id, Model.name == name).with_for_update()
+    # Two jobs may make the same new model at once: insert-if-absent, then lock the one row.
+    session.execute(
+        insert(Model)
+        .values(id=new_id("mdl"), tenant_id=tenant_id, name=name, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=[Model.tenant_id, Model.name])
     )
-    if model is None:
-        model = Model(tenant_id=tenant_id, name=name)
-        session.add(model)
-        session.flush()
+    model = session.scalars(
+        select(Model).where(Model.tenant_id == tenant_id, Model.name == name).with_for_update()
+    ).one()
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
     )

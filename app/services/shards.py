@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
-from app.services.jobs import add_event, notify_progress, transition
+from app.services import webhooks
+from app.services.jobs import add_event, notify, notify_progress, transition
 
 ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
@@ -67,6 +68,7 @@ def claim_for_planning(
         [JobStatus.QUEUED, JobStatus.RUNNING],
         JobStatus.RUNNING,
         event_data={"worker": worker, **({"takeover_of": takeover_of} if takeover_of else {})},
+        notify_webhook=False,  # running -> running on a takeover: job.started is sent below
         where=[or_(Job.status == JobStatus.QUEUED, (Job.shards_total.is_(None)) & lapsed)],
         started_at=func.coalesce(Job.started_at, now),
         attempts=Job.attempts + 1,  # a planner that dies counts against MAX_ATTEMPTS too
@@ -75,7 +77,12 @@ def claim_for_planning(
         lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
     )
-    return session.get(Job, job_id, populate_existing=True) if taken else None
+    if not taken:
+        return None
+    job = session.get_one(Job, job_id, populate_existing=True)
+    if job.attempts == 1 and webhooks.wants(job.webhook, "job.started"):
+        notify(session, job, "job.started")  # once, however often the job is taken over
+    return job
 
 
 PlanOutcome = Literal["run", "assemble", "lost"]

@@ -263,14 +263,22 @@ def record_attempt(
     delivery = session.scalar(
         select(Delivery).where(Delivery.id == claimed.delivery_id).with_for_update()
     )
-    if delivery is None or delivery.lease_owner != owner:
-        return None  # the sweeper took it back meanwhile; it decides what comes next
+    if delivery is None:
+        return None
+    if delivery.lease_owner != owner:
+        # The sweeper took it back meanwhile and another attempt may be under way; a 2xx
+        # still counts, so a delivery the receiver took never ends `failed`.
+        if outcome.ok and delivery.status != DeliveryStatus.SUCCEEDED:
+            delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, utcnow()
+            delivery.next_attempt_at = delivery.lease_owner = delivery.lease_expires_at = None
+        return None
     delivery.lease_owner = delivery.lease_expires_at = None
     delivery.last_status_code = outcome.status_code
     delivery.last_error = (outcome.error or "")[:1000] or None
     now = utcnow()
     if outcome.ok:
-        delivery.status, delivery.delivered_at, delivery.next_attempt_at = "succeeded", now, None
+        delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, now
+        delivery.next_attempt_at = None
         return None
     if outcome.gone or delivery.attempts >= delivery.max_attempts:
         delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None

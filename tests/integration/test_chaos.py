@@ -329,7 +329,7 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(
     from tests.factories import make_tiny_feature_extractor
     from tests.integration.test_training import register_archive, sentiment_rows
 
-    with farm.client() as client:
+    with farm.client() as client, receiver() as hook:
         base = make_tiny_feature_extractor(tmp_path / "base")
         register_archive(client, base, "tiny-base", "feature-extraction")
         file = upload(client, jsonl(sentiment_rows(600)), purpose="training")
@@ -339,6 +339,7 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(
             "input": {"file_id": file["id"]},
             "params": {"base_model": "tiny-base", "epochs": 4, "batch_size": 4},
             "output_model": "resumed",
+            "webhook": {"url": hook.url, "events": ["job.started", "job.succeeded"]},
         }
         job_id = submit(client, body)["id"]
 
@@ -358,3 +359,6 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(
         # Epochs before the crash were not trained again: each epoch checkpointed once.
         assert sorted(saved) == [1, 2, 3, 4], saved
         assert job["progress"]["step"] == job["progress"]["steps_total"]
+        hook.wait_for(2)
+        time.sleep(1)
+        assert sorted(hook.events()) == ["job.started", "job.succeeded"]  # one start, not two

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -99,7 +100,7 @@ def _complete(
                 errors.sha256,
             ).id
         # The files are the truth: every item is in exactly one of them.
-        values = {
+        values: dict[str, Any] = {
             "output_file_id": out_file.id,
             "error_file_id": err_file_id,
             "counts_succeeded": outputs.lines,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 
 from app.config import get_settings
@@ -45,6 +46,7 @@ class TrainingSetup:
     input_uri: str
     base_model: str | None  # "name@version" of a fine-tuning base
     base_path: str | None
+    owner: str  # this attempt
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Trained:
 
 def train_job(job_id: str, owner: str) -> None:
     settings = get_settings()
-    setup = db_retry(_load, job_id)
+    setup = db_retry(_load, job_id, owner)
     device = state.current().device
     store = get_store()
     cpu_start, wall_start = time.process_time(), time.monotonic()
@@ -82,6 +84,12 @@ def train_job(job_id: str, owner: str) -> None:
     except TrainingError as exc:
         db_retry(_fail, job_id, owner, exc.code, exc.message)
         return
+    except SoftTimeLimitExceeded:
+        # Past TASK_SOFT_TIME_LIMIT: give the lease up so the sweeper dispatches the job again
+        # (within MAX_ATTEMPTS); fine-tuning resumes from its last checkpoint.
+        log.warning("training job %s reached the task time limit; giving it back", job_id)
+        db_retry(_give_back, job_id, owner)
+        return
     except Exception as exc:  # a bug or a broken library: the job says what broke
         log.exception("training job %s broke", job_id)
         db_retry(_fail, job_id, owner, "training_failed", f"{type(exc).__name__}: {exc}")
@@ -94,7 +102,7 @@ def train_job(job_id: str, owner: str) -> None:
         store.delete(trained.uri, recursive=True)
 
 
-def _load(job_id: str) -> TrainingSetup:
+def _load(job_id: str, owner: str) -> TrainingSetup:
     with session_scope() as session:
         job = session.get_one(Job, job_id)
         base_path = None
@@ -112,11 +120,17 @@ def _load(job_id: str) -> TrainingSetup:
             input_uri=session.get_one(File, job.input_file_id).uri,
             base_model=job.model,
             base_path=base_path,
+            owner=owner,
         )
 
 
 def _model_uri(store: ArtifactStore, setup: TrainingSetup, job_id: str, *parts: str) -> str:
-    return store.uri("tenants", setup.tenant_id, "models", setup.output_model, job_id, *parts)
+    # Each attempt saves under its own name: a late attempt that lost its lease removes only
+    # its own files, never those of the attempt that registered the version.
+    attempt = setup.owner.replace(":", "-")
+    return store.uri(
+        "tenants", setup.tenant_id, "models", setup.output_model, job_id, attempt, *parts
+    )
 
 
 def _fit_sklearn(
@@ -259,6 +273,16 @@ def _succeed(
         if not done:  # cancelled meanwhile, or another attempt holds it: register nothing
             session.rollback()
         return done
+
+
+def _give_back(job_id: str, owner: str) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner)
+            .values(lease_expires_at=utcnow())
+        )
+        add_event(session, job_id, "time_limit", {"owner": owner})
 
 
 def _fail(job_id: str, owner: str, code: str, message: str) -> None:

@@ -30,7 +30,9 @@ USER_AGENT = "modelfarm-webhooks/1"
 def deliver(job_id: str, delivery_id: str) -> None:
     settings = get_settings()
     owner = new_owner()
-    lease = settings.webhook_timeout_seconds + 5.0  # then the sweeper takes it back
+    # httpx applies the timeout per phase (connect, write, read), so an attempt may take a
+    # few times it; past this lease the sweeper takes the delivery back.
+    lease = 4 * settings.webhook_timeout_seconds + 5.0
     claimed = db_retry(_claim, delivery_id, owner, lease)
     if claimed is None:  # not due, already sent, or another worker holds it
         return
@@ -118,14 +120,19 @@ def _post(
                 (parts.scheme, f"{literal}:{target.port}", parts.path or "/", parts.query, "")
             )
             extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            request = client.build_request(
+                "POST",
+                url,
+                content=body,
+                headers={**headers, "host": host_header},
+                extensions=extensions,
+            )
             try:
-                return client.post(
-                    url,
-                    content=body,
-                    headers={**headers, "host": host_header},
-                    extensions=extensions,
-                )
-            except httpx.ConnectError as exc:  # try the name's next address
+                # Only the status and headers matter: the body is never read, however large.
+                response = client.send(request, stream=True)
+                response.close()
+                return response
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # the next address
                 last_error = exc
     assert last_error is not None
     raise last_error
