@@ -233,14 +233,15 @@ def record_shard_progress(
     )
     if not held:  # the shard is someone else's now: touch nothing of the job
         return Progress(False, JobStatus.RUNNING, False)
-    status, deadline = _execute(
+    status, deadline, webhook = _execute(
         session,
         update(Job)
         .where(Job.id == job_id)
         .values(**_count_sums(job_id))
-        .returning(Job.status, Job.deadline_at),
+        .returning(Job.status, Job.deadline_at, Job.webhook),
     ).one()
-    if status == JobStatus.RUNNING:
+    # Only jobs that asked for job.progress pay for the throttle's UPDATE on this hot path.
+    if status == JobStatus.RUNNING and webhooks.wants(webhook, "job.progress"):
         notify_progress(session, job_id)
     return Progress(True, JobStatus(status), deadline is not None and deadline < utcnow())
 
