@@ -34,11 +34,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     max_inline_items: int = 1000
     max_request_bytes: int = 32 * 1024 * 1024  # any other request body
+    # A model archive or skops file may unpack to this much: a checkpoint as large as the
+    # upload limit unpacks to about its own size (safetensors barely compress), with room.
+    model_max_unpacked_bytes: int = 4 * 1024**3
+    model_max_archive_members: int = 10_000
     max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
 
     # Jobs and workers
     artifact_root: str | None = None  # default: <data_dir>/artifacts; s3://bucket/prefix works too
     max_item_chars: int = 20000
+    max_line_bytes: int = 1024 * 1024  # a longer input line is that item's error, never read whole
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
     chunk_items: int = 2048

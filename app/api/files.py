@@ -7,13 +7,14 @@ from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.guards import GuardedRoute
 from app.models import FilePurpose
 from app.schemas.files import FilePublic
 from app.services import files as file_service
 from app.services.errors import InvalidRequest
 from app.storage import CHUNK, get_store
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=GuardedRoute)
 
 
 @router.post("", status_code=201)

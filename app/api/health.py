@@ -6,11 +6,12 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import error_response
+from app.api.guards import GuardedRoute
 from app.db import session_scope
 from app.dispatch import broker_reachable
 from app.metrics import registry
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
 
 @router.get("/healthz")

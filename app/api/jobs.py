@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.guards import GuardedRoute
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_FINALIZE_JOB, publish, publish_job
 from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
@@ -19,7 +20,7 @@ from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPu
 from app.services import control, webhooks
 from app.services import jobs as job_service
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute)
 
 WAIT_POLL_SECONDS = 0.25
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)

@@ -9,14 +9,14 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import files, health, jobs, models, webhooks
 from app.api.errors import install_error_handlers
-from app.api.limits import BodySizeLimit
+from app.api.guards import RequestGuard
 from app.metrics import HTTP_REQUESTS
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="modelfarm", version="0.1.0")
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestGuard)
     for module in (health, files, models, jobs, webhooks):
         app.include_router(module.router)
 

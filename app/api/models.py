@@ -3,10 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, TenantDep
+from app.api.guards import GuardedRoute
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
 
 
 @router.post("", status_code=201)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, TenantDep
+from app.api.guards import GuardedRoute
 from app.schemas.webhooks import WebhookSecretPublic
 from app.services import webhooks
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
 
 
 @router.get("/secret")

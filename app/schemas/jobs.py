@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -17,9 +17,18 @@ TERMINAL_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job
 TRAINING_FRAMEWORKS = ("sklearn", "transformers")
 
 
+# The same rule as batch input lines (workers/runtime/items.py): a short string, an integer
+# that JavaScript readers keep exact, or null.
+CustomId = (
+    Annotated[str, Field(max_length=512)]
+    | Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
+    | None
+)
+
+
 class InlineItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    custom_id: str | int | None = None
+    custom_id: CustomId = None
     input: Any
 
 

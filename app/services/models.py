@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import tarfile
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
+from app.archives import ArchiveRefused, extract_archive
+from app.config import get_settings
 from app.db import utcnow
 from app.ids import new_id
 from app.models import FilePurpose, Model, ModelVersion, Tenant
@@ -148,57 +148,69 @@ def _check_sklearn(path: Path, task: str | None) -> tuple[str, dict[str, object]
     from workers.runtime.sklearn import check_skops_file
 
     try:
-        info = check_skops_file(str(path))
+        info = check_skops_file(str(path), get_settings().model_max_unpacked_bytes)
     except ModelLoadError as exc:
-        raise InvalidRequest(f"not a usable scikit-learn model: {exc}") from exc
+        raise InvalidRequest(
+            f"not a usable scikit-learn model: {exc}", code="untrusted_model"
+        ) from exc
     if task is not None and task != info["task"]:
         raise InvalidRequest(f"the estimator does {info['task']}, not {task}")
     return str(info["task"]), {k: v for k, v in info.items() if k != "task"}
 
 
+# Weights are loaded from safetensors only and no code is ever imported from a model, so files
+# that could only be pickles or code have no use here; refusing them keeps the stored version
+# plain data that anyone can audit.
+_REFUSED_SUFFIXES = (".py", ".pyc", ".so", ".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+
+
 def _unpack_model_archive(archive: Path, target_uri: str) -> dict[str, object]:
     """Unpack a .tar(.gz) or .zip of config + safetensors + tokenizer into the store."""
+    settings = get_settings()
     store = get_store()
-    with tempfile.TemporaryDirectory() as tmp:
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="model-") as tmp:
         root = Path(tmp) / "model"
         root.mkdir()
-        _safe_extract(archive, root)
+        try:
+            files = extract_archive(
+                archive,
+                root,
+                settings.model_max_unpacked_bytes,
+                settings.model_max_archive_members,
+            )
+        except ArchiveRefused as exc:
+            raise InvalidRequest(str(exc), code="invalid_archive") from None
         # An archive of one top-level folder is common (tar -czf m.tgz my-model/).
-        entries = list(root.iterdir())
-        if len(entries) == 1 and entries[0].is_dir():
-            root = entries[0]
-        names = {p.name for p in root.rglob("*") if p.is_file()}
+        tops = {name.split("/", 1)[0] for name in files}
+        if len(tops) == 1 and all("/" in name for name in files):
+            top = tops.pop()
+            root = root / top
+            files = [name.split("/", 1)[1] for name in files]
+        names = {name.rsplit("/", 1)[-1] for name in files}
+        refused = sorted(n for n in names if n.lower().endswith(_REFUSED_SUFFIXES))
+        if refused:
+            raise InvalidRequest(
+                f"the model archive holds code or pickled files ({', '.join(refused[:5])}); "
+                "only safetensors weights and JSON/text configs are accepted",
+                code="invalid_archive",
+            )
         if "config.json" not in names:
-            raise InvalidRequest("the model archive has no config.json")
+            raise InvalidRequest("the model archive has no config.json", code="invalid_archive")
         if not any(n.endswith(".safetensors") for n in names):
-            raise InvalidRequest("the model archive has no .safetensors weights")
-        target = store.local_path(target_uri) if target_uri.startswith("file:") else None
-        if target is not None:
-            shutil.copytree(root, target, dirs_exist_ok=True)
-        else:
-            store.put_directory(root, target_uri)
-        return {"files": sorted(names)}
-
-
-def _safe_extract(archive: Path, dest: Path) -> None:
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    _inside(dest, member)
-                zf.extractall(dest)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")  # refuses links out and absolute paths
-        else:
-            raise InvalidRequest("a transformers model must be a .zip or .tar(.gz) archive")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-        raise InvalidRequest(f"the model archive cannot be unpacked: {exc}") from exc
-
-
-def _inside(dest: Path, member: str) -> None:
-    if not (dest / member).resolve().is_relative_to(dest.resolve()):
-        raise InvalidRequest(f"archive member {member!r} points outside the archive")
+            raise InvalidRequest(
+                "the model archive has no .safetensors weights", code="invalid_archive"
+            )
+        try:
+            if target_uri.startswith("file:"):
+                shutil.copytree(root, store.local_path(target_uri), dirs_exist_ok=True)
+            else:
+                store.put_directory(root, target_uri)
+        except BaseException:
+            store.delete(target_uri, recursive=True)  # no half-copied version left behind
+            raise
+        return {"files": sorted(files)}
 
 
 def version_public(name: str, mv: ModelVersion) -> ModelVersionPublic:

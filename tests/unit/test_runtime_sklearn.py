@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import skops.io
 from sklearn.cluster import KMeans
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from tests.factories import train_sklearn_classifier, train_sklearn_regressor
@@ -153,9 +154,14 @@ def test_task_mismatch_and_non_predictors_are_refused(tmp_path: Path) -> None:
     estimator, x = train_sklearn_regressor(tmp_path / "reg.skops")
     with pytest.raises(ModelLoadError, match="registered as classification"):
         load_runner(_spec(tmp_path / "reg.skops", "classification"))
+    # Not on the allowlist at all: refused before anything is built.
     skops.io.dump(KMeans(n_clusters=2, n_init=1).fit(x), str(tmp_path / "km.skops"))
-    with pytest.raises(ModelLoadError, match="neither classifier nor regressor"):
+    with pytest.raises(ModelLoadError, match="not allowed: sklearn.cluster._kmeans.KMeans"):
         check_skops_file(str(tmp_path / "km.skops"))
+    # Allowed (as a pipeline step), but on its own it predicts nothing.
+    skops.io.dump(StandardScaler().fit(x), str(tmp_path / "scaler.skops"))
+    with pytest.raises(ModelLoadError, match="cannot predict"):
+        check_skops_file(str(tmp_path / "scaler.skops"))
 
 
 def test_model_cache_returns_the_same_runner_and_evicts_least_recently_used(

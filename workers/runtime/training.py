@@ -62,6 +62,24 @@ SKLEARN_ESTIMATORS: dict[str, tuple[type[Any], str]] = {
 # The worker sizes its own thread pools (configure_threads); n_jobs=-1 from a job would make
 # one training job take every core from the other worker processes on the machine.
 _RESERVED_HYPERPARAMETERS = {"n_jobs": "the worker decides how many cores a job uses"}
+# Estimators whose search index the farm fixes: KD/ball trees are native index structures that
+# an uploaded file could corrupt, so the loader accepts brute-force neighbours only, and
+# models the farm trains must load through that same loader.
+_FIXED_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "k_neighbors": {"algorithm": "brute"},
+    "k_neighbors_regressor": {"algorithm": "brute"},
+}
+# Upper bounds on what makes a fit slow or large; scikit-learn itself accepts any size.
+_HYPERPARAMETER_BOUNDS: dict[str, tuple[int, int]] = {
+    "n_estimators": (1, 2000),
+    "max_iter": (1, 100_000),
+    "max_depth": (1, 200),
+    "max_leaf_nodes": (2, 1_000_000),
+    "n_neighbors": (1, 10_000),
+    "n_iter_no_change": (1, 10_000),
+    "max_features": (1, 1_000_000),
+}
+_MAX_INT = 2**32  # any other integer hyperparameter (random_state, verbose ...)
 _MAX_SEED = 2**32 - 1  # numpy's RandomState limit
 _MAX_VALIDATION_SPLIT = 0.5
 
@@ -100,6 +118,15 @@ def check_sklearn_params(params: dict[str, Any]) -> dict[str, Any]:
                 "invalid_params",
                 f"{name} has no hyperparameter {key!r}; valid ones: {', '.join(valid)}",
             )
+    for key, value in hyperparameters.items():
+        _check_bounds(name, key, value)
+    fixed = _FIXED_HYPERPARAMETERS.get(name, {})
+    for key, value in fixed.items():
+        if hyperparameters.get(key, value) != value:
+            raise TrainingError(
+                "invalid_params", f"{name} hyperparameter {key!r} must be {value!r} on this farm"
+            )
+    hyperparameters = {**hyperparameters, **fixed}
     estimator = estimator_class(**hyperparameters)
     validate = getattr(estimator, "_validate_params", None)
     if validate is not None:  # scikit-learn >= 1.2 checks types and ranges without fitting
@@ -113,6 +140,27 @@ def check_sklearn_params(params: dict[str, Any]) -> dict[str, Any]:
         "validation_split": _split(params.get("validation_split", 0.2)),
         "seed": _int_in(params.get("seed", 0), "seed", 0, _MAX_SEED),
     }
+
+
+def _check_bounds(estimator: str, key: str, value: Any, depth: int = 0) -> None:
+    """Numbers within bounds, however deeply nested (class_weight is a dict, say)."""
+    if depth > 4:
+        raise TrainingError("invalid_params", f"hyperparameter {key!r} is nested too deeply")
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_bounds(estimator, key, item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_bounds(estimator, key, item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise TrainingError("invalid_params", f"hyperparameter {key!r} must be finite")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        low, high = _HYPERPARAMETER_BOUNDS.get(key, (-_MAX_INT, _MAX_INT))
+        if not low <= value <= high:
+            raise TrainingError(
+                "invalid_params",
+                f"{estimator} hyperparameter {key!r} must be from {low} to {high}, not {value}",
+            )
 
 
 def check_finetune_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +235,7 @@ class Examples:
     feature_names: list[str] | None = None  #: set when inputs were objects of named features
 
 
-def read_examples(lines: Iterable[bytes | str], kind: str) -> Examples:
+def read_examples(lines: Iterable[bytes | str | None], kind: str) -> Examples:
     """Read JSON lines {"input": ..., "label": ...}; kind is "features" or "text".
 
     Named features become vectors in the first line's key order, so every later step (and the
@@ -198,6 +246,8 @@ def read_examples(lines: Iterable[bytes | str], kind: str) -> Examples:
     examples = Examples(inputs=[], labels=[])
     width: int | None = None
     for number, raw in enumerate(lines, start=1):
+        if raw is None:  # over the line limit (workers.runtime.items.read_lines)
+            raise _bad_line(number, "the line is too long")
         try:
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as exc:
@@ -205,9 +255,11 @@ def read_examples(lines: Iterable[bytes | str], kind: str) -> Examples:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise _bad_line(number, "invalid JSON: nested too deeply") from None
         except ValueError as exc:
-            raise _bad_line(number, f"invalid JSON: {exc}") from exc
+            raise _bad_line(number, f"invalid JSON: {str(exc)[:200]}") from None
         if not isinstance(record, dict):
             raise _bad_line(number, "expected a JSON object with input and label")
         for key in ("input", "label"):
@@ -216,10 +268,10 @@ def read_examples(lines: Iterable[bytes | str], kind: str) -> Examples:
         label = record["label"]
         if label is None:
             raise _bad_line(number, "label is null")
-        if (isinstance(label, float) and not math.isfinite(label)) or isinstance(
-            label, list | dict
+        if isinstance(label, list | dict) or (
+            isinstance(label, int) and not isinstance(label, bool) and abs(label) > 2**53
         ):
-            raise _bad_line(number, f"label must be a string or a number, not {label!r}")
+            raise _bad_line(number, f"label must be a string or a number, not {_brief(label)}")
         if kind == "text":
             value: Any = _text(record["input"], number)
         else:
@@ -233,6 +285,10 @@ def read_examples(lines: Iterable[bytes | str], kind: str) -> Examples:
     if not examples.inputs:
         raise TrainingError("invalid_training_data", "the training file has no examples")
     return examples
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _bad_line(number: int, message: str) -> TrainingError:
@@ -270,12 +326,23 @@ def _features(value: Any, number: int, examples: Examples) -> list[float]:
         raise _bad_line(number, "input must be an array of numbers or an object of named numbers")
     if not values:
         raise _bad_line(number, "input has no features")
+    floats = []
     for item in values:
         if isinstance(item, bool) or not isinstance(item, int | float):
-            raise _bad_line(number, f"features must be numbers, not {item!r}")
-        if not math.isfinite(item):
-            raise _bad_line(number, f"features must be finite, not {item!r}")
-    return [float(v) for v in values]
+            raise _bad_line(number, f"features must be numbers, not {_brief(item)}")
+        try:
+            as_float = float(item)
+        except OverflowError:
+            as_float = math.inf
+        if not math.isfinite(as_float):
+            raise _bad_line(number, "features must be finite numbers")
+        floats.append(as_float)
+    return floats
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def split_indices(

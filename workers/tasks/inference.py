@@ -26,7 +26,8 @@ from app.storage import get_store
 from workers import state
 from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped, builtin_spec
-from workers.runtime.items import iter_chunks, iter_lines, run_chunk
+from workers.runtime.base import without_paths
+from workers.runtime.items import iter_chunks, iter_lines, read_lines, run_chunk
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -87,7 +88,7 @@ def plan_job(job_id: str, worker: str) -> None:
     try:
         ranges = split_input(input_uri, settings.shard_items)
     except OSError as exc:
-        message = f"the input file cannot be read: {exc}"
+        message = f"the input file cannot be read: {without_paths(str(exc))}"
         db_retry(fail_job, job_id, "input_unreadable", message, held)
         return
     if not ranges:
@@ -111,16 +112,19 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     ranges: list[shard_service.ShardRange] = []
     items, offset = 0, 0
     start: tuple[int, int, int] | None = None  # (item, offset, line)
+    max_bytes = get_settings().max_line_bytes
     with get_store().open(uri, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
+        # The same reader as the shards', so both agree on what an item is (over-long lines
+        # included: they are items, and become error lines).
+        for number, raw, size in read_lines(f, max_bytes=max_bytes):
+            if raw is None or raw.strip():
                 if start is None:
                     start = (items, offset, number)
                 items += 1
                 if items - start[0] == shard_items:
                     ranges.append(shard_service.ShardRange(start[0], items, start[1], start[2]))
                     start = None
-            offset += len(raw)
+            offset += size
     if start is not None:
         ranges.append(shard_service.ShardRange(start[0], items, start[1], start[2]))
     return ranges
@@ -249,6 +253,7 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
             batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
             batch_size=int(job.params.get("batch_size") or settings.batch_size),
             max_chars=settings.max_item_chars,
+            max_line_bytes=settings.max_line_bytes,
         )
         return ShardPlan(shard, job.tenant_id, input_uri, spec, options)
 
@@ -268,7 +273,8 @@ def _run_items(
     with get_store().open(plan.input_uri, "rb") as f:
         f.seek(shard.start_offset)
         lines = islice(
-            iter_lines(f, first_line=shard.start_line), shard.end_item - shard.start_item
+            iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
+            shard.end_item - shard.start_item,
         )
         for chunk in iter_chunks(lines, settings.chunk_items):
             try:

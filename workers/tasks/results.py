@@ -19,9 +19,9 @@ class ResultWriter:
         self._digest = hashlib.sha256()
         self._file: IO[Any] = store.open(uri, "wb")
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[bytes]) -> None:
         if lines:
-            self.write_bytes("".join(lines).encode(), len(lines))
+            self.write_bytes(b"".join(lines), len(lines))
 
     def write_bytes(self, data: bytes, lines: int) -> None:
         self._digest.update(data)

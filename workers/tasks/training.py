@@ -31,6 +31,7 @@ from app.storage import ArtifactStore, get_store
 from workers import state
 from workers.reliability import JobWatch, db_retry
 from workers.runtime import Stopped
+from workers.runtime.items import read_lines
 from workers.runtime.registry import BUILTIN_MODELS
 from workers.runtime.training import TrainingError, read_examples
 
@@ -70,7 +71,8 @@ def train_job(job_id: str, owner: str) -> None:
         ):
             with store.open(setup.input_uri, "rb") as f:
                 kind = "features" if setup.framework == "sklearn" else "text"
-                examples = read_examples(f, kind)
+                lines = read_lines(f, max_bytes=settings.max_line_bytes)
+                examples = read_examples((raw for _, raw, _ in lines), kind)
             if setup.framework == "sklearn":
                 trained = _fit_sklearn(job_id, setup, examples, Path(tmp), store)
             else:
