@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -95,10 +95,9 @@ def _too_large(limit: int) -> Response:
 
 def _url_problem(scope: Scope) -> str | None:
     raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
-    parts = [unquote_to_bytes(raw_path)]
-    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
-        parts += [unquote_to_bytes(key), unquote_to_bytes(value)]
-    for part in parts:
+    # Separators are ASCII, so decoding the whole query at once judges every key and value.
+    query = scope.get("query_string", b"").replace(b"+", b" ")
+    for part in (unquote_to_bytes(raw_path), unquote_to_bytes(query)):
         try:
             text = part.decode("utf-8")
         except UnicodeDecodeError:

@@ -73,6 +73,13 @@ class _TextRunner:
                 "input_too_long",
                 f"input has {len(value)} characters; the limit is {options.max_chars}",
             )
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ItemError(
+                    "invalid_input", "input holds a lone surrogate (not valid Unicode)"
+                ) from None
         return value.lower() if self.lowercase else value
 
     def _batches(
