@@ -171,7 +171,7 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
             outcome = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
-        _give_back(plan, owner, f"{type(exc).__name__}: {exc}")
+        _give_back(plan, owner, f"{type(exc).__name__}: {without_paths(str(exc))}")
         return
     if outcome == "lost":
         log.warning("shard %s/%d lost its lease; another attempt will redo it", job_id, index)

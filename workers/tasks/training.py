@@ -31,6 +31,7 @@ from app.storage import ArtifactStore, get_store
 from workers import state
 from workers.reliability import JobWatch, db_retry
 from workers.runtime import Stopped
+from workers.runtime.base import without_paths
 from workers.runtime.items import read_lines
 from workers.runtime.registry import BUILTIN_MODELS
 from workers.runtime.training import TrainingError, read_examples
@@ -94,7 +95,8 @@ def train_job(job_id: str, owner: str) -> None:
         return
     except Exception as exc:  # a bug or a broken library: the job says what broke
         log.exception("training job %s broke", job_id)
-        db_retry(_fail, job_id, owner, "training_failed", f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {without_paths(str(exc))}"
+        db_retry(_fail, job_id, owner, "training_failed", message)
         return
     cpu = time.process_time() - cpu_start
     gpu = time.monotonic() - wall_start if device.startswith("cuda") else 0.0
