@@ -114,6 +114,8 @@ HOSTILE = [
     (b'{"custom_id": "s", "input": "\\ud800"}', "s", "invalid_input_type"),
     (b'{"custom_id": "f", "input": [1e999, 1, 1, 1]}', "f", "invalid_features"),
     (b"\xff\xfe not utf-8", None, "invalid_json"),
+    (b'{"custom_id": "u", "note": "\xed\xa0\x80", "input": [1,2,3,4]}', None, "invalid_json"),
+    (b'\xef\xbb\xbf{"custom_id": "bom", "input": [1,2,3]}', "bom", "invalid_features"),
     (b"[1, 2]", None, "invalid_item"),
 ]
 

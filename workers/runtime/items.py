@@ -85,8 +85,11 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_line(raw: bytes) -> Any:
-    """Strict JSON: NaN, Infinity and -Infinity are refused, as RFC 8259 says."""
-    return json.loads(raw, parse_constant=_refuse_constant)
+    """Strict JSON in strict UTF-8: NaN, Infinity and -Infinity are refused (RFC 8259), and
+    so are encoded surrogates (json.loads on bytes would guess UTF-16 and let them pass).
+    A byte order mark, which some editors write, is allowed."""
+    text = raw.decode("utf-8").removeprefix("\ufeff")
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def dump_line(obj: dict[str, Any]) -> bytes:
