@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 import httpx
 import pytest
 
-from tests.helpers import FarmProcess, wait_for_http
+from tests.helpers import FarmProcess, api_process
 
 
 def _fresh_database(server_url: str, stack: ExitStack) -> str:
@@ -97,20 +97,8 @@ def _reset_caches() -> None:
 
 @pytest.fixture(scope="session")
 def api_url(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from app.embedded import free_port
-
-    port = free_port()
-    proc = FarmProcess.start(
-        ["api"],
-        {**services, "MODELFARM_API_PORT": str(port)},
-        tmp_path_factory.mktemp("logs") / "api.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/healthz", proc)
+    with api_process(services, tmp_path_factory.mktemp("logs") / "api.log") as url:
         yield url
-    finally:
-        proc.stop()
 
 
 @contextmanager

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,21 @@ def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+@contextmanager
+def api_process(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`modelfarm api` on a free port; yields its URL once it answers."""
+    from app.embedded import free_port
+
+    port = free_port()
+    proc = FarmProcess.start(["api"], {**env, "MODELFARM_API_PORT": str(port)}, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", proc)
+        yield url
+    finally:
+        proc.stop()
 
 
 def jsonl(rows: list[Any]) -> bytes:

@@ -25,14 +25,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.helpers import (
-    FarmProcess,
+    api_process,
     assert_error,
     read_lines,
     run_job,
     submit,
     upload,
     wait_done,
-    wait_for_http,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
@@ -49,20 +48,9 @@ ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(])/(tmp|work|root|home|var|usr|etc|data)\
 
 @pytest.fixture(scope="module")
 def small_api(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from app.embedded import free_port
-
-    port = free_port()
-    proc = FarmProcess.start(
-        ["api"],
-        {**services, **SMALL, "MODELFARM_API_PORT": str(port)},
-        tmp_path_factory.mktemp("logs") / "small-api.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/healthz", proc)
+    log = tmp_path_factory.mktemp("logs") / "small-api.log"
+    with api_process({**services, **SMALL}, log) as url:
         yield url
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
