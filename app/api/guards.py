@@ -35,7 +35,7 @@ class BodyTooLarge(HTTPException):
     body reading lets it through and the app's handler answers in the error shape."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request bodies here are limited to {limit} bytes")
+        super().__init__(413, _limit_message(limit))
 
 
 class RequestGuard:
@@ -87,10 +87,12 @@ def body_limit(path: str) -> int:
     return settings.max_request_bytes
 
 
+def _limit_message(limit: int) -> str:
+    return f"request bodies here are limited to {limit} bytes"
+
+
 def _too_large(limit: int) -> Response:
-    return error_response(
-        413, "payload_too_large", f"request bodies here are limited to {limit} bytes"
-    )
+    return error_response(413, "payload_too_large", _limit_message(limit))
 
 
 def _url_problem(scope: Scope) -> str | None:
