@@ -6,6 +6,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = 1  # processes per CPU worker; torch threads = cores / processes
     worker_threads: int | None = None  # override the torch threads per process
     model_cache_size: int = 2
+    # Text models: "onnx" runs ONNX Runtime (graph exported once per version, checked against
+    # torch); "torch" runs torch; "auto" is ONNX on CPU, and on CUDA when ONNX Runtime's CUDA
+    # provider is installed, else torch.
+    inference_backend: Literal["auto", "onnx", "torch"] = "auto"
     preload_models: str = "minilm"  # comma separated builtin models loaded at process start
     gpu_count: int | None = None  # GPU processes to start; default: GPUs visible to the host
     device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU

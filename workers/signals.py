@@ -14,7 +14,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.services import workers as worker_service
 from workers import state
-from workers.runtime import builtin_spec, configure_threads
+from workers.runtime import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,14 @@ def _init_process(**_: object) -> None:
     worker = state.current()
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
         try:
-            worker.cache.get(builtin_spec(name, device=worker.device))
+            worker.cache.get(worker.builtin(name))
         except Exception:  # a model that will not load fails its jobs, not the worker
             log.exception("could not preload model %s", name)
     log.info(
-        "worker process ready: pool=%s device=%s threads=%d",
+        "worker process ready: pool=%s device=%s backend=%s threads=%d",
         worker.pool,
         worker.device,
+        worker.backend,
         settings.torch_threads(),
     )
 

@@ -58,6 +58,10 @@ def test_minilm_embeddings_match_sentence_transformers(client: httpx.Client) -> 
     assert got.shape == (5, 384)
     cosines = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1)
     assert cosines.min() >= 0.999, cosines
+    # Served by ONNX Runtime (INFERENCE_BACKEND=auto on a CPU worker), and the job says so.
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    backends = [e["data"] for e in events if e["type"] == "inference_backend"]
+    assert backends == [{"backend": "onnx"}], events
 
 
 def test_every_bad_line_is_explained_and_the_job_goes_on(client: httpx.Client) -> None:

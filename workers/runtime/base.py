@@ -47,6 +47,9 @@ class ModelSpec:
     task: str  #: "feature-extraction" | "text-classification" | "classification" | "regression"
     path: str  #: a model directory (transformers / sentence-transformers) or a .skops file
     device: str = "cpu"  #: "cpu" | "cuda" | "cuda:0" ...
+    backend: str = "torch"  #: text models: "torch" | "onnx" (workers/runtime/onnx.py)
+    #: text models on ONNX Runtime: the local folder of this version's graph (made if absent)
+    graph_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
-def builtin_spec(name: str, device: str = "cpu") -> ModelSpec:
+def builtin_spec(
+    name: str, device: str = "cpu", backend: str = "torch", graph_dir: str | None = None
+) -> ModelSpec:
     """The spec of a builtin model; KeyError if there is no such builtin."""
     model = BUILTIN_MODELS[name]
     return ModelSpec(
@@ -46,6 +48,8 @@ def builtin_spec(name: str, device: str = "cpu") -> ModelSpec:
         task=model.task,
         path=model.path,
         device=device,
+        backend=backend,
+        graph_dir=graph_dir,
     )
 
 
@@ -78,9 +82,17 @@ def load_runner(spec: ModelSpec) -> Runner:
 
         # Progress bars from weight loading only clutter worker logs.
         hf_logging.disable_progress_bar()
-        if kind == "embedding":
-            return text.load_embedding_runner(spec.path, spec.device)
-        return text.load_text_classifier(spec.path, spec.device)
+
+        def load_torch() -> Runner:
+            if kind == "embedding":
+                return text.load_embedding_runner(spec.path, spec.device)
+            return text.load_text_classifier(spec.path, spec.device)
+
+        if spec.backend == "onnx" and spec.graph_dir:
+            from workers.runtime import onnx
+
+            return onnx.load(kind, spec, load_torch)
+        return load_torch()
     except ModelLoadError as exc:
         raise ModelLoadError(f"cannot load model {spec.key}: {exc}") from exc
     except Exception as exc:  # transformers/torch raise anything from OSError to KeyError

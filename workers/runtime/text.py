@@ -1,14 +1,12 @@
 """Torch/transformers runners: sentence embeddings and text classification.
 
-Speed comes from tokenizing a whole shard once (no padding) to learn every item's length, then
-running length-sorted micro-batches cut by a token budget, so almost no compute goes to padding.
-Padding is done here rather than with `tokenizer.pad`, which measured ~6x slower on this path.
+Tokenizing, length-sorted micro-batches and padding come from workers/runtime/tokens.py, which
+the ONNX Runtime backend (workers/runtime/onnx.py) shares; here the batches meet torch.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.runtime.base import ItemError, ModelLoadError, RunOptions, Stopped
-from workers.runtime.batching import token_budget_batches
+from workers.runtime.base import ModelLoadError, RunOptions
+from workers.runtime.tokens import TextInputs, scores
 
 # Sentence-transformers modules whose effect this runner reproduces; anything else (Dense,
 # LayerNorm, custom code) would change the vectors, so such a model is refused, not approximated.
@@ -38,8 +36,12 @@ _LEGACY_POOLING_KEYS = {
 }
 
 
-class _TextRunner:
-    """Shared input checks and the sort / budget / pad loop of every text runner."""
+class _TextRunner(TextInputs):
+    """A torch model behind the shared text batching."""
+
+    backend = "torch"
+    #: Why this runner is torch although ONNX Runtime was asked for (workers/runtime/onnx.py).
+    fallback_reason: str | None = None
 
     def __init__(
         self,
@@ -49,61 +51,12 @@ class _TextRunner:
         device: str,
         lowercase: bool = False,
     ) -> None:
+        super().__init__(tokenizer, max_length, lowercase)
         self.model = model
-        self.tokenizer = tokenizer
-        self.max_length = max_length
         self.device = torch.device(device)
-        self.lowercase = lowercase
-        self._pad_values = {
-            "input_ids": tokenizer.pad_token_id,
-            "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-        }
 
-    def prepare(self, value: Any, options: RunOptions) -> str:
-        if not isinstance(value, str):
-            raise ItemError(
-                "invalid_input_type", f"input must be a string, not {_json_type(value)}"
-            )
-        if not value.strip():
-            # A blank text embeds to the [CLS]/[SEP] vector: valid numbers, meaningless result.
-            raise ItemError("empty_input", "input is an empty string")
-        if len(value) > options.max_chars:
-            raise ItemError(
-                "input_too_long",
-                f"input has {len(value)} characters; the limit is {options.max_chars}",
-            )
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise ItemError(
-                    "invalid_input", "input holds a lone surrogate (not valid Unicode)"
-                ) from None
-        return value.lower() if self.lowercase else value
-
-    def _batches(
-        self, texts: list[str], options: RunOptions
-    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Yield (input indices, model inputs on the device) per micro-batch."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        keys = [k for k in encoded.keys() if k in self._pad_values]
-        columns = {k: encoded[k] for k in keys}
-        lengths = [len(ids) for ids in columns["input_ids"]]
-        for indices in token_budget_batches(lengths, options.batch_tokens, options.batch_size):
-            if options.should_stop is not None and options.should_stop():
-                raise Stopped()
-            width = lengths[indices[0]]  # batches come longest first
-            tensors: dict[str, torch.Tensor] = {}
-            for key, rows in columns.items():
-                pad = self._pad_values[key]
-                padded = [rows[i] + [pad] * (width - lengths[i]) for i in indices]
-                tensors[key] = torch.tensor(padded, dtype=torch.long, device=self.device)
-            if "attention_mask" not in tensors:
-                lens = torch.tensor([lengths[i] for i in indices], device=self.device)
-                positions = torch.arange(width, device=self.device)
-                tensors["attention_mask"] = (positions[None, :] < lens[:, None]).long()
-            yield indices, tensors
+    def _tensors(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
 
 
 class EmbeddingRunner(_TextRunner):
@@ -113,15 +66,19 @@ class EmbeddingRunner(_TextRunner):
         super().__init__(*args, **kwargs)
         self.pooling = pooling
 
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The normalised vectors of one padded batch (also what the ONNX graph computes)."""
+        hidden = self.model(**inputs).last_hidden_state
+        pooled = _pool(hidden, inputs["attention_mask"], self.pooling)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+
     def run(self, values: list[str], options: RunOptions) -> list[list[float]]:
         results: list[list[float]] = [[] for _ in values]
         if not values:
             return results
         with torch.inference_mode():
-            for indices, inputs in self._batches(values, options):
-                hidden = self.model(**inputs).last_hidden_state
-                pooled = _pool(hidden, inputs["attention_mask"], self.pooling)
-                vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+            for indices, arrays in self.padded_batches(values, options):
+                vectors = self.embed(self._tensors(arrays))
                 for index, vector in zip(indices, vectors.cpu().tolist(), strict=True):
                     results[index] = vector
         return results
@@ -132,24 +89,30 @@ class TextClassificationRunner(_TextRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config: Any = self.model.config
-        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.labels, self.multi_label = label_info(self.model.config)
+
+    def probabilities(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-label probabilities of one padded batch (also what the ONNX graph computes)."""
+        logits = self.model(**inputs).logits.float()
         # Multi-label heads are trained with independent sigmoids; a softmax would distort them.
-        self.multi_label = config.problem_type == "multi_label_classification"
+        return torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
 
     def run(self, values: list[str], options: RunOptions) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [{} for _ in values]
         if not values:
             return results
         with torch.inference_mode():
-            for indices, inputs in self._batches(values, options):
-                logits = self.model(**inputs).logits.float()
-                probs = torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
-                best = probs.argmax(dim=-1).tolist()
-                for index, row, top in zip(indices, probs.cpu().tolist(), best, strict=True):
-                    scores = dict(zip(self.labels, row, strict=True))
-                    results[index] = {"label": self.labels[top], "scores": scores}
+            for indices, arrays in self.padded_batches(values, options):
+                probs = self.probabilities(self._tensors(arrays))
+                for index, row in zip(indices, probs.cpu().tolist(), strict=True):
+                    results[index] = scores(self.labels, row)
         return results
+
+
+def label_info(config: Any) -> tuple[list[str], bool]:
+    """A classifier config's labels in output order, and whether it is multi-label."""
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return labels, config.problem_type == "multi_label_classification"
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...]) -> torch.Tensor:
@@ -283,8 +246,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"cannot read {path.name} ({type(exc).__name__})") from exc
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -22,10 +22,11 @@ from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import shards as shard_service
+from app.services.jobs import add_event
 from app.storage import get_store
 from workers import state
 from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
-from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped, builtin_spec
+from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
 from workers.runtime.base import without_paths
 from workers.runtime.items import iter_chunks, iter_lines, read_lines, run_chunk
 from workers.tasks.assemble import assemble_job
@@ -161,6 +162,8 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
     except ModelLoadError as exc:
         db_retry(fail_job, job_id, "model_load_failed", str(exc))
         return
+    if index == 0 and plan.spec.backend == "onnx":
+        db_retry(_record_backend, job_id, runner)
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
         with (
@@ -187,6 +190,16 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
         assemble_job(job_id)
 
 
+def _record_backend(job_id: str, runner: object) -> None:
+    """Say in the job's events which backend ran it, and why not ONNX when it fell back."""
+    data = {"backend": getattr(runner, "backend", "torch")}
+    reason = getattr(runner, "fallback_reason", None)
+    if reason:
+        data["fallback_reason"] = reason
+    with session_scope() as session:
+        add_event(session, job_id, "inference_backend", data)
+
+
 def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
     """Another attempt, or after MAX_ATTEMPTS the job fails with the reason."""
     shard = plan.shard
@@ -209,7 +222,6 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
     settings = get_settings()
-    device = state.current().device
     with session_scope() as session:
         shard = shard_service.claim_shard(session, job_id, index, owner, settings.lease_seconds)
         if shard is None:
@@ -238,16 +250,13 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
             return None
         job = session.get_one(Job, job_id)
         input_uri = session.get_one(File, job.input_file_id).uri
+        worker = state.current()
         if job.model_version_id is None:
-            spec = builtin_spec((job.model or "").partition("@")[0], device=device)
+            spec = worker.builtin((job.model or "").partition("@")[0])
         else:
             version = session.get_one(ModelVersion, job.model_version_id)
-            spec = ModelSpec(
-                key=f"{job.tenant_id}/{job.model}",
-                framework=version.framework,
-                task=version.task,
-                path=str(get_store().local_path(version.uri)),
-                device=device,
+            spec = worker.version(
+                f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
             )
         options = RunOptions(
             batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
