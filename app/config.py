@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
     chunk_items: int = 2048
-    batch_tokens: int = 4096  # measured best on a 2-core CPU (workers/runtime/text.py)
-    batch_size: int = 128
+    batch_tokens: int = 1024  # measured best on a 2-core CPU (workers/runtime/base.py)
+    batch_size: int = 64
     worker_concurrency: int = 1  # processes per CPU worker; torch threads = cores / processes
     worker_threads: int | None = None  # override the torch threads per process
     model_cache_size: int = 2

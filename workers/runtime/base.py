@@ -56,13 +56,15 @@ class ModelSpec:
 class RunOptions:
     """Knobs for one run.
 
-    batch_tokens was measured with all-MiniLM-L6-v2 on a 2-core CPU over 2000 sentences of
-    4-250 words: 1024-4096 were equally fast (1.1-1.2x SentenceTransformer.encode) and 8192
-    no faster than encode, as activations stop fitting in cache. A GPU wants larger budgets.
+    batch_tokens was measured with all-MiniLM-L6-v2 on a 2-core CPU: with torch, 1024-4096
+    were equally fast (1.1-1.2x SentenceTransformer.encode over 2000 sentences of 4-250 words)
+    and 8192 no faster than encode, as activations stop fitting in cache; with ONNX Runtime
+    over bench/embeddings.py's 3000 sentences, 1024 tokens / 64 items ran 7.6 s, 4096 / 128
+    8.5 s, 8192 / 256 9.7 s. A GPU wants larger budgets.
     """
 
-    batch_tokens: int = 4096  #: token budget per micro-batch (padded length x items)
-    batch_size: int = 128  #: max items per micro-batch
+    batch_tokens: int = 1024  #: token budget per micro-batch (padded length x items)
+    batch_size: int = 64  #: max items per micro-batch
     max_chars: int = 20000  #: longer text inputs are ItemError("input_too_long", ...)
     max_line_bytes: int = 1024 * 1024  #: longer input lines are ItemError("line_too_long", ...)
     #: asked before every micro-batch; True makes run() raise Stopped (a cancel, a lost lease)
