@@ -36,6 +36,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

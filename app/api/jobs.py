@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Annotated
@@ -9,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
 from app.db import session_scope, utcnow
@@ -22,7 +22,6 @@ from app.services import jobs as job_service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute)
 
-WAIT_POLL_SECONDS = 0.25
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
@@ -88,14 +87,16 @@ async def get_job(
     prefer: Annotated[str | None, Header()] = None,
 ) -> JobPublic:
     """With `Prefer: wait=N`, hold the answer up to N seconds until the job has finished."""
-    job = await run_in_threadpool(_load, tenant, job_id)
     match = _PREFER_WAIT.search(prefer or "")
-    if match:
-        wait = min(float(match.group(1)), settings.max_wait_seconds)
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        deadline = time.monotonic() + wait
+    if not match:
+        return job_service.job_public(await run_in_threadpool(_load, tenant, job_id))
+    wait = min(float(match.group(1)), settings.max_wait_seconds)
+    response.headers["Preference-Applied"] = f"wait={wait:g}"
+    deadline = time.monotonic() + wait
+    async with waits.job_end(job_id) as ended:
+        job = await run_in_threadpool(_load, tenant, job_id)
         while not job.is_terminal and time.monotonic() < deadline:
-            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            await waits.until(ended, deadline)
             job = await run_in_threadpool(_load, tenant, job_id)
     return job_service.job_public(job)
 

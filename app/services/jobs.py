@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,9 @@ from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
 from app.urlguard import Allowlist, RefusedURL, check_url
 from workers.runtime.registry import BUILTIN_MODELS
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+JOB_ENDED_CHANNEL = "modelfarm_job_ended"  #: NOTIFY channel; the payload is the job id
 
 NO_GPU_WORKER = (
     "no GPU worker is running: the job waits in the gpu queue until one starts "
@@ -179,7 +182,7 @@ def transition(
     Because the check and the write are one UPDATE, a duplicated or late task can neither run a
     job twice nor move it backwards.
     """
-    if to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+    if to in TERMINAL_STATUSES:
         values.setdefault("finished_at", utcnow())
     row = session.execute(
         update(Job)
@@ -191,6 +194,9 @@ def transition(
     if row is None:
         return False
     add_event(session, job_id, to.value, event_data)
+    if to in TERMINAL_STATUSES:
+        # Delivered when this transaction commits: `Prefer: wait` wakes then (app/api/waits.py).
+        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, job_id)))
     event_type = webhooks.EVENT_BY_STATUS.get(to.value)
     if notify_webhook and event_type and webhooks.wants(row[0], event_type):
         # The outbox row commits with the transition: no finished job without its callback.

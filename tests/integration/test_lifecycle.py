@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -121,3 +122,21 @@ def test_only_one_sweeper_acts(sweeper: object, services: dict[str, str]) -> Non
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SWEEPER_LOCK})
             time.sleep(0.2)
     raise AssertionError("the sweeper never held its lock")
+
+
+def test_prefer_wait_answers_when_the_job_ends_not_at_the_next_poll(
+    client: httpx.Client,
+) -> None:
+    """The waiting request is woken by the job's end (NOTIFY). Its fallback re-read runs once
+    a second, so five answers all within 150 ms of `finished_at` cannot come from polling."""
+    rows = [{"custom_id": i, "input": f"sentence number {i} " * 8} for i in range(150)]
+    lags = []
+    for _ in range(5):
+        job = submit(client, {"model": "minilm", "input": {"items": rows}})
+        done = client.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=60"})
+        answered = datetime.now(UTC)
+        body = done.json()
+        assert body["status"] == "succeeded", body
+        assert done.headers["Preference-Applied"] == "wait=60"
+        lags.append((answered - datetime.fromisoformat(body["finished_at"])).total_seconds())
+    assert max(lags) < 0.15, lags
