@@ -46,12 +46,14 @@ class WorkerState:
 def _graph_dir(base_uri: str) -> str | None:
     """The local folder of a model's ONNX graph, beside the model in the artifact store.
 
-    With a local store every worker on the machine shares it. A remote store (s3://) gets one
-    folder per worker's cache for now: each worker exports once (publishing graphs to the
-    store is step 11's).
+    A sibling of the version's folder (`<version>-onnx/`), never inside it: the version's
+    folder holds what the tenant's archive unpacked, and a graph planted there must not be
+    loaded unchecked. With a local store every worker on the machine shares it; a remote store
+    (s3://) gets one folder per worker's cache for now, so each worker exports once
+    (publishing graphs to the store is step 11's).
     """
     store = get_store()
-    uri = f"{base_uri}/onnx/{GRAPH_NAME}"
+    uri = f"{base_uri.rstrip('/')}-onnx/{GRAPH_NAME}"
     if uri.startswith("file:"):
         return str(store.local_path(uri))
     return str(store.cache_dir / "graphs" / GRAPH_NAME / uri.replace("/", "_").replace(":", ""))

@@ -350,3 +350,34 @@ def test_a_k_neighbors_model_trains_with_brute_force_and_serves(client: httpx.Cl
     assert job["params"]["hyperparameters"]["algorithm"] == "brute"
     served = run_job(client, job["result"]["model"], [{"custom_id": 1, "input": [1.0, 2.0]}])
     assert served["status"] == "succeeded" and served["counts"]["succeeded"] == 1, served
+
+
+def test_a_graph_planted_in_a_model_archive_is_never_loaded(
+    client: httpx.Client, services: dict[str, str], tmp_path: Path
+) -> None:
+    """The farm exports and checks ONNX graphs itself, outside the folder an archive fills: a
+    tenant's own `model.onnx` (here garbage, with a runner.json that lies) is ignored."""
+    from tests.factories import make_tiny_text_classifier
+    from workers.runtime.onnx import GRAPH_NAME
+
+    model_dir = make_tiny_text_classifier(tmp_path / "tiny", ["neg", "pos"])
+    planted = model_dir / "onnx" / GRAPH_NAME
+    planted.mkdir(parents=True)
+    (planted / "model.onnx").write_bytes(b"not a graph: a parser's first test")
+    (planted / "runner.json").write_text(json.dumps({"kind": "embedding", "max_length": 8}))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(model_dir, arcname="model")
+    name = f"planted-{secrets.token_hex(3)}"
+    file = upload(client, buffer.getvalue(), purpose="model", name="m.tar.gz")
+    body = {"name": name, "framework": "transformers", "task": "text-classification"}
+    registered = client.post("/v1/models", json={**body, "file_id": file["id"]})
+    assert registered.status_code == 201, registered.text
+    job = run_job(client, name, [{"custom_id": 1, "input": "a fine film"}])
+    assert job["status"] == "succeeded", job
+    assert read_lines(client, job["output_file_id"])[0]["output"]["label"] in {"neg", "pos"}
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert {"backend": "onnx"} in [e["data"] for e in events if e["type"] == "inference_backend"]
+    artifacts = Path(services["MODELFARM_DATA_DIR"]) / "artifacts"
+    (graph,) = artifacts.glob(f"tenants/*/models/{name}/1-onnx/{GRAPH_NAME}/model.onnx")
+    assert graph.read_bytes() != b"not a graph: a parser's first test"

@@ -1,8 +1,9 @@
 """ONNX Runtime for transformer encoders: exported once per model version, checked, reused.
 
-A graph folder (`ModelSpec.graph_dir`, beside the model version in the artifact store and named
-by exporter and opset) holds `model.onnx`, the tokenizer and `runner.json`; any worker that
-finds it loads it without torch doing any work. The first worker to need it exports it:
+A graph folder (`ModelSpec.graph_dir`, beside the model version in the artifact store, outside
+the folder a tenant's archive fills, and named by exporter and opset) holds `model.onnx`, the
+tokenizer and `runner.json`; any worker that finds it loads it without torch doing any work.
+The first worker to need it exports it:
 
 - with `torch.onnx.export(dynamo=False)`, the TorchScript-tracing exporter: on this 2-core CPU
   its graph of all-MiniLM-L6-v2 ran 1.48x SentenceTransformer.encode against 1.08x for the
