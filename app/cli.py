@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -41,15 +43,30 @@ def api() -> None:
     """Serve the HTTP API."""
     import uvicorn
 
+    from app.api.serve import HTTP_PROTOCOL
+
     settings = get_settings()
     settings.require_database_url()
-    uvicorn.run(
-        "app.api.main:create_app",
-        factory=True,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="info",
-    )
+    processes = settings.api_processes()
+    metrics_dir = None
+    if processes > 1:
+        # Each process counts into files here and a scrape sums them (app/metrics.py); set
+        # before the processes start, so they all see it. Fresh each run, as the client asks.
+        metrics_dir = tempfile.mkdtemp(prefix="modelfarm-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "app.api.main:create_app",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=processes,
+            http=HTTP_PROTOCOL,
+            log_level="info",
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @cli.command()

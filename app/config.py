@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     model_max_unpacked_bytes: int = 4 * 1024**3
     model_max_archive_members: int = 10_000
     max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
+    api_workers: int | None = None  # API processes; default one per core
+    # Requests one API process works on at once; its PostgreSQL pool holds as many connections
+    # (so api_workers x api_threads must fit the server's max_connections).
+    api_threads: int = 16
 
     # Jobs and workers
     artifact_root: str | None = None  # default: <data_dir>/artifacts; s3://bucket/prefix works too
@@ -124,6 +128,9 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> str:
         return self.artifact_root or str((self.data_dir / "artifacts").resolve())
+
+    def api_processes(self) -> int:
+        return self.api_workers or os.cpu_count() or 1
 
     @property
     def client_api_url(self) -> str:

@@ -53,8 +53,14 @@ def get_engine() -> Engine:
     if _engine is None or _engine_pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)
-        url = sqlalchemy_url(get_settings().require_database_url())
-        _engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        settings = get_settings()
+        url = sqlalchemy_url(settings.require_database_url())
+        # As many connections as the API has request threads: a request never waits for one,
+        # and none is opened and closed per request (an overflow connection is, in SQLAlchemy).
+        # Pools fill on demand, so a worker process still opens only the few it uses.
+        _engine = create_engine(
+            url, pool_pre_ping=True, pool_size=settings.api_threads, max_overflow=4
+        )
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
     return _engine

@@ -43,7 +43,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,  # outcomes live in PostgreSQL, not in a result backend
-        "task_send_sent_event": True,  # Flower shows tasks from the moment they are queued
+        # No `task-sent` event per message: building and publishing it cost twice the message
+        # itself (0.9 ms of 1.4 ms per job, measured). Flower shows a task from the moment a
+        # worker receives it, and the queue lengths before that (its Broker page).
+        "task_send_sent_event": False,
     }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -49,3 +50,15 @@ class JobStatusCollector(Collector):
 
 
 registry.register(JobStatusCollector())
+
+
+def exposition() -> bytes:
+    """The text a scrape reads. With several API processes (`modelfarm api` sets
+    PROMETHEUS_MULTIPROC_DIR for them) every process writes its figures to that folder, and
+    whichever process answers sums them all."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)
+    combined.register(JobStatusCollector())
+    return generate_latest(combined)

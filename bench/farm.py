@@ -41,12 +41,20 @@ class FarmHandle:
         return self.supervisor.children[name].pid
 
 
+@dataclass
+class Services:
+    db_url: str
+    redis_url: str
+    tmp: Path
+    port: int  # the API's
+    api_key: str
+
+
 @contextmanager
-def running_farm(
-    extra_env: dict[str, str] | None = None, ready_timeout: float = 180
-) -> Iterator[FarmHandle]:
+def farm_services(extra_env: dict[str, str] | None = None) -> Iterator[Services]:
+    """PostgreSQL and Redis, migrated, with an API key and the farm's settings in os.environ:
+    what every benchmark starts from, before it starts any farm process."""
     from app.embedded import free_port, throwaway_servers
-    from app.procs import modelfarm_command
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mf-bench-")))
@@ -72,15 +80,32 @@ def running_farm(
         upgrade()
         with session_scope() as session:
             key = create_api_key(session, get_or_create_tenant(session, "bench"))
+        yield Services(db_url, redis_url, tmp, port, key)
+
+
+@contextmanager
+def running_farm(
+    extra_env: dict[str, str] | None = None, ready_timeout: float = 180
+) -> Iterator[FarmHandle]:
+    from app.procs import modelfarm_command
+
+    with ExitStack() as stack:
+        services = stack.enter_context(farm_services(extra_env))
         supervisor = Supervisor()
         stack.callback(supervisor.stop_all)
         supervisor.start("api", modelfarm_command("api"))
         supervisor.start("worker", modelfarm_command("worker", "--pool", "cpu"))
-        url = f"http://127.0.0.1:{port}"
-        client = Client(url, key)
+        url = f"http://127.0.0.1:{services.port}"
+        client = Client(url, services.api_key)
         stack.callback(client.close)
         wait_ready(client, timeout=ready_timeout)
-        yield FarmHandle(client=client, tmp=tmp, supervisor=supervisor, url=url, api_key=key)
+        yield FarmHandle(
+            client=client,
+            tmp=services.tmp,
+            supervisor=supervisor,
+            url=url,
+            api_key=services.api_key,
+        )
 
 
 def wait_ready(client: Client, timeout: float = 180) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -9,7 +9,7 @@ from app.api.errors import error_response
 from app.api.guards import GuardedRoute
 from app.db import session_scope
 from app.dispatch import broker_reachable
-from app.metrics import registry
+from app.metrics import exposition
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
@@ -40,4 +40,4 @@ async def readyz() -> dict[str, str] | Response:
 
 @router.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

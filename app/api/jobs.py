@@ -5,15 +5,13 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
-from app.db import session_scope, utcnow
-from app.dispatch import TASK_FINALIZE_JOB, publish, publish_job
-from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
+from app.db import session_scope
+from app.dispatch import TASK_FINALIZE_JOB, publish
 from app.models import Delivery, Job, JobEvent, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
@@ -33,24 +31,9 @@ def create_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    job, created = job_service.create_job(
+    job = job_service.submit_job(
         session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
     )
-    if not created:
-        return job_service.job_public(job)
-    return _publish_new(session, job)
-
-
-def _publish_new(session: Session, job: Job) -> JobPublic:
-    # Commit first, publish second: a message must never name a job that is not in PostgreSQL.
-    # If the broker is away the job stays queued without `dispatched_at`; the sweeper sends it.
-    session.commit()
-    JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    if publish_job(job.id, job.queue):
-        job.dispatched_at = utcnow()
-        job_service.add_event(session, job.id, "dispatched", {"queue": job.queue})
-    else:
-        JOBS_PUBLISH_FAILED.inc()
     return job_service.job_public(job)
 
 
@@ -115,7 +98,8 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic
 def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """A new job over just the items in this job's error file (409 when there are none)."""
     job = control.create_retry(session, tenant, job_id)
-    return _publish_new(session, job)
+    job_service.commit_and_publish(session, job)
+    return job_service.job_public(job)
 
 
 @router.get("/{job_id}/events")

@@ -3,34 +3,62 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from anyio import to_thread
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import files, health, jobs, models, webhooks
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
+from app.config import get_settings
 from app.metrics import HTTP_REQUESTS
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Sync routes run in anyio's thread pool: as many threads as the process has database
+    # connections (app/db.py), so a request never waits inside the pool for a connection.
+    to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
+    yield
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="modelfarm", version="0.1.0")
+    app = FastAPI(title="modelfarm", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
     for module in (health, files, models, jobs, webhooks):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
-
+    app.add_middleware(MeasureRequests)
     return app
+
+
+class MeasureRequests:
+    """Time every HTTP request by route and status (a plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware runs each request through an extra task and memory streams)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], path, str(status[0])).observe(
+                time.perf_counter() - start
+            )

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import utcnow
 from app.ids import new_id
 from app.models import File, FilePurpose, Tenant
 from app.services.errors import NotFound, PayloadTooLarge
@@ -41,9 +42,9 @@ def create_file(
         bytes=size,
         sha256=sha256,
         uri=uri,
+        created_at=utcnow(),  # known now, so the row can wait for the session's next flush
     )
     session.add(file)
-    session.flush()
     return file
 
 

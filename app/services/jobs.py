@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import utcnow
+from app.dispatch import publish_job
+from app.ids import new_id
+from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import webhooks, workers
@@ -75,6 +78,7 @@ def create_job(
         input_file = _inference_input(session, tenant, body, max_inline_items)
     queue, notice = pick_queue(session, body.device)
     job = Job(
+        id=new_id("job"),
         tenant_id=tenant.id,
         type=body.type,
         status=JobStatus.QUEUED,
@@ -95,20 +99,58 @@ def create_job(
         if body.deadline_seconds
         else None,
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-    except IntegrityError:
-        # Two requests with one key raced; the other one's job is the answer.
-        existing = find_by_idempotency_key(session, tenant, idempotency_key or "")
-        if existing is None:
-            raise
-        return existing, False
-    add_event(session, job.id, "queued", {"queue": job.queue, "model": job.model})
+    if idempotency_key:
+        try:
+            with session.begin_nested():
+                session.add(job)
+                session.flush()
+        except IntegrityError:
+            # Two requests with one key raced; the other one's job is the answer.
+            existing = find_by_idempotency_key(session, tenant, idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+    else:
+        session.add(job)  # written with its events in one flush, at the commit
+    add_event(session, job.id, "queued", {"queue": job.queue, "model": job.model}, flush=False)
     if notice:
-        add_event(session, job.id, "waiting_for_gpu_worker", {"notice": notice})
+        add_event(session, job.id, "waiting_for_gpu_worker", {"notice": notice}, flush=False)
     return job, True
+
+
+def submit_job(
+    session: Session,
+    tenant: Tenant,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+    max_inline_items: int = 1000,
+) -> Job:
+    """A submission whole: the job, its input and its events in one transaction, then the
+    message. A repeated idempotency key answers with the first job and publishes nothing."""
+    job, created = create_job(session, tenant, body, idempotency_key, max_inline_items)
+    if created:
+        commit_and_publish(session, job)
+    return job
+
+
+def commit_and_publish(session: Session, job: Job) -> None:
+    """Commit a new job, then hand it to its queue.
+
+    Commit first, publish second: a message never names a job that is not in PostgreSQL. The
+    job is marked dispatched in its own transaction, so a submission costs one commit. When the
+    broker refuses the message the mark is taken back (a second commit, only then) and the
+    sweeper sends it; if this process dies between the two, the sweeper's broker scan finds the
+    message missing all the same.
+    """
+    job.dispatched_at = utcnow()
+    add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
+    session.commit()
+    JOBS_SUBMITTED.labels(job.type, job.queue).inc()
+    if not publish_job(job.id, job.queue):
+        JOBS_PUBLISH_FAILED.inc()
+        job.dispatched_at = None
+        add_event(session, job.id, "publish_failed", {"queue": job.queue})
+        session.commit()
 
 
 def _inference_input(
@@ -161,10 +203,17 @@ def find_by_idempotency_key(session: Session, tenant: Tenant, key: str) -> Job |
 
 
 def add_event(
-    session: Session, job_id: str, type_: str, data: dict[str, Any] | None = None
+    session: Session,
+    job_id: str,
+    type_: str,
+    data: dict[str, Any] | None = None,
+    flush: bool = True,
 ) -> None:
+    """Record an event; `flush=False` leaves the INSERT to the session's next flush (events keep
+    the order they were added in either way)."""
     session.add(JobEvent(job_id=job_id, type=type_, data=data or {}))
-    session.flush()
+    if flush:
+        session.flush()
 
 
 def transition(

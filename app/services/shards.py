@@ -85,16 +85,24 @@ def claim_for_planning(
     return job
 
 
-PlanOutcome = Literal["run", "assemble", "lost"]
+PlanOutcome = Literal["run", "run_here", "assemble", "lost"]
 
 
 def create_shards(
-    session: Session, job_id: str, owner: str, ranges: list[ShardRange]
+    session: Session,
+    job_id: str,
+    owner: str,
+    ranges: list[ShardRange],
+    run_here_seconds: float | None = None,
 ) -> PlanOutcome:
     """Record the plan and give up the planning lease.
 
     "run": publish the shards; "assemble": a cancel came while planning, so no shard runs and
     the (empty) result is assembled now; "lost": another planner took over.
+
+    With `run_here_seconds`, a plan of one shard is "run_here": the shard is recorded already
+    running under `owner`'s lease for that long (its first attempt), so the planner runs it
+    without a trip through the broker or a claim of its own.
     """
     total = ranges[-1].end_item if ranges else 0
     status = _execute(
@@ -113,7 +121,7 @@ def create_shards(
     ).scalar_one_or_none()
     if status is None:
         return "lost"
-    session.add_all(
+    shards = [
         # Published right after this commits; the sweeper resends any the broker drops.
         JobShard(
             job_id=job_id,
@@ -125,8 +133,16 @@ def create_shards(
             dispatched_at=utcnow(),
         )
         for i, r in enumerate(ranges)
-    )
-    add_event(session, job_id, "planned", {"shards": len(ranges), "items": total})
+    ]
+    session.add_all(shards)
+    add_event(session, job_id, "planned", {"shards": len(ranges), "items": total}, flush=False)
+    if run_here_seconds is not None and len(shards) == 1 and status == JobStatus.RUNNING:
+        shard = shards[0]
+        shard.status, shard.lease_owner = ShardStatus.RUNNING, owner
+        shard.lease_expires_at, shard.attempts = lease_until(run_here_seconds), 1
+        shard.succeeded = shard.failed = 0
+        add_event(session, job_id, "shard_started", {"shard": 0, "attempt": 1, "owner": owner})
+        return "run_here"
     if status == JobStatus.CANCELLING:
         session.flush()
         cancel_queued_shards(session, job_id)
@@ -282,9 +298,16 @@ def job_should_stop(session: Session, job_id: str) -> bool:
 
 
 def finish_shard(
-    session: Session, shard: JobShard, owner: str, status: ShardStatus, usage: dict[str, float]
+    session: Session,
+    shard: JobShard,
+    owner: str,
+    status: ShardStatus,
+    usage: dict[str, float],
+    succeeded: int = 0,
+    failed: int = 0,
 ) -> bool:
-    """Close a shard; True when no shard of its job is left to run (time to assemble)."""
+    """Close a shard, adding the counts of its last chunk (not recorded on their own); True
+    when no shard of its job is left to run (time to assemble)."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
     _execute(session, select(Job.id).where(Job.id == shard.job_id).with_for_update())
     done = (
@@ -298,12 +321,18 @@ def finish_shard(
                 lease_owner=None,
                 lease_expires_at=None,
                 parts_attempt=shard.attempts,
+                succeeded=JobShard.succeeded + succeeded,
+                failed=JobShard.failed + failed,
             ),
         ).rowcount
         == 1
     )
     if not done:
         return False
+    if succeeded or failed:
+        _execute(
+            session, update(Job).where(Job.id == shard.job_id).values(**_count_sums(shard.job_id))
+        )
     job = session.get_one(Job, shard.job_id, populate_existing=True)
     job.usage = {k: round((job.usage or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
     add_event(session, shard.job_id, f"shard_{status}", {"shard": shard.index})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,5 +34,35 @@ def create_api_key(session: Session, tenant: Tenant) -> str:
     return key
 
 
+# Every request authenticates; a known key is answered from memory for this long. Only keys
+# that matched are kept, so a new key works at once. Whatever revokes keys calls `forget_keys`.
+AUTH_CACHE_SECONDS = 5.0
+AUTH_CACHE_SIZE = 4096
+_known: dict[str, tuple[float, Tenant]] = {}
+
+
+def known_key(key: str) -> Tenant | None:
+    """The tenant of a key that authenticated within the last few seconds (no I/O)."""
+    hit = _known.get(hash_key(key))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
 def authenticate(session: Session, key: str) -> Tenant | None:
-    return session.scalar(select(Tenant).join(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    """The tenant that owns `key`, detached from `session` (only its columns are read)."""
+    known = known_key(key)
+    if known is not None:
+        return known
+    digest = hash_key(key)
+    tenant = session.scalar(select(Tenant).join(ApiKey).where(ApiKey.key_hash == digest))
+    if tenant is not None:
+        session.expunge(tenant)
+        if len(_known) >= AUTH_CACHE_SIZE:
+            _known.clear()
+        _known[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, tenant)
+    return tenant
+
+
+def forget_keys() -> None:
+    _known.clear()

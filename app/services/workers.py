@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
@@ -33,6 +34,21 @@ def forget(session: Session, name: str) -> None:
 
 
 def pool_alive(session: Session, pool: str) -> bool:
+    """Whether a worker of `pool` beat lately. Submission asks this for every job, so the API
+    keeps the answer for a second (`ALIVE_SECONDS` already allows for seconds of slack)."""
+    cached = _alive_cache.get(pool)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    alive = _pool_alive(session, pool)
+    _alive_cache[pool] = (time.monotonic() + ALIVE_CACHE_SECONDS, alive)
+    return alive
+
+
+ALIVE_CACHE_SECONDS = 1.0
+_alive_cache: dict[str, tuple[float, bool]] = {}
+
+
+def _pool_alive(session: Session, pool: str) -> bool:
     since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
     count = session.scalar(
         select(func.count()).where(WorkerHeartbeat.pool == pool, WorkerHeartbeat.seen_at > since)

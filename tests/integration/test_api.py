@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -21,6 +22,30 @@ def test_health_needs_no_key(api_url: str) -> None:
     metrics = httpx.get(f"{api_url}/metrics")
     assert metrics.status_code == 200
     assert "modelfarm_http_request_duration_seconds" in metrics.text
+
+
+def test_metrics_count_every_api_process(api_url: str, tenant_key: str) -> None:
+    """The API runs several processes (one per core); a scrape answered by any one of them
+    counts the jobs all of them accepted. Each call here opens a new connection, so the calls
+    spread over the processes."""
+    import re
+
+    def submitted() -> float:
+        text = httpx.get(f"{api_url}/metrics").text
+        return sum(
+            float(m)
+            for m in re.findall(r"^modelfarm_jobs_submitted_total\{[^}]*\} (\S+)$", text, re.M)
+        )
+
+    before = submitted()
+    for _ in range(6):
+        answer = httpx.post(
+            f"{api_url}/v1/jobs",
+            json={"model": "minilm", "input": ITEMS},
+            headers={"Authorization": f"Bearer {tenant_key}"},
+        )
+        assert answer.status_code == 202, answer.text
+    assert [submitted() - before for _ in range(4)] == [6.0] * 4
 
 
 def test_every_v1_call_needs_a_valid_key(api_url: str) -> None:
@@ -158,6 +183,44 @@ def test_idempotency_key_returns_the_same_job(client: httpx.Client) -> None:
     again = submit(client, body, **{"Idempotency-Key": "k-1"})
     other = submit(client, body, **{"Idempotency-Key": "k-2"})
     assert first["id"] == again["id"] != other["id"]
+
+
+def test_racing_requests_with_one_idempotency_key_make_one_job(
+    client: httpx.Client, api_url: str, tenant_key: str
+) -> None:
+    """Eight clients send one key at once, through the API's several processes: every answer
+    is a 202 naming the same job, one job exists, and its message went out once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.models import Job, JobEvent
+
+    body = {"model": "minilm", "input": ITEMS}
+    key = f"race-{time.time_ns()}"
+    start = threading.Barrier(8)
+
+    def send(_: int) -> httpx.Response:
+        with httpx.Client(
+            base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"}
+        ) as own:
+            own.get("/healthz")  # connected before the race starts
+            start.wait()
+            return own.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).where(Job.idempotency_key == key)) == 1
+        dispatched = session.scalar(
+            select(func.count()).where(
+                JobEvent.job_id == answers[0].json()["id"], JobEvent.type == "dispatched"
+            )
+        )
+        assert dispatched == 1
 
 
 def test_list_pagination_newest_first(client: httpx.Client) -> None:

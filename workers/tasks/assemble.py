@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.models import FilePurpose, Job, JobShard, JobStatus, ShardStatus
-from app.services.files import register_file
-from app.services.jobs import transition
+from app.models import Job, JobShard, JobStatus, ShardStatus
+from app.services.results import complete_job
 from app.services.shards import active_shards, lease_until
 from app.storage import get_store
 from workers.reliability import db_retry, new_owner
@@ -79,57 +77,14 @@ def _complete(
     job_id: str, owner: str, claimed: Assembly, outputs: ResultWriter, errors: ResultWriter
 ) -> bool:
     with session_scope() as session:
-        out_file = register_file(
-            session,
-            claimed.tenant_id,
-            FilePurpose.BATCH_OUTPUT,
-            f"{job_id}_output.jsonl",
-            outputs.uri,
-            outputs.size,
-            outputs.sha256,
-        )
-        err_file_id = None
-        if errors.lines:
-            err_file_id = register_file(
-                session,
-                claimed.tenant_id,
-                FilePurpose.BATCH_ERROR,
-                f"{job_id}_errors.jsonl",
-                errors.uri,
-                errors.size,
-                errors.sha256,
-            ).id
-        # The files are the truth: every item is in exactly one of them.
-        values: dict[str, Any] = {
-            "output_file_id": out_file.id,
-            "error_file_id": err_file_id,
-            "counts_succeeded": outputs.lines,
-            "counts_failed": errors.lines,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        counts = {"succeeded": outputs.lines, "failed": errors.lines}
-        held = [Job.lease_owner == owner]
-        if claimed.all_succeeded:
-            # Every item is done, even if a cancel or the deadline came after the last chunk.
-            return transition(
-                session,
-                job_id,
-                [JobStatus.RUNNING, JobStatus.CANCELLING],
-                JobStatus.SUCCEEDED,
-                event_data=counts,
-                where=held,
-                error=None,
-                **values,
-            )
-        return transition(
+        return complete_job(
             session,
             job_id,
-            [JobStatus.CANCELLING],
-            JobStatus.CANCELLED,
-            event_data=counts,
-            where=held,
-            **values,
+            claimed.tenant_id,
+            outputs.result(),
+            errors.result(),
+            claimed.all_succeeded,
+            lease_owner=owner,
         )
 
 

@@ -16,11 +16,13 @@ from itertools import islice
 from typing import Literal
 
 from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
+from app.services import results
 from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.storage import get_store
@@ -96,15 +98,22 @@ def plan_job(job_id: str, worker: str) -> None:
         db_retry(fail_job, job_id, "empty_input", "the input file has no items", held)
         return
 
-    def record() -> shard_service.PlanOutcome:
+    def record() -> tuple[shard_service.PlanOutcome, ShardPlan | None]:
         with session_scope() as session:
-            return shard_service.create_shards(session, job_id, owner, ranges)
+            # A job of one shard runs it here: the shard is recorded already claimed by this
+            # task, sparing a trip through the broker and a claim. It keeps its own lease,
+            # attempts and part files, so a crash is recovered as any shard's.
+            outcome = shard_service.create_shards(
+                session, job_id, owner, ranges, run_here_seconds=settings.lease_seconds
+            )
+            if outcome != "run_here":
+                return outcome, None
+            shard = session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
+            return outcome, _shard_plan(session, shard)
 
-    outcome = db_retry(record)
-    if outcome == "run" and len(ranges) == 1:
-        # A job of one shard runs it here, sparing a trip through the broker; the shard keeps
-        # its own lease, attempts and part files, so a crash is recovered as any shard's.
-        run_shard(job_id, 0, worker)
+    outcome, here = db_retry(record)
+    if here is not None:
+        _run_claimed(here, owner)
     elif outcome == "run":
         for index in range(len(ranges)):
             publish(TASK_RUN_SHARD, [job_id, index], queue)
@@ -147,6 +156,7 @@ def fail_job(job_id: str, code: str, message: str, *where: ColumnElement[bool]) 
 @dataclass(frozen=True)
 class ShardPlan:
     shard: JobShard
+    shards_total: int
     tenant_id: str
     input_uri: str
     spec: ModelSpec
@@ -154,20 +164,25 @@ class ShardPlan:
 
 
 def run_shard(job_id: str, index: int, worker: str) -> None:
-    settings = get_settings()
     owner = new_owner()
     plan = db_retry(_claim_shard, job_id, index, owner)
     if plan is None:
         log.info("shard %s/%d is not waiting for a worker; nothing to do", job_id, index)
         return
+    _run_claimed(plan, owner)
+
+
+def _run_claimed(plan: ShardPlan, owner: str) -> None:
+    """Run a shard this task holds the lease of, and finish it (and its job, if it was the
+    last shard: a job of one shard ends here, its part files being its result files)."""
+    settings = get_settings()
+    job_id, index = plan.shard.job_id, plan.shard.index
     cpu_start, wall_start = time.process_time(), time.monotonic()
     try:
         runner = state.current().cache.get(plan.spec)
     except ModelLoadError as exc:
         db_retry(fail_job, job_id, "model_load_failed", str(exc))
         return
-    if index == 0 and plan.spec.backend == "onnx":
-        db_retry(_record_backend, job_id, runner)
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
         with (
@@ -175,7 +190,7 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
             ResultWriter(get_store(), out_uri) as outputs,
             ResultWriter(get_store(), err_uri) as errors,
         ):
-            outcome = _run_items(plan, runner, owner, watch, outputs, errors)
+            outcome, last = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
         _give_back(plan, owner, f"{type(exc).__name__}: {without_paths(str(exc))}")
@@ -187,21 +202,38 @@ def run_shard(job_id: str, index: int, worker: str) -> None:
     status = ShardStatus.SUCCEEDED if outcome == "done" else ShardStatus.CANCELLED
 
     def finish() -> bool:
+        """True when the job still needs assembling from its shards' parts."""
         with session_scope() as session:
-            return shard_service.finish_shard(session, plan.shard, owner, status, usage)
+            if index == 0 and plan.spec.backend == "onnx":
+                _record_backend(session, job_id, runner)
+            last_shard = shard_service.finish_shard(
+                session, plan.shard, owner, status, usage, *last
+            )
+            if not last_shard or plan.shards_total != 1:
+                return last_shard
+            # One shard: its part files are the job's result files, nothing to copy.
+            results.complete_job(
+                session,
+                job_id,
+                plan.tenant_id,
+                outputs.result(),
+                errors.result(),
+                all_succeeded=status == ShardStatus.SUCCEEDED,
+                lease_owner=None,
+            )
+            return False
 
     if db_retry(finish):
         assemble_job(job_id)
 
 
-def _record_backend(job_id: str, runner: object) -> None:
+def _record_backend(session: Session, job_id: str, runner: object) -> None:
     """Say in the job's events which backend ran it, and why not ONNX when it fell back."""
     data = {"backend": getattr(runner, "backend", "torch")}
     reason = getattr(runner, "fallback_reason", None)
     if reason:
         data["fallback_reason"] = reason
-    with session_scope() as session:
-        add_event(session, job_id, "inference_backend", data)
+    add_event(session, job_id, "inference_backend", data, flush=False)
 
 
 def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
@@ -252,23 +284,29 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
                 )
         if shard is None:
             return None
-        job = session.get_one(Job, job_id)
-        input_uri = session.get_one(File, job.input_file_id).uri
-        worker = state.current()
-        if job.model_version_id is None:
-            spec = worker.builtin((job.model or "").partition("@")[0])
-        else:
-            version = session.get_one(ModelVersion, job.model_version_id)
-            spec = worker.version(
-                f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
-            )
-        options = RunOptions(
-            batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
-            batch_size=int(job.params.get("batch_size") or settings.batch_size),
-            max_chars=settings.max_item_chars,
-            max_line_bytes=settings.max_line_bytes,
+        return _shard_plan(session, shard)
+
+
+def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
+    """What running a claimed shard needs to know of its job, read in the claim's transaction."""
+    settings = get_settings()
+    job = session.get_one(Job, shard.job_id)
+    input_uri = session.get_one(File, job.input_file_id).uri
+    worker = state.current()
+    if job.model_version_id is None:
+        spec = worker.builtin((job.model or "").partition("@")[0])
+    else:
+        version = session.get_one(ModelVersion, job.model_version_id)
+        spec = worker.version(
+            f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
         )
-        return ShardPlan(shard, job.tenant_id, input_uri, spec, options)
+    options = RunOptions(
+        batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
+        batch_size=int(job.params.get("batch_size") or settings.batch_size),
+        max_chars=settings.max_item_chars,
+        max_line_bytes=settings.max_line_bytes,
+    )
+    return ShardPlan(shard, job.shards_total or 1, job.tenant_id, input_uri, spec, options)
 
 
 def _run_items(
@@ -278,7 +316,8 @@ def _run_items(
     watch: ShardWatch,
     outputs: ResultWriter,
     errors: ResultWriter,
-) -> Literal["done", "stopped", "lost"]:
+) -> tuple[Literal["done", "stopped", "lost"], tuple[int, int]]:
+    """How the shard ended, and the counts of its last chunk, which are not recorded yet."""
     settings = get_settings()
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
@@ -289,19 +328,28 @@ def _run_items(
             iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
             shard.end_item - shard.start_item,
         )
-        for chunk in iter_chunks(lines, settings.chunk_items):
+        chunks = iter_chunks(lines, settings.chunk_items)
+        chunk = next(chunks, None)
+        while chunk is not None:
             try:
                 result = run_chunk(runner, chunk, options)  # type: ignore[arg-type]
             except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
-                return "lost" if watch.lost else _stopping(shard.job_id)
+                return ("lost" if watch.lost else _stopping(shard.job_id)), NOTHING_LEFT
             outputs.write(result.outputs)
             errors.write(result.errors)
-            progress = db_retry(_record, shard, owner, len(result.outputs), len(result.errors))
+            counts = (len(result.outputs), len(result.errors))
+            chunk = next(chunks, None)
+            if chunk is None:  # the last chunk's counts go with the shard's finish
+                return "done", counts
+            progress = db_retry(_record, shard, owner, *counts)
             if not progress.held:
-                return "lost"
+                return "lost", NOTHING_LEFT
             if progress.past_deadline or progress.job_status != JobStatus.RUNNING:
-                return _stopping(shard.job_id)
-    return "done"
+                return _stopping(shard.job_id), NOTHING_LEFT
+    return "done", NOTHING_LEFT
+
+
+NOTHING_LEFT = (0, 0)  # (succeeded, failed) of a last chunk not yet recorded
 
 
 def _stopping(job_id: str) -> Literal["stopped"]:

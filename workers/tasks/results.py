@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import IO, Any
 
+from app.services.results import ResultFile
 from app.storage import ArtifactStore
 
 
@@ -41,6 +42,9 @@ class ResultWriter:
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
+
+    def result(self) -> ResultFile:
+        return ResultFile(self.uri, self.size, self.sha256, self.lines)
 
 
 def part_uris(
