@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     chunk_items: int = 2048
     batch_tokens: int = 1024  # measured best on a 2-core CPU (workers/runtime/base.py)
     batch_size: int = 64
+    # The GPU pool: larger micro-batches (a GPU is idle between small ones), and torch under
+    # fp16 autocast unless gpu_mixed_precision is off.
+    gpu_batch_tokens: int = 16384
+    gpu_batch_size: int = 256
+    gpu_mixed_precision: bool = True
     worker_concurrency: int = 1  # processes per CPU worker; torch threads = cores / processes
     worker_threads: int | None = None  # override the torch threads per process
     model_cache_size: int = 2

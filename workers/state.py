@@ -22,11 +22,20 @@ class WorkerState:
     device: str = "cpu"
     backend: str = "torch"  #: for text models: "onnx" or "torch" (INFERENCE_BACKEND)
     cache: ModelCache = field(default_factory=ModelCache)
+    precision: str = "fp32"  #: text models on torch (ModelSpec.precision)
+    batch_tokens: int = 1024  #: micro-batch budget unless a job's params set one
+    batch_size: int = 64
 
     def builtin(self, name: str) -> ModelSpec:
         model = BUILTIN_MODELS[name]
         graph = _graph_dir(get_store().uri("builtin", f"{name}@{model.version}"))
-        return builtin_spec(name, device=self.device, backend=self.backend, graph_dir=graph)
+        return builtin_spec(
+            name,
+            device=self.device,
+            backend=self.backend,
+            graph_dir=graph,
+            precision=self.precision,
+        )
 
     def version(self, key: str, framework: str, task: str, uri: str) -> ModelSpec:
         """A tenant's model version stored at `uri` (a .skops file or a model folder)."""
@@ -40,6 +49,7 @@ class WorkerState:
             device=self.device,
             backend=self.backend if text else "torch",
             graph_dir=_graph_dir(uri) if text else None,
+            precision=self.precision if text else "fp32",
         )
 
 
@@ -69,10 +79,16 @@ def current() -> WorkerState:
         pool = os.environ.get("MODELFARM_WORKER_POOL", "cpu")
         requested = "cuda" if pool == "gpu" else "cpu"
         device = resolve_device(requested, settings.device_override)
+        gpu = pool == "gpu"
         _state = WorkerState(
             pool=pool,
             device=device,
-            backend=resolve_backend(settings.inference_backend, device),
+            # The GPU pool decides as on a CUDA host even where the device override runs it
+            # on the CPU, so that the override exercises the GPU's code path.
+            backend=resolve_backend(settings.inference_backend, requested if gpu else device),
             cache=ModelCache(max_models=settings.model_cache_size),
+            precision="mixed" if gpu and settings.gpu_mixed_precision else "fp32",
+            batch_tokens=settings.gpu_batch_tokens if gpu else settings.batch_tokens,
+            batch_size=settings.gpu_batch_size if gpu else settings.batch_size,
         )
     return _state

@@ -32,10 +32,12 @@ def test_gpu_jobs_run_on_the_gpu_pool(
 
     cpu_job = run_job(client, "minilm", rows, device="cpu")
     assert _worker_of(client, cpu_job["id"])["worker"].startswith("cpu@")
-    # The same model gives the same numbers on either pool.
+    # The same model gives the same vectors on either pool, up to precision:
     gpu_out = [r["output"] for r in read_lines(client, gpu_job["output_file_id"])]
     cpu_out = [r["output"] for r in read_lines(client, cpu_job["output_file_id"])]
-    assert np.allclose(gpu_out, cpu_out, atol=1e-5)
+    # the GPU pool computes in half precision (bf16 on this stand-in CPU), the CPU pool fp32.
+    cosines = (np.asarray(gpu_out) * np.asarray(cpu_out)).sum(axis=1)
+    assert cosines.min() > 0.99 and not np.allclose(gpu_out, cpu_out, atol=1e-6)
 
 
 def test_gpu_pool_refuses_to_start_without_gpus(services: dict[str, str], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,43 @@ def test_run_stops_between_micro_batches_when_asked(minilm: Any) -> None:
         minilm.run(texts, options)
     assert len(asked) == 3  # asked before each micro-batch, stopped at the third
     assert len(minilm.run(texts, RunOptions(batch_size=4))) == 40
+
+
+def test_mixed_precision_runs_half_and_stays_close(minilm: Any, reference: Any) -> None:
+    """The GPU pool's torch path (fp16 autocast on CUDA; bf16 on a CPU standing in for the GPU
+    through the device override): vectors in the same direction, yet not fp32's own."""
+    mixed = load_runner(replace(builtin_spec("minilm"), precision="mixed"))
+    options = RunOptions()
+    values = [mixed.prepare(s, options) for s in SENTENCES]
+    out = np.asarray(mixed.run(values, options))
+    full = np.asarray(minilm.run(values, options))
+    assert np.abs(out - full).max() > 1e-4  # autocast really ran in half precision
+    assert (
+        _cosines(out.tolist(), reference.encode(SENTENCES, normalize_embeddings=True)).min() > 0.99
+    )
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)  # normalised in fp32
+
+
+def test_gpu_pool_state_on_the_device_override(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The GPU pool decides as a CUDA host would: torch, mixed precision, large budgets, even
+    when the override puts it on the CPU; the CPU pool keeps ONNX Runtime and fp32."""
+    from app.config import get_settings
+    from workers import state
+
+    request.addfinalizer(get_settings.cache_clear)  # not to keep this test's settings
+    monkeypatch.setenv("MODELFARM_DEVICE_OVERRIDE", "cpu")
+    monkeypatch.setenv("MODELFARM_INFERENCE_BACKEND", "auto")
+    found = {}
+    for pool in ("gpu", "cpu"):
+        monkeypatch.setenv("MODELFARM_WORKER_POOL", pool)
+        get_settings.cache_clear()
+        monkeypatch.setattr(state, "_state", None)
+        current = state.current()
+        spec = current.builtin("minilm")
+        found[pool] = (current.device, spec.backend, spec.precision, current.batch_tokens)
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert found["gpu"] == ("cpu", "torch", "mixed", settings.gpu_batch_tokens)
+    assert found["cpu"] == ("cpu", "onnx", "fp32", settings.batch_tokens)

@@ -50,6 +50,9 @@ class ModelSpec:
     backend: str = "torch"  #: text models: "torch" | "onnx" (workers/runtime/onnx.py)
     #: text models on ONNX Runtime: the local folder of this version's graph (made if absent)
     graph_dir: str | None = None
+    #: text models on torch: "fp32", or "mixed" (autocast: fp16 on CUDA, bf16 on a CPU that
+    #: stands in for a GPU through the device override); the GPU pool runs mixed
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

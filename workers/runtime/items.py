@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from workers.runtime.base import ItemError, Runner, RunOptions, Stopped
 
 #: A line longer than this many bytes is an error line, and is never held whole in memory.
@@ -80,31 +82,47 @@ def iter_chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# Built once: json.loads/json.dumps with any non-default argument build a new one per call,
-# which measured 13% of run_chunk's time on scikit-learn items.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_BOM = "\ufeff".encode()
+# The standard library's encoders, for what orjson will not write (lone surrogates, integers
+# over 64 bits, keys that are not strings) and to tell a NaN from a null (below).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def parse_line(raw: bytes) -> Any:
-    """Strict JSON in strict UTF-8: NaN, Infinity and -Infinity are refused (RFC 8259), and
-    so are encoded surrogates (json.loads on bytes would guess UTF-16 and let them pass).
-    A byte order mark, which some editors write, is allowed."""
-    return _DECODER.decode(raw.decode("utf-8").removeprefix("\ufeff"))
+    """Strict JSON in strict UTF-8, by orjson (several times faster than the json module):
+    NaN, Infinity, numbers that overflow a double, invalid UTF-8 and lone surrogates, raw or
+    escaped, are refused (a ValueError), so every number it returns is finite. A byte order
+    mark, which some editors write, is allowed."""
+    return orjson.loads(raw[len(_BOM) :] if raw.startswith(_BOM) else raw)
+
+
+def dump_json(obj: Any) -> bytes:
+    """`obj` as compact UTF-8 JSON. Raises ValueError for NaN or infinite floats."""
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:
+        try:
+            return _ENCODER.encode(obj).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (from a model's own config, say): escaped, the line stays valid.
+            return _ASCII_ENCODER.encode(obj).encode()
+    if b"null" in data:
+        # orjson writes NaN and infinity as null; the standard encoder refuses them.
+        _ENCODER.encode(obj)
+    return data
 
 
 def dump_line(obj: dict[str, Any]) -> bytes:
     """One JSONL line as UTF-8. Raises ValueError for NaN or infinite floats."""
-    try:
-        return _ENCODER.encode(obj).encode() + b"\n"
-    except UnicodeEncodeError:
-        # A lone surrogate (from a model's own config, say): escaped, the line stays valid.
-        return _ASCII_ENCODER.encode(obj).encode() + b"\n"
+    return dump_json(obj) + b"\n"
+
+
+def output_line(custom_id: Any, output: Any) -> bytes:
+    """`{"custom_id": ..., "output": ...}` as one line; the custom_id (null when absent) is
+    written apart, so that only an output holding a null pays for the NaN check."""
+    head = orjson.dumps(custom_id)  # checked by check_custom_id: a str, an int or None
+    return b'{"custom_id":' + head + b',"output":' + dump_json(output) + b"}\n"
 
 
 def _short(exc: BaseException) -> str:
@@ -159,11 +177,7 @@ def _read_item(runner: Runner, number: int, raw: bytes | None, options: RunOptio
         raise ItemError("line_too_long", f"line {number} is longer than {limit} bytes")
     try:
         item = parse_line(raw)
-    except UnicodeDecodeError:
-        raise ItemError("invalid_json", f"line {number} is not valid UTF-8") from None
-    except RecursionError:
-        raise ItemError("invalid_json", f"line {number} is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, refused constants, integers over 4300 digits
+    except ValueError as exc:  # not JSON, not UTF-8, NaN, nested over 1024 deep, ...
         raise ItemError("invalid_json", f"line {number}: {_short(exc)}") from None
     if not isinstance(item, dict):
         raise ItemError("invalid_item", f"line {number}: not a JSON object")
@@ -230,7 +244,7 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             line = error_line(item.custom_id, output.code, output.message, item.number)
         else:
             try:
-                outputs.append(dump_line({"custom_id": item.custom_id, "output": output}))
+                outputs.append(output_line(item.custom_id, output))
             except (ValueError, TypeError):
                 message = "the model produced a value that is not valid JSON (NaN or infinity)"
                 line = error_line(item.custom_id, "invalid_output", message, item.number)

@@ -38,7 +38,11 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 
 
 def builtin_spec(
-    name: str, device: str = "cpu", backend: str = "torch", graph_dir: str | None = None
+    name: str,
+    device: str = "cpu",
+    backend: str = "torch",
+    graph_dir: str | None = None,
+    precision: str = "fp32",
 ) -> ModelSpec:
     """The spec of a builtin model; KeyError if there is no such builtin."""
     model = BUILTIN_MODELS[name]
@@ -50,6 +54,7 @@ def builtin_spec(
         device=device,
         backend=backend,
         graph_dir=graph_dir,
+        precision=precision,
     )
 
 
@@ -85,8 +90,8 @@ def load_runner(spec: ModelSpec) -> Runner:
 
         def load_torch() -> Runner:
             if kind == "embedding":
-                return text.load_embedding_runner(spec.path, spec.device)
-            return text.load_text_classifier(spec.path, spec.device)
+                return text.load_embedding_runner(spec.path, spec.device, spec.precision)
+            return text.load_text_classifier(spec.path, spec.device, spec.precision)
 
         if spec.backend == "onnx" and spec.graph_dir:
             from workers.runtime import onnx

@@ -36,6 +36,15 @@ class SklearnRunner:
         self._classes = [] if classes is None else [_plain(c) for c in classes]
 
     def prepare(self, value: Any, options: RunOptions) -> list[float]:
+        if (
+            type(value) is list
+            and len(value) == self.n_features
+            and all(type(v) is float or type(v) is int for v in value)
+            and math.isfinite(sum(value))
+        ):
+            # The common case, checked by type (bool is not int here) and one sum: a NaN or an
+            # infinity makes it non-finite (as can a huge but finite sum: checked one by one).
+            return value
         if isinstance(value, dict):
             return self._from_named(value)
         if isinstance(value, list):
@@ -76,18 +85,18 @@ class SklearnRunner:
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             predictions = self.estimator.predict(features)
             probabilities = self.estimator.predict_proba(features) if self._has_proba else None
+        # tolist() turns a whole array into Python numbers at once, not one numpy scalar at a time.
         if self.task == "regression":
             return [_plain(p) for p in predictions.tolist()]
+        labels = [_plain(label) for label in predictions.tolist()]
+        if probabilities is None:
+            return [{"label": label, "scores": {}} for label in labels]
         keys = [str(c) for c in self._classes]
-        outputs = []
-        for row, label in enumerate(predictions):
-            scores = (
-                {}
-                if probabilities is None
-                else dict(zip(keys, (float(p) for p in probabilities[row]), strict=True))
-            )
-            outputs.append({"label": _plain(label), "scores": scores})
-        return outputs
+        rows = np.asarray(probabilities, dtype=np.float64).tolist()
+        return [
+            {"label": label, "scores": dict(zip(keys, row, strict=True))}
+            for label, row in zip(labels, rows, strict=True)
+        ]
 
 
 def load_sklearn_runner(

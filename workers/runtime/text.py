@@ -6,6 +6,7 @@ the ONNX Runtime backend (workers/runtime/onnx.py) shares; here the batches meet
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,22 @@ class _TextRunner(TextInputs):
         max_length: int,
         device: str,
         lowercase: bool = False,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(tokenizer, max_length, lowercase)
         self.model = model
         self.device = torch.device(device)
+        self.precision = precision
+
+    def _computing(self) -> contextlib.ExitStack:
+        """No autograd; with mixed precision, matrix products in half precision (fp16 on CUDA,
+        bf16 on CPU, the kind CPUs autocast to) while reductions and softmax stay fp32."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.precision == "mixed":
+            half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=half))
+        return stack
 
     def _tensors(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
@@ -76,7 +89,7 @@ class EmbeddingRunner(_TextRunner):
         results: list[list[float]] = [[] for _ in values]
         if not values:
             return results
-        with torch.inference_mode():
+        with self._computing():
             for indices, arrays in self.padded_batches(values, options):
                 vectors = self.embed(self._tensors(arrays))
                 for index, vector in zip(indices, vectors.cpu().tolist(), strict=True):
@@ -101,7 +114,7 @@ class TextClassificationRunner(_TextRunner):
         results: list[dict[str, Any]] = [{} for _ in values]
         if not values:
             return results
-        with torch.inference_mode():
+        with self._computing():
             for indices, arrays in self.padded_batches(values, options):
                 probs = self.probabilities(self._tensors(arrays))
                 for index, row in zip(indices, probs.cpu().tolist(), strict=True):
@@ -130,7 +143,7 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...]) -> t
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
-def load_embedding_runner(path: str, device: str) -> EmbeddingRunner:
+def load_embedding_runner(path: str, device: str, precision: str = "fp32") -> EmbeddingRunner:
     """A sentence-transformers directory, or a plain transformers encoder directory."""
     root = Path(path)
     transformer_dir, pooling_dir = _sentence_transformer_layout(root)
@@ -146,11 +159,14 @@ def load_embedding_runner(path: str, device: str) -> EmbeddingRunner:
         int(max_length),
         device,
         lowercase=bool(st_config.get("do_lower_case", False)),
+        precision=precision,
         pooling=_pooling_modes(pooling_config),
     )
 
 
-def load_text_classifier(path: str, device: str) -> TextClassificationRunner:
+def load_text_classifier(
+    path: str, device: str, precision: str = "fp32"
+) -> TextClassificationRunner:
     root = Path(path)
     tokenizer = _load_tokenizer(root)
     model = _load_model(AutoModelForSequenceClassification, root, device)
@@ -160,7 +176,9 @@ def load_text_classifier(path: str, device: str) -> TextClassificationRunner:
             f"the model has {num_labels} output label(s); "
             "text-classification needs at least 2 (a 1-output head is a regressor)"
         )
-    return TextClassificationRunner(model, tokenizer, _default_max_length(tokenizer, model), device)
+    return TextClassificationRunner(
+        model, tokenizer, _default_max_length(tokenizer, model), device, precision=precision
+    )
 
 
 def _sentence_transformer_layout(root: Path) -> tuple[Path, Path | None]:

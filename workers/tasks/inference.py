@@ -301,8 +301,8 @@ def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
             f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
         )
     options = RunOptions(
-        batch_tokens=int(job.params.get("batch_tokens") or settings.batch_tokens),
-        batch_size=int(job.params.get("batch_size") or settings.batch_size),
+        batch_tokens=int(job.params.get("batch_tokens") or worker.batch_tokens),
+        batch_size=int(job.params.get("batch_size") or worker.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
     )
