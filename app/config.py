@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU
     visibility_timeout_seconds: int = 3600
     shard_items: int = 4096  # input items per shard: the unit of work that a crash repeats
+    sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
+    progress_seconds: float = 1.0  # a running shard records its counts about this often
     lease_seconds: float = 60.0  # a silent worker keeps its work this long before re-dispatch
     sweep_interval_seconds: float = 15.0
     max_attempts: int = 3  # tries per shard before the job fails

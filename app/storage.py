@@ -40,7 +40,14 @@ class ArtifactStore:
 
     def open(self, uri: str, mode: str = "rb") -> IO[Any]:
         fs, path = self._fs(uri)
-        if "w" in mode or "a" in mode:
+        writing = "w" in mode or "a" in mode
+        if isinstance(fs, LocalFileSystem):
+            # The operating system's file, not fsspec's wrapper around it: input is read a line
+            # at a time, and the wrapper's Python call per line cost 16% of a scikit-learn shard.
+            if writing:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return open(path, mode)  # noqa: SIM115 (the caller closes it)
+        if writing:
             fs.makedirs(fs._parent(path), exist_ok=True)
         return fs.open(path, mode)
 

@@ -218,6 +218,13 @@ def run_farm(
     with running_farm(extra_env) as farm:
         client = farm.client
         register_model(client, model_path)
+        # Warm, as the baseline is: the worker has loaded this model (and skops, whose first
+        # import takes seconds in a process that holds torch) before anything is timed.
+        warm = client.create_job(
+            {"model": MODEL_NAME, "input": {"items": [{"input": [0.0] * N_FEATURES}]}}
+        )
+        if client.wait(warm["id"], timeout=timeout, poll=0.5)["status"] != "succeeded":
+            raise RuntimeError("the warm-up job did not succeed")
         sampler = FarmSampler({"api": farm.pid("api"), "worker": farm.pid("worker")})
         time.sleep(1)  # let the warm-up job's garbage settle before the idle reading
         sampler.sample()
@@ -346,7 +353,7 @@ def main() -> None:
         "--shard-items",
         type=int,
         default=None,
-        help="MODELFARM_SHARD_ITEMS for the worker (default: the farm's)",
+        help="MODELFARM_SKLEARN_SHARD_ITEMS for the worker (default: the farm's)",
     )
     parser.add_argument(
         "--chunk-items",
@@ -367,7 +374,7 @@ def main() -> None:
     extra_env: dict[str, str] = {}
     knobs, values = [], {}
     for flag, env, name in (
-        (args.shard_items, "MODELFARM_SHARD_ITEMS", "shard_items"),
+        (args.shard_items, "MODELFARM_SKLEARN_SHARD_ITEMS", "sklearn_shard_items"),
         (args.chunk_items, "MODELFARM_CHUNK_ITEMS", "chunk_items"),
     ):
         if flag is not None:
@@ -415,7 +422,7 @@ def main() -> None:
     )
     print(
         f"items: {items}  cores: {os.cpu_count()}  input: {input_bytes / MB:.1f} MB  "
-        f"{'  '.join(knobs)}  shards: {-(-items // values['shard_items'])}"
+        f"{'  '.join(knobs)}  shards: {-(-items // values['sklearn_shard_items'])}"
     )
     print(
         f"farm (upload -> job -> output file): {farm.seconds:8.2f} s  {farm_rate:9.1f} items/s"

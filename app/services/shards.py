@@ -336,7 +336,12 @@ def finish_shard(
     job = session.get_one(Job, shard.job_id, populate_existing=True)
     job.usage = {k: round((job.usage or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
     add_event(session, shard.job_id, f"shard_{status}", {"shard": shard.index})
-    return active_shards(session, shard.job_id) == 0
+    if active_shards(session, shard.job_id) == 0:
+        return True
+    # A finished shard is progress too (a short shard may record none of its own).
+    if job.status == JobStatus.RUNNING and webhooks.wants(job.webhook, "job.progress"):
+        notify_progress(session, shard.job_id)
+    return False
 
 
 def active_shards(session: Session, job_id: str) -> int:

@@ -18,6 +18,8 @@ from sklearn.base import is_classifier, is_regressor
 from workers.runtime.base import ItemError, ModelLoadError, RunOptions
 from workers.runtime.trust import UntrustedModel, audit_skops, check_structure
 
+_PLAIN_NUMBERS = frozenset({float, int})  # by exact type: bool, an int subclass, is not one
+
 #: A skops file's arrays may unpack to at most this many bytes (a zip bomb stops here).
 DEFAULT_MAX_UNPACKED_BYTES = 4 * 1024**3
 
@@ -39,7 +41,7 @@ class SklearnRunner:
         if (
             type(value) is list
             and len(value) == self.n_features
-            and all(type(v) is float or type(v) is int for v in value)
+            and _PLAIN_NUMBERS.issuperset(map(type, value))
             and math.isfinite(sum(value))
         ):
             # The common case, checked by type (bool is not int here) and one sum: a NaN or an
@@ -88,7 +90,9 @@ class SklearnRunner:
         # tolist() turns a whole array into Python numbers at once, not one numpy scalar at a time.
         if self.task == "regression":
             return [_plain(p) for p in predictions.tolist()]
-        labels = [_plain(label) for label in predictions.tolist()]
+        labels = predictions.tolist()  # Python values, but for an object array's own items
+        if predictions.dtype == object:
+            labels = [_plain(label) for label in labels]
         if probabilities is None:
             return [{"label": label, "scores": {}} for label in labels]
         keys = [str(c) for c in self._classes]

@@ -45,7 +45,7 @@ def plan_job(job_id: str, worker: str) -> None:
     settings = get_settings()
     owner = new_owner()
 
-    def claim() -> tuple[str, str, str] | None:
+    def claim() -> tuple[str, str, str, bool] | None:
         with session_scope() as session:
             job = shard_service.claim_for_planning(
                 session, job_id, owner, worker, settings.lease_seconds
@@ -75,13 +75,14 @@ def plan_job(job_id: str, worker: str) -> None:
                 )
             if job is None:
                 return None
-            return session.get_one(File, job.input_file_id).uri, job.queue, job.type
+            uri = session.get_one(File, job.input_file_id).uri
+            return uri, job.queue, job.type, _cheap(session, job)
 
     claimed = db_retry(claim)
     if claimed is None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
-    input_uri, queue, job_type = claimed
+    input_uri, queue, job_type, cheap_items = claimed
     if job_type == JobType.TRAINING:  # one task, holding the job's lease, no shards
         from workers.tasks.training import train_job
 
@@ -89,7 +90,8 @@ def plan_job(job_id: str, worker: str) -> None:
         return
     held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
     try:
-        ranges = split_input(input_uri, settings.shard_items)
+        shard_items = settings.sklearn_shard_items if cheap_items else settings.shard_items
+        ranges = split_input(input_uri, shard_items)
     except OSError as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
         db_retry(fail_job, job_id, "input_unreadable", message, held)
@@ -119,6 +121,14 @@ def plan_job(job_id: str, worker: str) -> None:
             publish(TASK_RUN_SHARD, [job_id, index], queue)
     elif outcome == "assemble":
         assemble_job(job_id)
+
+
+def _cheap(session: Session, job: Job) -> bool:
+    """scikit-learn items cost microseconds each, so their shards are larger: a shard's own
+    bookkeeping (claim, files, finish) would otherwise cost more than its items."""
+    if job.model_version_id is None:
+        return False  # the builtin models are text models
+    return session.get_one(ModelVersion, job.model_version_id).framework == "sklearn"
 
 
 def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
@@ -317,7 +327,7 @@ def _run_items(
     outputs: ResultWriter,
     errors: ResultWriter,
 ) -> tuple[Literal["done", "stopped", "lost"], tuple[int, int]]:
-    """How the shard ended, and the counts of its last chunk, which are not recorded yet."""
+    """How the shard ended, and the counts of what it wrote but has not recorded yet."""
     settings = get_settings()
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
@@ -330,26 +340,31 @@ def _run_items(
         )
         chunks = iter_chunks(lines, settings.chunk_items)
         chunk = next(chunks, None)
+        done = (0, 0)  # (succeeded, failed) written to the part files but not recorded yet
+        recorded_at = time.monotonic() - settings.progress_seconds  # the first chunk records
         while chunk is not None:
             try:
                 result = run_chunk(runner, chunk, options)  # type: ignore[arg-type]
             except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
-                return ("lost" if watch.lost else _stopping(shard.job_id)), NOTHING_LEFT
+                return ("lost" if watch.lost else _stopping(shard.job_id)), done
             outputs.write(result.outputs)
             errors.write(result.errors)
-            counts = (len(result.outputs), len(result.errors))
+            done = (done[0] + len(result.outputs), done[1] + len(result.errors))
             chunk = next(chunks, None)
-            if chunk is None:  # the last chunk's counts go with the shard's finish
-                return "done", counts
-            progress = db_retry(_record, shard, owner, *counts)
+            if chunk is None:  # what is left goes with the shard's finish
+                return "done", done
+            # Counts are recorded about once a PROGRESS_SECONDS, not per chunk: a chunk of
+            # scikit-learn items takes milliseconds, a commit about as long. The watch thread
+            # renews the lease and sees a cancel meanwhile.
+            if time.monotonic() - recorded_at < settings.progress_seconds:
+                continue
+            progress = db_retry(_record, shard, owner, *done)
+            done, recorded_at = (0, 0), time.monotonic()
             if not progress.held:
-                return "lost", NOTHING_LEFT
+                return "lost", done
             if progress.past_deadline or progress.job_status != JobStatus.RUNNING:
-                return _stopping(shard.job_id), NOTHING_LEFT
-    return "done", NOTHING_LEFT
-
-
-NOTHING_LEFT = (0, 0)  # (succeeded, failed) of a last chunk not yet recorded
+                return _stopping(shard.job_id), done
+    return "done", done
 
 
 def _stopping(job_id: str) -> Literal["stopped"]:

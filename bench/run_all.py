@@ -1,0 +1,115 @@
+"""`make bench`: every step 6 figure in one run, each beside its baseline, then a summary.
+
+    .venv/bin/python bench/run_all.py
+
+Runs bench/embeddings.py, bench/latency.py, bench/submit.py and bench/memory.py one after the
+other (each starts and stops its own farm, so they never share the cores), shows their output
+as it comes, and ends with one table of the figures against the targets. Exits non-zero if a
+benchmark fails; a figure short of its target is reported, not an error.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Figure:
+    script: str
+    name: str
+    pattern: str  # its first group is the figure
+    target: str
+    meets: str  # "ge:<x>" or "le:<x>"
+
+
+FIGURES = [
+    Figure(
+        "embeddings.py",
+        "3,000 sentences end to end / SentenceTransformer.encode",
+        r"ratio farm / in-process: ([\d.]+)",
+        ">= 2.0x",
+        "ge:2.0",
+    ),
+    Figure(
+        "latency.py",
+        "one-item job, POST + GET Prefer: wait, p50 (ms)",
+        r"farm \(POST \+ GET Prefer: wait\)\s+p50\s+([\d.]+) ms",
+        "<= 25 ms",
+        "le:25",
+    ),
+    Figure(
+        "latency.py",
+        "one-item job, p90 (ms)",
+        r"farm \(POST \+ GET Prefer: wait\).*p90\s+([\d.]+) ms",
+        "<= 40 ms",
+        "le:40",
+    ),
+    Figure(
+        "submit.py",
+        "jobs accepted/s, 8 clients / bare INSERT+COMMIT+LPUSH",
+        r"ratio farm / bare\s+([\d.]+)x",
+        ">= 0.8x",
+        "ge:0.8",
+    ),
+    Figure(
+        "memory.py",
+        "1,000,000 scikit-learn items / naive in-process loop",
+        r"ratio farm / baseline throughput: ([\d.]+)",
+        ">= 1.0x",
+        "ge:1.0",
+    ),
+    Figure(
+        "memory.py",
+        "  worker tree peak RSS (MB), same job",
+        r"farm worker peak RSS: tree\s+([\d.]+) MB",
+        "< 1536 MB",
+        "le:1536",
+    ),
+]
+
+
+def main() -> int:
+    outputs: dict[str, str] = {}
+    for script in dict.fromkeys(f.script for f in FIGURES):
+        print(f"\n=== bench/{script}", flush=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            # The farms' own logs are on stderr's way too; only the benchmark's lines matter.
+            if not line.startswith(("INFO", "WARNING", "[", " ")) and "celery" not in line:
+                print(line, end="", flush=True)
+        if proc.wait() != 0:
+            print("".join(lines[-40:]))
+            print(f"bench/{script} failed (exit {proc.returncode})")
+            return 1
+        outputs[script] = "".join(lines)
+    print(f"\n=== summary: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"{'figure':58s} {'measured':>10s}  {'target':>10s}")
+    for figure in FIGURES:
+        match = re.search(figure.pattern, outputs[figure.script])
+        value = float(match.group(1)) if match else float("nan")
+        kind, bound = figure.meets.split(":")
+        met = value >= float(bound) if kind == "ge" else value <= float(bound)
+        print(
+            f"{figure.name:58s} {value:10.2f}  {figure.target:>10s}  {'met' if met else 'NOT met'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
