@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     preload_models: str = "minilm"  # comma separated builtin models loaded at process start
     gpu_count: int | None = None  # GPU processes to start; default: GPUs visible to the host
     device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU
-    visibility_timeout_seconds: int = 3600
+    visibility_timeout_seconds: int = 4200  # > task_time_limit: see the check below
     shard_items: int = 4096  # input items per shard: the unit of work that a crash repeats
     sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
     progress_seconds: float = 1.0  # a running shard records its counts about this often
@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_from_state(self) -> Settings:
         self.retry_delays()  # a bad schedule stops the process at start, not at the first retry
+        if self.visibility_timeout_seconds < self.task_time_limit + 60:
+            # The broker hands an unacknowledged message to another worker after this long: a
+            # task still within its time limit would then run twice at once.
+            raise ValueError(
+                f"MODELFARM_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
+                f"be at least MODELFARM_TASK_TIME_LIMIT ({self.task_time_limit}) + 60"
+            )
         if self.environment == "production" and self.secret_key.get_secret_value().startswith(
             "dev-"
         ):

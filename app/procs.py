@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,26 @@ def modelfarm_command(*args: str) -> list[str]:
 class Supervisor:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        """Start a child; its output goes to `log_file` when given, else to this process's."""
+        output = None if log_file is None else log_file.open("ab")
         # Own process group: Ctrl-C reaches the supervisor, which then stops children in order.
         self.children[name] = subprocess.Popen(
             argv,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=None if output is None else subprocess.STDOUT,
             start_new_session=True,
         )
+        if output is not None:
+            output.close()  # the child holds its own copy
         log.info("started %s (pid %d)", name, self.children[name].pid)
 
     def wait_any(self, poll: float = 0.5) -> tuple[str, int]:

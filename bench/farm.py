@@ -93,8 +93,12 @@ def running_farm(
         services = stack.enter_context(farm_services(extra_env))
         supervisor = Supervisor()
         stack.callback(supervisor.stop_all)
-        supervisor.start("api", modelfarm_command("api"))
-        supervisor.start("worker", modelfarm_command("worker", "--pool", "cpu"))
+        # The farm's own logs go to files beside it, so a benchmark's output is its figures.
+        logs = services.tmp / "logs"
+        logs.mkdir()
+        supervisor.start("api", modelfarm_command("api"), log_file=logs / "api.log")
+        worker = modelfarm_command("worker", "--pool", "cpu")
+        supervisor.start("worker", worker, log_file=logs / "worker.log")
         url = f"http://127.0.0.1:{services.port}"
         client = Client(url, services.api_key)
         stack.callback(client.close)

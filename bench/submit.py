@@ -114,7 +114,7 @@ def main() -> None:
         db_url, redis_url = services.db_url, services.redis_url
         port, key = services.port, services.api_key
         supervisor = Supervisor()
-        supervisor.start("api", modelfarm_command("api"))
+        supervisor.start("api", modelfarm_command("api"), log_file=services.tmp / "api.log")
         try:
             wait_for_api(port, key)
             hammer(args.clients, 2.0, farm_client(port, key))  # warm connections and caches

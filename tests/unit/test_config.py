@@ -73,3 +73,29 @@ def test_ids_are_prefixed_unique_and_time_ordered() -> None:
 
     time.sleep(0.002)
     assert new_id("job") > first and later > first
+
+
+def test_the_broker_holds_a_task_longer_than_it_may_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A message comes back from the broker after the visibility timeout: if that were shorter
+    than the hard time limit, a task still running would be handed to a second worker."""
+    monkeypatch.setenv("MODELFARM_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.visibility_timeout_seconds >= settings.task_time_limit + 60
+    assert settings.task_soft_time_limit < settings.task_time_limit
+    monkeypatch.setenv("MODELFARM_TASK_TIME_LIMIT", str(settings.visibility_timeout_seconds))
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+        Settings()
+
+
+def test_the_fastapi_floor_has_the_features_used() -> None:
+    """`Depends(..., scope="function")` (app/api/deps.py) came in FastAPI 0.121."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(re.match(r"fastapi>=([\d.]+)", d) for d in deps if d.startswith("fastapi"))
+    assert floor is not None
+    assert tuple(int(p) for p in floor.group(1).split(".")) >= (0, 121)
