@@ -4,6 +4,8 @@ in input order, and the job ends `succeeded` (or `cancelled`, keeping what was f
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -12,12 +14,15 @@ from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services.results import complete_job
-from app.services.shards import active_shards, lease_until
+from app.services.shards import active_shards, lease_until, renew_job_lease
 from app.storage import get_store
 from workers.reliability import db_retry, new_owner
 from workers.tasks.results import ResultWriter, append_part, final_uris, part_uris
 
 log = logging.getLogger(__name__)
+
+#: An assembly holds the job's lease for this many LEASE_SECONDS, renewed while it copies.
+ASSEMBLY_LEASES = 10
 
 
 @dataclass(frozen=True)
@@ -31,17 +36,40 @@ def assemble_job(job_id: str) -> None:
     """Safe to call any number of times: only one caller holds the job's lease to do it."""
     owner = new_owner()
     claimed = db_retry(_claim, job_id, owner)
-    if claimed is None:
-        return
+    if claimed is not None:
+        _assemble_claimed(job_id, owner, claimed)
+
+
+def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
+    """Write this attempt's own result files, renewing the lease as it goes, and end the job
+    with them. An attempt that lost its lease on the way writes nothing to the database and
+    removes its files: the files the job points at are never touched."""
     store = get_store()
-    out_uri, err_uri = final_uris(store, claimed.tenant_id, job_id)
+    out_uri, err_uri = final_uris(store, claimed.tenant_id, job_id, secrets.token_hex(6))
+    settings = get_settings()
+    renewed_at = time.monotonic()
+    held = True
     with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
         for index, attempt in claimed.parts:
+            if time.monotonic() - renewed_at > settings.lease_seconds:
+                held = db_retry(_renew, job_id, owner, settings.lease_seconds * ASSEMBLY_LEASES)
+                renewed_at = time.monotonic()
+                if not held:
+                    break
             part_out, part_err = part_uris(store, claimed.tenant_id, job_id, index, attempt)
             append_part(store, part_out, outputs)
             append_part(store, part_err, errors)
-    if db_retry(_complete, job_id, owner, claimed, outputs, errors):
+    if held and db_retry(_complete, job_id, owner, claimed, outputs, errors):
         _remove_parts(claimed.tenant_id, job_id)
+        return True
+    log.warning("assembly of job %s lost its lease; another attempt finishes it", job_id)
+    store.delete(out_uri.rsplit("/", 1)[0], recursive=True)  # this attempt's own folder
+    return False
+
+
+def _renew(job_id: str, owner: str, seconds: float) -> bool:
+    with session_scope() as session:
+        return renew_job_lease(session, job_id, owner, seconds)
 
 
 def _claim(job_id: str, owner: str) -> Assembly | None:
@@ -60,7 +88,7 @@ def _claim(job_id: str, owner: str) -> Assembly | None:
         if job.lease_owner is not None and job.lease_expires_at and job.lease_expires_at > utcnow():
             return None  # someone else is assembling it right now
         job.lease_owner = owner
-        job.lease_expires_at = lease_until(get_settings().lease_seconds * 10)
+        job.lease_expires_at = lease_until(get_settings().lease_seconds * ASSEMBLY_LEASES)
         shards = session.execute(
             select(JobShard.index, JobShard.status, JobShard.parts_attempt)
             .where(JobShard.job_id == job_id)

@@ -56,8 +56,9 @@ def part_uris(
     return store.uri(*base, f"{stem}.out.jsonl"), store.uri(*base, f"{stem}.err.jsonl")
 
 
-def final_uris(store: ArtifactStore, tenant_id: str, job_id: str) -> tuple[str, str]:
-    base = ("tenants", tenant_id, "jobs", job_id)
+def final_uris(store: ArtifactStore, tenant_id: str, job_id: str, attempt: str) -> tuple[str, str]:
+    """An assembly attempt's own result files: a late attempt never overwrites the winner's."""
+    base = ("tenants", tenant_id, "jobs", job_id, "results", attempt)
     return store.uri(*base, "output.jsonl"), store.uri(*base, "errors.jsonl")
 
 

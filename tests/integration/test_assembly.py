@@ -1,0 +1,160 @@
+"""Two assemblies of one job overlap: the winner's result files are intact, the loser changes
+nothing. Real PostgreSQL and the real artifact store; the assembly code is the workers'."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+pytestmark = pytest.mark.integration
+
+PARTS = [
+    (b'{"custom_id":"a","output":1}\n{"custom_id":"b","output":2}\n', b""),
+    (b'{"custom_id":"c","output":3}\n', b'{"custom_id":"d","error":{"code":"x"},"line":4}\n'),
+]
+
+
+def _finished_shards_job() -> tuple[str, str]:
+    """A job whose two shards are done, their part files written: waiting to be assembled."""
+    from app.db import session_scope
+    from app.models import File, FilePurpose, Job, JobShard, JobStatus, ShardStatus
+    from app.services.tenants import get_or_create_tenant
+    from app.storage import get_store
+    from workers.tasks.results import part_uris
+
+    store = get_store()
+    with session_scope() as session:
+        tenant = get_or_create_tenant(session, "assembly")
+        source = File(
+            tenant_id=tenant.id,
+            purpose=FilePurpose.BATCH,
+            filename="in.jsonl",
+            uri="file:///nowhere",
+            bytes=0,
+            sha256="0" * 64,
+        )
+        session.add(source)
+        session.flush()
+        job = Job(
+            tenant_id=tenant.id,
+            type="inference",
+            status=JobStatus.RUNNING,
+            model="minilm@1",
+            device="cpu",
+            queue="cpu",
+            input_file_id=source.id,
+            params={},
+            usage={},
+            shards_total=len(PARTS),
+            counts_total=4,
+        )
+        session.add(job)
+        session.flush()
+        for index, (out, err) in enumerate(PARTS):
+            session.add(
+                JobShard(
+                    job_id=job.id,
+                    index=index,
+                    start_item=index,
+                    end_item=index + 1,
+                    start_offset=0,
+                    start_line=1,
+                    status=ShardStatus.SUCCEEDED,
+                    attempts=1,
+                    parts_attempt=1,
+                )
+            )
+            out_uri, err_uri = part_uris(store, tenant.id, job.id, index, 1)
+            for uri, data in ((out_uri, out), (err_uri, err)):
+                with store.open(uri, "wb") as f:
+                    f.write(data)
+        return job.id, tenant.id
+
+
+def _job_row(job_id: str) -> dict[str, Any]:
+    from app.db import session_scope
+    from app.models import Job
+
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        return {
+            c: getattr(job, c)
+            for c in (
+                "status",
+                "output_file_id",
+                "error_file_id",
+                "counts_succeeded",
+                "finished_at",
+            )
+        }
+
+
+def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str, str]) -> None:
+    from app.db import session_scope
+    from app.models import File, FilePurpose, Job
+    from app.storage import get_store
+    from workers.tasks import assemble
+
+    job_id, tenant_id = _finished_shards_job()
+    late = assemble._claim(job_id, "late-owner")
+    assert late is not None
+    # The late assembly stalls past its lease; the sweeper's re-sent finalize takes over.
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=func.now() - timedelta(seconds=1))
+        )
+    assemble.assemble_job(job_id)
+    won = _job_row(job_id)
+    assert won["status"] == "succeeded" and won["counts_succeeded"] == 3
+    store = get_store()
+    with session_scope() as session:
+        out = session.get_one(File, won["output_file_id"])
+        err = session.get_one(File, won["error_file_id"])
+        out_uri, err_uri, out_sha, err_sha = out.uri, err.uri, out.sha256, err.sha256
+
+    # What the late one copies differs from what the winner copied: were it to write where the
+    # winner's files are, their bytes would change.
+    from workers.tasks.results import part_uris
+
+    with store.open(part_uris(store, tenant_id, job_id, 0, 1)[0], "wb") as f:
+        f.write(b'{"custom_id":"late","output":0}\n')
+    assert assemble._assemble_claimed(job_id, "late-owner", late) is False
+    assert _job_row(job_id) == won  # the loser changed nothing of the job
+    for uri, sha in ((out_uri, out_sha), (err_uri, err_sha)):
+        with store.open(uri, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha  # and nothing of its files
+    with store.open(out_uri, "rb") as f:
+        assert f.read() == PARTS[0][0] + PARTS[1][0]
+    with session_scope() as session:
+        results = session.scalar(
+            select(func.count()).where(
+                File.tenant_id == tenant_id,
+                File.purpose.in_([FilePurpose.BATCH_OUTPUT, FilePurpose.BATCH_ERROR]),
+            )
+        )
+    assert results == 2  # the winner's two rows: the loser registered none
+    late_dir = store.local_path(store.uri("tenants", tenant_id, "jobs", job_id, "results"))
+    assert len(list(late_dir.iterdir())) == 1  # the loser's own files are gone
+
+
+def test_an_assembly_that_lost_its_lease_before_starting_writes_nothing(
+    services: dict[str, str],
+) -> None:
+    from app.db import session_scope
+    from app.models import Job
+    from workers.tasks import assemble
+
+    job_id, _ = _finished_shards_job()
+    late = assemble._claim(job_id, "first")
+    assert late is not None
+    with session_scope() as session:  # another owner holds the lease now
+        session.execute(update(Job).where(Job.id == job_id).values(lease_owner="second"))
+    before = _job_row(job_id)
+    assert assemble._assemble_claimed(job_id, "first", late) is False
+    assert _job_row(job_id) == before and before["output_file_id"] is None
