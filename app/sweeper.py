@@ -36,7 +36,13 @@ from app.dispatch import (
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services import control, webhooks, workers
 from app.services.jobs import NO_GPU_WORKER, add_event, transition
-from app.services.shards import active_shards, fail_job, give_up_shard
+from app.services.shards import (
+    active_shards,
+    cancel_queued_shards,
+    fail_job,
+    give_up_shard,
+    lock_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +110,22 @@ def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list
 def _expire_leases(
     session: Any, max_attempts: int, done: dict[str, int], sends: list[tuple[str, list[Any], str]]
 ) -> None:
+    # Job rows first, then their shards (the lock order of app/services/shards.py); a job whose
+    # row another transaction holds is left for the next sweep.
     # A stopping job runs nothing more: its waiting shards close, so it can be assembled.
-    session.execute(
-        update(JobShard)
+    stopping = session.scalars(
+        select(Job.id)
         .where(
-            JobShard.status == ShardStatus.QUEUED,
-            JobShard.job_id.in_(select(Job.id).where(Job.status == JobStatus.CANCELLING)),
+            Job.status == JobStatus.CANCELLING,
+            Job.id.in_(select(JobShard.job_id).where(JobShard.status == ShardStatus.QUEUED)),
         )
-        .values(status=ShardStatus.CANCELLED, finished_at=utcnow())
-    )
-    expired = session.execute(
-        select(JobShard, Job.queue, Job.status)
+        .limit(BATCH)
+    ).all()
+    for job_id in stopping:
+        if lock_job(session, job_id, skip_locked=True):
+            cancel_queued_shards(session, job_id)
+    candidates = session.execute(
+        select(JobShard.id, JobShard.job_id)
         .join(Job, Job.id == JobShard.job_id)
         .where(
             JobShard.status == ShardStatus.RUNNING,
@@ -122,8 +133,24 @@ def _expire_leases(
             Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
         )
         .limit(BATCH)
-        .with_for_update(of=JobShard, skip_locked=True)
     ).all()
+    expired = []
+    for shard_id, job_id in candidates:
+        if not lock_job(session, job_id, skip_locked=True):
+            continue
+        row = session.execute(
+            select(JobShard, Job.queue, Job.status)
+            .join(Job, Job.id == JobShard.job_id)
+            .where(
+                JobShard.id == shard_id,
+                JobShard.status == ShardStatus.RUNNING,
+                JobShard.lease_expires_at < utcnow(),
+                Job.status.in_([JobStatus.RUNNING, JobStatus.CANCELLING]),
+            )
+            .with_for_update(of=JobShard, skip_locked=True)
+        ).first()
+        if row is not None:
+            expired.append(row)
     for shard, queue, job_status in expired:
         info = {"shard": shard.index, "attempt": shard.attempts, "owner": shard.lease_owner}
         add_event(session, shard.job_id, "lease_expired", info)

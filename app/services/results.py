@@ -38,7 +38,9 @@ def complete_job(
     shard in this transaction). The job row is locked first, so the answer holds until commit.
     """
     row = session.execute(
-        select(Job.status, Job.lease_owner).where(Job.id == job_id).with_for_update()
+        select(Job.status, Job.lease_owner)
+        .where(Job.id == job_id)
+        .with_for_update(key_share=True)  # as lock_job: the job row first
     ).one_or_none()
     if row is None or row.lease_owner != lease_owner:
         return False

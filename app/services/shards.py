@@ -36,6 +36,22 @@ def _held(shard_id: int, owner: str) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+def lock_job(session: Session, job_id: str, skip_locked: bool = False) -> bool:
+    """Lock a job's row for this transaction; False if it is gone (or, with skip_locked, held).
+
+    The one lock order: a path that writes a job and its shards locks the job row first, then
+    the shards, so two such paths never wait on each other in a circle. FOR NO KEY UPDATE is
+    what an UPDATE of the row takes anyway; it lets event and shard inserts (whose foreign keys
+    take KEY SHARE) through.
+    """
+    locked = session.execute(
+        select(Job.id)
+        .where(Job.id == job_id)
+        .with_for_update(key_share=True, skip_locked=skip_locked)
+    ).first()
+    return locked is not None
+
+
 def lease_until(seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=seconds)
 
@@ -167,6 +183,8 @@ def claim_shard(
         if takeover_of is None
         else ((JobShard.status == ShardStatus.RUNNING) & (JobShard.lease_owner == takeover_of))
     )
+    if not lock_job(session, job_id):
+        return None
     job_running = select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
     shard = _execute(
         session,
@@ -234,6 +252,7 @@ def record_shard_progress(
     lease_seconds: float,
 ) -> Progress:
     """Add a chunk's counts and renew the lease in one round trip per table."""
+    lock_job(session, job_id)
     held = (
         _execute(
             session,
@@ -309,7 +328,7 @@ def finish_shard(
     """Close a shard, adding the counts of its last chunk (not recorded on their own); True
     when no shard of its job is left to run (time to assemble)."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
-    _execute(session, select(Job.id).where(Job.id == shard.job_id).with_for_update())
+    lock_job(session, shard.job_id)
     done = (
         _execute(
             session,
@@ -387,6 +406,7 @@ def request_stop(session: Session, job_id: str, error: dict[str, str] | None = N
 
 def release_shard(session: Session, shard: JobShard, owner: str, reason: str) -> None:
     """Give a shard back for another attempt (its task broke or ran out of time)."""
+    lock_job(session, shard.job_id)
     _execute(
         session,
         update(JobShard)

@@ -158,3 +158,59 @@ def test_an_assembly_that_lost_its_lease_before_starting_writes_nothing(
     before = _job_row(job_id)
     assert assemble._assemble_claimed(job_id, "first", late) is False
     assert _job_row(job_id) == before and before["output_file_id"] is None
+
+
+def _running_shard_job() -> tuple[str, int]:
+    from app.db import session_scope
+    from app.models import JobShard, ShardStatus
+
+    job_id, _ = _finished_shards_job()
+    with session_scope() as session:
+        shard = session.scalars(
+            select(JobShard).where(JobShard.job_id == job_id, JobShard.index == 0)
+        ).one()
+        shard.status, shard.lease_owner = ShardStatus.RUNNING, "worker-a"
+        shard.lease_expires_at = func.now() + timedelta(minutes=5)
+        return job_id, shard.id
+
+
+@pytest.mark.parametrize("path", ["record", "finish", "release"])
+def test_shard_writes_lock_the_job_row_before_the_shard(
+    services: dict[str, str], path: str
+) -> None:
+    """One lock order: while another transaction holds the job row (as a cancel does), a
+    shard's write waits for it *before* touching the shard, so it never holds the shard while
+    waiting for the job (the other half of a deadlock)."""
+    import threading
+
+    from app.db import get_engine, session_scope
+    from app.models import Job, JobShard, ShardStatus
+    from app.services import shards
+
+    job_id, shard_id = _running_shard_job()
+
+    def write() -> None:
+        with session_scope() as session:
+            shard = session.get_one(JobShard, shard_id)
+            if path == "record":
+                shards.record_shard_progress(session, shard_id, job_id, "worker-a", 1, 0, 60)
+            elif path == "finish":
+                shards.finish_shard(session, shard, "worker-a", ShardStatus.SUCCEEDED, {})
+            else:
+                shards.release_shard(session, shard, "worker-a", "test")
+
+    with get_engine().connect() as holder:
+        holder.execute(select(Job.id).where(Job.id == job_id).with_for_update(key_share=True))
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive(), "the write did not wait for the job row"
+        with get_engine().connect() as probe:
+            # NOWAIT: fails at once if the waiting writer had locked the shard already.
+            probe.execute(
+                select(JobShard.id).where(JobShard.id == shard_id).with_for_update(nowait=True)
+            )
+            probe.rollback()
+        holder.rollback()
+    writer.join(timeout=10)
+    assert not writer.is_alive()

@@ -75,7 +75,7 @@ def _renew(job_id: str, owner: str, seconds: float) -> bool:
 def _claim(job_id: str, owner: str) -> Assembly | None:
     with session_scope() as session:
         job = session.scalar(
-            select(Job).where(Job.id == job_id).with_for_update(),
+            select(Job).where(Job.id == job_id).with_for_update(key_share=True),
             execution_options={"populate_existing": True},
         )
         if (
