@@ -132,6 +132,20 @@ def read_lines(client: httpx.Client, file_id: str | None) -> list[dict[str, Any]
     return [json.loads(line) for line in response.text.splitlines()]
 
 
+def all_pages(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+    """Every item of a paginated list (`limit`, `after`, `has_more`, `last_id`), in order."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        response = client.get(path, params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items += page["data"]
+        if not page["has_more"]:
+            return items
+        params["after"] = page["last_id"]
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()

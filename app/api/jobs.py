@@ -12,7 +12,7 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
 from app.db import session_scope
 from app.dispatch import TASK_FINALIZE_JOB, publish
-from app.models import Delivery, Job, JobEvent, JobStatus, Tenant
+from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
 from app.services import control, webhooks
@@ -103,18 +103,39 @@ def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
 
 
 @router.get("/{job_id}/events")
-def list_events(job_id: str, session: SessionDep, tenant: TenantDep) -> JobEventList:
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> JobEventList:
+    """Oldest first, a page at a time: `after` is the last event id of the page before."""
     job = job_service.get_job(session, tenant, job_id)
-    events = session.query(JobEvent).filter(JobEvent.job_id == job.id).order_by(JobEvent.id)
+    events, has_more = job_service.list_events(session, job.id, limit=limit, after=after)
     return JobEventList(
-        data=[JobEventPublic.model_validate(e, from_attributes=True) for e in events]
+        data=[JobEventPublic.model_validate(e, from_attributes=True) for e in events],
+        has_more=has_more,
+        last_id=events[-1].id if events else None,
     )
 
 
 @router.get("/{job_id}/deliveries")
-def list_deliveries(job_id: str, session: SessionDep, tenant: TenantDep) -> DeliveryList:
+def list_deliveries(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> DeliveryList:
+    """Oldest first, a page at a time: `after` is the last delivery id of the page before."""
     job = job_service.get_job(session, tenant, job_id)
-    return DeliveryList(data=[_delivery(d) for d in webhooks.list_for_job(session, job.id)])
+    deliveries, has_more = webhooks.list_for_job(session, job.id, limit=limit, after=after)
+    return DeliveryList(
+        data=[_delivery(d) for d in deliveries],
+        has_more=has_more,
+        last_id=deliveries[-1].id if deliveries else None,
+    )
 
 
 @router.post("/{job_id}/deliveries/{delivery_id}/redeliver", status_code=202)

@@ -160,3 +160,5 @@ class JobEventPublic(BaseModel):
 class JobEventList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobEventPublic]
+    has_more: bool
+    last_id: int | None

@@ -38,3 +38,5 @@ class DeliveryPublic(BaseModel):
 class DeliveryList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DeliveryPublic]
+    has_more: bool
+    last_id: str | None

@@ -293,6 +293,24 @@ def list_jobs(
     return rows[:limit], len(rows) > limit
 
 
+def list_events(
+    session: Session, job_id: str, *, limit: int = 20, after: int | None = None
+) -> tuple[list[JobEvent], bool]:
+    """A job's events oldest first, `limit` at a time after the event id `after`."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        if (
+            session.scalar(
+                select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.id == after)
+            )
+            is None
+        ):
+            raise NotFound(f"no event {after} in job {job_id}")
+        query = query.where(JobEvent.id > after)
+    rows = list(session.scalars(query.order_by(JobEvent.id).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
 def job_public(job: Job) -> JobPublic:
     return JobPublic(
         id=job.id,

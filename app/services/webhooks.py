@@ -344,10 +344,18 @@ def due_undispatched(session: Session, grace: timedelta, limit: int) -> list[tup
 # API ----------------------------------------------------------------------------------------
 
 
-def list_for_job(session: Session, job_id: str) -> list[Delivery]:
-    return list(
-        session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
-    )
+def list_for_job(
+    session: Session, job_id: str, *, limit: int = 20, after: str | None = None
+) -> tuple[list[Delivery], bool]:
+    """A job's deliveries oldest first (ids are time-ordered), `limit` after the id `after`."""
+    query = select(Delivery).where(Delivery.job_id == job_id)
+    if after is not None:
+        known = select(Delivery.id).where(Delivery.job_id == job_id, Delivery.id == after)
+        if session.scalar(known) is None:
+            raise NotFound(f"no delivery {after!r} of job {job_id}")
+        query = query.where(Delivery.id > after)
+    rows = list(session.scalars(query.order_by(Delivery.id).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def redeliver(session: Session, job_id: str, delivery_id: str) -> Delivery:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import assert_error, jsonl, submit, upload
+from tests.helpers import all_pages, assert_error, jsonl, submit, upload
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +173,7 @@ def test_job_shape_and_events(client: httpx.Client) -> None:
     assert job["metadata"] == {"team": "search"}
     assert job["counts"] == {"total": 0, "succeeded": 0, "failed": 0}
     assert job["input_file_id"].startswith("file_")
-    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    events = all_pages(client, f"/v1/jobs/{job['id']}/events")
     assert [e["type"] for e in events][:2] == ["queued", "dispatched"]
 
 
@@ -221,6 +221,27 @@ def test_racing_requests_with_one_idempotency_key_make_one_job(
             )
         )
         assert dispatched == 1
+
+
+def test_events_and_deliveries_come_a_page_at_a_time(client: httpx.Client) -> None:
+    """Like job lists (`limit`, `after`, `has_more`, `last_id`), but oldest first."""
+    job = submit(client, {"model": "minilm", "input": ITEMS})
+    path = f"/v1/jobs/{job['id']}/events"
+    everything = all_pages(client, path)
+    assert [e["type"] for e in everything][:2] == ["queued", "dispatched"]
+    first = client.get(path, params={"limit": 1}).json()
+    assert first["data"] == everything[:1] and first["has_more"] is True
+    assert first["last_id"] == everything[0]["id"]
+    rest = client.get(path, params={"limit": 100, "after": first["last_id"]}).json()
+    assert rest["data"] == everything[1:] and rest["has_more"] is False
+    assert rest["last_id"] == everything[-1]["id"]
+    for bad in ({"limit": 0}, {"limit": 101}, {"after": "x"}, {"after": -1}):
+        assert_error(client.get(path, params=bad), 422)
+    assert_error(client.get(path, params={"after": 10**12}), 404)
+    deliveries = client.get(f"/v1/jobs/{job['id']}/deliveries").json()
+    assert deliveries == {"object": "list", "data": [], "has_more": False, "last_id": None}
+    deliveries_path = f"/v1/jobs/{job['id']}/deliveries"
+    assert_error(client.get(deliveries_path, params={"after": "dlv_unknown"}), 404)
 
 
 def test_list_pagination_newest_first(client: httpx.Client) -> None:

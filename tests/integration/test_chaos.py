@@ -26,6 +26,7 @@ import pytest
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, start_postgres, start_redis
 from tests.helpers import (
     FarmProcess,
+    all_pages,
     assert_error,
     jsonl,
     read_lines,
@@ -197,7 +198,7 @@ def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
             child.send_signal(signal.SIGKILL)
         job = _assert_exactly_once(client, job_id)
         print(f"\nrecovered from a killed pool child in {time.monotonic() - killed_at:.1f}s")
-        events = [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+        events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job_id}/events")]
         assert events.count("shard_started") > events.count("shard_succeeded")  # one repeated
         assert job["attempts"] >= 2
 
@@ -296,13 +297,10 @@ def test_webhook_worker_killed_mid_attempt(farm: ChaosFarm) -> None:
         assert again.headers["webhook-id"] == first.headers["webhook-id"]
         assert again.body == first.body
         _wait_for(
-            lambda: (
-                client.get(f"/v1/jobs/{job_id}/deliveries").json()["data"][0]["status"]
-                == "succeeded"
-            ),
+            lambda: all_pages(client, f"/v1/jobs/{job_id}/deliveries")[0]["status"] == "succeeded",
             what="delivery never succeeded",
         )
-        (delivery,) = client.get(f"/v1/jobs/{job_id}/deliveries").json()["data"]
+        (delivery,) = all_pages(client, f"/v1/jobs/{job_id}/deliveries")
         assert "worker stopped" in delivery["attempts"][0]["error"]
 
 
@@ -344,7 +342,7 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(
         job_id = submit(client, body)["id"]
 
         def events() -> list[dict[str, Any]]:
-            return list(client.get(f"/v1/jobs/{job_id}/events").json()["data"])
+            return list(all_pages(client, f"/v1/jobs/{job_id}/events"))
 
         _wait_for(lambda: any(e["type"] == "checkpoint" for e in events()), what="no checkpoint")
         for child in _pool_children(farm.procs["worker"]):

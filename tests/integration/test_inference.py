@@ -19,6 +19,7 @@ from tests.factories import (
 )
 from tests.helpers import (
     FarmProcess,
+    all_pages,
     assert_error,
     jsonl,
     read_lines,
@@ -59,7 +60,7 @@ def test_minilm_embeddings_match_sentence_transformers(client: httpx.Client) -> 
     cosines = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1)
     assert cosines.min() >= 0.999, cosines
     # Served by ONNX Runtime (INFERENCE_BACKEND=auto on a CPU worker), and the job says so.
-    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    events = all_pages(client, f"/v1/jobs/{job['id']}/events")
     backends = [e["data"] for e in events if e["type"] == "inference_backend"]
     assert backends == [{"backend": "onnx"}], events
 
@@ -98,7 +99,7 @@ def test_many_items_keep_input_order_across_chunks(client: httpx.Client) -> None
     job = run_job(client, "minilm", rows)
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
     assert [o["custom_id"] for o in read_lines(client, job["output_file_id"])] == list(range(300))
-    events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job['id']}/events")]
     assert events[:4] == ["queued", "dispatched", "running", "planned"]
     assert events[-1] == "succeeded"
     assert events.count("shard_started") == events.count("shard_succeeded") == 2

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.helpers import assert_error, read_lines, run_job, submit, upload, wait_done
+from tests.helpers import all_pages, assert_error, read_lines, run_job, submit, upload, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker", "sweeper")]
 
@@ -103,7 +103,7 @@ def test_a_job_whose_message_was_never_published_still_runs(
         )
     done = wait_done(client, job["id"], timeout=60)
     assert done["status"] == "succeeded"
-    events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job['id']}/events")]
     assert "redispatched" in events
 
 

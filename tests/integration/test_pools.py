@@ -9,13 +9,22 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import FarmProcess, jsonl, read_lines, run_job, submit, upload, wait_done
+from tests.helpers import (
+    FarmProcess,
+    all_pages,
+    jsonl,
+    read_lines,
+    run_job,
+    submit,
+    upload,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 
 
 def _worker_of(client: httpx.Client, job_id: str) -> dict[str, str]:
-    events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
+    events = all_pages(client, f"/v1/jobs/{job_id}/events")
     return next(e["data"] for e in events if e["type"] == "running")
 
 

@@ -25,6 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.helpers import (
+    all_pages,
     api_process,
     assert_error,
     read_lines,
@@ -376,7 +377,7 @@ def test_a_graph_planted_in_a_model_archive_is_never_loaded(
     job = run_job(client, name, [{"custom_id": 1, "input": "a fine film"}])
     assert job["status"] == "succeeded", job
     assert read_lines(client, job["output_file_id"])[0]["output"]["label"] in {"neg", "pos"}
-    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    events = all_pages(client, f"/v1/jobs/{job['id']}/events")
     assert {"backend": "onnx"} in [e["data"] for e in events if e["type"] == "inference_backend"]
     artifacts = Path(services["MODELFARM_DATA_DIR"]) / "artifacts"
     (graph,) = artifacts.glob(f"tenants/*/models/{name}/1-onnx/{GRAPH_NAME}/model.onnx")

@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 
 from tests.factories import make_tiny_feature_extractor
-from tests.helpers import assert_error, jsonl, read_lines, run_job, submit, upload, wait_done
+from tests.helpers import (
+    all_pages,
+    assert_error,
+    jsonl,
+    read_lines,
+    run_job,
+    submit,
+    upload,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker", "sweeper")]
 
@@ -226,7 +235,7 @@ def test_finetune_a_tiny_transformer_and_classify(client: httpx.Client, tmp_path
         job["progress"]["epoch"] == 3 and job["progress"]["step"] == job["progress"]["steps_total"]
     )
     assert job["counts"]["succeeded"] == job["counts"]["total"] == job["progress"]["steps_total"]
-    events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job['id']}/events")]
     assert events.count("checkpoint") == 3
     assert 0.0 <= job["result"]["metrics"]["accuracy"] <= 1.0
 
@@ -267,7 +276,7 @@ def test_cancel_stops_a_training_run(client: httpx.Client, tmp_path: Path) -> No
 def test_gpu_job_without_gpu_worker_says_so(client: httpx.Client) -> None:
     job = submit(client, {"model": "minilm", "input": {"items": [{"input": "x"}]}, "device": "gpu"})
     assert job["queue"] == "gpu" and "no GPU worker" in (job["notice"] or "")
-    events = [e["type"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job['id']}/events")]
     assert "waiting_for_gpu_worker" in events
     auto = submit(client, {"model": "minilm", "input": {"items": [{"input": "x"}]}})
     assert auto["queue"] == "cpu" and auto["notice"] is None

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.helpers import assert_error, submit, wait_done
+from tests.helpers import all_pages, assert_error, submit, wait_done
 from tests.receiver import Reply, receiver, verify
 
 pytestmark = [
@@ -33,9 +33,7 @@ def _job(client: httpx.Client, url: str, events: list[str] | None = None, **extr
 
 
 def _deliveries(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    response = client.get(f"/v1/jobs/{job_id}/deliveries")
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
+    return all_pages(client, f"/v1/jobs/{job_id}/deliveries")
 
 
 def _wait_delivery(
