@@ -79,6 +79,15 @@ class ArtifactStore:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
 
+    def remove_empty_folder(self, uri: str) -> None:
+        """Remove a folder if it holds nothing (object stores have no empty folders anyway)."""
+        fs, path = self._fs(uri)
+        if isinstance(fs, LocalFileSystem):
+            try:
+                Path(path).rmdir()
+            except OSError:
+                pass  # not empty, or already gone
+
     def iter_bytes(self, uri: str) -> Iterator[bytes]:
         with self.open(uri, "rb") as f:
             while chunk := f.read(CHUNK):

@@ -77,20 +77,29 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
     file = get_file(session, tenant, body.file_id)
     if file.purpose != FilePurpose.MODEL:
         raise InvalidRequest(f"file {file.id} was uploaded for {file.purpose!r}, not 'model'")
-    model, version = _next_version(session, tenant.id, body.name)
+    # Every read, check and copy happens before the model's row is locked (and under a folder
+    # named for this upload, not for a version number it does not have yet): registering a
+    # large archive never holds up another registration of the same name.
     store = get_store()
-    target = store.uri("tenants", tenant.id, "models", body.name, str(version))
-    source = store.local_path(file.uri)
-    if body.framework == "sklearn":
-        task, info = _check_sklearn(source, body.task)
-        target += "/model.skops"
-        with open(source, "rb") as f:
-            store.write_file(target, f)
-    else:
-        task = body.task or "feature-extraction"
-        if task not in TASKS_BY_FRAMEWORK[body.framework]:
-            raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
-        info = _unpack_model_archive(source, target)
+    folder = store.uri("tenants", tenant.id, "models", body.name, new_id("upload"))
+    target = folder
+    try:
+        source = store.local_path(file.uri)
+        if body.framework == "sklearn":
+            task, info = _check_sklearn(source, body.task)
+            target += "/model.skops"
+            with open(source, "rb") as f:
+                store.write_file(target, f)
+        else:
+            task = body.task or "feature-extraction"
+            if task not in TASKS_BY_FRAMEWORK[body.framework]:
+                raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
+            info = _unpack_model_archive(source, target)
+    except BaseException:
+        store.delete(folder, recursive=True)
+        store.remove_empty_folder(folder.rsplit("/", 1)[0])  # a name that has no version yet
+        raise
+    model, version = _next_version(session, tenant.id, body.name)
     mv = ModelVersion(
         model_id=model.id,
         version=version,

@@ -164,13 +164,32 @@ def fail_job(job_id: str, code: str, message: str, *where: ColumnElement[bool]) 
 
 
 @dataclass(frozen=True)
+class VersionRef:
+    """A tenant's model version as the database names it (WorkerState.version's arguments)."""
+
+    key: str
+    framework: str
+    task: str
+    uri: str
+
+
+@dataclass(frozen=True)
 class ShardPlan:
     shard: JobShard
     shards_total: int
     tenant_id: str
     input_uri: str
-    spec: ModelSpec
+    model: ModelSpec | VersionRef
     options: RunOptions
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's spec, its files fetched from the store if they are remote (no lock held
+        by then: called after the claim's transaction)."""
+        if isinstance(self.model, ModelSpec):
+            return self.model
+        ref = self.model
+        return state.current().version(ref.key, ref.framework, ref.task, ref.uri)
 
 
 def run_shard(job_id: str, index: int, worker: str) -> None:
@@ -189,7 +208,13 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
     job_id, index = plan.shard.job_id, plan.shard.index
     cpu_start, wall_start = time.process_time(), time.monotonic()
     try:
-        runner = state.current().cache.get(plan.spec)
+        spec = plan.spec
+    except Exception as exc:  # the store is unreachable: the shard gets another try
+        log.exception("shard %s/%d could not fetch its model", job_id, index)
+        _give_back(plan, owner, f"the model's files could not be fetched ({type(exc).__name__})")
+        return
+    try:
+        runner = state.current().cache.get(spec)
     except ModelLoadError as exc:
         db_retry(fail_job, job_id, "model_load_failed", str(exc))
         return
@@ -214,7 +239,7 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
     def finish() -> bool:
         """True when the job still needs assembling from its shards' parts."""
         with session_scope() as session:
-            if index == 0 and plan.spec.backend == "onnx":
+            if index == 0 and spec.backend == "onnx":
                 _record_backend(session, job_id, runner)
             last_shard = shard_service.finish_shard(
                 session, plan.shard, owner, status, usage, *last
@@ -304,10 +329,12 @@ def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
     input_uri = session.get_one(File, job.input_file_id).uri
     worker = state.current()
     if job.model_version_id is None:
-        spec = worker.builtin((job.model or "").partition("@")[0])
+        spec: ModelSpec | VersionRef = worker.builtin((job.model or "").partition("@")[0])
     else:
+        # Only named here: fetching it from the store (S3, say) waits until the claim's
+        # transaction has ended, so no row lock is held over network I/O.
         version = session.get_one(ModelVersion, job.model_version_id)
-        spec = worker.version(
+        spec = VersionRef(
             f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
         )
     options = RunOptions(
