@@ -214,3 +214,43 @@ def test_shard_writes_lock_the_job_row_before_the_shard(
         holder.rollback()
     writer.join(timeout=10)
     assert not writer.is_alive()
+
+
+def test_overlapping_training_attempts_keep_their_checkpoints_apart(
+    services: dict[str, str], tmp_path: Any
+) -> None:
+    """Each attempt writes checkpoints into its own folder and only the lease holder's are
+    recorded, so a stale attempt can neither overwrite nor delete what the next one resumes."""
+    from app.db import session_scope
+    from app.models import Job
+    from app.storage import get_store
+    from workers.tasks import training
+
+    job_id, tenant_id = _finished_shards_job()  # any job row will do: only its lease matters
+    store = get_store()
+
+    def save(owner: str, epoch: int, content: bytes) -> bool:
+        local = tmp_path / owner / "checkpoints"
+        (local / f"epoch-{epoch}").mkdir(parents=True, exist_ok=True)
+        (local / f"epoch-{epoch}" / "weights").write_bytes(content)
+        return training._save_checkpoint(store, tenant_id, job_id, owner, local, epoch)
+
+    def resumed() -> tuple[int | None, bytes | None]:
+        local = tmp_path / f"resume-{len(list(tmp_path.iterdir()))}"
+        epoch = training._resume_checkpoint(store, tenant_id, job_id, local)
+        weights = local / f"epoch-{epoch}" / "weights"
+        return epoch, weights.read_bytes() if weights.exists() else None
+
+    def hold(owner: str) -> None:
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(lease_owner=owner))
+
+    assert resumed() == (None, None)
+    hold("host:1:a")
+    assert save("host:1:a", 1, b"A1") is True
+    assert save("host:2:b", 2, b"B2") is False  # not the lease holder: not recorded
+    assert resumed() == (1, b"A1")
+    hold("host:2:b")  # the second attempt took the job over
+    assert save("host:2:b", 2, b"B2") is True
+    assert save("host:1:a", 3, b"A3") is False  # the stale one goes on, and changes nothing
+    assert resumed() == (2, b"B2")

@@ -9,7 +9,6 @@ epoch checkpoint it left in the artifact store. Registering the version and mark
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.models import File, Job, JobStatus, ModelVersion
+from app.models import File, Job, JobEvent, JobStatus, ModelVersion
 from app.services import shards as shard_service
 from app.services.jobs import add_event, notify_progress, transition
 from app.services.models import add_trained_version
@@ -170,15 +169,13 @@ def _finetune(
     from workers.runtime.finetune import finetune
 
     assert setup.base_path is not None
-    checkpoints = store.uri("tenants", setup.tenant_id, "jobs", job_id, "checkpoint")
     local_checkpoints = tmp / "checkpoints"
-    resumed = _fetch_checkpoint(store, checkpoints, local_checkpoints)
+    resumed = _resume_checkpoint(store, setup.tenant_id, job_id, local_checkpoints)
     if resumed:
         db_retry(_event, job_id, "resumed_from_checkpoint", {"epoch": resumed})
 
     def on_checkpoint(epoch: int) -> None:
-        _push_checkpoint(store, checkpoints, local_checkpoints, epoch)
-        db_retry(_event, job_id, "checkpoint", {"epoch": epoch})
+        _save_checkpoint(store, setup.tenant_id, job_id, owner, local_checkpoints, epoch)
 
     output = tmp / "model"
     result = finetune(
@@ -194,7 +191,8 @@ def _finetune(
     )
     uri = _model_uri(store, setup, job_id, "model")
     store.put_directory(output, uri)
-    store.delete(checkpoints, recursive=True)  # the model is saved; the checkpoints are spent
+    # The model is saved; every attempt's checkpoints are spent.
+    store.delete(_checkpoints_uri(store, setup.tenant_id, job_id), recursive=True)
     info = {
         "labels": result.labels,
         "base_model": setup.base_model,
@@ -204,25 +202,65 @@ def _finetune(
     return Trained("text-classification", uri, info, result.metrics)
 
 
-def _fetch_checkpoint(store: ArtifactStore, uri: str, local: Path) -> int | None:
-    """Copy the job's last complete checkpoint here; its epoch, or None for a fresh start."""
+def _checkpoints_uri(store: ArtifactStore, tenant_id: str, job_id: str, *parts: str) -> str:
+    return store.uri("tenants", tenant_id, "jobs", job_id, "checkpoints", *parts)
+
+
+def _attempt_name(owner: str) -> str:
+    return owner.replace(":", "-")
+
+
+def _save_checkpoint(
+    store: ArtifactStore, tenant_id: str, job_id: str, owner: str, local: Path, epoch: int
+) -> bool:
+    """Upload epoch N into this attempt's own folder, then record it in the job's events, only
+    while this attempt holds the job's lease. An attempt that lost it (another took the job
+    over) writes into its own folder, which nobody resumes from: it can neither overwrite nor
+    delete the checkpoints of the attempt that holds the job now."""
+    folder = _checkpoints_uri(store, tenant_id, job_id, _attempt_name(owner))
+    store.put_directory(local / f"epoch-{epoch}", f"{folder}/epoch-{epoch}")
+    recorded = db_retry(_record_checkpoint, job_id, owner, epoch)
+    if recorded:
+        for older in range(1, epoch):
+            store.delete(f"{folder}/epoch-{older}", recursive=True)
+    return recorded
+
+
+def _record_checkpoint(job_id: str, owner: str, epoch: int) -> bool:
+    with session_scope() as session:
+        held = session.execute(
+            select(Job.id)
+            .where(Job.id == job_id, Job.lease_owner == owner)
+            .with_for_update(key_share=True)
+        ).first()
+        if held is not None:
+            add_event(
+                session, job_id, "checkpoint", {"epoch": epoch, "attempt": _attempt_name(owner)}
+            )
+        return held is not None
+
+
+def _resume_checkpoint(
+    store: ArtifactStore, tenant_id: str, job_id: str, local: Path
+) -> int | None:
+    """Copy the job's last recorded checkpoint here; its epoch, or None for a fresh start."""
     local.mkdir(parents=True, exist_ok=True)
-    try:
-        with store.open(f"{uri}/latest.json", "rb") as f:
-            epoch = int(json.load(f)["epoch"])
-    except (FileNotFoundError, ValueError, KeyError):
+    with session_scope() as session:
+        data = session.scalar(
+            select(JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "checkpoint")
+            .order_by(JobEvent.id.desc())
+            .limit(1)
+        )
+    if not data or "attempt" not in data:
         return None
-    shutil.copytree(store.local_path(f"{uri}/epoch-{epoch}"), local / f"epoch-{epoch}")
+    epoch = int(data["epoch"])
+    folder = _checkpoints_uri(store, tenant_id, job_id, str(data["attempt"]), f"epoch-{epoch}")
+    try:
+        shutil.copytree(store.local_path(folder), local / f"epoch-{epoch}")
+    except (FileNotFoundError, OSError):
+        return None  # gone (the job's checkpoints were cleared): start afresh
     return epoch
-
-
-def _push_checkpoint(store: ArtifactStore, uri: str, local: Path, epoch: int) -> None:
-    """Upload epoch N, then point `latest.json` at it: a crash mid-upload leaves N-1 in use."""
-    store.put_directory(local / f"epoch-{epoch}", f"{uri}/epoch-{epoch}")
-    with store.open(f"{uri}/latest.json", "wb") as f:
-        f.write(json.dumps({"epoch": epoch}).encode())
-    for older in range(1, epoch):
-        store.delete(f"{uri}/epoch-{older}", recursive=True)
 
 
 def _progress(job_id: str, owner: str, progress: dict[str, Any]) -> None:
