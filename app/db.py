@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import JSON, MetaData, create_engine, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import get_settings
@@ -41,6 +44,8 @@ def sqlalchemy_url(url: str) -> str:
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
+
+T = TypeVar("T")
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
@@ -104,3 +109,26 @@ def database_reachable() -> bool:
         return True
     except Exception:
         return False
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction lost a race and may simply be run
+    again (PostgreSQL chose it as the victim; nothing of it was kept)."""
+    from psycopg import errors
+
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, errors.DeadlockDetected | errors.SerializationFailure)
+
+
+def run_retrying(work: Callable[[Session], T], attempts: int = 5) -> T:
+    """Run `work` in a transaction of its own, again (up to `attempts` times in all) when it
+    loses a lock race: a request answers what it asked, never a 503 for a deadlock."""
+    for attempt in range(attempts):
+        try:
+            with session_scope() as session:
+                return work(session)
+        except OperationalError as exc:
+            if not is_lock_conflict(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * 2**attempt)
+    raise AssertionError("unreachable")

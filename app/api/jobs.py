@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
-from app.db import session_scope
+from app.db import run_retrying, session_scope
 from app.dispatch import TASK_FINALIZE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
@@ -85,11 +85,13 @@ async def get_job(
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    job, assemble_now = control.request_cancel(session, tenant, job_id)
+def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
+    # Its own transaction, run again if it loses a lock race with a worker on the same job.
+    job, assemble_now = run_retrying(
+        lambda session: control.request_cancel(session, tenant, job_id)
+    )
     if assemble_now:
         # No worker holds any of its shards: the results it has are put together right away.
-        session.commit()
         publish(TASK_FINALIZE_JOB, [job.id], job.queue)
     return job_service.job_public(job)
 

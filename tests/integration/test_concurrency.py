@@ -1,5 +1,6 @@
-"""Two assemblies of one job overlap: the winner's result files are intact, the loser changes
-nothing. Real PostgreSQL and the real artifact store; the assembly code is the workers'."""
+"""Work that overlaps: two assemblies (or training attempts) of one job, a shard's write beside
+a cancel, a transaction that loses a lock race. Real PostgreSQL and the real artifact store;
+the code under test is the workers' and the services' own."""
 
 from __future__ import annotations
 
@@ -254,3 +255,40 @@ def test_overlapping_training_attempts_keep_their_checkpoints_apart(
     assert save("host:2:b", 2, b"B2") is True
     assert save("host:1:a", 3, b"A3") is False  # the stale one goes on, and changes nothing
     assert resumed() == (2, b"B2")
+
+
+def test_a_lost_lock_race_is_run_again(services: dict[str, str]) -> None:
+    """PostgreSQL answers 40P01 (deadlock detected) to the first try: the work runs again in
+    a fresh transaction and its answer comes back; other errors are not retried."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DataError, OperationalError
+
+    from app.db import run_retrying
+
+    tries = []
+
+    def work(session: Any) -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            session.execute(text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01'; END $$"))
+        return int(session.execute(text("SELECT 41 + 1")).scalar_one())
+
+    assert run_retrying(work) == 42 and len(tries) == 2
+
+    def always(session: Any) -> int:
+        session.execute(text("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40001'; END $$"))
+        return 0
+
+    with pytest.raises(OperationalError):
+        run_retrying(always, attempts=3)
+
+    tries.clear()
+
+    def broken(session: Any) -> int:
+        tries.append(1)
+        session.execute(text("SELECT 1 / 0"))
+        return 0
+
+    with pytest.raises(DataError):
+        run_retrying(broken)
+    assert len(tries) == 1
