@@ -233,8 +233,9 @@ def test_events_and_deliveries_come_a_page_at_a_time(client: httpx.Client) -> No
     assert first["data"] == everything[:1] and first["has_more"] is True
     assert first["last_id"] == everything[0]["id"]
     rest = client.get(path, params={"limit": 100, "after": first["last_id"]}).json()
-    assert rest["data"] == everything[1:] and rest["has_more"] is False
-    assert rest["last_id"] == everything[-1]["id"]
+    # A worker may be running the job meanwhile: its newer events come after these.
+    assert rest["data"][: len(everything) - 1] == everything[1:] and rest["has_more"] is False
+    assert rest["last_id"] == rest["data"][-1]["id"]
     for bad in ({"limit": 0}, {"limit": 101}, {"after": "x"}, {"after": -1}):
         assert_error(client.get(path, params=bad), 422)
     assert_error(client.get(path, params={"after": 10**12}), 404)
