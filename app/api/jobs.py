@@ -15,7 +15,7 @@ from app.dispatch import TASK_FINALIZE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
-from app.services import control, webhooks
+from app.services import control, files, webhooks
 from app.services import jobs as job_service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute)
@@ -82,6 +82,15 @@ async def get_job(
             await waits.until(ended, deadline)
             job = await run_in_threadpool(_load, tenant, job_id)
     return job_service.job_public(job)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """A finished job and its result files; 409 while it runs (cancel it first)."""
+    folder = job_service.delete_job(session, tenant, job_id)
+    session.commit()
+    files.remove_folder(folder)
+    return Response(status_code=204)
 
 
 @router.post("/{job_id}/cancel")

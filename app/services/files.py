@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 
 from sqlalchemy import select
@@ -11,6 +12,8 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Tenant
 from app.services.errors import NotFound, PayloadTooLarge
 from app.storage import TooLarge, get_store
+
+log = logging.getLogger(__name__)
 
 UPLOAD_PURPOSES = (FilePurpose.BATCH, FilePurpose.TRAINING, FilePurpose.MODEL)
 
@@ -77,3 +80,11 @@ def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
     if file is None:
         raise NotFound(f"no file {file_id!r}")
     return file
+
+
+def remove_folder(uri: str) -> None:
+    """Remove a folder of the store after its rows are gone; a failure only leaves bytes."""
+    try:
+        get_store().delete(uri, recursive=True)
+    except OSError:
+        log.warning("could not remove %s from the store", uri.rsplit("/", 1)[-1], exc_info=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,9 +18,10 @@ from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import webhooks, workers
-from app.services.errors import InvalidRequest, NotFound
+from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
+from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
 from workers.runtime.registry import BUILTIN_MODELS
 
@@ -269,6 +270,28 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
+
+
+def delete_job(session: Session, tenant: Tenant, job_id: str) -> str:
+    """Remove a finished job: its row, events, shards, deliveries and result files' rows. Returns
+    the folder of its files in the store, for the caller to remove once this has committed (a
+    failed removal leaves unreachable bytes, never a job pointing at missing files). The input
+    file stays: the tenant uploaded it, and other jobs may read it."""
+    job = get_job(session, tenant, job_id)
+    locked = session.scalar(
+        select(Job.status).where(Job.id == job.id).with_for_update(key_share=True)
+    )
+    if locked not in TERMINAL_STATUSES:
+        raise Conflict(
+            f"job {job.id} is {locked}; cancel it and wait for it to end before deleting it",
+            code="job_not_finished",
+        )
+    results = [f for f in (job.output_file_id, job.error_file_id) if f]
+    session.delete(job)  # events, shards and deliveries go with it; retries keep their own
+    session.flush()
+    if results:
+        session.execute(delete(File).where(File.id.in_(results), File.tenant_id == tenant.id))
+    return get_store().uri("tenants", tenant.id, "jobs", job.id)
 
 
 def list_jobs(

@@ -140,3 +140,41 @@ def test_prefer_wait_answers_when_the_job_ends_not_at_the_next_poll(
         assert done.headers["Preference-Applied"] == "wait=60"
         lags.append((answered - datetime.fromisoformat(body["finished_at"])).total_seconds())
     assert max(lags) < 0.15, lags
+
+
+def test_a_finished_job_can_be_deleted_with_its_results(
+    client: httpx.Client, other_client: httpx.Client, services: dict[str, str]
+) -> None:
+    """DELETE /v1/jobs/{id}: 204 for a finished job, whose results, events and files go with
+    it; 409 while it is not finished; 404 for another tenant. The input file stays."""
+    from pathlib import Path
+
+    file = upload(client, b'{"custom_id": "a", "input": "hello"}\n{"input": NaN}\n')
+    job = wait_done(
+        client, submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})["id"]
+    )
+    assert job["status"] == "succeeded" and job["error_file_id"] is not None
+    tenant_dirs = Path(services["MODELFARM_DATA_DIR"], "artifacts", "tenants")
+    (job_dir,) = tenant_dirs.glob(f"*/jobs/{job['id']}")
+    assert any(p.is_file() for p in job_dir.rglob("*"))
+    another = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
+    assert_error(other_client.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
+
+    gone = client.delete(f"/v1/jobs/{job['id']}")
+    assert gone.status_code == 204 and gone.content == b""
+    assert_error(client.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    assert_error(client.get(f"/v1/jobs/{job['id']}/events"), 404, "not_found")
+    for file_id in (job["output_file_id"], job["error_file_id"]):
+        assert_error(client.get(f"/v1/files/{file_id}/content"), 404, "not_found")
+    assert not job_dir.exists()
+    assert client.get(f"/v1/files/{file['id']}").status_code == 200  # the input stays
+    assert_error(client.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
+
+    queued = submit(
+        client, {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}
+    )  # no GPU worker runs here: it stays queued
+    assert_error(client.delete(f"/v1/jobs/{queued['id']}"), 409, "job_not_finished")
+    assert client.get(f"/v1/jobs/{queued['id']}").json()["status"] == "queued"
+    client.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert client.delete(f"/v1/jobs/{queued['id']}").status_code == 204
+    assert wait_done(client, another["id"])["status"] == "succeeded"  # its input was kept
