@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
@@ -54,6 +54,15 @@ def _attachment(filename: str) -> str:
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
     )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@router.delete("/{file_id}", status_code=204)
+def delete_file(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """The file and its bytes; 409 `file_in_use` while a job that has not ended reads it."""
+    uri = file_service.delete_file(session, tenant, file_id)
+    session.commit()
+    file_service.remove_object(uri)
+    return Response(status_code=204)
 
 
 @router.get("/{file_id}/content")

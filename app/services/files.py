@@ -4,17 +4,18 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.ids import new_id
-from app.models import File, FilePurpose, Tenant
-from app.services.errors import NotFound, PayloadTooLarge
+from app.models import File, FilePurpose, Job, JobStatus, Tenant
+from app.services.errors import Conflict, NotFound, PayloadTooLarge
 from app.storage import TooLarge, get_store
 
 log = logging.getLogger(__name__)
 
+_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 UPLOAD_PURPOSES = (FilePurpose.BATCH, FilePurpose.TRAINING, FilePurpose.MODEL)
 
 
@@ -80,6 +81,35 @@ def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
     if file is None:
         raise NotFound(f"no file {file_id!r}")
     return file
+
+
+def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
+    """Remove a file's row; returns its store URI, for the caller to remove once this has
+    committed. Refused (409) while a job that has not ended reads it. Finished jobs that named
+    it (as input or result) keep their record, without the file; a model version keeps its own
+    copy."""
+    file = get_file(session, tenant, file_id)
+    # Locked first: a job submitted meanwhile either commits before (and is seen below) or
+    # fails its foreign key after, never reads a file that is gone.
+    session.execute(select(File.id).where(File.id == file.id).with_for_update())
+    active = session.scalar(
+        select(Job.id).where(Job.input_file_id == file.id, Job.status.not_in(list(_ENDED))).limit(1)
+    )
+    if active is not None:
+        raise Conflict(f"job {active} has not ended and reads this file", code="file_in_use")
+    for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):
+        session.execute(update(Job).where(column == file.id).values({column.key: None}))
+    session.delete(file)
+    session.flush()
+    return file.uri
+
+
+def remove_object(uri: str) -> None:
+    """Remove one object of the store after its row is gone; a failure only leaves bytes."""
+    try:
+        get_store().delete(uri)
+    except OSError:
+        log.warning("could not remove %s from the store", uri.rsplit("/", 1)[-1], exc_info=True)
 
 
 def remove_folder(uri: str) -> None:

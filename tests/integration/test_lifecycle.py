@@ -178,3 +178,31 @@ def test_a_finished_job_can_be_deleted_with_its_results(
     client.post(f"/v1/jobs/{queued['id']}/cancel")
     assert client.delete(f"/v1/jobs/{queued['id']}").status_code == 204
     assert wait_done(client, another["id"])["status"] == "succeeded"  # its input was kept
+
+
+def test_a_file_can_be_deleted_once_no_running_job_reads_it(
+    client: httpx.Client, other_client: httpx.Client, services: dict[str, str]
+) -> None:
+    """DELETE /v1/files/{id}: 204 and the bytes are gone; 409 `file_in_use` while a job that has
+    not ended reads it; finished jobs keep their record without the file; 404 for others."""
+    from pathlib import Path
+
+    file = upload(client, b'{"custom_id": "a", "input": "hello"}\n')
+    artifacts = Path(services["MODELFARM_DATA_DIR"], "artifacts")
+    (stored,) = artifacts.glob(f"tenants/*/files/{file['id']}")
+    waiting = submit(
+        client, {"model": "minilm", "device": "gpu", "input": {"file_id": file["id"]}}
+    )  # no GPU worker runs here: it stays queued, and needs its input
+    assert_error(client.delete(f"/v1/files/{file['id']}"), 409, "file_in_use")
+    assert_error(other_client.delete(f"/v1/files/{file['id']}"), 404, "not_found")
+    client.post(f"/v1/jobs/{waiting['id']}/cancel")
+    done = run_job(client, "minilm", [{"custom_id": "b", "input": "x"}])
+
+    assert client.delete(f"/v1/files/{file['id']}").status_code == 204
+    assert not stored.exists()
+    assert_error(client.get(f"/v1/files/{file['id']}"), 404, "not_found")
+    assert client.get(f"/v1/jobs/{waiting['id']}").json()["input_file_id"] is None
+    assert client.delete(f"/v1/files/{done['output_file_id']}").status_code == 204
+    after = client.get(f"/v1/jobs/{done['id']}").json()
+    assert after["status"] == "succeeded" and after["output_file_id"] is None
+    assert_error(client.delete(f"/v1/files/{file['id']}"), 404, "not_found")
