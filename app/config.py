@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     shard_items: int = 4096  # input items per shard: the unit of work that a crash repeats
     sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
     progress_seconds: float = 1.0  # a running shard records its counts about this often
+    # A job that ended this many days ago is removed with its events and result files by the
+    # sweeper (as DELETE /v1/jobs/{id} does); 0 keeps everything.
+    result_ttl_days: float = 30.0
     lease_seconds: float = 60.0  # a silent worker keeps its work this long before re-dispatch
     sweep_interval_seconds: float = 15.0
     max_attempts: int = 3  # tries per shard before the job fails

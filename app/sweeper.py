@@ -35,7 +35,8 @@ from app.dispatch import (
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services import control, webhooks, workers
-from app.services.jobs import NO_GPU_WORKER, add_event, transition
+from app.services.files import remove_folder
+from app.services.jobs import NO_GPU_WORKER, add_event, expire_results, transition
 from app.services.shards import (
     active_shards,
     cancel_queued_shards,
@@ -60,6 +61,7 @@ def sweep_once() -> dict[str, int]:
         "republished": 0,
         "assembled": 0,
         "deliveries": 0,
+        "results_expired": 0,
     }
     sends: list[tuple[str, list[Any], str]] = []
     with session_scope() as session:
@@ -77,6 +79,12 @@ def sweep_once() -> dict[str, int]:
     with session_scope() as session:
         sends += _deliveries(session, live)
         _gpu_notices(session)
+    if settings.result_ttl_days > 0:
+        with session_scope() as session:
+            folders = expire_results(session, settings.result_ttl_days, BATCH)
+        for folder in folders:  # once the rows are gone: a failure here only leaves bytes
+            remove_folder(folder)
+        done["results_expired"] = len(folders)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
     kinds = {TASK_FINALIZE_JOB: "assembled", TASK_DELIVER_WEBHOOK: "deliveries"}
     for task, _, _ in sent:

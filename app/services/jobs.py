@@ -286,12 +286,30 @@ def delete_job(session: Session, tenant: Tenant, job_id: str) -> str:
             f"job {job.id} is {locked}; cancel it and wait for it to end before deleting it",
             code="job_not_finished",
         )
+    return _remove_finished(session, job)
+
+
+def expire_results(session: Session, ttl_days: float, limit: int) -> list[str]:
+    """Remove jobs that ended more than `ttl_days` ago, as `delete_job` does (RESULT_TTL_DAYS);
+    returns their folders in the store, for the caller to remove once this has committed."""
+    cutoff = utcnow() - timedelta(days=ttl_days)
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.status.in_([s.value for s in TERMINAL_STATUSES]), Job.finished_at < cutoff)
+        .order_by(Job.finished_at)
+        .limit(limit)
+        .with_for_update(key_share=True, skip_locked=True)
+    ).all()
+    return [_remove_finished(session, job) for job in jobs]
+
+
+def _remove_finished(session: Session, job: Job) -> str:
     results = [f for f in (job.output_file_id, job.error_file_id) if f]
     session.delete(job)  # events, shards and deliveries go with it; retries keep their own
     session.flush()
     if results:
-        session.execute(delete(File).where(File.id.in_(results), File.tenant_id == tenant.id))
-    return get_store().uri("tenants", tenant.id, "jobs", job.id)
+        session.execute(delete(File).where(File.id.in_(results), File.tenant_id == job.tenant_id))
+    return get_store().uri("tenants", job.tenant_id, "jobs", job.id)
 
 
 def list_jobs(

@@ -206,3 +206,37 @@ def test_a_file_can_be_deleted_once_no_running_job_reads_it(
     after = client.get(f"/v1/jobs/{done['id']}").json()
     assert after["status"] == "succeeded" and after["output_file_id"] is None
     assert_error(client.delete(f"/v1/files/{file['id']}"), 404, "not_found")
+
+
+def test_results_older_than_their_ttl_are_removed_by_the_sweeper(
+    client: httpx.Client, services: dict[str, str]
+) -> None:
+    """RESULT_TTL_DAYS (30): the running sweeper removes a job that ended longer ago than that,
+    with its events and result files, and leaves a recent one alone."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job
+
+    old = run_job(client, "minilm", [{"custom_id": "a", "input": "old news"}])
+    recent = run_job(client, "minilm", [{"custom_id": "b", "input": "fresh news"}])
+    (old_dir,) = Path(services["MODELFARM_DATA_DIR"], "artifacts").glob(
+        f"tenants/*/jobs/{old['id']}"
+    )
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == old["id"])
+            .values(finished_at=datetime.now(UTC) - timedelta(days=31))
+        )
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/jobs/{old['id']}").status_code != 404:
+        assert time.monotonic() < deadline, "the sweeper did not remove the expired job"
+        time.sleep(0.3)
+    assert_error(client.get(f"/v1/files/{old['output_file_id']}"), 404, "not_found")
+    assert not old_dir.exists()
+    assert client.get(f"/v1/jobs/{recent['id']}").json()["status"] == "succeeded"
+    assert read_lines(client, recent["output_file_id"])[0]["custom_id"] == "b"
