@@ -35,27 +35,55 @@ def _loads(raw: Any) -> Any:
         return None
 
 
+PAGE = 1000  #: messages read per round trip
+MAX_MESSAGES = 200_000  #: past this many, the scan gives up (memory and time stay bounded)
+
+
+class _TooMany(Exception):
+    pass
+
+
 def live_task_keys(
     redis_url: str, queues: tuple[str, ...], held_fresh_seconds: float
 ) -> set[TaskKey] | None:
-    """Task keys the broker will still deliver; None when the broker cannot be inspected."""
+    """Task keys the broker will still deliver; None when the broker cannot be inspected (or
+    holds more than MAX_MESSAGES: the sweeper then falls back to the visibility timeout)."""
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         return None
     import redis
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    keys: set[TaskKey] = set()
+    seen = 0
+
+    def take(messages: list[Any]) -> None:
+        nonlocal seen
+        seen += len(messages)
+        if seen > MAX_MESSAGES:
+            raise _TooMany
+        keys.update(k for m in messages if (k := _task_key(m)) is not None)
+
     try:
-        messages: list[Any] = []
         for queue in queues:
             for name in [queue, *client.scan_iter(match=f"{queue}{PRIORITY_SEP}*")]:
-                messages.extend(_loads(raw) for raw in client.lrange(name, 0, -1))
+                start = 0
+                while page := client.lrange(name, start, start + PAGE - 1):
+                    take([_loads(raw) for raw in page])
+                    start += PAGE
+        # Held too long means its consumer is gone (a live worker claims work at once).
         cutoff = time.time() - held_fresh_seconds
-        held: Any = client.zrange("unacked_index", 0, -1, withscores=True)
-        for tag, score in held:
-            entry = _loads(client.hget("unacked", tag) or b"null")
-            # Held too long means its consumer is gone (a live worker claims work at once).
-            if score >= cutoff and isinstance(entry, list) and entry:
-                messages.append(entry[0])
-        return {key for m in messages if (key := _task_key(m)) is not None}
+        start = 0
+        while True:
+            tags: list[Any] = list(
+                client.zrangebyscore("unacked_index", cutoff, "+inf", start=start, num=PAGE)
+            )
+            if not tags:
+                break
+            entries = [_loads(raw or b"null") for raw in client.hmget("unacked", tags)]
+            take([e[0] for e in entries if isinstance(e, list) and e])
+            start += PAGE
+        return keys
+    except _TooMany:
+        return None
     finally:
         client.close()

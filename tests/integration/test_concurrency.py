@@ -292,3 +292,29 @@ def test_a_lost_lock_race_is_run_again(services: dict[str, str]) -> None:
     with pytest.raises(DataError):
         run_retrying(broken)
     assert len(tries) == 1
+
+
+def test_the_broker_scan_reads_in_pages_and_gives_up_past_its_bound(
+    services: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper's view of the broker: every waiting message is seen, read a page at a time;
+    past MAX_MESSAGES the scan answers None (cannot tell) rather than hold them all."""
+    import secrets
+
+    import redis
+
+    from app import broker_scan
+    from app.dispatch import TASK_PLAN_JOB, publish
+
+    queue = f"scan-{secrets.token_hex(4)}"
+    count = broker_scan.PAGE * 2 + 500
+    for i in range(count):
+        assert publish(TASK_PLAN_JOB, [f"job_{i}"], queue)
+    try:
+        url = services["MODELFARM_REDIS_URL"]
+        live = broker_scan.live_task_keys(url, (queue,), 60)
+        assert live == {(TASK_PLAN_JOB, (f"job_{i}",)) for i in range(count)}
+        monkeypatch.setattr(broker_scan, "MAX_MESSAGES", count - 1)
+        assert broker_scan.live_task_keys(url, (queue,), 60) is None
+    finally:
+        redis.Redis.from_url(services["MODELFARM_REDIS_URL"]).delete(queue)
