@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobStatus, JobType, Tenant
 from app.services.errors import Conflict
-from app.services.files import create_file
 from app.services.jobs import add_event, get_job, transition
+from app.services.results import ResultFile
 from app.services.shards import DEADLINE_ERROR, request_stop
-from app.storage import get_store
 
 
 def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, bool]:
@@ -58,17 +57,8 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
         )
     if not job.error_file_id or not job.input_file_id:
         raise Conflict(f"job {job.id} has no failed items to retry", code="nothing_to_retry")
-    error_file = session.get_one(File, job.error_file_id)
-    input_file = session.get_one(File, job.input_file_id)
-    failed_lines = {json.loads(raw)["line"] for raw in _lines(error_file.uri)}
-    retry_input = create_file(
-        session,
-        tenant,
-        FilePurpose.BATCH,
-        f"{job.id}_retry.jsonl",
-        _pick_lines(input_file.uri, failed_lines),
-        limit=None,
-    )
+    # The input of failed lines is made by the worker that plans the retry (build_retry_input):
+    # reading two files of any size has no place in a request.
     retry = Job(
         tenant_id=tenant.id,
         type=job.type,
@@ -77,7 +67,7 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
         model_version_id=job.model_version_id,
         device=job.device,
         queue=job.queue,
-        input_file_id=retry_input.id,
+        input_file_id=None,
         params=job.params,
         webhook=job.webhook,
         meta=job.meta,
@@ -86,25 +76,57 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
     )
     session.add(retry)
     session.flush()
-    add_event(
-        session,
-        retry.id,
-        "queued",
-        {"queue": retry.queue, "retry_of": job.id, "items": len(failed_lines)},
-    )
+    add_event(session, retry.id, "queued", {"queue": retry.queue, "retry_of": job.id})
     return retry
 
 
-def _lines(uri: str) -> Iterator[bytes]:
-    with get_store().open(uri, "rb") as f:
-        yield from (line for line in f if line.strip())
+@dataclass(frozen=True)
+class RetrySource:
+    tenant_id: str
+    error_uri: str
+    input_uri: str
 
 
-def _pick_lines(uri: str, numbers: set[int]) -> Iterator[bytes]:
-    with get_store().open(uri, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if number in numbers:
-                yield line if line.endswith(b"\n") else line + b"\n"
+def retry_source(session: Session, job: Job) -> RetrySource | None:
+    """Where a retry's failed lines come from: the first job's error and input files (None when
+    either is gone, deleted since the retry was asked for)."""
+    first = session.get(Job, job.retry_of) if job.retry_of else None
+    if first is None or not first.error_file_id or not first.input_file_id:
+        return None
+    error_file = session.get(File, first.error_file_id)
+    input_file = session.get(File, first.input_file_id)
+    if error_file is None or input_file is None:
+        return None
+    return RetrySource(job.tenant_id, error_file.uri, input_file.uri)
+
+
+def attach_retry_input(
+    session: Session, job_id: str, owner: str, tenant_id: str, made: ResultFile
+) -> bool:
+    """Register the input a planner made for a retry and point the job at it, while that
+    planner still holds the job's lease (False, with nothing written, once it does not)."""
+    held = session.execute(
+        select(Job.id)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.input_file_id.is_(None))
+        .with_for_update(key_share=True)
+    ).first()
+    if held is None:
+        return False
+    file = File(
+        id=new_id("file"),
+        tenant_id=tenant_id,
+        purpose=FilePurpose.BATCH,
+        filename=f"{job_id}_retry.jsonl",
+        uri=made.uri,
+        bytes=made.size,
+        sha256=made.sha256,
+        created_at=utcnow(),
+    )
+    session.add(file)
+    session.flush()
+    session.execute(update(Job).where(Job.id == job_id).values(input_file_id=file.id))
+    add_event(session, job_id, "retry_input", {"file_id": file.id, "items": made.lines})
+    return True
 
 
 def jobs_past_deadline(session: Session, limit: int = 100) -> list[Job]:

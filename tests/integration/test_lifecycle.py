@@ -27,8 +27,12 @@ def test_retry_runs_only_the_failed_items(client: httpx.Client) -> None:
     assert first["counts"] == {"total": 30, "succeeded": 20, "failed": 10}
     response = client.post(f"/v1/jobs/{first['id']}/retry")
     assert response.status_code == 202, response.text
+    # The request reads no file: the worker that plans the retry makes its input.
+    assert response.json()["input_file_id"] is None
     retry = wait_done(client, response.json()["id"])
     assert retry["retry_of"] == first["id"] and retry["model"] == first["model"]
+    made = client.get(f"/v1/files/{retry['input_file_id']}/content").text.splitlines()
+    assert len(made) == 10 and all(json.loads(line)["custom_id"] % 3 == 0 for line in made)
     assert retry["counts"]["total"] == 10  # just the failed ones
     errors = read_lines(client, retry["error_file_id"])
     assert [e["custom_id"] for e in errors] == list(range(0, 30, 3))

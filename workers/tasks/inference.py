@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
@@ -21,16 +22,18 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
+from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
-from app.services import results
+from app.services import control, results
 from app.services import shards as shard_service
 from app.services.jobs import add_event
+from app.services.results import ResultFile
 from app.storage import get_store
 from workers import state
 from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
 from workers.runtime.base import without_paths
-from workers.runtime.items import iter_chunks, iter_lines, read_lines, run_chunk
+from workers.runtime.items import iter_chunks, iter_lines, parse_line, read_lines, run_chunk
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -45,7 +48,7 @@ def plan_job(job_id: str, worker: str) -> None:
     settings = get_settings()
     owner = new_owner()
 
-    def claim() -> tuple[str, str, str, bool] | None:
+    def claim() -> tuple[str | None, str, str, bool, control.RetrySource | None] | None:
         with session_scope() as session:
             job = shard_service.claim_for_planning(
                 session, job_id, owner, worker, settings.lease_seconds
@@ -75,20 +78,36 @@ def plan_job(job_id: str, worker: str) -> None:
                 )
             if job is None:
                 return None
+            if job.input_file_id is None:  # a retry: its input of failed lines is made below
+                return (
+                    None,
+                    job.queue,
+                    job.type,
+                    _cheap(session, job),
+                    control.retry_source(session, job),
+                )
             uri = session.get_one(File, job.input_file_id).uri
-            return uri, job.queue, job.type, _cheap(session, job)
+            return uri, job.queue, job.type, _cheap(session, job), None
 
     claimed = db_retry(claim)
     if claimed is None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
-    input_uri, queue, job_type, cheap_items = claimed
+    input_uri, queue, job_type, cheap_items, retry = claimed
     if job_type == JobType.TRAINING:  # one task, holding the job's lease, no shards
         from workers.tasks.training import train_job
 
         train_job(job_id, owner)
         return
     held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
+    if input_uri is None:
+        if retry is None:
+            message = "the retried job's input or error file is gone (deleted)"
+            db_retry(fail_job, job_id, "nothing_to_retry", message, held)
+            return
+        input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
+        if input_uri is None:
+            return
     try:
         shard_items = settings.sklearn_shard_items if cheap_items else settings.shard_items
         ranges = split_input(input_uri, shard_items)
@@ -121,6 +140,43 @@ def plan_job(job_id: str, worker: str) -> None:
             publish(TASK_RUN_SHARD, [job_id, index], queue)
     elif outcome == "assemble":
         assemble_job(job_id)
+
+
+def _make_retry_input(
+    job_id: str, owner: str, source: control.RetrySource, max_line_bytes: int
+) -> str | None:
+    """Stream the first job's failed lines into the retry's own input file (no transaction open
+    meanwhile), then attach it to the job; None when this planner lost the job on the way."""
+    failed = set()
+    with get_store().open(source.error_uri, "rb") as f:
+        for _, raw, _ in read_lines(f, max_bytes=max_line_bytes):
+            if raw is not None and raw.strip():
+                failed.add(int(parse_line(raw)["line"]))
+    store = get_store()
+    uri = store.uri("tenants", source.tenant_id, "files", new_id("file"))
+    lines = 0
+
+    def picked() -> Iterator[bytes]:
+        # Bounded like every input read: an over-long line (it failed as line_too_long, and
+        # would again) is left out.
+        nonlocal lines
+        with store.open(source.input_uri, "rb") as f:
+            for number, raw, _ in read_lines(f, max_bytes=max_line_bytes):
+                if number in failed and raw is not None:
+                    lines += 1
+                    yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+    size, sha256 = store.write_stream(uri, picked(), limit=None)
+    made = ResultFile(uri, size, sha256, lines)
+
+    def attach() -> bool:
+        with session_scope() as session:
+            return control.attach_retry_input(session, job_id, owner, source.tenant_id, made)
+
+    if not db_retry(attach):
+        store.delete(uri)
+        return None
+    return uri
 
 
 def _cheap(session: Session, job: Job) -> bool:
