@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
+from app.db import run_retrying
 from app.models import FilePurpose
 from app.schemas.files import FilePublic
 from app.services import files as file_service
@@ -57,10 +58,10 @@ def _attachment(filename: str) -> str:
 
 
 @router.delete("/{file_id}", status_code=204)
-def delete_file(file_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+def delete_file(file_id: str, tenant: TenantDep) -> Response:
     """The file and its bytes; 409 `file_in_use` while a job that has not ended reads it."""
-    uri = file_service.delete_file(session, tenant, file_id)
-    session.commit()
+    # Run again if it loses a lock race (with a DELETE of a job that names the file, say).
+    uri = run_retrying(lambda session: file_service.delete_file(session, tenant, file_id))
     file_service.remove_object(uri)
     return Response(status_code=204)
 

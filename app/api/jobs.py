@@ -85,10 +85,9 @@ async def get_job(
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Response:
+def delete_job(job_id: str, tenant: TenantDep) -> Response:
     """A finished job and its result files; 409 while it runs (cancel it first)."""
-    folder = job_service.delete_job(session, tenant, job_id)
-    session.commit()
+    folder = run_retrying(lambda session: job_service.delete_job(session, tenant, job_id))
     files.remove_folder(folder)
     return Response(status_code=204)
 

@@ -95,6 +95,21 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
     active = session.scalar(
         select(Job.id).where(Job.input_file_id == file.id, Job.status.not_in(list(_ENDED))).limit(1)
     )
+    if active is None:
+        # A retry that has not made its input yet reads its first job's input and error files.
+        active = session.scalar(
+            select(Job.id)
+            .where(
+                Job.input_file_id.is_(None),
+                Job.status.not_in(list(_ENDED)),
+                Job.retry_of.in_(
+                    select(Job.id).where(
+                        (Job.input_file_id == file.id) | (Job.error_file_id == file.id)
+                    )
+                ),
+            )
+            .limit(1)
+        )
     if active is not None:
         raise Conflict(f"job {active} has not ended and reads this file", code="file_in_use")
     for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):

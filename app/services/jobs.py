@@ -277,16 +277,38 @@ def delete_job(session: Session, tenant: Tenant, job_id: str) -> str:
     the folder of its files in the store, for the caller to remove once this has committed (a
     failed removal leaves unreachable bytes, never a job pointing at missing files). The input
     file stays: the tenant uploaded it, and other jobs may read it."""
-    job = get_job(session, tenant, job_id)
-    locked = session.scalar(
-        select(Job.status).where(Job.id == job.id).with_for_update(key_share=True)
-    )
-    if locked not in TERMINAL_STATUSES:
+    get_job(session, tenant, job_id)  # 404 for anyone else's
+    # Read under the lock: a job that ended just now is seen with its result files.
+    job = session.scalars(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one()
+    if job.status not in TERMINAL_STATUSES:
         raise Conflict(
-            f"job {job.id} is {locked}; cancel it and wait for it to end before deleting it",
+            f"job {job.id} is {job.status}; cancel it and wait for it to end before deleting it",
             code="job_not_finished",
         )
+    if unstarted_retry_of(session, job.id) is not None:
+        raise Conflict(
+            f"a retry of job {job.id} has yet to read its files", code="job_not_finished"
+        )
     return _remove_finished(session, job)
+
+
+def unstarted_retry_of(session: Session, job_id: str) -> str | None:
+    """A retry of `job_id` that has not ended and not yet made its input from this job's
+    input and error files (its planner reads them)."""
+    return session.scalar(
+        select(Job.id)
+        .where(
+            Job.retry_of == job_id,
+            Job.input_file_id.is_(None),
+            Job.status.not_in([s.value for s in TERMINAL_STATUSES]),
+        )
+        .limit(1)
+    )
 
 
 def expire_results(session: Session, ttl_days: float, limit: int) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import FilePurpose, Job, JobStatus
+from app.models import File, FilePurpose, Job, JobStatus
 from app.services.files import register_file
 from app.services.jobs import transition
 
@@ -38,11 +38,18 @@ def complete_job(
     shard in this transaction). The job row is locked first, so the answer holds until commit.
     """
     row = session.execute(
-        select(Job.status, Job.lease_owner)
+        select(Job.status, Job.lease_owner, Job.output_file_id)
         .where(Job.id == job_id)
         .with_for_update(key_share=True)  # as lock_job: the job row first
     ).one_or_none()
-    if row is None or row.lease_owner != lease_owner:
+    if row is None:
+        return False
+    if row.output_file_id is not None:
+        # Ended already: by this very attempt when its commit went through but the answer was
+        # lost (db_retry ran it again), so its files must stay; by another one otherwise.
+        done_uri = session.scalar(select(File.uri).where(File.id == row.output_file_id))
+        return done_uri == outputs.uri
+    if row.lease_owner != lease_owner:
         return False
     if row.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
         return False

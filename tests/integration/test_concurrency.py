@@ -127,6 +127,16 @@ def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str
         f.write(b'{"custom_id":"late","output":0}\n')
     assert assemble._assemble_claimed(job_id, "late-owner", late) is False
     assert _job_row(job_id) == won  # the loser changed nothing of the job
+    # The winner's own end, run again (its commit went through, the answer was lost): it is
+    # told it won, so it keeps its files; anyone else's files are told they lost.
+    from app.services.results import ResultFile, complete_job
+
+    with session_scope() as session:
+        again = ResultFile(out_uri, 0, out_sha, 3)
+        assert complete_job(session, job_id, tenant_id, again, again, True, "other") is True
+        elsewhere = ResultFile(out_uri + ".x", 0, out_sha, 3)
+        assert complete_job(session, job_id, tenant_id, elsewhere, elsewhere, True, None) is False
+    assert _job_row(job_id) == won
     for uri, sha in ((out_uri, out_sha), (err_uri, err_sha)):
         with store.open(uri, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == sha  # and nothing of its files

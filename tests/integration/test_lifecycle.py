@@ -244,3 +244,30 @@ def test_results_older_than_their_ttl_are_removed_by_the_sweeper(
     assert not old_dir.exists()
     assert client.get(f"/v1/jobs/{recent['id']}").json()["status"] == "succeeded"
     assert read_lines(client, recent["output_file_id"])[0]["custom_id"] == "b"
+
+
+def test_files_a_waiting_retry_will_read_cannot_be_deleted(client: httpx.Client) -> None:
+    """A retry that has not made its input yet reads its first job's input and error files:
+    neither they nor that job can be deleted until it has (409), then both can (204)."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job
+
+    first = run_job(client, "minilm", _mixed_input(6))
+    assert first["error_file_id"] is not None
+    retry = submit(
+        client, {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}
+    )
+    with session_scope() as session:  # a retry waiting for its planner (no GPU worker here)
+        session.execute(
+            update(Job)
+            .where(Job.id == retry["id"])
+            .values(retry_of=first["id"], input_file_id=None)
+        )
+    assert_error(client.delete(f"/v1/jobs/{first['id']}"), 409, "job_not_finished")
+    for file_id in (first["input_file_id"], first["error_file_id"]):
+        assert_error(client.delete(f"/v1/files/{file_id}"), 409, "file_in_use")
+    client.post(f"/v1/jobs/{retry['id']}/cancel")
+    assert client.delete(f"/v1/files/{first['error_file_id']}").status_code == 204
+    assert client.delete(f"/v1/jobs/{first['id']}").status_code == 204

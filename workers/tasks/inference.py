@@ -30,7 +30,7 @@ from app.services.jobs import add_event
 from app.services.results import ResultFile
 from app.storage import get_store
 from workers import state
-from workers.reliability import ShardWatch, db_retry, new_owner, owner_is_dead
+from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
 from workers.runtime.base import without_paths
 from workers.runtime.items import iter_chunks, iter_lines, parse_line, read_lines, run_chunk
@@ -100,18 +100,21 @@ def plan_job(job_id: str, worker: str) -> None:
         train_job(job_id, owner)
         return
     held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
-    if input_uri is None:
-        if retry is None:
-            message = "the retried job's input or error file is gone (deleted)"
-            db_retry(fail_job, job_id, "nothing_to_retry", message, held)
-            return
-        input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
-        if input_uri is None:
-            return
+    if input_uri is None and retry is None:
+        message = "the retried job's input or error file is gone (deleted)"
+        db_retry(fail_job, job_id, "nothing_to_retry", message, held)
+        return
     try:
-        shard_items = settings.sklearn_shard_items if cheap_items else settings.shard_items
-        ranges = split_input(input_uri, shard_items)
-    except OSError as exc:
+        # Reading a large input (from S3, say) may outlast a lease: renewed while it reads.
+        with JobWatch(job_id, owner, settings.lease_seconds):
+            if input_uri is None:
+                assert retry is not None
+                input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
+                if input_uri is None:
+                    return
+            shard_items = settings.sklearn_shard_items if cheap_items else settings.shard_items
+            ranges = split_input(input_uri, shard_items)
+    except (OSError, ValueError, KeyError) as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
         db_retry(fail_job, job_id, "input_unreadable", message, held)
         return

@@ -103,6 +103,13 @@ def train_job(job_id: str, owner: str) -> None:
     if not db_retry(_succeed, job_id, owner, setup, trained, usage):
         log.warning("training job %s lost its lease before it finished; not registered", job_id)
         store.delete(trained.uri, recursive=True)
+        # Its own checkpoints only: the attempt that holds the job now may resume from its own.
+        store.delete(
+            _checkpoints_uri(store, setup.tenant_id, job_id, _attempt_name(owner)), recursive=True
+        )
+        return
+    # The version is registered: every attempt's checkpoints are spent.
+    store.delete(_checkpoints_uri(store, setup.tenant_id, job_id), recursive=True)
 
 
 def _load(job_id: str, owner: str) -> TrainingSetup:
@@ -191,8 +198,6 @@ def _finetune(
     )
     uri = _model_uri(store, setup, job_id, "model")
     store.put_directory(output, uri)
-    # The model is saved; every attempt's checkpoints are spent.
-    store.delete(_checkpoints_uri(store, setup.tenant_id, job_id), recursive=True)
     info = {
         "labels": result.labels,
         "base_model": setup.base_model,
