@@ -35,7 +35,9 @@ def create_api_key(session: Session, tenant: Tenant) -> str:
 
 
 # Every request authenticates; a known key is answered from memory for this long. Only keys
-# that matched are kept, so a new key works at once. Whatever revokes keys calls `forget_keys`.
+# that matched are kept, so a new key works at once. Each API process has its own memory: a key
+# removed from the database keeps working up to this long in the others (`forget_keys` clears
+# only the calling process's).
 AUTH_CACHE_SECONDS = 5.0
 AUTH_CACHE_SIZE = 4096
 _known: dict[str, tuple[float, Tenant]] = {}
