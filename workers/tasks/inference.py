@@ -9,6 +9,7 @@ counts advance while a job runs and a cancel or a deadline is seen between chunk
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ from workers.tasks.results import ResultWriter, part_uris
 
 log = logging.getLogger(__name__)
 
+#: A planner renews its lease while it reads an input at least this large (or a retry's).
+WATCHED_INPUT_BYTES = 16 * 1024 * 1024
+
 
 # -- planning ---------------------------------------------------------------------------------
 
@@ -48,7 +52,7 @@ def plan_job(job_id: str, worker: str) -> None:
     settings = get_settings()
     owner = new_owner()
 
-    def claim() -> tuple[str | None, str, str, bool, control.RetrySource | None] | None:
+    def claim() -> tuple[str | None, str, str, bool, control.RetrySource | None, int | None] | None:
         with session_scope() as session:
             job = shard_service.claim_for_planning(
                 session, job_id, owner, worker, settings.lease_seconds
@@ -85,15 +89,16 @@ def plan_job(job_id: str, worker: str) -> None:
                     job.type,
                     _cheap(session, job),
                     control.retry_source(session, job),
+                    None,
                 )
-            uri = session.get_one(File, job.input_file_id).uri
-            return uri, job.queue, job.type, _cheap(session, job), None
+            source = session.get_one(File, job.input_file_id)
+            return source.uri, job.queue, job.type, _cheap(session, job), None, source.bytes
 
     claimed = db_retry(claim)
     if claimed is None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
-    input_uri, queue, job_type, cheap_items, retry = claimed
+    input_uri, queue, job_type, cheap_items, retry, input_bytes = claimed
     if job_type == JobType.TRAINING:  # one task, holding the job's lease, no shards
         from workers.tasks.training import train_job
 
@@ -105,8 +110,14 @@ def plan_job(job_id: str, worker: str) -> None:
         db_retry(fail_job, job_id, "nothing_to_retry", message, held)
         return
     try:
-        # Reading a large input (from S3, say) may outlast a lease: renewed while it reads.
-        with JobWatch(job_id, owner, settings.lease_seconds):
+        # Reading a large input (from S3, say) may outlast a lease: renewed while it reads. A
+        # small one is read long before it runs out, and starting the watch's thread cost a
+        # one-item job about 20 ms here.
+        small = input_bytes is not None and input_bytes < WATCHED_INPUT_BYTES
+        watch = (
+            contextlib.nullcontext() if small else JobWatch(job_id, owner, settings.lease_seconds)
+        )
+        with watch:
             if input_uri is None:
                 assert retry is not None
                 input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
