@@ -9,13 +9,13 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.ids import new_id
-from app.models import File, FilePurpose, Job, JobStatus, Tenant
+from app.models import File, FilePurpose, Job, Tenant
+from app.models.job import TERMINAL_STATUSES
 from app.services.errors import Conflict, NotFound, PayloadTooLarge
 from app.storage import TooLarge, get_store
 
 log = logging.getLogger(__name__)
 
-_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 UPLOAD_PURPOSES = (FilePurpose.BATCH, FilePurpose.TRAINING, FilePurpose.MODEL)
 
 
@@ -93,7 +93,9 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
     # fails its foreign key after, never reads a file that is gone.
     session.execute(select(File.id).where(File.id == file.id).with_for_update())
     active = session.scalar(
-        select(Job.id).where(Job.input_file_id == file.id, Job.status.not_in(list(_ENDED))).limit(1)
+        select(Job.id)
+        .where(Job.input_file_id == file.id, Job.status.not_in(list(TERMINAL_STATUSES)))
+        .limit(1)
     )
     if active is None:
         # A retry that has not made its input yet reads its first job's input and error files.
@@ -101,7 +103,7 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
             select(Job.id)
             .where(
                 Job.input_file_id.is_(None),
-                Job.status.not_in(list(_ENDED)),
+                Job.status.not_in(list(TERMINAL_STATUSES)),
                 Job.retry_of.in_(
                     select(Job.id).where(
                         (Job.input_file_id == file.id) | (Job.error_file_id == file.id)

@@ -35,7 +35,9 @@ def complete_job(
 ) -> bool:
     """Point the job at its files and end it. False, with nothing written, unless the job is
     running or cancelling under `lease_owner` (None: no lease; the caller finished its last
-    shard in this transaction). The job row is locked first, so the answer holds until commit.
+    shard in this transaction); True too, writing nothing, when the job already points at these
+    very files (a retried commit that had gone through). The job row is locked first, so the
+    answer holds until commit.
     """
     row = session.execute(
         select(Job.status, Job.lease_owner, Job.output_file_id)
