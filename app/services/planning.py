@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion
+from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import control
 from app.services import shards as shard_service
 
@@ -78,8 +78,46 @@ def claim_job(
             session, job_id, owner, whole, run_here_seconds=lease_seconds
         )
         if outcome == "run_here":
-            shard = session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
+            shard = only_shard(session, job_id)
     return Claim(job, source.uri, source.bytes, cheap, None, shard)
+
+
+def only_shard(session: Session, job_id: str) -> JobShard:
+    """The shard of a job planned into one (a planner runs it itself)."""
+    return session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
+
+
+def claim_shard(
+    session: Session,
+    job_id: str,
+    index: int,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    owner_is_dead: Callable[[str | None], bool],
+) -> JobShard | None:
+    """Claim a queued shard to run it, or take over one whose owner is known to be dead (a
+    pool child killed mid-shard leaves its lease behind: taken over now, not once it lapses);
+    None when it is not waiting for a worker. A shard that killed its worker MAX_ATTEMPTS
+    times fails its job instead."""
+    shard = shard_service.claim_shard(session, job_id, index, owner, lease_seconds)
+    if shard is not None:
+        return shard
+    current = session.scalar(
+        select(JobShard).where(JobShard.job_id == job_id, JobShard.index == index)
+    )
+    if (
+        current is None
+        or current.status != ShardStatus.RUNNING
+        or not owner_is_dead(current.lease_owner)
+    ):
+        return None
+    if current.attempts >= max_attempts:
+        shard_service.give_up_shard(session, current)
+        return None
+    return shard_service.claim_shard(
+        session, job_id, index, owner, lease_seconds, takeover_of=current.lease_owner
+    )
 
 
 def is_cheap(session: Session, job: Job) -> bool:

@@ -15,7 +15,48 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobShard, JobStatus, ShardStatus
 from app.services.files import register_file
 from app.services.jobs import add_event, transition
-from app.services.shards import held_by
+from app.services.shards import active_shards, held_by, lease_until
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """What assembling a job's result files needs, read when its lease was taken."""
+
+    tenant_id: str
+    parts: list[tuple[int, int]]  # (shard index, attempt whose parts are whole), input order
+    all_succeeded: bool
+
+
+def claim_assembly(
+    session: Session, job_id: str, owner: str, lease_seconds: float
+) -> Assembly | None:
+    """Take the job's lease to assemble it, once no shard of it is left to run; None when it
+    is not ready, already ended, or someone else is assembling it right now."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update(key_share=True),
+        execution_options={"populate_existing": True},
+    )
+    if (
+        job is None
+        or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+        or job.shards_total is None
+        or active_shards(session, job_id) > 0
+    ):
+        return None
+    if job.lease_owner is not None and job.lease_expires_at and job.lease_expires_at > utcnow():
+        return None
+    job.lease_owner = owner
+    job.lease_expires_at = lease_until(lease_seconds)
+    shards = session.execute(
+        select(JobShard.index, JobShard.status, JobShard.parts_attempt)
+        .where(JobShard.job_id == job_id)
+        .order_by(JobShard.index)
+    ).all()
+    return Assembly(
+        tenant_id=job.tenant_id,
+        parts=[(i, a) for i, _, a in shards if a is not None],
+        all_succeeded=all(s == ShardStatus.SUCCEEDED for _, s, _ in shards),
+    )
 
 
 @dataclass(frozen=True)

@@ -434,8 +434,12 @@ def fail_job(
     message: str,
     where: tuple[ColumnElement[bool], ...] = (),
     event_data: dict[str, Any] | None = None,
+    lease_owner: str | None = None,
 ) -> bool:
-    """The job cannot finish: it ends `failed` with the reason, and its shards stop."""
+    """The job cannot finish: it ends `failed` with the reason, and its shards stop. With
+    `lease_owner`, only while that owner holds the job's own lease."""
+    if lease_owner is not None:
+        where = (*where, Job.lease_owner == lease_owner)
     failed = transition(
         session,
         job_id,

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 
-from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -82,10 +81,9 @@ def plan_job(job_id: str, worker: str) -> None:
         train_job(job_id, owner)
         return
     input_uri, retry = start.input_uri, start.retry
-    held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
     if input_uri is None and retry is None:
         message = "the retried job's input or error file is gone (deleted)"
-        db_retry(fail_job, job_id, "nothing_to_retry", message, held)
+        db_retry(fail_job, job_id, "nothing_to_retry", message, owner)
         return
     try:
         # Reading a large input (from S3, say) may outlast a lease: renewed while it reads. A
@@ -104,10 +102,10 @@ def plan_job(job_id: str, worker: str) -> None:
             ranges = split_input(input_uri, shard_items(start.cheap_items))
     except (OSError, ValueError, KeyError) as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
-        db_retry(fail_job, job_id, "input_unreadable", message, held)
+        db_retry(fail_job, job_id, "input_unreadable", message, owner)
         return
     if not ranges:
-        db_retry(fail_job, job_id, "empty_input", "the input file has no items", held)
+        db_retry(fail_job, job_id, "empty_input", "the input file has no items", owner)
         return
 
     def record() -> tuple[shard_service.PlanOutcome, ShardPlan | None]:
@@ -120,8 +118,7 @@ def plan_job(job_id: str, worker: str) -> None:
             )
             if outcome != "run_here":
                 return outcome, None
-            shard = session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
-            return outcome, _shard_plan(session, shard)
+            return outcome, _shard_plan(session, planning.only_shard(session, job_id))
 
     outcome, here = db_retry(record)
     if here is not None:
@@ -199,10 +196,12 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     return ranges
 
 
-def fail_job(job_id: str, code: str, message: str, *where: ColumnElement[bool]) -> None:
+def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> None:
+    """The job fails with the reason; with `owner`, only while that planner holds its lease
+    (a planner that lost it decides nothing)."""
     log.warning("job %s failed: %s: %s", job_id, code, message)
     with session_scope() as session:
-        shard_service.fail_job(session, job_id, code, message, where=where)
+        shard_service.fail_job(session, job_id, code, message, lease_owner=owner)
 
 
 # -- one shard --------------------------------------------------------------------------------
@@ -339,32 +338,16 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
     settings = get_settings()
     with session_scope() as session:
-        shard = shard_service.claim_shard(session, job_id, index, owner, settings.lease_seconds)
-        if shard is None:
-            # A pool child killed mid-shard leaves its lease behind; take it over at once
-            # instead of waiting for the lease to run out.
-            current = session.scalar(
-                select(JobShard).where(JobShard.job_id == job_id, JobShard.index == index)
-            )
-            if (
-                current is not None
-                and current.status == ShardStatus.RUNNING
-                and owner_is_dead(current.lease_owner)
-            ):
-                if current.attempts >= settings.max_attempts:
-                    shard_service.give_up_shard(session, current)  # it kills its worker
-                    return None
-                shard = shard_service.claim_shard(
-                    session,
-                    job_id,
-                    index,
-                    owner,
-                    settings.lease_seconds,
-                    takeover_of=current.lease_owner,
-                )
-        if shard is None:
-            return None
-        return _shard_plan(session, shard)
+        shard = planning.claim_shard(
+            session,
+            job_id,
+            index,
+            owner,
+            settings.lease_seconds,
+            settings.max_attempts,
+            owner_is_dead,
+        )
+        return None if shard is None else _shard_plan(session, shard)
 
 
 def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
