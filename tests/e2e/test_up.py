@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from app.embedded import free_port
-from tests.helpers import FarmProcess, wait_for_http
+from tests.helpers import FarmProcess, submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -162,3 +162,63 @@ def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[s
     finally:
         proc.stop()
     assert proc.proc.returncode == 0, proc.output()[-3000:]
+
+
+def _worker_main(up: subprocess.Popen[bytes], pool: str) -> psutil.Process:
+    """The `modelfarm worker --pool <pool>` process `up` started (Celery's main process)."""
+    for child in psutil.Process(up.pid).children():
+        cmdline = child.cmdline()
+        if "worker" in cmdline and cmdline[cmdline.index("--pool") + 1] == pool:
+            return child
+    raise AssertionError(f"no {pool} worker under up")
+
+
+def test_up_restarts_a_killed_worker_and_keeps_serving(
+    tmp_path: Path, services: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "farm"
+    env = _env(
+        data_dir,
+        MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+        MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
+        MODELFARM_API_WORKERS="1",
+    )
+    up = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
+    try:
+        # The banner comes last, once the API answers and every pool's worker beats.
+        up.wait_for_log("Ctrl-C stops the farm.", timeout=240)
+        output = up.output()
+        banner = output[output.index("modelfarm is up") :]
+        assert str(data_dir / "logs") in banner and "worker-cpu.log" in banner
+        # Worker banners and warnings went to the log files, not to the terminal.
+        assert "[queues]" not in output and "[tasks]" not in output
+        assert "ready." in (data_dir / "logs" / "worker-cpu.log").read_text()
+        api = f"http://127.0.0.1:{env['MODELFARM_API_PORT']}"
+        key = json.loads((data_dir / "farm.json").read_text())["api_key"]
+
+        first = _worker_main(up.proc, "cpu")
+        first.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "restarted" not in up.output():
+            assert time.monotonic() < deadline, up.output()[-3000:]
+            time.sleep(0.2)
+        assert f"worker-cpu (pid {first.pid}) exited with code -9 (SIGKILL)" in up.output()
+        assert "exited with code -9" in (data_dir / "logs" / "worker-cpu.log").read_text()
+        second = _worker_main(up.proc, "cpu")
+        assert second.pid != first.pid
+
+        with httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
+            items = [{"custom_id": str(i), "input": f"after the restart {i}"} for i in range(3)]
+            job = submit(client, {"model": "minilm", "input": {"items": items}, "device": "cpu"})
+            done = wait_done(client, job["id"], timeout=240)
+        assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 3, done
+        assert up.proc.poll() is None  # the farm never stopped
+    finally:
+        up.signal(signal.SIGINT)
+        try:
+            up.proc.wait(timeout=60)
+        finally:
+            up.stop()
+    assert up.proc.returncode == 0, up.output()[-3000:]
