@@ -33,7 +33,10 @@ def _logging() -> None:
 @cli.command()
 def up(flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True) -> None:
     """Run the whole farm here: embedded PostgreSQL + Redis unless URLs are set."""
-    _logging()
+    # The terminal of `up` shows the farm's own lines (starts, restarts, the banner); the
+    # libraries it drives (pgserver, httpx, alembic) speak only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("app").setLevel(logging.INFO)
     from app.farm import run_farm
 
     raise typer.Exit(run_farm(with_flower=flower))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from app.config import Settings, get_settings
 from app.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths and keys stay on one line
 
 READY_TIMEOUT_SECONDS = 600.0  # the first start on a slow machine loads models for minutes
 
@@ -74,8 +75,9 @@ def run_farm(with_flower: bool = True) -> int:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_stop_handlers()
-    # Alembic reports every migration at INFO: not what the terminal of `up` is for.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # platformdirs (under pgserver) warns about a missing XDG_RUNTIME_DIR on every start as
+    # root or in a container; nothing depends on that directory here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     supervisor = Supervisor()
     with ExitStack() as stack:
         try:
