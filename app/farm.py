@@ -66,7 +66,13 @@ def _processes(settings: Settings, with_flower: bool) -> dict[str, list[str]]:
     if visible_gpus() or settings.gpu_count:
         processes["worker-gpu"] = modelfarm_command("worker", "--pool", "gpu")
     if with_flower:
-        processes["flower"] = modelfarm_command("flower")
+        from app.flower import FlowerRefused, flower_argv
+
+        try:
+            flower_argv(settings)  # would it start? Better said once here than five crashes
+            processes["flower"] = modelfarm_command("flower")
+        except FlowerRefused as exc:
+            console.print(f"[yellow]Flower not started: {exc}")
     return processes
 
 
