@@ -55,7 +55,8 @@ MigrateOption = Annotated[
 def _migrate_first(migrate: bool | None) -> None:
     """Processes started together (a Procfile) may each be told to migrate: the advisory
     lock lets the first do it while the others wait, so none starts on an old schema."""
-    if migrate if migrate is not None else get_settings().migrate_on_start:
+    wanted = get_settings().migrate_on_start if migrate is None else migrate
+    if wanted:
         from app.migrate import upgrade_locked
 
         upgrade_locked()
