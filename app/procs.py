@@ -55,6 +55,12 @@ class Child:
     gave_up: bool = False
 
     @property
+    def pid(self) -> int:
+        """The pid of its latest start (a child is started as soon as it is added)."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -77,9 +83,8 @@ class Supervisor:
         self.children[name] = child
         self._spawn(child)
 
-    def pid(self, name: str) -> int | None:
-        proc = self.children[name].proc
-        return None if proc is None else proc.pid
+    def pid(self, name: str) -> int:
+        return self.children[name].pid
 
     def _spawn(self, child: Child) -> None:
         output = None
@@ -114,7 +119,7 @@ class Supervisor:
                 if now >= child.restart_at:
                     child.restarts += 1
                     self._spawn(child)
-                    log.info("%s restarted (pid %d)", child.name, child.proc.pid)  # type: ignore[union-attr]
+                    log.info("%s restarted (pid %d)", child.name, child.pid)
                 continue
             if child.proc is None or child.proc.poll() is None:
                 continue

@@ -101,7 +101,6 @@ def test_a_killed_child_is_restarted_and_its_group_goes_with_it(tmp_path: Path) 
         until(lambda: log.read_text().strip() != "", supervisor)
         grandchild = int(log.read_text().split()[0])
         first = supervisor.pid("worker")
-        assert first is not None
         os.kill(first, signal.SIGKILL)
         until(lambda: supervisor.children["worker"].restarts == 1, supervisor)
         assert supervisor.pid("worker") != first and supervisor.children["worker"].running
