@@ -128,9 +128,11 @@ def _wait_ready(
     api_ready = False
     waiting = set(pools)
     while time.monotonic() < deadline:
-        if "api" in supervisor.check():
+        given_up = supervisor.check()
+        if "api" in given_up:
             console.print("[red]the API keeps crashing; stopping the farm (see its log)")
             return False
+        waiting -= {n.removeprefix("worker-") for n in given_up}  # no beat will come from it
         api_ready = api_ready or _answers(f"{settings.client_api_url}/readyz")
         if api_ready:
             waiting -= _beating_pools(since)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,38 @@ def test_up_restarts_a_killed_worker_and_keeps_serving(
         finally:
             up.stop()
     assert up.proc.returncode == 0, up.output()[-3000:]
+
+
+def test_up_gives_up_on_an_api_that_cannot_start_and_stops(
+    tmp_path: Path, services: dict[str, str]
+) -> None:
+    env = _env(
+        tmp_path / "farm",
+        MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+        MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
+        MODELFARM_API_WORKERS="1",
+    )
+    # Something else holds the API's port: every start of the API fails within a second.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["MODELFARM_API_PORT"])))
+        taken.listen()
+        up = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
+        try:
+            code = up.proc.wait(timeout=180)
+            tree_left = [p for p in psutil.process_iter(["cmdline"]) if _under_farm(p, env)]
+        finally:
+            up.stop()
+    output = up.output()
+    assert code == 1, output[-3000:]
+    assert output.count("api (pid") == 4 and "restarting in" in output
+    assert "5 crashes in a row" in output and "stopping the farm" in output
+    assert "Ctrl-C stops the farm." not in output  # never announced as up
+    assert not tree_left, [p.info for p in tree_left]
+
+
+def _under_farm(proc: psutil.Process, env: dict[str, str]) -> bool:
+    """A process of this test's farm still running (they all carry its DATA_DIR)."""
+    try:
+        return proc.environ().get("MODELFARM_DATA_DIR") == env["MODELFARM_DATA_DIR"]
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
