@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
 from app.archives import ArchiveRefused, extract_archive
+from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
 from app.db import utcnow
 from app.ids import new_id
@@ -21,9 +22,8 @@ from app.schemas.models import ModelCreate, ModelPublic, ModelVersionPublic
 from app.services.errors import InvalidRequest, NotFound
 from app.services.files import get_file
 from app.storage import get_store
-from workers.runtime.registry import BUILTIN_MODELS
 
-# Builtin models (workers/runtime/registry.py) ship with the farm, their weights in Python
+# Builtin models (app/catalogue.py) ship with the farm, their weights in Python
 # packages, so every tenant can use them and none may register a model of the same name.
 
 TASKS_BY_FRAMEWORK = {
