@@ -1,0 +1,128 @@
+"""Validating an uploaded model version: claim it, check and store it, probe it, record it.
+
+The checks are the runtime's (workers/runtime/validation.py); this task moves bytes between
+the artifact store and a scratch folder and records the verdict through app/services. Each
+attempt stores under a folder of its own, so a late attempt that lost the version removes only
+its own files; a refused upload leaves nothing in the store (its `error` is all it needs).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app.config import get_settings
+from app.db import session_scope
+from app.services import validation
+from app.services.validation import ValidationClaim
+from app.storage import ArtifactStore, get_store
+from workers.reliability import db_retry
+from workers.runtime.base import ModelSpec, without_paths
+from workers.runtime.validation import ModelRefused, check_sklearn, probe, unpack_archive
+
+log = logging.getLogger(__name__)
+
+
+def validate_version(version_id: str, owner: str) -> None:
+    settings = get_settings()
+    claim = db_retry(_claim, version_id, settings.model_validation_seconds, settings.max_attempts)
+    if claim is None:
+        return  # done already, another attempt holds it, or its attempts are spent
+    store = get_store()
+    folder = _attempt_folder(store, claim, owner)
+    try:
+        task, uri, info = _check_and_store(claim, folder, store)
+    except ModelRefused as exc:
+        _remove(store, folder)
+        db_retry(_fail, version_id, exc.code, without_paths(exc.message))
+        log.info("model version %s refused: %s", version_id, exc)
+        return
+    except SoftTimeLimitExceeded:
+        # Past MODEL_VALIDATION_SECONDS: the next attempt (within MAX_ATTEMPTS) starts at once.
+        _remove(store, folder)
+        log.warning("validating model version %s ran out of time; giving it back", version_id)
+        db_retry(_give_back, version_id)
+        return
+    except BaseException:
+        _remove(store, folder)  # a crash (or a stop) leaves no half-stored version behind
+        raise
+    if not db_retry(_finish, version_id, task, uri, info):
+        log.warning("model version %s left validating meanwhile; not recorded", version_id)
+        _remove(store, folder)
+
+
+def _check_and_store(
+    claim: ValidationClaim, folder: str, store: ArtifactStore
+) -> tuple[str, str, dict[str, Any]]:
+    settings = get_settings()
+    upload = store.local_path(claim.upload_uri)
+    if claim.framework == "sklearn":
+        task, info = check_sklearn(upload, claim.task, settings.model_max_unpacked_bytes)
+        uri = f"{folder}/model.skops"
+        with open(upload, "rb") as f:
+            store.write_file(uri, f)
+    else:
+        task, uri = claim.task or "feature-extraction", folder
+        scratch = settings.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="model-") as tmp:
+            root, info = unpack_archive(
+                upload,
+                Path(tmp),
+                settings.model_max_unpacked_bytes,
+                settings.model_max_archive_members,
+            )
+            if uri.startswith("file:"):
+                shutil.copytree(root, store.local_path(uri), dirs_exist_ok=True)
+            else:
+                store.put_directory(root, uri)
+    # The probe loads what jobs will load: the stored copy, on torch and the CPU, uncached.
+    spec = ModelSpec(
+        key=f"validate/{claim.version_id}",
+        framework=claim.framework,
+        task=task,
+        path=str(store.local_path(uri)),
+    )
+    probe(spec, info)
+    return task, uri, info
+
+
+def _attempt_folder(store: ArtifactStore, claim: ValidationClaim, owner: str) -> str:
+    # Named for the version and this attempt: two attempts never write into one folder.
+    attempt = f"v{claim.version}-a{claim.attempt}-{owner}"
+    attempt = attempt.replace(":", "-").replace("/", "-").replace("@", "-")
+    return store.uri("tenants", claim.tenant_id, "models", claim.name, attempt)
+
+
+def _remove(store: ArtifactStore, folder: str) -> None:
+    try:
+        store.delete(folder, recursive=True)
+        # The name's folder too, when this attempt made it and nothing else is in it.
+        store.remove_empty_folder(folder.rsplit("/", 1)[0])
+    except OSError:
+        log.warning("could not remove %s", folder, exc_info=True)
+
+
+def _claim(version_id: str, lease_seconds: float, max_attempts: int) -> ValidationClaim | None:
+    with session_scope() as session:
+        return validation.claim_validation(session, version_id, lease_seconds, max_attempts)
+
+
+def _finish(version_id: str, task: str, uri: str, info: dict[str, Any]) -> bool:
+    with session_scope() as session:
+        return validation.finish_validation(session, version_id, task, uri, info)
+
+
+def _fail(version_id: str, code: str, message: str) -> bool:
+    with session_scope() as session:
+        return validation.fail_validation(session, version_id, code, message)
+
+
+def _give_back(version_id: str) -> None:
+    with session_scope() as session:
+        validation.give_back(session, version_id)
