@@ -60,9 +60,10 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(20), default=VersionStatus.READY)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  #: {code, message} if failed
     # Validation is durable like a job: attempts so far, when its message was last published
-    # (None: not yet, the sweeper publishes it), and until when the attempt running holds it.
+    # (None: not yet, the sweeper publishes it), and which attempt holds it until when.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     model: Mapped[Model] = relationship(back_populates="versions")

@@ -36,21 +36,43 @@ class ValidationClaim:
     attempt: int
 
 
+def lease_owner(session: Session, version_id: str) -> str | None:
+    """Which attempt holds the version's lease now (None: none does)."""
+    return session.scalar(
+        select(ModelVersion.lease_owner).where(
+            ModelVersion.id == version_id, ModelVersion.lease_expires_at >= utcnow()
+        )
+    )
+
+
 def claim_validation(
-    session: Session, version_id: str, lease_seconds: float, max_attempts: int
+    session: Session,
+    version_id: str,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    take_over: str | None = None,
 ) -> ValidationClaim | None:
     """Take a validating version for one attempt; None when there is nothing to do (ready or
-    failed already, another attempt's lease is live, or attempts are spent: then it fails)."""
+    failed already, another attempt's lease is live, or attempts are spent: then it fails).
+
+    `take_over` names a lease owner known to be dead (a killed pool child whose message came
+    back at once): its lease is taken without waiting for it to run out.
+    """
     now = utcnow()
+    free = (ModelVersion.lease_expires_at.is_(None)) | (ModelVersion.lease_expires_at < now)
+    if take_over is not None:
+        free = free | (ModelVersion.lease_owner == take_over)
     attempts = session.scalar(
         update(ModelVersion)
         .where(
             ModelVersion.id == version_id,
             ModelVersion.status == VersionStatus.VALIDATING,
-            (ModelVersion.lease_expires_at.is_(None)) | (ModelVersion.lease_expires_at < now),
+            free,
         )
         .values(
             attempts=ModelVersion.attempts + 1,
+            lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds + LEASE_MARGIN_SECONDS),
         )
         .returning(ModelVersion.attempts)
@@ -97,7 +119,14 @@ def finish_validation(
     row = session.execute(
         update(ModelVersion)
         .where(ModelVersion.id == version_id, ModelVersion.status == VersionStatus.VALIDATING)
-        .values(status=VersionStatus.READY, task=task, uri=uri, info=info, lease_expires_at=None)
+        .values(
+            status=VersionStatus.READY,
+            task=task,
+            uri=uri,
+            info=info,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
         .returning(ModelVersion.id)
     ).first()
     return row is not None
@@ -111,6 +140,7 @@ def fail_validation(session: Session, version_id: str, code: str, message: str) 
         .values(
             status=VersionStatus.FAILED,
             error={"code": code, "message": message},
+            lease_owner=None,
             lease_expires_at=None,
         )
         .returning(ModelVersion.id)
@@ -123,7 +153,7 @@ def give_back(session: Session, version_id: str) -> None:
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.id == version_id, ModelVersion.status == VersionStatus.VALIDATING)
-        .values(lease_expires_at=None, dispatched_at=None)
+        .values(lease_owner=None, lease_expires_at=None, dispatched_at=None)
     )
 
 

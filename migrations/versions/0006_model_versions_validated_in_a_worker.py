@@ -33,6 +33,7 @@ def upgrade() -> None:
     op.add_column(
         "model_versions", sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True)
     )
+    op.add_column("model_versions", sa.Column("lease_owner", sa.String(length=255), nullable=True))
     op.add_column(
         "model_versions", sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True)
     )
@@ -53,5 +54,12 @@ def downgrade() -> None:
     op.execute("DELETE FROM model_versions WHERE status <> 'ready'")
     op.alter_column("model_versions", "uri", existing_type=sa.String(length=1024), nullable=False)
     op.alter_column("model_versions", "task", existing_type=sa.String(length=40), nullable=False)
-    for column in ("lease_expires_at", "dispatched_at", "attempts", "error", "status"):
+    for column in (
+        "lease_expires_at",
+        "lease_owner",
+        "dispatched_at",
+        "attempts",
+        "error",
+        "status",
+    ):
         op.drop_column("model_versions", column)

@@ -155,3 +155,38 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
     assert failed["status"] == "failed" and failed["error"]["code"] == "validation_failed"
     assert "3 times" in failed["error"]["message"]
     assert _version(version_id)["uri"] is None
+
+
+def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
+    client: httpx.Client, skops_file: str, lost: object
+) -> None:
+    """A pool child killed mid-validation gives its message back at once (acks_late): the
+    next attempt sees the lease's process is gone and takes it, without waiting it out."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import update
+
+    from app.db import session_scope, utcnow
+    from app.dispatch import publish_validation
+    from app.models import ModelVersion
+    from workers.reliability import HOST
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid on this host whose process has exited, as a killed child's has
+    name = f"killed-{secrets.token_hex(3)}"
+    version_id = lost(name, skops_file)  # type: ignore[operator]
+    with session_scope() as session:
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == version_id)
+            .values(
+                attempts=1,
+                lease_owner=f"{HOST}:{gone.pid}:dead",
+                lease_expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+    assert publish_validation(version_id)  # the message the broker gave back
+    ready = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
+    assert ready["status"] == "ready", ready
+    assert _version(version_id)["attempts"] == 2

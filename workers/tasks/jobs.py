@@ -49,9 +49,8 @@ def deliver_webhook_task(job_id: str, delivery_id: str) -> None:
 # limit, and its version's lease (MODEL_VALIDATION_SECONDS + a margin) outlives the attempt.
 @celery_app.task(
     name=TASK_VALIDATE_MODEL,
-    bind=True,
     soft_time_limit=_VALIDATION_SECONDS,
     time_limit=_VALIDATION_SECONDS + 30,
 )
-def validate_model_task(self: Task, version_id: str) -> None:
-    validate_version(version_id, owner=self.request.hostname or "unknown")
+def validate_model_task(version_id: str) -> None:
+    validate_version(version_id)

@@ -21,18 +21,21 @@ from app.db import session_scope
 from app.services import validation
 from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
-from workers.reliability import db_retry
+from workers.reliability import db_retry, new_owner, owner_is_dead
 from workers.runtime.base import ModelSpec, without_paths
 from workers.runtime.validation import ModelRefused, check_sklearn, probe, unpack_archive
 
 log = logging.getLogger(__name__)
 
 
-def validate_version(version_id: str, owner: str) -> None:
+def validate_version(version_id: str) -> None:
     settings = get_settings()
-    claim = db_retry(_claim, version_id, settings.model_validation_seconds, settings.max_attempts)
+    owner = new_owner()
+    claim = db_retry(
+        _claim, version_id, owner, settings.model_validation_seconds, settings.max_attempts
+    )
     if claim is None:
-        return  # done already, another attempt holds it, or its attempts are spent
+        return  # done already, another live attempt holds it, or its attempts are spent
     store = get_store()
     folder = _attempt_folder(store, claim, owner)
     try:
@@ -108,9 +111,17 @@ def _remove(store: ArtifactStore, folder: str) -> None:
         log.warning("could not remove %s", folder, exc_info=True)
 
 
-def _claim(version_id: str, lease_seconds: float, max_attempts: int) -> ValidationClaim | None:
+def _claim(
+    version_id: str, owner: str, lease_seconds: float, max_attempts: int
+) -> ValidationClaim | None:
     with session_scope() as session:
-        return validation.claim_validation(session, version_id, lease_seconds, max_attempts)
+        # A pool child killed mid-validation (the OOM killer, say) gives its message back at
+        # once: the next child takes the dead one's lease instead of waiting for it to lapse.
+        holder = validation.lease_owner(session, version_id)
+        dead = holder if owner_is_dead(holder) else None
+        return validation.claim_validation(
+            session, version_id, owner, lease_seconds, max_attempts, take_over=dead
+        )
 
 
 def _finish(version_id: str, task: str, uri: str, info: dict[str, Any]) -> bool:
