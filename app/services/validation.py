@@ -32,8 +32,11 @@ class ValidationClaim:
     version: int
     framework: str
     task: str | None
-    upload_uri: str  # the tenant's uploaded file
+    upload_uri: str | None  # the tenant's uploaded file
     attempt: int
+    #: the version has just failed (attempts spent, upload gone): nothing to check, only the
+    #: folders of earlier attempts (dead ones: their leases are gone) to clear away
+    ended: bool = False
 
 
 def lease_owner(session: Session, version_id: str) -> str | None:
@@ -54,7 +57,8 @@ def claim_validation(
     take_over: str | None = None,
 ) -> ValidationClaim | None:
     """Take a validating version for one attempt; None when there is nothing to do (ready or
-    failed already, another attempt's lease is live, or attempts are spent: then it fails).
+    failed already, another attempt's lease is live). A claim that is `ended` has just failed
+    the version (attempts spent, or the upload deleted).
 
     `take_over` names a lease owner known to be dead (a killed pool child whose message came
     back at once): its lease is taken without waiting for it to run out.
@@ -79,6 +83,14 @@ def claim_validation(
     )
     if attempts is None:
         return None
+    row = session.execute(
+        select(ModelVersion, Model.tenant_id, Model.name, File.uri)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .outerjoin(File, File.id == ModelVersion.file_id)
+        .where(ModelVersion.id == version_id)
+    ).one()
+    mv, tenant_id, name, upload_uri = row
+    ended = True
     if attempts > max_attempts:
         fail_validation(
             session,
@@ -87,19 +99,12 @@ def claim_validation(
             f"validation was tried {max_attempts} times and never finished "
             "(its worker died or ran out of time)",
         )
-        return None
-    row = session.execute(
-        select(ModelVersion, Model.tenant_id, Model.name, File.uri)
-        .join(Model, Model.id == ModelVersion.model_id)
-        .outerjoin(File, File.id == ModelVersion.file_id)
-        .where(ModelVersion.id == version_id)
-    ).one()
-    mv, tenant_id, name, upload_uri = row
-    if upload_uri is None:  # the tenant deleted the upload before a worker read it
+    elif upload_uri is None:  # the tenant deleted the upload before a worker read it
         fail_validation(
             session, version_id, "invalid_model", "the uploaded file was deleted before validation"
         )
-        return None
+    else:
+        ended = False
     return ValidationClaim(
         version_id=mv.id,
         tenant_id=tenant_id,
@@ -109,6 +114,7 @@ def claim_validation(
         task=mv.task,
         upload_uri=upload_uri,
         attempt=attempts,
+        ended=ended,
     )
 
 

@@ -71,6 +71,22 @@ def _version(version_id: str) -> dict[str, object]:
         return {"status": mv.status, "error": mv.error, "attempts": mv.attempts, "uri": mv.uri}
 
 
+def _plant(services: dict[str, str], version_id: str, attempt: int) -> Path:
+    """What a killed attempt left behind in the artifact store: a half-written folder."""
+    from app.db import session_scope
+    from app.models import Model, ModelVersion
+
+    with session_scope() as session:
+        mv = session.get_one(ModelVersion, version_id)
+        model = session.get_one(Model, mv.model_id)
+        tenant, name, number = model.tenant_id, model.name, mv.version
+    models = Path(services["MODELFARM_DATA_DIR"]) / "artifacts" / "tenants" / tenant / "models"
+    folder = models / name / f"v{number}-attempt{attempt}"
+    folder.mkdir(parents=True)
+    (folder / "model.skops").write_bytes(b"half of a file")
+    return folder
+
+
 def test_a_registered_model_validates_then_serves(client: httpx.Client, skops_file: str) -> None:
     name = f"clf-{secrets.token_hex(3)}"
     version = register_model(client, {"name": name, "framework": "sklearn", "file_id": skops_file})
@@ -135,7 +151,7 @@ def test_a_job_for_a_validating_version_is_refused_until_it_is_ready(
 
 
 def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
-    client: httpx.Client, skops_file: str, lost: object, sweeper: object
+    client: httpx.Client, services: dict[str, str], skops_file: str, lost: object, sweeper: object
 ) -> None:
     from sqlalchemy import update
 
@@ -144,6 +160,7 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
 
     name = f"dying-{secrets.token_hex(3)}"
     version_id = lost(name, skops_file)  # type: ignore[operator]
+    left = _plant(services, version_id, 3)
     # As if MAX_ATTEMPTS (3) workers had taken it and died: the last lease has run out.
     with session_scope() as session:
         session.execute(
@@ -155,10 +172,11 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
     assert failed["status"] == "failed" and failed["error"]["code"] == "validation_failed"
     assert "3 times" in failed["error"]["message"]
     assert _version(version_id)["uri"] is None
+    assert not left.parent.exists()  # what the dead attempts stored is gone, and the name's folder
 
 
 def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
-    client: httpx.Client, skops_file: str, lost: object
+    client: httpx.Client, services: dict[str, str], skops_file: str, lost: object
 ) -> None:
     """A pool child killed mid-validation gives its message back at once (acks_late): the
     next attempt sees the lease's process is gone and takes it, without waiting it out."""
@@ -176,6 +194,7 @@ def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
     gone.wait()  # a pid on this host whose process has exited, as a killed child's has
     name = f"killed-{secrets.token_hex(3)}"
     version_id = lost(name, skops_file)  # type: ignore[operator]
+    left = _plant(services, version_id, 1)
     with session_scope() as session:
         session.execute(
             update(ModelVersion)
@@ -190,3 +209,6 @@ def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
     ready = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
     assert ready["status"] == "ready", ready
     assert _version(version_id)["attempts"] == 2
+    assert not left.exists()  # the killed attempt's half-written folder
+    job = run_job(client, name, ROW)
+    assert job["status"] == "succeeded", job

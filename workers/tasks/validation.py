@@ -35,9 +35,15 @@ def validate_version(version_id: str) -> None:
         _claim, version_id, owner, settings.model_validation_seconds, settings.max_attempts
     )
     if claim is None:
-        return  # done already, another live attempt holds it, or its attempts are spent
+        return  # done already, or another live attempt holds it
     store = get_store()
-    folder = _attempt_folder(store, claim, owner)
+    # Earlier attempts are dead (their leases ran out or their processes are gone): what a
+    # killed one stored is removed, so a version leaves only its winner's files behind.
+    for attempt in range(1, claim.attempt):
+        _remove(store, _attempt_folder(store, claim, attempt))
+    if claim.ended:
+        return
+    folder = _attempt_folder(store, claim, claim.attempt)
     try:
         task, uri, info = _check_and_store(claim, folder, store)
     except ModelRefused as exc:
@@ -63,6 +69,7 @@ def _check_and_store(
     claim: ValidationClaim, folder: str, store: ArtifactStore
 ) -> tuple[str, str, dict[str, Any]]:
     settings = get_settings()
+    assert claim.upload_uri is not None  # a claim that is not `ended` has its upload
     upload = store.local_path(claim.upload_uri)
     if claim.framework == "sklearn":
         task, info = check_sklearn(upload, claim.task, settings.model_max_unpacked_bytes)
@@ -95,11 +102,11 @@ def _check_and_store(
     return task, uri, info
 
 
-def _attempt_folder(store: ArtifactStore, claim: ValidationClaim, owner: str) -> str:
-    # Named for the version and this attempt: two attempts never write into one folder.
-    attempt = f"v{claim.version}-a{claim.attempt}-{owner}"
-    attempt = attempt.replace(":", "-").replace("/", "-").replace("@", "-")
-    return store.uri("tenants", claim.tenant_id, "models", claim.name, attempt)
+def _attempt_folder(store: ArtifactStore, claim: ValidationClaim, attempt: int) -> str:
+    # Named for the version and the attempt: each claim counts one, so two attempts never
+    # write into one folder.
+    folder = f"v{claim.version}-attempt{attempt}"
+    return store.uri("tenants", claim.tenant_id, "models", claim.name, folder)
 
 
 def _remove(store: ArtifactStore, folder: str) -> None:
