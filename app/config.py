@@ -82,7 +82,10 @@ class Settings(BaseSettings):
     result_ttl_days: float = 30.0
     lease_seconds: float = 60.0  # a silent worker keeps its work this long before re-dispatch
     sweep_interval_seconds: float = 15.0
-    max_attempts: int = 3  # tries per shard before the job fails
+    max_attempts: int = 3  # tries per shard before the job fails (and per model validation)
+    # One attempt at validating an uploaded model (unpack, check, probe) stops past this; its
+    # lease lasts this long plus a margin, so the sweeper gives a dead attempt's version again.
+    model_validation_seconds: int = 900
     task_soft_time_limit: int = 3600  # a shard task past this stops and is tried again
     task_time_limit: int = 3900  # ... and is killed past this
     db_retry_seconds: float = 120.0  # how long workers retry writes while PostgreSQL is away
@@ -116,6 +119,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "MODELFARM_FLOWER_BASIC_AUTH must be user:password (no comma in the password)"
                 )
+        if self.visibility_timeout_seconds < self.model_validation_seconds + 60:
+            raise ValueError(
+                f"MODELFARM_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
+                f"be at least MODELFARM_MODEL_VALIDATION_SECONDS "
+                f"({self.model_validation_seconds}) + 60"
+            )
         if self.environment == "production" and self.secret_key.get_secret_value().startswith(
             "dev-"
         ):

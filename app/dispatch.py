@@ -21,6 +21,10 @@ TASK_PLAN_JOB = "modelfarm.plan_job"  # [job_id]: split the input into shards
 TASK_RUN_SHARD = "modelfarm.run_shard"  # [job_id, shard_index]
 TASK_FINALIZE_JOB = "modelfarm.finalize_job"  # [job_id]: assemble the result files
 TASK_DELIVER_WEBHOOK = "modelfarm.deliver_webhook"  # [job_id, delivery_id]: one attempt
+TASK_VALIDATE_MODEL = "modelfarm.validate_model"  # [version_id]: check, unpack, probe an upload
+# Validation runs on the CPU pool: an upload is checked on the cores that are cheap to lose, and
+# the probe loads the model on the CPU whatever device its jobs will ask for.
+VALIDATION_QUEUE = "cpu"
 WEBHOOK_QUEUE = "webhooks"  # its own workers, so slow receivers never hold up inference
 QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
 # The broker holds a retry as a countdown only when it is this close; later ones wait in
@@ -69,6 +73,10 @@ def publish(task: str, args: list[Any], queue: str, countdown: float | None = No
 
 def publish_job(job_id: str, queue: str) -> bool:
     return publish(TASK_PLAN_JOB, [job_id], queue)
+
+
+def publish_validation(version_id: str) -> bool:
+    return publish(TASK_VALIDATE_MODEL, [version_id], VALIDATION_QUEUE)
 
 
 def publish_delivery(job_id: str, delivery_id: str, countdown: float | None = None) -> bool:

@@ -9,7 +9,9 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
    flushed, or taken by a consumer that died), and jobs whose planner died;
 4. assembles jobs whose shards are all closed but that nobody is assembling;
 5. takes back webhook deliveries whose worker died mid-attempt, and sends deliveries that are
-   due but have no message (lost, or a retry too far off to leave with the broker).
+   due but have no message (lost, or a retry too far off to leave with the broker);
+6. publishes again the validation of model versions stuck in `validating`: never published,
+   message lost, or the attempt's lease ran out (its worker died).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from app.dispatch import (
     TASK_FINALIZE_JOB,
     TASK_PLAN_JOB,
     TASK_RUN_SHARD,
+    TASK_VALIDATE_MODEL,
+    VALIDATION_QUEUE,
     WEBHOOK_QUEUE,
     publish,
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
-from app.services import control, webhooks, workers
+from app.services import control, validation, webhooks, workers
 from app.services.files import remove_folder
 from app.services.jobs import NO_GPU_WORKER, add_event, expire_results, transition
 from app.services.shards import (
@@ -61,6 +65,7 @@ def sweep_once() -> dict[str, int]:
         "republished": 0,
         "assembled": 0,
         "deliveries": 0,
+        "validations": 0,
         "results_expired": 0,
     }
     sends: list[tuple[str, list[Any], str]] = []
@@ -78,6 +83,7 @@ def sweep_once() -> dict[str, int]:
         sends += _unassembled(session)
     with session_scope() as session:
         sends += _deliveries(session, live)
+        sends += _stuck_validations(session, live, settings.visibility_timeout_seconds)
         _gpu_notices(session)
     if settings.result_ttl_days > 0:
         with session_scope() as session:
@@ -86,7 +92,11 @@ def sweep_once() -> dict[str, int]:
             remove_folder(folder)
         done["results_expired"] = len(folders)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
-    kinds = {TASK_FINALIZE_JOB: "assembled", TASK_DELIVER_WEBHOOK: "deliveries"}
+    kinds = {
+        TASK_FINALIZE_JOB: "assembled",
+        TASK_DELIVER_WEBHOOK: "deliveries",
+        TASK_VALIDATE_MODEL: "validations",
+    }
     for task, _, _ in sent:
         done[kinds.get(task, "republished")] += 1
     _mark_dispatched(sent)
@@ -113,6 +123,30 @@ def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list
         if live is None or (TASK_DELIVER_WEBHOOK, (job_id, delivery_id)) not in live:
             resend.append((job_id, delivery_id))
     return [(TASK_DELIVER_WEBHOOK, [job_id, d], WEBHOOK_QUEUE) for job_id, d in resend]
+
+
+def _stuck_validations(
+    session: Any, live: set[TaskKey] | None, visibility: float
+) -> list[tuple[str, list[Any], str]]:
+    """Versions validating with no attempt that will finish them: never published, message
+    lost, or an attempt whose lease ran out. The next attempt counts itself (MAX_ATTEMPTS)."""
+    now = utcnow()
+    grace = now - timedelta(seconds=2)
+    stale = now - timedelta(seconds=visibility)
+    sends: list[tuple[str, list[Any], str]] = []
+    for version_id, dispatched, lease in validation.validating(session, BATCH):
+        key: TaskKey = (TASK_VALIDATE_MODEL, (version_id,))
+        if live is not None and key in live:
+            continue  # a message will still be delivered
+        if lease is not None:
+            lost = lease < now  # an attempt holds it until then
+        elif dispatched is None:
+            lost = True
+        else:
+            lost = dispatched < grace if live is not None else dispatched < stale
+        if lost:
+            sends.append((TASK_VALIDATE_MODEL, [version_id], VALIDATION_QUEUE))
+    return sends
 
 
 def _expire_leases(
@@ -279,6 +313,8 @@ def _mark_dispatched(sends: list[tuple[str, list[Any], str]]) -> None:
                 add_event(session, args[0], "redispatched", {"by": "sweeper"})
             elif task == TASK_DELIVER_WEBHOOK:
                 webhooks.mark_dispatched(session, args[1])
+            elif task == TASK_VALIDATE_MODEL:
+                validation.mark_dispatched(session, args[0], now)
             elif task == TASK_RUN_SHARD:
                 session.execute(
                     update(JobShard)

@@ -47,7 +47,8 @@ def run_in_process(jobs: int) -> list[float]:
     import tempfile
     from dataclasses import replace
 
-    from workers.runtime import RunOptions, builtin_spec, load_runner
+    from workers.builtins import builtin_spec
+    from workers.runtime import RunOptions, load_runner
 
     # The worker's backend on CPU: ONNX Runtime (its graph exported here, once, as a worker
     # does on first use).

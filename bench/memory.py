@@ -205,9 +205,18 @@ def register_model(client: Any, path: Path) -> dict[str, Any]:
     response = client.http.post(
         "/v1/models", json={"name": MODEL_NAME, "framework": "sklearn", "file_id": model_file["id"]}
     )
-    if response.status_code != 201:
+    if response.status_code != 202:
         raise RuntimeError(f"model registration failed: {response.status_code} {response.text}")
-    return dict(response.json())
+    # A worker validates the upload; the model serves jobs once its version is ready.
+    version = dict(response.json())
+    deadline = time.monotonic() + 120
+    while version["status"] == "validating" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        listed = client.http.get(f"/v1/models/{MODEL_NAME}").json()["versions"]
+        version = next(v for v in listed if v["id"] == version["id"])
+    if version["status"] != "ready":
+        raise RuntimeError(f"model validation ended {version['status']}: {version.get('error')}")
+    return version
 
 
 def run_farm(

@@ -78,7 +78,8 @@ def run_farm(files: list[Path], estimator: str) -> list[dict[str, float]]:
 def run_baseline(path: Path, estimator: str) -> dict[str, float]:
     from sklearn.metrics import accuracy_score
 
-    from workers.runtime.training import SKLEARN_ESTIMATORS, split_indices
+    from app.training_params import SKLEARN_ESTIMATORS
+    from workers.runtime.training import split_indices
 
     start = time.perf_counter()
     rows = [json.loads(line) for line in path.open()]

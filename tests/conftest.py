@@ -59,6 +59,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "MODELFARM_PRELOAD_MODELS": "minilm",
             "MODELFARM_CHUNK_ITEMS": "64",
             "MODELFARM_SHARD_ITEMS": "200",
+            # Uploaded models are unpacked by the worker: a small cap keeps the bombs that
+            # test_security sends cheap (the tiny test models are far below it).
+            "MODELFARM_MODEL_MAX_UNPACKED_BYTES": str(32 * 1024 * 1024),
             # The receivers of the webhook tests listen on 127.0.0.1 (and only there).
             "MODELFARM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             "MODELFARM_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,1,1,2,2",

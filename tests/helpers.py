@@ -164,3 +164,34 @@ def run_job(
     file = upload(client, content)
     job = submit(client, {"model": model, "input": {"file_id": file["id"]}, **fields})
     return wait_done(client, job["id"])
+
+
+def register_model(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/models: answered 202 with the version `validating` (a worker checks it)."""
+    response = client.post("/v1/models", json=body)
+    assert response.status_code == 202, response.text
+    version = response.json()
+    assert version["status"] == "validating" and version["error"] is None, version
+    return version
+
+
+def wait_model(
+    client: httpx.Client, version: dict[str, Any], timeout: float = 120
+) -> dict[str, Any]:
+    """The version once its validation has ended (`ready` or `failed`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/models/{version['name']}")
+        assert response.status_code == 200, response.text
+        (found,) = [v for v in response.json()["versions"] if v["id"] == version["id"]]
+        if found["status"] != "validating":
+            return found
+        time.sleep(0.1)
+    raise TimeoutError(f"model {version['model']} still validating after {timeout}s")
+
+
+def register_ready(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Register a model and wait until it serves jobs; fails the test if validation refused it."""
+    version = wait_model(client, register_model(client, body))
+    assert version["status"] == "ready", version
+    return version

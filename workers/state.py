@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
 from app.storage import get_store
-from workers.runtime import BUILTIN_MODELS, ModelCache, ModelSpec, builtin_spec, resolve_device
+from workers.builtins import builtin_spec
+from workers.runtime import ModelCache, ModelSpec, resolve_device
 from workers.runtime.onnx import GRAPH_NAME, resolve_backend
 
 
@@ -28,7 +30,7 @@ class WorkerState:
 
     def builtin(self, name: str) -> ModelSpec:
         model = BUILTIN_MODELS[name]
-        graph = _graph_dir(get_store().uri("builtin", f"{name}@{model.version}"))
+        graph = _graph_dir(get_store().uri("builtin", model.ref(name)))
         return builtin_spec(
             name,
             device=self.device,

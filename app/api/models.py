@@ -4,16 +4,27 @@ from fastapi import APIRouter
 
 from app.api.deps import SessionDep, TenantDep
 from app.api.guards import GuardedRoute
+from app.dispatch import publish_validation
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
+from app.services import validation
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=202)
 def register_model(body: ModelCreate, session: SessionDep, tenant: TenantDep) -> ModelVersionPublic:
+    """The version answers `validating`; a worker checks and probes the upload and moves it to
+    `ready` or `failed` (GET /v1/models/{name} shows which)."""
     version = model_service.register_model(session, tenant, body)
-    return model_service.version_public(body.name, version)
+    public = model_service.version_public(body.name, version)
+    # Commit first, publish second, as for jobs: a message never names a version that is not
+    # in PostgreSQL, and one the broker refused is published by the sweeper.
+    session.commit()
+    if not publish_validation(public.id):
+        validation.undispatch(session, public.id)
+        session.commit()
+    return public
 
 
 @router.get("")

@@ -3,7 +3,7 @@
 from app.models.delivery import Delivery, DeliveryAttempt, DeliveryStatus, WebhookSecret
 from app.models.file import File, FilePurpose
 from app.models.job import Job, JobEvent, JobShard, JobStatus, JobType, ShardStatus
-from app.models.model import Model, ModelVersion
+from app.models.model import Model, ModelVersion, VersionStatus
 from app.models.tenant import ApiKey, Tenant
 from app.models.worker import WorkerHeartbeat
 
@@ -23,6 +23,7 @@ __all__ = [
     "ModelVersion",
     "ShardStatus",
     "Tenant",
+    "VersionStatus",
     "WebhookSecret",
     "WorkerHeartbeat",
 ]

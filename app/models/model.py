@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, JSONType, utcnow
@@ -26,19 +27,43 @@ class Model(Base):
     )
 
 
+class VersionStatus(enum.StrEnum):
+    VALIDATING = "validating"  #: registered; a worker has yet to check and probe the upload
+    READY = "ready"  #: checked and probed: serves jobs
+    FAILED = "failed"  #: refused; `error` says why, and nothing of it is in the store
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        # What the sweeper reads every pass: the (few) versions still validating.
+        Index(
+            "ix_model_versions_validating",
+            "created_at",
+            postgresql_where=text("status = 'validating'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mv"))
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     framework: Mapped[str] = mapped_column(String(40))
-    task: Mapped[str] = mapped_column(String(40))
+    # None while a scikit-learn upload is validating without a task given: read from the file.
+    task: Mapped[str | None] = mapped_column(String(40))
     file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
     # Where the runnable artifact lies: a skops file, or a directory unpacked from the archive.
-    uri: Mapped[str] = mapped_column(String(1024))
+    # Set when the version becomes ready (the validating attempt that won wrote it there).
+    uri: Mapped[str | None] = mapped_column(String(1024))
     info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(20), default=VersionStatus.READY)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  #: {code, message} if failed
+    # Validation is durable like a job: attempts so far, when its message was last published
+    # (None: not yet, the sweeper publishes it), and which attempt holds it until when.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     model: Mapped[Model] = relationship(back_populates="versions")

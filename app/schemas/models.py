@@ -18,6 +18,11 @@ class ModelCreate(BaseModel):
     file_id: str
 
 
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
 class ModelVersionPublic(BaseModel):
     id: str
     object: Literal["model_version"] = "model_version"
@@ -25,9 +30,12 @@ class ModelVersionPublic(BaseModel):
     name: str
     version: int
     framework: str
-    task: str
+    task: str | None  # null while a scikit-learn upload without a task is validating
     file_id: str | None
     info: dict[str, Any]
+    #: validating (a worker checks and probes the upload) -> ready (serves jobs) | failed
+    status: str = "ready"
+    error: ErrorBody | None = None  # {code, message} when failed
     created_at: datetime | None
 
 
@@ -35,7 +43,7 @@ class ModelPublic(BaseModel):
     object: Literal["model"] = "model"
     name: str
     builtin: bool
-    latest_version: int
+    latest_version: int  # the latest ready version, what `name` alone runs; 0 if none is
     versions: list[ModelVersionPublic]
 
 

@@ -120,6 +120,7 @@ def attach_retry_input(
         uri=made.uri,
         bytes=made.size,
         sha256=made.sha256,
+        items=made.lines,
         created_at=utcnow(),
     )
     session.add(file)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.ids import new_id
-from app.models import File, FilePurpose, Job, Tenant
+from app.models import File, FilePurpose, Job, ModelVersion, Tenant, VersionStatus
 from app.models.job import TERMINAL_STATUSES
 from app.services.errors import Conflict, NotFound, PayloadTooLarge
 from app.storage import TooLarge, get_store
@@ -69,10 +69,17 @@ def register_file(
     uri: str,
     size: int,
     sha256: str,
+    items: int | None = None,
 ) -> File:
     """A file the farm wrote itself (results), already in the store."""
     file = File(
-        tenant_id=tenant_id, purpose=purpose, filename=filename, uri=uri, bytes=size, sha256=sha256
+        tenant_id=tenant_id,
+        purpose=purpose,
+        filename=filename,
+        uri=uri,
+        bytes=size,
+        sha256=sha256,
+        items=items,
     )
     session.add(file)
     session.flush()
@@ -117,6 +124,16 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
         )
     if active is not None:
         raise Conflict(f"job {active} has not ended and reads this file", code="file_in_use")
+    # A version still validating reads its upload (one registered after this lock, or missed
+    # here, finds the file gone and fails with that reason: app/services/validation.py).
+    if session.scalar(
+        select(ModelVersion.id)
+        .where(ModelVersion.file_id == file.id, ModelVersion.status == VersionStatus.VALIDATING)
+        .limit(1)
+    ):
+        raise Conflict(
+            "a model version registered from this file is validating", code="file_in_use"
+        )
     for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):
         session.execute(update(Job).where(column == file.id).values({column.key: None}))
     session.delete(file)

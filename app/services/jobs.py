@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, inspect, select, upd
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
 from app.db import Base, utcnow
 from app.dispatch import publish_job
@@ -24,7 +25,6 @@ from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
 from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
-from workers.runtime.registry import BUILTIN_MODELS
 
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 JOB_ENDED_CHANNEL = "modelfarm_job_ended"  #: NOTIFY channel; the payload is the job id
@@ -238,19 +238,17 @@ def _training_model(
     session: Session, tenant: Tenant, body: JobCreate
 ) -> tuple[str | None, str | None, dict[str, Any]]:
     """(base model ref, its version id, normalised params); what can be known now is checked."""
-    from workers.runtime.training import TrainingError, check_finetune_params, check_sklearn_params
+    # Imported on call: scikit-learn costs the API a second at startup that most never need.
+    from app.training_params import check_finetune_params, check_sklearn_params
 
     assert body.output_model is not None
     if body.output_model in BUILTIN_MODELS:
         raise InvalidRequest(
             f"{body.output_model!r} is a builtin model name", code="invalid_params"
         )
-    try:
-        if body.framework == "sklearn":
-            return None, None, check_sklearn_params(body.params)
-        params = check_finetune_params(body.params)
-    except TrainingError as exc:
-        raise InvalidRequest(exc.message, code=exc.code) from None
+    if body.framework == "sklearn":
+        return None, None, check_sklearn_params(body.params)
+    params = check_finetune_params(body.params)
     base = resolve_model(session, tenant, params["base_model"])
     if base.framework not in ("transformers", "sentence-transformers"):
         raise InvalidRequest(

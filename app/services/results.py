@@ -110,6 +110,7 @@ def complete_job(
         outputs.uri,
         outputs.size,
         outputs.sha256,
+        outputs.lines,
     )
     err_file_id = None
     if errors.lines:
@@ -121,6 +122,7 @@ def complete_job(
             errors.uri,
             errors.size,
             errors.sha256,
+            errors.lines,
         ).id
     # The files are the truth: every item is in exactly one of them.
     values: dict[str, Any] = {

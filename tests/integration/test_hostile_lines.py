@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.factories import train_sklearn_classifier
-from tests.helpers import submit, upload, wait_done
+from tests.helpers import register_ready, submit, upload, wait_done
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,12 +64,8 @@ def farm(
         base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
     ) as client:
         model_file = upload(client, path.read_bytes(), purpose="model", name=path.name)
-        response = client.post(
-            "/v1/models",
-            json={"name": "hostile-clf", "framework": "sklearn", "file_id": model_file["id"]},
-        )
-        assert response.status_code == 201, response.text
-        yield Farm(client, response.json()["model"])
+        body = {"name": "hostile-clf", "framework": "sklearn", "file_id": model_file["id"]}
+        yield Farm(client, register_ready(client, body)["model"])
 
 
 # -- strategies: each draws (line bytes without b"\n", what the line must become) ---------------

@@ -23,10 +23,13 @@ from tests.helpers import (
     assert_error,
     jsonl,
     read_lines,
+    register_model,
+    register_ready,
     run_job,
     submit,
     upload,
     wait_done,
+    wait_model,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
@@ -120,11 +123,8 @@ def test_empty_input_fails_the_job_with_a_reason(client: httpx.Client) -> None:
 
 def _register_skops(client: httpx.Client, path: Path, name: str) -> dict:
     model_file = upload(client, path.read_bytes(), purpose="model", name=path.name)
-    response = client.post(
-        "/v1/models", json={"name": name, "framework": "sklearn", "file_id": model_file["id"]}
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+    body = {"name": name, "framework": "sklearn", "file_id": model_file["id"]}
+    return register_ready(client, body)
 
 
 def test_sklearn_classifier_and_regressor(client: httpx.Client, tmp_path: Path) -> None:
@@ -164,7 +164,9 @@ def test_model_registration_errors(client: httpx.Client, other_client: httpx.Cli
     body = {"name": "m", "framework": "sklearn", "file_id": batch_file["id"]}
     assert_error(client.post("/v1/models", json=body), 422)  # not a model upload
     junk = upload(client, b"not a skops file", purpose="model", name="junk.skops")
-    assert_error(client.post("/v1/models", json={**body, "file_id": junk["id"]}), 422)
+    # What the API cannot know without reading the file, the worker finds out.
+    refused = wait_model(client, register_model(client, {**body, "file_id": junk["id"]}))
+    assert refused["status"] == "failed" and refused["error"]["code"] == "untrusted_model"
     assert_error(client.post("/v1/models", json={**body, "name": "minilm"}), 422)
     assert_error(client.post("/v1/models", json={**body, "name": "Bad Name!"}), 422)
     assert_error(client.post("/v1/models", json={**body, "framework": "keras"}), 422)
@@ -176,10 +178,13 @@ def test_model_registration_errors(client: httpx.Client, other_client: httpx.Cli
         "task": "text-classification",
         "file_id": archive["id"],
     }
-    assert_error(client.post("/v1/models", json=tf_body), 422)
+    refused = wait_model(client, register_model(client, tf_body))
+    assert refused["status"] == "failed" and refused["error"]["code"] == "invalid_archive"
+    assert_error(client.post("/v1/models", json={**tf_body, "task": "regression"}), 422)
     assert_error(client.get("/v1/models/unknown"), 404)
-    names = [m["name"] for m in client.get("/v1/models").json()["data"]]
-    assert names == ["minilm"]
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
+    assert list(listed) == ["minilm", "m", "tf"]
+    assert listed["m"]["latest_version"] == 0  # none ready: `m` alone runs nothing
 
 
 def _tar_of(directory: Path) -> bytes:
@@ -192,16 +197,8 @@ def _tar_of(directory: Path) -> bytes:
 def test_transformers_text_classifier(client: httpx.Client, tmp_path: Path) -> None:
     model_dir = make_tiny_text_classifier(tmp_path / "tiny", ["neg", "pos"])
     archive = upload(client, _tar_of(model_dir), purpose="model", name="tiny.tar.gz")
-    response = client.post(
-        "/v1/models",
-        json={
-            "name": "sentiment",
-            "framework": "transformers",
-            "task": "text-classification",
-            "file_id": archive["id"],
-        },
-    )
-    assert response.status_code == 201, response.text
+    body = {"name": "sentiment", "framework": "transformers", "task": "text-classification"}
+    register_ready(client, {**body, "file_id": archive["id"]})
     listed = client.get("/v1/models/sentiment").json()
     assert listed["latest_version"] == 1 and listed["versions"][0]["task"] == "text-classification"
     rows = [{"custom_id": i, "input": t} for i, t in enumerate(["good", "bad movie", "meh"])]

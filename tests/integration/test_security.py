@@ -14,6 +14,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -29,16 +30,20 @@ from tests.helpers import (
     api_process,
     assert_error,
     read_lines,
+    register_model,
+    register_ready,
     run_job,
     submit,
     upload,
     wait_done,
+    wait_model,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
 
 MB = 1024 * 1024
-# A separate API process with small limits, so bombs and floods stay cheap to send.
+# A separate API process with small limits, so floods stay cheap to send. (Model archives are
+# unpacked by the worker, under MODEL_MAX_UNPACKED_BYTES of the test farm: tests/conftest.py.)
 SMALL = {
     "MODELFARM_MAX_REQUEST_BYTES": str(1 * MB),
     "MODELFARM_MAX_UPLOAD_BYTES": str(2 * MB),
@@ -71,10 +76,13 @@ def _no_paths(message: str) -> None:
     assert not ABSOLUTE_PATH.search(message), message
 
 
-def _register(client: httpx.Client, content: bytes, framework: str, name: str) -> httpx.Response:
+def _refused(client: httpx.Client, content: bytes, framework: str, name: str) -> dict[str, Any]:
+    """Register an upload (202, `validating`); the worker's verdict must be `failed`: its error."""
     file = upload(client, content, purpose="model", name="model.bin")
     body = {"name": name, "framework": framework, "file_id": file["id"]}
-    return client.post("/v1/models", json=body)
+    version = wait_model(client, register_model(client, body))
+    assert version["status"] == "failed", version
+    return dict(version["error"])
 
 
 # -- uploaded models ----------------------------------------------------------------------------
@@ -87,12 +95,13 @@ def test_a_model_that_would_run_code_is_refused(client: httpx.Client, tmp_path: 
     model = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression()).fit(x, y)
     path = tmp_path / "evil.skops"
     skops.io.dump(model, str(path))
-    response = _register(client, path.read_bytes(), "sklearn", "evil")
-    error = assert_error(response, 422, "untrusted_model")
+    error = _refused(client, path.read_bytes(), "sklearn", "evil")
+    assert error["code"] == "untrusted_model"
     assert "numpy.log1p (FunctionNode)" in error["message"]
     assert "FunctionTransformer" in error["message"]
     _no_paths(error["message"])
-    assert client.get("/v1/models/evil").status_code == 404
+    job = {"model": "evil", "input": {"items": [{"custom_id": 1, "input": [1, 2, 3, 4]}]}}
+    assert_error(client.post("/v1/jobs", json=job), 422, "model_failed")
     _farm_still_serves(client)
 
 
@@ -146,8 +155,8 @@ def test_hostile_archives_are_refused_and_leave_nothing(
     content = archive()  # type: ignore[operator]
     assert len(content) < 1 * MB  # a small download, whatever it unpacks to
     name = f"arc-{secrets.token_hex(4)}"
-    error = assert_error(_register(small, content, "transformers", name), 422, "invalid_archive")
-    assert words in error["message"]
+    error = _refused(small, content, "transformers", name)
+    assert error["code"] == "invalid_archive" and words in error["message"]
     _no_paths(error["message"])
     data_dir = Path(services["MODELFARM_DATA_DIR"])
     assert not list((data_dir / "artifacts").glob(f"tenants/*/models/{name}"))
@@ -372,8 +381,7 @@ def test_a_graph_planted_in_a_model_archive_is_never_loaded(
     name = f"planted-{secrets.token_hex(3)}"
     file = upload(client, buffer.getvalue(), purpose="model", name="m.tar.gz")
     body = {"name": name, "framework": "transformers", "task": "text-classification"}
-    registered = client.post("/v1/models", json={**body, "file_id": file["id"]})
-    assert registered.status_code == 201, registered.text
+    register_ready(client, {**body, "file_id": file["id"]})
     job = run_job(client, name, [{"custom_id": 1, "input": "a fine film"}])
     assert job["status"] == "succeeded", job
     assert read_lines(client, job["output_file_id"])[0]["output"]["label"] in {"neg", "pos"}

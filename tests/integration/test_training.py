@@ -22,6 +22,7 @@ from tests.helpers import (
     assert_error,
     jsonl,
     read_lines,
+    register_ready,
     run_job,
     submit,
     upload,
@@ -205,8 +206,7 @@ def register_archive(client: httpx.Client, directory: Path, name: str, task: str
         tar.add(directory, arcname="model")
     file = upload(client, buffer.getvalue(), purpose="model", name="model.tar.gz")
     body = {"name": name, "framework": "transformers", "task": task, "file_id": file["id"]}
-    response = client.post("/v1/models", json=body)
-    assert response.status_code == 201, response.text
+    register_ready(client, body)
 
 
 def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.archives import ArchiveRefused, extract_archive
+from workers.runtime.archives import ArchiveRefused, extract_archive
 
 MB = 1024 * 1024
 CAP = 4 * MB

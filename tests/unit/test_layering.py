@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: (importing file, imported module) -> why the edge still exists
 KNOWN_APP_TO_WORKERS = {
     ("app/cli.py", "workers.celery_app"): "`modelfarm worker` starts a Celery worker",
-    ("app/services/jobs.py", "workers.runtime.registry"): "the builtin model catalogue",
-    ("app/services/jobs.py", "workers.runtime.training"): "training parameter checks (step 7)",
-    ("app/services/models.py", "workers.runtime.registry"): "the builtin model catalogue",
-    ("app/services/models.py", "workers.runtime.base"): "validation at registration (step 7)",
-    ("app/services/models.py", "workers.runtime.sklearn"): "validation at registration (step 7)",
 }
 API_SQLALCHEMY_ALLOWED = {"sqlalchemy.exc", "sqlalchemy.orm"}
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.factories import make_tiny_feature_extractor, make_tiny_text_classifier
-from workers.runtime import ModelSpec, RunOptions, builtin_spec, load_runner
+from workers.builtins import builtin_spec
+from workers.runtime import ModelSpec, RunOptions, load_runner
 from workers.runtime import onnx as onnx_backend
 
 SENTENCES = [

@@ -13,21 +13,22 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
+from app.catalogue import BUILTIN_MODELS
 from tests.factories import make_tiny_feature_extractor, make_tiny_text_classifier
+from workers.builtins import builtin_spec
 from workers.runtime import (
-    BUILTIN_MODELS,
     ItemError,
     ModelLoadError,
     ModelSpec,
     RunOptions,
     Stopped,
-    builtin_spec,
+    builtin_path,
     configure_threads,
     load_runner,
     resolve_device,
 )
 
-MINILM = Path(BUILTIN_MODELS["minilm"].path)
+MINILM = Path(builtin_path("minilm"))
 LONG = " ".join(f"word{i} and another clause about item {i}," for i in range(120))
 SENTENCES = [
     "The cat sat on the mat.",
@@ -204,6 +205,11 @@ def test_builtin_spec() -> None:
     assert (Path(spec.path) / "model.safetensors").is_file()
     with pytest.raises(KeyError):
         builtin_spec("gpt-17")
+    # What app/catalogue.py offers, the runtime has weights for (and nothing else).
+    for name in BUILTIN_MODELS:
+        assert (Path(builtin_path(name)) / "config.json").is_file()
+    with pytest.raises(KeyError):
+        builtin_path("gpt-17")
 
 
 def test_resolve_device() -> None:

@@ -13,17 +13,20 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
+from app.training_params import (
+    SKLEARN_ESTIMATORS,
+    InvalidParams,
+    check_finetune_params,
+    check_sklearn_params,
+)
 from tests.factories import make_tiny_feature_extractor, make_tiny_text_classifier
-from workers.runtime import BUILTIN_MODELS, RunOptions, Stopped, check_skops_file
+from workers.runtime import RunOptions, Stopped, builtin_path, check_skops_file
 from workers.runtime.finetune import finetune
 from workers.runtime.sklearn import load_sklearn_runner
 from workers.runtime.text import load_text_classifier
 from workers.runtime.training import (
-    SKLEARN_ESTIMATORS,
     Examples,
     TrainingError,
-    check_finetune_params,
-    check_sklearn_params,
     read_examples,
     save_sklearn,
     split_indices,
@@ -87,7 +90,7 @@ def test_good_sklearn_params_are_normalised() -> None:
     ],
 )
 def test_bad_sklearn_params_say_what_is_wrong(params: Any, expected: list[str]) -> None:
-    with pytest.raises(TrainingError) as info:
+    with pytest.raises(InvalidParams) as info:
         check_sklearn_params(params)
     assert info.value.code == "invalid_params"
     for part in expected:
@@ -127,7 +130,7 @@ def test_finetune_params_get_defaults() -> None:
     ],
 )
 def test_bad_finetune_params_are_refused(params: dict[str, Any], word: str) -> None:
-    with pytest.raises(TrainingError) as info:
+    with pytest.raises(InvalidParams) as info:
         check_finetune_params(params)
     assert info.value.code == "invalid_params" and word in info.value.message
 
@@ -206,7 +209,7 @@ def test_classifier_metrics_match_sklearn_on_the_same_split() -> None:
             "seed": 7,
         }
     )
-    result = train_sklearn(examples, params)
+    result = _train(examples, params)
 
     x_train, x_val, y_train, y_val = train_test_split(
         x, classes, test_size=0.25, random_state=7, stratify=classes
@@ -231,7 +234,7 @@ def test_seed_is_the_default_random_state() -> None:
     params = check_sklearn_params(
         {"estimator": "random_forest", "hyperparameters": {"n_estimators": 5}, "seed": 11}
     )
-    result = train_sklearn(examples, params)
+    result = _train(examples, params)
     x_train, x_val, y_train, y_val = train_test_split(
         x, classes, test_size=0.2, random_state=11, stratify=classes
     )
@@ -252,7 +255,7 @@ def test_regressor_metrics_match_sklearn_on_the_same_split() -> None:
             "seed": 5,
         }
     )
-    result = train_sklearn(examples, params)
+    result = _train(examples, params)
     x_train, x_val, y_train, y_val = train_test_split(x, score, test_size=0.3, random_state=5)
     predicted = Ridge(alpha=3.0).fit(x_train, y_train).predict(x_val)
     assert result.task == "regression"
@@ -270,7 +273,7 @@ def test_no_validation_split_scores_on_the_training_data() -> None:
     x, _, score = _data()
     examples = read_examples(_lines(x.tolist(), score.tolist()), "features")
     params = check_sklearn_params({"estimator": "linear_regression", "validation_split": 0})
-    result = train_sklearn(examples, params)
+    result = _train(examples, params)
     assert result.metrics["evaluated_on"] == "training"
     assert result.metrics["train_examples"] == 90 and result.metrics["validation_examples"] == 0
     assert result.metrics["r2"] == pytest.approx(r2_score(score, result.estimator.predict(x)))
@@ -288,7 +291,7 @@ def test_no_validation_split_scores_on_the_training_data() -> None:
 def test_unusable_labels_are_refused(estimator: str, labels: list[Any], words: str) -> None:
     examples = Examples(inputs=[[float(i), 1.0] for i in range(6)], labels=labels)
     with pytest.raises(TrainingError) as info:
-        train_sklearn(examples, check_sklearn_params({"estimator": estimator}))
+        _train(examples, check_sklearn_params({"estimator": estimator}))
     assert info.value.code == "invalid_training_data" and words in info.value.message
 
 
@@ -302,7 +305,7 @@ def test_hyperparameters_rejected_at_fit_fail_the_job() -> None:
         }
     )
     with pytest.raises(TrainingError) as info:
-        train_sklearn(examples, params)
+        _train(examples, params)
     assert info.value.code == "training_failed" and "logistic_regression" in info.value.message
 
 
@@ -312,7 +315,7 @@ def test_model_trained_on_named_features_serves_objects_and_arrays(tmp_path: Pat
     x, classes, _ = _data()
     named = [dict(zip(NAMES, row, strict=True)) for row in x.tolist()]
     examples = read_examples(_lines(named, classes.tolist()), "features")
-    result = train_sklearn(examples, check_sklearn_params({"estimator": "logistic_regression"}))
+    result = _train(examples, check_sklearn_params({"estimator": "logistic_regression"}))
     assert result.feature_names == NAMES and result.warnings == []
     path = tmp_path / "models" / "clf.skops"
     save_sklearn(result.estimator, str(path))
@@ -338,7 +341,7 @@ def test_every_allowed_estimator_trains_saves_and_serves(name: str, tmp_path: Pa
     labels = classes if task == "classification" else score
     examples = read_examples(_lines(x.tolist(), labels.tolist()), "features")
     params = check_sklearn_params({"estimator": name, "hyperparameters": hyperparameters})
-    result = train_sklearn(examples, params)
+    result = _train(examples, params)
     save_sklearn(result.estimator, str(tmp_path / "m.skops"))
     runner = load_sklearn_runner(str(tmp_path / "m.skops"), task)
     out = runner.run([runner.prepare(row, OPTIONS) for row in x[:5].tolist()], OPTIONS)
@@ -543,7 +546,7 @@ def test_minilm_sentence_transformers_layout_is_finetuned(tmp_path: Path) -> Non
     result = finetune(
         examples,
         _params(epochs=1, validation_split=0, max_length=16),
-        BUILTIN_MODELS["minilm"].path,
+        builtin_path("minilm"),
         str(tmp_path / "out"),
         str(tmp_path / "c"),
     )
@@ -551,3 +554,8 @@ def test_minilm_sentence_transformers_layout_is_finetuned(tmp_path: Path) -> Non
     runner = load_text_classifier(str(tmp_path / "out"), "cpu")
     out = runner.run([runner.prepare("a great movie", OPTIONS)], OPTIONS)
     assert out[0]["label"] in {"0", "1"} and list(out[0]["scores"]) == ["0", "1"]
+
+
+def _train(examples: Examples, params: dict[str, Any]) -> Any:
+    """Fit as the worker does: the class the checked params name."""
+    return train_sklearn(examples, params, *SKLEARN_ESTIMATORS[params["estimator"]])

@@ -22,14 +22,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from app.training_params import SKLEARN_ESTIMATORS, check_sklearn_params
 from workers.runtime import ModelLoadError
 from workers.runtime.sklearn import load_skops
-from workers.runtime.training import (
-    SKLEARN_ESTIMATORS,
-    Examples,
-    check_sklearn_params,
-    train_sklearn,
-)
+from workers.runtime.training import Examples, train_sklearn
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(120, 4))
@@ -92,7 +88,7 @@ def test_every_estimator_the_farm_trains_loads(tmp_path: Path, name: str) -> Non
     _, task = SKLEARN_ESTIMATORS[name]
     labels = [int(v) for v in Y] if task == "classification" else [float(v) for v in X[:, 0]]
     params = check_sklearn_params({"estimator": name, "hyperparameters": {}})
-    result = train_sklearn(Examples(inputs=X.tolist(), labels=labels), params)
+    result = _train(Examples(inputs=X.tolist(), labels=labels), params)
     path = _dump(tmp_path, result.estimator)
     loaded = load_skops(str(path))
     assert np.array_equal(loaded.predict(X), result.estimator.predict(X))
@@ -238,3 +234,8 @@ def test_a_skops_file_that_unpacks_past_the_cap_is_refused(tmp_path: Path) -> No
     assert path.stat().st_size < 100_000
     with pytest.raises(ModelLoadError, match="unpacks to"):
         load_skops(str(path), max_unpacked_bytes=1024 * 1024)
+
+
+def _train(examples: Examples, params: dict[str, Any]) -> Any:
+    """Fit as the worker does: the class the checked params name."""
+    return train_sklearn(examples, params, *SKLEARN_ESTIMATORS[params["estimator"]])

@@ -14,10 +14,8 @@ from workers.runtime.base import (
 )
 from workers.runtime.batching import token_budget_batches
 from workers.runtime.registry import (
-    BUILTIN_MODELS,
-    BuiltinModel,
     ModelCache,
-    builtin_spec,
+    builtin_path,
     configure_threads,
     load_runner,
     resolve_device,
@@ -25,10 +23,10 @@ from workers.runtime.registry import (
 
 
 def check_skops_file(path: str) -> dict[str, Any]:
-    """Validate an uploaded skops file at registration; see workers.runtime.sklearn.
+    """Validate an uploaded skops file; see workers.runtime.sklearn.
 
-    Imported on call: skops pulls in scikit-learn, scipy and torch, seconds the API need not
-    spend at startup.
+    Imported on call: skops pulls in scikit-learn, scipy and torch, seconds a process that
+    never validates need not spend.
     """
     from workers.runtime.sklearn import check_skops_file as check
 
@@ -36,8 +34,6 @@ def check_skops_file(path: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "BUILTIN_MODELS",
-    "BuiltinModel",
     "ItemError",
     "ModelCache",
     "ModelLoadError",
@@ -45,7 +41,7 @@ __all__ = [
     "RunOptions",
     "Runner",
     "Stopped",
-    "builtin_spec",
+    "builtin_path",
     "check_skops_file",
     "configure_threads",
     "load_runner",

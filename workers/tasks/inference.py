@@ -362,6 +362,8 @@ def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
         # Only named here: fetching it from the store (S3, say) waits until the claim's
         # transaction has ended, so no row lock is held over network I/O.
         version = session.get_one(ModelVersion, job.model_version_id)
+        # A job is only ever created against a ready version, which has both.
+        assert version.task is not None and version.uri is not None
         spec = VersionRef(
             f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
         )

@@ -1,17 +1,28 @@
 """Thin Celery tasks: take ids, run them with workers/tasks + runtime, record through services.
 
-Arguments always start with the job id, so Flower shows which job every task belongs to.
+Arguments always start with the job id (or, for a model validation, the version id), so
+Flower shows what every task belongs to.
 """
 
 from __future__ import annotations
 
 from celery import Task
 
-from app.dispatch import TASK_DELIVER_WEBHOOK, TASK_FINALIZE_JOB, TASK_PLAN_JOB, TASK_RUN_SHARD
+from app.config import get_settings
+from app.dispatch import (
+    TASK_DELIVER_WEBHOOK,
+    TASK_FINALIZE_JOB,
+    TASK_PLAN_JOB,
+    TASK_RUN_SHARD,
+    TASK_VALIDATE_MODEL,
+)
 from workers.celery_app import celery_app
 from workers.tasks.assemble import assemble_job
 from workers.tasks.inference import plan_job, run_shard
+from workers.tasks.validation import validate_version
 from workers.tasks.webhooks import deliver
+
+_VALIDATION_SECONDS = get_settings().model_validation_seconds
 
 
 @celery_app.task(name=TASK_PLAN_JOB, bind=True)
@@ -32,3 +43,14 @@ def finalize_job_task(job_id: str) -> None:
 @celery_app.task(name=TASK_DELIVER_WEBHOOK)
 def deliver_webhook_task(job_id: str, delivery_id: str) -> None:
     deliver(job_id, delivery_id)
+
+
+# Its own time limits: an upload that takes too long to check is stopped well before a shard's
+# limit, and its version's lease (MODEL_VALIDATION_SECONDS + a margin) outlives the attempt.
+@celery_app.task(
+    name=TASK_VALIDATE_MODEL,
+    soft_time_limit=_VALIDATION_SECONDS,
+    time_limit=_VALIDATION_SECONDS + 30,
+)
+def validate_model_task(version_id: str) -> None:
+    validate_version(version_id)

@@ -30,7 +30,7 @@ from workers.reliability import JobWatch, db_retry
 from workers.runtime import Stopped
 from workers.runtime.base import without_paths
 from workers.runtime.items import read_lines
-from workers.runtime.registry import BUILTIN_MODELS
+from workers.runtime.registry import builtin_path
 from workers.runtime.training import TrainingError, read_examples
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,10 @@ def _load(job_id: str, owner: str) -> TrainingSetup:
         base_path = None
         if job.framework == "transformers":
             if job.model_version_id is None:
-                base_path = BUILTIN_MODELS[(job.model or "").partition("@")[0]].path
+                base_path = builtin_path((job.model or "").partition("@")[0])
             else:
                 version = session.get_one(ModelVersion, job.model_version_id)
+                assert version.uri is not None  # a job's base model is a ready version
                 base_path = str(get_store().local_path(version.uri))
         return TrainingSetup(
             tenant_id=job.tenant_id,
@@ -144,10 +145,12 @@ def _model_uri(store: ArtifactStore, setup: TrainingSetup, job_id: str, *parts: 
 def _fit_sklearn(
     job_id: str, setup: TrainingSetup, examples: Any, tmp: Path, store: ArtifactStore
 ) -> Trained:
+    from app.training_params import SKLEARN_ESTIMATORS
     from workers.runtime.sklearn import check_skops_file
     from workers.runtime.training import save_sklearn, train_sklearn
 
-    result = train_sklearn(examples, setup.params)
+    estimator_class, task = SKLEARN_ESTIMATORS[setup.params["estimator"]]
+    result = train_sklearn(examples, setup.params, estimator_class, task)
     local = tmp / "model.skops"
     save_sklearn(result.estimator, str(local))
     info = check_skops_file(str(local))  # what an uploaded model records, from the same code

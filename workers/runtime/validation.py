@@ -1,0 +1,104 @@
+"""Checking a tenant's uploaded model before it may serve a job; plain functions, no Celery.
+
+An upload is data: a skops file whose every type is on the allowlist (workers/runtime/trust.py),
+or an archive of regular files (workers/runtime/archives.py) holding a config, safetensors
+weights and tokenizer files. Once it passes, a probe loads it the way a job would and runs an
+item or two through it, so a model that cannot serve is refused here and not by its first job.
+Every refusal is a ModelRefused with the code and message the version's `error` shows; messages
+never name a path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workers.runtime.archives import ArchiveRefused, extract_archive
+from workers.runtime.base import ItemError, ModelLoadError, ModelSpec, RunOptions
+from workers.runtime.registry import load_runner
+
+# Weights are loaded from safetensors only and no code is ever imported from a model, so files
+# that could only be pickles or code have no use here; refusing them keeps the stored version
+# plain data that anyone can audit.
+REFUSED_SUFFIXES = (".py", ".pyc", ".so", ".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+PROBE_TEXTS = ["a probe sentence", "and a second, longer one to make a batch of two"]
+
+
+class ModelRefused(Exception):
+    """The upload cannot become a ready version; code and message go on its `error`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def check_sklearn(
+    path: Path, task: str | None, max_unpacked_bytes: int
+) -> tuple[str, dict[str, Any]]:
+    """(task, info) of a skops file whose types are all trusted; ModelRefused otherwise."""
+    from workers.runtime.sklearn import check_skops_file
+
+    try:
+        info = check_skops_file(str(path), max_unpacked_bytes)
+    except ModelLoadError as exc:
+        raise ModelRefused("untrusted_model", f"not a usable scikit-learn model: {exc}") from None
+    if task is not None and task != info["task"]:
+        raise ModelRefused("invalid_model", f"the estimator does {info['task']}, not {task}")
+    return str(info["task"]), {k: v for k, v in info.items() if k != "task"}
+
+
+def unpack_archive(
+    archive: Path, dest: Path, max_bytes: int, max_members: int
+) -> tuple[Path, dict[str, Any]]:
+    """Unpack a .tar(.gz) or .zip into the empty folder `dest` and check what it holds.
+
+    Returns the model's folder (inside `dest`) and its info. The caller removes `dest` on a
+    refusal (it holds nothing but what this unpacked).
+    """
+    try:
+        files = extract_archive(archive, dest, max_bytes, max_members)
+    except ArchiveRefused as exc:
+        raise ModelRefused("invalid_archive", str(exc)) from None
+    root = dest
+    # An archive of one top-level folder is common (tar -czf m.tgz my-model/).
+    tops = {name.split("/", 1)[0] for name in files}
+    if len(tops) == 1 and all("/" in name for name in files):
+        root = dest / tops.pop()
+        files = [name.split("/", 1)[1] for name in files]
+    names = {name.rsplit("/", 1)[-1] for name in files}
+    refused = sorted(n for n in names if n.lower().endswith(REFUSED_SUFFIXES))
+    if refused:
+        raise ModelRefused(
+            "invalid_archive",
+            f"the model archive holds code or pickled files ({', '.join(refused[:5])}); "
+            "only safetensors weights and JSON/text configs are accepted",
+        )
+    if "config.json" not in names:
+        raise ModelRefused("invalid_archive", "the model archive has no config.json")
+    if not any(n.endswith(".safetensors") for n in names):
+        raise ModelRefused("invalid_archive", "the model archive has no .safetensors weights")
+    return root, {"files": sorted(files)}
+
+
+def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
+    """Load the model as a job would and run one or two items; ModelRefused if it cannot."""
+    try:
+        runner = load_runner(spec)
+    except ModelLoadError as exc:
+        raise ModelRefused("invalid_model", str(exc)) from None
+    if spec.framework == "sklearn":
+        items: list[Any] = [[0.0] * int(info["n_features"])]
+    else:
+        items = list(PROBE_TEXTS)
+    options = RunOptions(batch_tokens=256, batch_size=2)
+    try:
+        outputs = runner.run([runner.prepare(item, options) for item in items], options)
+    except ItemError as exc:
+        raise ModelRefused("invalid_model", f"the probe item was refused: {exc.message}") from None
+    except Exception as exc:  # whatever a broken model raises, the version fails with it
+        raise ModelRefused(
+            "invalid_model", f"the model fails on a probe item ({type(exc).__name__})"
+        ) from None
+    if len(outputs) != len(items):
+        raise ModelRefused("invalid_model", "the model answered a probe with the wrong count")
