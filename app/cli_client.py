@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.cli_errors import API_ERROR, ITEMS_FAILED, OK, USAGE, CliError, say
+from app.cli_errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
 from app.config import get_settings
 from modelfarm_client import Client
 
@@ -97,7 +97,16 @@ def follow(client: Client, job_id: str) -> JSON:
                 description=f"{job_id} {job['status']}",
             )
 
-        return client.wait(job_id, poll=1, on_progress=update)
+        try:
+            return client.wait(job_id, poll=1, on_progress=update)
+        except KeyboardInterrupt:
+            # Ctrl-C stops the waiting, not the job: say so, and how to pick it up again.
+            progress.stop()
+            raise CliError(
+                f"stopped waiting; job {job_id} goes on",
+                INTERRUPTED,
+                f"follow it again: `modelfarm wait {job_id}`",
+            ) from None
 
 
 def outcome(job: JSON) -> int:
@@ -176,6 +185,8 @@ def results(
 ) -> None:
     """Download a job's output (or error) file: to stdout, or to FILE with -o."""
     kind = "error" if errors else "output"
+    if output is not None and not output.parent.is_dir():
+        raise CliError(f"no such directory: {output.parent}", USAGE)
     with connect() as client:
         job = client.job(job_id)
         file_id = job[f"{kind}_file_id"]

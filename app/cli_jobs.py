@@ -42,6 +42,8 @@ def list_jobs(
         return
     for job in jobs:
         print(job_line(job))
+    if not jobs:
+        say("no jobs" + (f" {status}" if status else ""))
     if has_more:
         say(f"more jobs: --after {jobs[-1]['id']}")
 

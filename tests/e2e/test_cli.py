@@ -163,6 +163,7 @@ def test_models_register_and_list(
 
     unknown = modelfarm([*args[:3], "--name", "x", "--framework", "caffe"], env)
     assert unknown.returncode == 1 and "422" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
 
 
 def test_farm_json_is_enough(

@@ -78,6 +78,8 @@ def test_a_missing_file_is_named(data_dir: Path) -> None:
     ):
         result = modelfarm(args, data_dir, MODELFARM_API_KEY="mf_x")
         assert_short_failure(result, 2, "nowhere.", "does not exist")
+    result = modelfarm(["results", "job_x", "-o", "nowhere/out.jsonl"], data_dir)
+    assert_short_failure(result, 2, "no such directory: nowhere")
 
 
 def test_bad_arguments_are_usage_errors(data_dir: Path) -> None:
