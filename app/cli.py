@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Annotated
 
 import typer
@@ -45,20 +46,45 @@ def _logging() -> None:
 @cli.command()
 def up(flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True) -> None:
     """Run the whole farm here: embedded PostgreSQL + Redis unless URLs are set."""
-    _logging()
+    # The terminal of `up` shows the farm's own lines (starts, restarts, the banner); the
+    # libraries it drives (pgserver, httpx, alembic) speak only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("app").setLevel(logging.INFO)
     from app.farm import run_farm
 
     raise typer.Exit(run_farm(with_flower=flower))
 
 
+MigrateOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--migrate/--no-migrate",
+        help="Bring the schema up to date first (under a lock; default: MIGRATE_ON_START).",
+        show_default=False,
+    ),
+]
+
+
+def _migrate_first(migrate: bool | None) -> None:
+    """Processes started together (a Procfile) may each be told to migrate: the advisory
+    lock lets the first do it while the others wait, so none starts on an old schema."""
+    wanted = get_settings().migrate_on_start if migrate is None else migrate
+    if wanted:
+        from app.migrate import upgrade_locked
+
+        upgrade_locked()
+        err.print("database schema is up to date")
+
+
 @cli.command()
-def api() -> None:
+def api(migrate: MigrateOption = None) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
     from app.api.serve import HTTP_PROTOCOL
 
     settings = _settings(database=True)
+    _migrate_first(migrate)
     processes = settings.api_processes()
     metrics_dir = None
     if processes > 1:
@@ -90,14 +116,21 @@ def worker(
         int | None, typer.Option(help="CPU pool processes, or webhooks pool threads.")
     ] = None,
     gpu_slot: Annotated[int | None, typer.Option(hidden=True)] = None,
+    idle_without_gpu: Annotated[
+        bool,
+        typer.Option(help="GPU pool on a host with no GPU: wait (say so) instead of exiting 2."),
+    ] = False,
+    migrate: MigrateOption = None,
 ) -> None:
     """A Celery worker for one pool. The GPU pool runs one process per GPU; the webhooks pool
     runs threads, since it waits on receivers rather than computing."""
     if pool not in ("cpu", "gpu", "webhooks"):
         raise typer.BadParameter("pool must be cpu, gpu or webhooks")
     _settings(database=True, broker=True)
+    if gpu_slot is None:
+        _migrate_first(migrate)
     if pool == "gpu" and gpu_slot is None:
-        raise typer.Exit(_run_gpu_pool())
+        raise typer.Exit(_run_gpu_pool(idle_without_gpu))
     os.environ["MODELFARM_WORKER_POOL"] = pool
     if concurrency:
         os.environ["MODELFARM_WORKER_CONCURRENCY"] = str(concurrency)
@@ -128,20 +161,29 @@ def worker(
     )
 
 
-def _run_gpu_pool() -> int:
-    """One worker process per GPU, each pinned by CUDA_VISIBLE_DEVICES before CUDA starts."""
+def _run_gpu_pool(idle_without_gpu: bool = False) -> int:
+    """One worker process per GPU, each pinned by CUDA_VISIBLE_DEVICES before CUDA starts,
+    each restarted with backoff if it dies."""
     from app.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
 
     settings = get_settings()
     gpus = visible_gpus()
     count = settings.gpu_count if settings.gpu_count is not None else len(gpus)
-    if count < 1:
-        err.print(
-            "no GPU visible (set MODELFARM_GPU_COUNT with MODELFARM_DEVICE_OVERRIDE=cpu "
-            "to run the GPU pool on the CPU)"
-        )
-        return 2
     install_stop_handlers()
+    if count < 1:
+        hint = "set MODELFARM_GPU_COUNT with MODELFARM_DEVICE_OVERRIDE=cpu to run it on the CPU"
+        if not idle_without_gpu:
+            err.print(f"no GPU visible ({hint})")
+            return 2
+        # A Procfile line that ends stops the whole farm under honcho: wait instead, and say
+        # so. No heartbeat is written, so `device: auto` keeps choosing the CPU pool.
+        err.print(f"no GPU visible: the GPU pool idles and runs nothing here ({hint})")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+    _logging()
     supervisor = Supervisor()
     try:
         for slot in range(count):
@@ -151,9 +193,9 @@ def _run_gpu_pool() -> int:
                 modelfarm_command("worker", "--pool", "gpu", "--gpu-slot", str(slot)),
                 env={"CUDA_VISIBLE_DEVICES": device},
             )
-        name, code = supervisor.wait_any()
-        err.print(f"GPU worker {name} exited with {code}")
-        return code or 1
+        supervisor.supervise()
+        err.print("every GPU worker of this pool was given up on")
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -161,10 +203,11 @@ def _run_gpu_pool() -> int:
 
 
 @cli.command()
-def sweeper() -> None:
+def sweeper(migrate: MigrateOption = None) -> None:
     """Re-dispatch lost work, expire leases and deadlines (one acts at a time)."""
     _logging()
     _settings(database=True, broker=True)
+    _migrate_first(migrate)
     from app.sweeper import run_sweeper
 
     try:
@@ -175,28 +218,26 @@ def sweeper() -> None:
 
 @cli.command()
 def flower() -> None:
-    """Flower, the live view of workers, tasks and queues."""
+    """Flower, the live view of workers, tasks and queues (job ids in the task list)."""
+    from app.flower import FlowerRefused, flower_argv, flower_env
+
     settings = _settings(broker=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app:celery_app",
-        "flower",
-        f"--port={settings.flower_port}",
-        f"--address={settings.api_host}",
-    ]
+    try:
+        argv = flower_argv(settings)
+    except FlowerRefused as exc:
+        raise CliError(str(exc), USAGE) from None
+    os.environ.update(flower_env(settings))
     os.execv(sys.executable, argv)
 
 
 @cli.command()
 def migrate() -> None:
-    """Bring the database schema up to date."""
+    """Bring the database schema up to date (safe to run from several places at once)."""
+    _logging()
     _settings(database=True)
-    from app.migrate import upgrade
+    from app.migrate import upgrade_locked
 
-    upgrade()
+    upgrade_locked()
     console.print("database is up to date")
 
 

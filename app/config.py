@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    # `user:password` for Flower's basic auth; Flower refuses a non-loopback address without
+    # it, since anyone who reaches it can shut workers down and revoke tasks.
+    flower_basic_auth: SecretStr | None = None
+    flower_max_tasks: int = 10000  # tasks Flower keeps (in memory and in DATA_DIR/flower.db)
     api_url: str | None = None  # for the CLI as a client; default http://api_host:api_port
     api_key: SecretStr | None = None  # for the CLI as a client
     max_upload_bytes: int = 2 * 1024**3
@@ -91,6 +95,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 8  # threads of a webhooks worker (waiting on receivers, not CPU)
 
     secret_key: SecretStr = SecretStr("dev-insecure-secret")
+    # `api`, `worker` and `sweeper` bring the schema up to date before they start (under an
+    # advisory lock, so processes started together migrate once); `--migrate` does the same.
+    migrate_on_start: bool = False
 
     @model_validator(mode="after")
     def _fill_from_state(self) -> Settings:
@@ -102,6 +109,13 @@ class Settings(BaseSettings):
                 f"MODELFARM_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
                 f"be at least MODELFARM_TASK_TIME_LIMIT ({self.task_time_limit}) + 60"
             )
+        if self.flower_basic_auth is not None:
+            user, sep, password = self.flower_basic_auth.get_secret_value().partition(":")
+            if not (user and sep and password) or "," in password:
+                # Flower reads a comma as the start of another user:password pair.
+                raise ValueError(
+                    "MODELFARM_FLOWER_BASIC_AUTH must be user:password (no comma in the password)"
+                )
         if self.environment == "production" and self.secret_key.get_secret_value().startswith(
             "dev-"
         ):

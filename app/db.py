@@ -50,6 +50,11 @@ T = TypeVar("T")
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+# Test each pooled connection before lending it. The API keeps this: after a PostgreSQL restart
+# a stale connection would otherwise fail the request it serves. Worker processes turn it off
+# (`reset_engine(pre_ping=False)`): each of their writes runs under db_retry, which takes a fresh
+# connection after a lost one, so a ping per transaction would only add a round trip.
+_pre_ping = True
 
 
 def get_engine() -> Engine:
@@ -64,17 +69,19 @@ def get_engine() -> Engine:
         # and none is opened and closed per request (an overflow connection is, in SQLAlchemy).
         # Pools fill on demand, so a worker process still opens only the few it uses.
         _engine = create_engine(
-            url, pool_pre_ping=True, pool_size=settings.api_threads, max_overflow=4
+            url, pool_pre_ping=_pre_ping, pool_size=settings.api_threads, max_overflow=4
         )
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 
 
-def reset_engine(close: bool = True) -> None:
+def reset_engine(close: bool = True, pre_ping: bool | None = None) -> None:
     """Forget the engine. In a forked child pass close=False: the pooled connections belong to
-    the parent, which is still using them."""
-    global _engine, _sessionmaker
+    the parent, which is still using them. `pre_ping` sets whether the next engine pings."""
+    global _engine, _sessionmaker, _pre_ping
+    if pre_ping is not None:
+        _pre_ping = pre_ping
     if _engine is not None:
         _engine.dispose(close=close)
     _engine = None

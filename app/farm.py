@@ -1,19 +1,32 @@
-"""`modelfarm up`: the whole farm on one machine, embedded servers included when needed."""
+"""`modelfarm up`: the whole farm on one machine, embedded servers included when needed.
+
+Every process is supervised (app/procs.py): one that dies is restarted with backoff while the
+rest keep serving. Only the API is essential: given up on, it takes the farm down, since a
+farm nobody can reach is worse than one that says it stopped. A worker, the sweeper or Flower
+given up on leaves the farm running (jobs wait in PostgreSQL, nothing is lost) with a red line
+saying which part is down and where its log is.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
 from app.config import Settings, get_settings
 from app.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths and keys stay on one line
+
+READY_TIMEOUT_SECONDS = 600.0  # the first start on a slow machine loads models for minutes
 
 
 def _embedded(settings: Settings, stack: ExitStack) -> dict[str, str]:
@@ -42,11 +55,35 @@ def _default_key() -> str:
         return create_api_key(session, get_or_create_tenant(session, "default"))
 
 
+def _processes(settings: Settings, with_flower: bool) -> dict[str, list[str]]:
+    processes = {
+        "api": modelfarm_command("api"),
+        "worker-cpu": modelfarm_command("worker", "--pool", "cpu"),
+        "worker-webhooks": modelfarm_command("worker", "--pool", "webhooks"),
+        "sweeper": modelfarm_command("sweeper"),
+    }
+    # The GPU pool only where it has something to run on (or is told to run on the CPU).
+    if visible_gpus() or settings.gpu_count:
+        processes["worker-gpu"] = modelfarm_command("worker", "--pool", "gpu")
+    if with_flower:
+        from app.flower import FlowerRefused, flower_argv
+
+        try:
+            flower_argv(settings)  # would it start? Better said once here than five crashes
+            processes["flower"] = modelfarm_command("flower")
+        except FlowerRefused as exc:
+            console.print(f"[yellow]Flower not started: {exc}")
+    return processes
+
+
 def run_farm(with_flower: bool = True) -> int:
-    """Start everything, block until Ctrl-C (or a process dies), then stop all of it."""
+    """Start everything, supervise it until Ctrl-C, then stop all of it."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     install_stop_handlers()
+    # platformdirs (under pgserver) warns about a missing XDG_RUNTIME_DIR on every start as
+    # root or in a container; nothing depends on that directory here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     supervisor = Supervisor()
     with ExitStack() as stack:
         try:
@@ -57,35 +94,88 @@ def run_farm(with_flower: bool = True) -> int:
             get_settings.cache_clear()
             settings = get_settings()
 
-            from app.migrate import upgrade
+            from app.migrate import upgrade_locked
 
-            upgrade()
+            upgrade_locked()
             api_key = _default_key()
             settings.write_state({**urls, "api_url": settings.client_api_url, "api_key": api_key})
 
-            supervisor.start("api", modelfarm_command("api"))
-            supervisor.start("worker-cpu", modelfarm_command("worker", "--pool", "cpu"))
-            supervisor.start("worker-webhooks", modelfarm_command("worker", "--pool", "webhooks"))
-            supervisor.start("sweeper", modelfarm_command("sweeper"))
-            if visible_gpus() or settings.gpu_count:
-                supervisor.start("worker-gpu", modelfarm_command("worker", "--pool", "gpu"))
-            if with_flower:
-                supervisor.start("flower", modelfarm_command("flower"))
+            logs = settings.data_dir / "logs"
             stack.callback(supervisor.stop_all)
-
-            console.print(f"[bold]API[/bold]     {settings.client_api_url}")
-            if with_flower:
-                console.print(
-                    f"[bold]Flower[/bold]  http://{settings.api_host}:{settings.flower_port}"
-                )
-            console.print(f"[bold]API key[/bold] {api_key}  (tenant 'default')")
-            console.print("Ctrl-C stops the farm.")
-            name, code = supervisor.wait_any()
-            console.print(f"[red]{name} exited with code {code}; stopping the farm[/red]")
+            since = datetime.now(UTC)
+            processes = _processes(settings, with_flower)
+            for name, argv in processes.items():
+                supervisor.start(name, argv, log_file=logs / f"{name}.log", essential=name == "api")
+            console.print(f"starting {', '.join(processes)} (logs in {logs})...")
+            pools = [n.removeprefix("worker-") for n in processes if n.startswith("worker-")]
+            if not _wait_ready(settings, supervisor, pools, since):
+                return 1
+            _banner(settings, api_key, logs, list(processes))
+            gave_up = supervisor.supervise()
+            console.print(f"[red]{gave_up or 'every process'} was given up on; stopping the farm")
             return 1
         except KeyboardInterrupt:
             console.print("stopping the farm...")
             return 0
+
+
+def _wait_ready(
+    settings: Settings, supervisor: Supervisor, pools: list[str], since: datetime
+) -> bool:
+    """Until the API answers /readyz and every pool has a worker beating; False when the API
+    was given up on meanwhile. Restarts go on while this waits."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    api_ready = False
+    waiting = set(pools)
+    while time.monotonic() < deadline:
+        given_up = supervisor.check()
+        if "api" in given_up:
+            console.print("[red]the API keeps crashing; stopping the farm (see its log)")
+            return False
+        waiting -= {n.removeprefix("worker-") for n in given_up}  # no beat will come from it
+        api_ready = api_ready or _answers(f"{settings.client_api_url}/readyz")
+        if api_ready:
+            waiting -= _beating_pools(since)
+        if api_ready and not waiting:
+            return True
+        time.sleep(0.5)
+    console.print(
+        f"[yellow]not ready after {READY_TIMEOUT_SECONDS:.0f} s: "
+        f"{'the API' if not api_ready else ', '.join(sorted(waiting))}; see the logs"
+    )
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _beating_pools(since: datetime) -> set[str]:
+    """Pools with a worker that beat since `up` started them (a worker beats once ready)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.models import WorkerHeartbeat
+
+    with session_scope() as session:
+        rows = session.scalars(select(WorkerHeartbeat.pool).where(WorkerHeartbeat.seen_at > since))
+        return set(rows)
+
+
+def _banner(settings: Settings, api_key: str, logs: Path, names: list[str]) -> None:
+    from app.flower import flower_url
+
+    console.rule("[bold]modelfarm is up")
+    console.print(f"[bold]API[/bold]      {settings.client_api_url}   (docs at /docs)")
+    if "flower" in names:
+        auth = "  (basic auth)" if settings.flower_basic_auth else ""
+        console.print(f"[bold]Flower[/bold]   {flower_url(settings)}{auth}")
+    console.print(f"[bold]API key[/bold]  {api_key}  (tenant 'default')")
+    console.print(f"[bold]Logs[/bold]     {logs}/ ({', '.join(f'{n}.log' for n in names)})")
+    console.print("Ctrl-C stops the farm.")
 
 
 def _forget_state(data_dir: Path, keys: list[str]) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def _init_process(**_: object) -> None:
     """Runs in each pool child after the fork: fresh DB engine, threads, device, models."""
     settings = get_settings()
-    db.reset_engine(close=False)
+    db.reset_engine(close=False, pre_ping=False)  # every write here runs under db_retry
     configure_threads(settings.torch_threads())
     worker = state.current()
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
+from app.api.submissions import group_commit
 from app.db import run_retrying, session_scope
 from app.dispatch import TASK_FINALIZE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
@@ -31,10 +32,16 @@ def create_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
-    job = job_service.submit_job(
-        session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
-    )
-    return job_service.job_public(job)
+    if idempotency_key:  # its own transaction: the unique index decides a race of one key
+        job = job_service.submit_job(
+            session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
+        )
+        return job_service.job_public(job)
+    submission = job_service.prepare_submission(session, tenant, body, settings.max_inline_items)
+    if session.in_transaction():
+        session.commit()  # only read: its connection goes back before the wait below
+    group_commit.submit(submission)  # committed with whatever arrived with it, then published
+    return job_service.job_public(submission.job)
 
 
 @router.get("")

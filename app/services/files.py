@@ -54,8 +54,11 @@ def create_file(
 
 def create_items_file(session: Session, tenant: Tenant, items: Iterable[dict[str, object]]) -> File:
     """Inline items become a JSONL input file, so every job reads its input the same way."""
-    body = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
-    return create_file(session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None)
+    lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in items]
+    body = "".join(lines).encode()
+    file = create_file(session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None)
+    file.items = len(lines)  # a JSON object a line: never blank, so every line is an item
+    return file
 
 
 def register_file(

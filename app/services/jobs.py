@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import utcnow
+from app.db import Base, utcnow
 from app.dispatch import publish_job
 from app.ids import new_id
 from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
@@ -96,6 +97,13 @@ def create_job(
         meta=body.metadata,
         idempotency_key=idempotency_key,
         usage={},
+        # Set here rather than left to column defaults, so the job is whole before any flush:
+        # a submission may be written by another session (app/api/submissions.py).
+        counts_total=0,
+        counts_succeeded=0,
+        counts_failed=0,
+        attempts=0,
+        created_at=utcnow(),
         deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds)
         if body.deadline_seconds
         else None,
@@ -134,6 +142,62 @@ def submit_job(
     return job
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A new job's rows, built but not written: whoever commits them may write many at once."""
+
+    job: Job
+    rows: list[tuple[type[Base], dict[str, Any]]]  # in the order they must be inserted
+
+
+def prepare_submission(
+    session: Session, tenant: Tenant, body: JobCreate, max_inline_items: int = 1000
+) -> Submission:
+    """What `submit_job` writes for a job without an idempotency key (the job, its inline
+    input's file, its queued and dispatched events), taken out of `session` unwritten.
+
+    Everything is checked here first, as for any submission; only the writing is left.
+    """
+    job, _ = create_job(session, tenant, body, None, max_inline_items)
+    job.dispatched_at = utcnow()
+    add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
+    # Parents first (the file before the job that names it), then in the order added.
+    new = sorted(session.new, key=lambda obj: (_INSERT_ORDER[type(obj)], inspect(obj).insert_order))
+    rows = [(type(obj), _column_values(obj)) for obj in new]
+    session.expunge_all()
+    return Submission(job, rows)
+
+
+_INSERT_ORDER = {File: 0, Job: 1, JobEvent: 2}
+
+
+def _column_values(obj: Base) -> dict[str, Any]:
+    """The column attributes set on a new ORM object, by attribute name."""
+    return {
+        attr.key: obj.__dict__[attr.key]
+        for attr in inspect(type(obj)).column_attrs
+        if attr.key in obj.__dict__
+    }
+
+
+def insert_submissions(session: Session, submissions: Sequence[Submission]) -> None:
+    """Write the rows of several submissions: one multi-row INSERT per table."""
+    for table in sorted(_INSERT_ORDER, key=_INSERT_ORDER.__getitem__):
+        rows = [row for s in submissions for cls, row in s.rows if cls is table]
+        if rows:
+            session.execute(insert(table), rows)
+
+
+def unpublished(session: Session, jobs: Sequence[Job]) -> None:
+    """Jobs committed as dispatched whose message the broker refused: the mark is taken back,
+    and the sweeper sends them."""
+    ids = [job.id for job in jobs]
+    session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=None))
+    for job in jobs:
+        add_event(session, job.id, "publish_failed", {"queue": job.queue}, flush=False)
+    JOBS_PUBLISH_FAILED.inc(len(jobs))
+
+
 def commit_and_publish(session: Session, job: Job) -> None:
     """Commit a new job, then hand it to its queue.
 
@@ -148,9 +212,7 @@ def commit_and_publish(session: Session, job: Job) -> None:
     session.commit()
     JOBS_SUBMITTED.labels(job.type, job.queue).inc()
     if not publish_job(job.id, job.queue):
-        JOBS_PUBLISH_FAILED.inc()
-        job.dispatched_at = None
-        add_event(session, job.id, "publish_failed", {"queue": job.queue})
+        unpublished(session, [job])
         session.commit()
 
 
@@ -212,7 +274,7 @@ def add_event(
 ) -> None:
     """Record an event; `flush=False` leaves the INSERT to the session's next flush (events keep
     the order they were added in either way)."""
-    session.add(JobEvent(job_id=job_id, type=type_, data=data or {}))
+    session.add(JobEvent(job_id=job_id, type=type_, data=data or {}, created_at=utcnow()))
     if flush:
         session.flush()
 

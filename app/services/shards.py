@@ -27,7 +27,7 @@ def _execute(session: Session, statement: Any) -> Any:
     return session.execute(statement)
 
 
-def _held(shard_id: int, owner: str) -> tuple[ColumnElement[bool], ...]:
+def held_by(shard_id: int, owner: str) -> tuple[ColumnElement[bool], ...]:
     """The shard is running under this owner's lease: the guard of every write while working."""
     return (
         JobShard.id == shard_id,
@@ -257,7 +257,7 @@ def record_shard_progress(
         _execute(
             session,
             update(JobShard)
-            .where(*_held(shard_id, owner))
+            .where(*held_by(shard_id, owner))
             .values(
                 succeeded=JobShard.succeeded + succeeded,
                 failed=JobShard.failed + failed,
@@ -286,7 +286,7 @@ def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds
         _execute(
             session,
             update(JobShard)
-            .where(*_held(shard_id, owner))
+            .where(*held_by(shard_id, owner))
             .values(lease_expires_at=lease_until(lease_seconds)),
         ).rowcount
         == 1
@@ -333,7 +333,7 @@ def finish_shard(
         _execute(
             session,
             update(JobShard)
-            .where(*_held(shard.id, owner))
+            .where(*held_by(shard.id, owner))
             .values(
                 status=status,
                 finished_at=utcnow(),
@@ -410,7 +410,7 @@ def release_shard(session: Session, shard: JobShard, owner: str, reason: str) ->
     _execute(
         session,
         update(JobShard)
-        .where(*_held(shard.id, owner))
+        .where(*held_by(shard.id, owner))
         .values(
             status=ShardStatus.QUEUED,
             lease_owner=None,
@@ -434,8 +434,12 @@ def fail_job(
     message: str,
     where: tuple[ColumnElement[bool], ...] = (),
     event_data: dict[str, Any] | None = None,
+    lease_owner: str | None = None,
 ) -> bool:
-    """The job cannot finish: it ends `failed` with the reason, and its shards stop."""
+    """The job cannot finish: it ends `failed` with the reason, and its shards stop. With
+    `lease_owner`, only while that owner holds the job's own lease."""
+    if lease_owner is not None:
+        where = (*where, Job.lease_owner == lease_owner)
     failed = transition(
         session,
         job_id,

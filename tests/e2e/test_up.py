@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 from app.embedded import free_port
-from tests.helpers import FarmProcess, wait_for_http
+from tests.helpers import FarmProcess, submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -162,3 +163,98 @@ def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[s
     finally:
         proc.stop()
     assert proc.proc.returncode == 0, proc.output()[-3000:]
+
+
+def _worker_main(up: subprocess.Popen[bytes], pool: str) -> psutil.Process:
+    """The `modelfarm worker --pool <pool>` process `up` started (Celery's main process)."""
+    for child in psutil.Process(up.pid).children():
+        cmdline = child.cmdline()
+        if "worker" in cmdline and cmdline[cmdline.index("--pool") + 1] == pool:
+            return child
+    raise AssertionError(f"no {pool} worker under up")
+
+
+def test_up_restarts_a_killed_worker_and_keeps_serving(
+    tmp_path: Path, services: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "farm"
+    env = _env(
+        data_dir,
+        MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+        MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
+        MODELFARM_API_WORKERS="1",
+    )
+    up = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
+    try:
+        # The banner comes last, once the API answers and every pool's worker beats.
+        up.wait_for_log("Ctrl-C stops the farm.", timeout=240)
+        output = up.output()
+        banner = output[output.index("modelfarm is up") :]
+        assert str(data_dir / "logs") in banner and "worker-cpu.log" in banner
+        # Worker banners and warnings went to the log files, not to the terminal.
+        assert "[queues]" not in output and "[tasks]" not in output
+        assert "ready." in (data_dir / "logs" / "worker-cpu.log").read_text()
+        api = f"http://127.0.0.1:{env['MODELFARM_API_PORT']}"
+        key = json.loads((data_dir / "farm.json").read_text())["api_key"]
+
+        first = _worker_main(up.proc, "cpu")
+        first.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "restarted" not in up.output():
+            assert time.monotonic() < deadline, up.output()[-3000:]
+            time.sleep(0.2)
+        assert f"worker-cpu (pid {first.pid}) exited with code -9 (SIGKILL)" in up.output()
+        assert "exited with code -9" in (data_dir / "logs" / "worker-cpu.log").read_text()
+        second = _worker_main(up.proc, "cpu")
+        assert second.pid != first.pid
+
+        with httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
+            items = [{"custom_id": str(i), "input": f"after the restart {i}"} for i in range(3)]
+            job = submit(client, {"model": "minilm", "input": {"items": items}, "device": "cpu"})
+            done = wait_done(client, job["id"], timeout=240)
+        assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 3, done
+        assert up.proc.poll() is None  # the farm never stopped
+    finally:
+        up.signal(signal.SIGINT)
+        try:
+            up.proc.wait(timeout=60)
+        finally:
+            up.stop()
+    assert up.proc.returncode == 0, up.output()[-3000:]
+
+
+def test_up_gives_up_on_an_api_that_cannot_start_and_stops(
+    tmp_path: Path, services: dict[str, str]
+) -> None:
+    env = _env(
+        tmp_path / "farm",
+        MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
+        MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
+        MODELFARM_API_WORKERS="1",
+    )
+    # Something else holds the API's port: every start of the API fails within a second.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["MODELFARM_API_PORT"])))
+        taken.listen()
+        up = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
+        try:
+            code = up.proc.wait(timeout=180)
+            tree_left = [p for p in psutil.process_iter(["cmdline"]) if _under_farm(p, env)]
+        finally:
+            up.stop()
+    output = up.output()
+    assert code == 1, output[-3000:]
+    assert output.count("api (pid") == 4 and "restarting in" in output
+    assert "5 crashes in a row" in output and "stopping the farm" in output
+    assert "Ctrl-C stops the farm." not in output  # never announced as up
+    assert not tree_left, [p.info for p in tree_left]
+
+
+def _under_farm(proc: psutil.Process, env: dict[str, str]) -> bool:
+    """A process of this test's farm still running (they all carry its DATA_DIR)."""
+    try:
+        return proc.environ().get("MODELFARM_DATA_DIR") == env["MODELFARM_DATA_DIR"]
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False

@@ -3,6 +3,9 @@
 - `workers/runtime` is model code only: no Celery, no database, nothing of `app`.
 - `app/api` reaches the database only through services: of SQLAlchemy it may name the session
   type and the exceptions it maps to answers, never build a query.
+- `workers/tasks` stay thin: they take an id, call a service, call the runtime, record through a
+  service. Of SQLAlchemy they may name the session type (and read rows by primary key), never
+  build a query: the claim, plan, assembly and training records live in `app/services`.
 - `app` does not import `workers`, except the edges listed in KNOWN_APP_TO_WORKERS, each with
   why it is still there. The list may only shrink: an edge that no longer exists must be taken
   off it, and a new one fails here.
@@ -56,6 +59,11 @@ def test_the_runtime_knows_nothing_of_celery_the_database_or_the_api() -> None:
 def test_the_api_builds_no_queries() -> None:
     used = {edge for edge in _imports("app/api") if _under(edge[1], "sqlalchemy")}
     assert {m for _, m in used} <= API_SQLALCHEMY_ALLOWED, used
+
+
+def test_tasks_build_no_queries() -> None:
+    used = {edge for edge in _imports("workers/tasks") if _under(edge[1], "sqlalchemy")}
+    assert {m for _, m in used} <= {"sqlalchemy.orm"}, used
 
 
 def test_app_imports_workers_only_where_listed() -> None:

@@ -252,6 +252,11 @@ def _runner(folder: Path, report: dict[str, Any], device: str) -> _OnnxRunner:
     # The same cores-per-process rule as torch: configure_threads sets OMP_NUM_THREADS.
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     options.inter_op_num_threads = 1
+    # No spin-waiting between runs: ONNX Runtime's threads otherwise keep a core busy after each
+    # run (measured: a one-item run cost 28 ms of CPU for 8 ms of wall time), and a farm shares
+    # its cores with the API, PostgreSQL and the worker's own parsing and writing. With other
+    # processes busy, 3,000 sentences ran at 242/s without spinning against 140/s with it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         providers.insert(0, "CUDAExecutionProvider")

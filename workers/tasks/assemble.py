@@ -6,15 +6,11 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import dataclass
-
-from sqlalchemy import select
 
 from app.config import get_settings
-from app.db import session_scope, utcnow
-from app.models import Job, JobShard, JobStatus, ShardStatus
-from app.services.results import complete_job
-from app.services.shards import active_shards, lease_until, renew_job_lease
+from app.db import session_scope
+from app.services.results import Assembly, claim_assembly, complete_job
+from app.services.shards import renew_job_lease
 from app.storage import get_store
 from workers.reliability import db_retry, new_owner
 from workers.tasks.results import ResultWriter, append_part, final_uris, part_uris
@@ -23,13 +19,6 @@ log = logging.getLogger(__name__)
 
 #: An assembly holds the job's lease for this many LEASE_SECONDS, renewed while it copies.
 ASSEMBLY_LEASES = 10
-
-
-@dataclass(frozen=True)
-class Assembly:
-    tenant_id: str
-    parts: list[tuple[int, int]]  # (shard index, attempt whose parts are whole), input order
-    all_succeeded: bool
 
 
 def assemble_job(job_id: str) -> None:
@@ -74,30 +63,8 @@ def _renew(job_id: str, owner: str, seconds: float) -> bool:
 
 def _claim(job_id: str, owner: str) -> Assembly | None:
     with session_scope() as session:
-        job = session.scalar(
-            select(Job).where(Job.id == job_id).with_for_update(key_share=True),
-            execution_options={"populate_existing": True},
-        )
-        if (
-            job is None
-            or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
-            or job.shards_total is None
-            or active_shards(session, job_id) > 0
-        ):
-            return None
-        if job.lease_owner is not None and job.lease_expires_at and job.lease_expires_at > utcnow():
-            return None  # someone else is assembling it right now
-        job.lease_owner = owner
-        job.lease_expires_at = lease_until(get_settings().lease_seconds * ASSEMBLY_LEASES)
-        shards = session.execute(
-            select(JobShard.index, JobShard.status, JobShard.parts_attempt)
-            .where(JobShard.job_id == job_id)
-            .order_by(JobShard.index)
-        ).all()
-        return Assembly(
-            tenant_id=job.tenant_id,
-            parts=[(i, a) for i, _, a in shards if a is not None],
-            all_succeeded=all(s == ShardStatus.SUCCEEDED for _, s, _ in shards),
+        return claim_assembly(
+            session, job_id, owner, get_settings().lease_seconds * ASSEMBLY_LEASES
         )
 
 

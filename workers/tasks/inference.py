@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 
-from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -25,7 +24,7 @@ from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
-from app.services import control, results
+from app.services import control, planning, results
 from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
@@ -52,68 +51,45 @@ def plan_job(job_id: str, worker: str) -> None:
     settings = get_settings()
     owner = new_owner()
 
-    def claim() -> tuple[str | None, str, str, bool, control.RetrySource | None, int | None] | None:
+    def claim() -> tuple[planning.Claim, ShardPlan | None] | None:
         with session_scope() as session:
-            job = shard_service.claim_for_planning(
-                session, job_id, owner, worker, settings.lease_seconds
+            claimed = planning.claim_job(
+                session,
+                job_id,
+                owner,
+                worker,
+                settings.lease_seconds,
+                settings.max_attempts,
+                owner_is_dead,
+                shard_items,
             )
-            if job is None:
-                # A pool child killed mid-way leaves its lease behind (the message comes back
-                # through task_reject_on_worker_lost): take over now, not once the lease lapses.
-                current = session.get(Job, job_id)
-                if (
-                    current is None
-                    or current.status != JobStatus.RUNNING
-                    or current.shards_total is not None
-                    or not owner_is_dead(current.lease_owner)
-                ):
-                    return None
-                if current.attempts >= settings.max_attempts:  # it keeps killing its worker
-                    message = f"the job lost its worker {current.attempts} times (killed)"
-                    shard_service.fail_job(session, job_id, "worker_lost", message)
-                    return None
-                job = shard_service.claim_for_planning(
-                    session,
-                    job_id,
-                    owner,
-                    worker,
-                    settings.lease_seconds,
-                    takeover_of=current.lease_owner,
-                )
-            if job is None:
-                return None
-            if job.input_file_id is None:  # a retry: its input of failed lines is made below
-                return (
-                    None,
-                    job.queue,
-                    job.type,
-                    _cheap(session, job),
-                    control.retry_source(session, job),
-                    None,
-                )
-            source = session.get_one(File, job.input_file_id)
-            return source.uri, job.queue, job.type, _cheap(session, job), None, source.bytes
+            if claimed is None or claimed.shard is None:
+                return None if claimed is None else (claimed, None)
+            return claimed, _shard_plan(session, claimed.shard)
 
     claimed = db_retry(claim)
     if claimed is None:
         log.info("job %s is not waiting to be planned; nothing to do", job_id)
         return
-    input_uri, queue, job_type, cheap_items, retry, input_bytes = claimed
-    if job_type == JobType.TRAINING:  # one task, holding the job's lease, no shards
+    start, here = claimed
+    if here is not None:  # planned in the claim: a job of one shard, run here
+        _run_claimed(here, owner)
+        return
+    if start.job.type == JobType.TRAINING:  # one task, holding the job's lease, no shards
         from workers.tasks.training import train_job
 
         train_job(job_id, owner)
         return
-    held = Job.lease_owner == owner  # a planner that lost its lease decides nothing
+    input_uri, retry = start.input_uri, start.retry
     if input_uri is None and retry is None:
         message = "the retried job's input or error file is gone (deleted)"
-        db_retry(fail_job, job_id, "nothing_to_retry", message, held)
+        db_retry(fail_job, job_id, "nothing_to_retry", message, owner)
         return
     try:
         # Reading a large input (from S3, say) may outlast a lease: renewed while it reads. A
         # small one is read long before it runs out, and starting the watch's thread cost a
         # one-item job about 20 ms here.
-        small = input_bytes is not None and input_bytes < WATCHED_INPUT_BYTES
+        small = start.input_bytes is not None and start.input_bytes < WATCHED_INPUT_BYTES
         watch = (
             contextlib.nullcontext() if small else JobWatch(job_id, owner, settings.lease_seconds)
         )
@@ -123,14 +99,13 @@ def plan_job(job_id: str, worker: str) -> None:
                 input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
                 if input_uri is None:
                     return
-            shard_items = settings.sklearn_shard_items if cheap_items else settings.shard_items
-            ranges = split_input(input_uri, shard_items)
+            ranges = split_input(input_uri, shard_items(start.cheap_items))
     except (OSError, ValueError, KeyError) as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
-        db_retry(fail_job, job_id, "input_unreadable", message, held)
+        db_retry(fail_job, job_id, "input_unreadable", message, owner)
         return
     if not ranges:
-        db_retry(fail_job, job_id, "empty_input", "the input file has no items", held)
+        db_retry(fail_job, job_id, "empty_input", "the input file has no items", owner)
         return
 
     def record() -> tuple[shard_service.PlanOutcome, ShardPlan | None]:
@@ -143,15 +118,14 @@ def plan_job(job_id: str, worker: str) -> None:
             )
             if outcome != "run_here":
                 return outcome, None
-            shard = session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
-            return outcome, _shard_plan(session, shard)
+            return outcome, _shard_plan(session, planning.only_shard(session, job_id))
 
     outcome, here = db_retry(record)
     if here is not None:
         _run_claimed(here, owner)
     elif outcome == "run":
         for index in range(len(ranges)):
-            publish(TASK_RUN_SHARD, [job_id, index], queue)
+            publish(TASK_RUN_SHARD, [job_id, index], start.job.queue)
     elif outcome == "assemble":
         assemble_job(job_id)
 
@@ -193,12 +167,10 @@ def _make_retry_input(
     return uri
 
 
-def _cheap(session: Session, job: Job) -> bool:
-    """scikit-learn items cost microseconds each, so their shards are larger: a shard's own
-    bookkeeping (claim, files, finish) would otherwise cost more than its items."""
-    if job.model_version_id is None:
-        return False  # the builtin models are text models
-    return session.get_one(ModelVersion, job.model_version_id).framework == "sklearn"
+def shard_items(cheap: bool) -> int:
+    """Items per shard: scikit-learn items (`cheap`) come in larger shards."""
+    settings = get_settings()
+    return settings.sklearn_shard_items if cheap else settings.shard_items
 
 
 def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
@@ -224,10 +196,12 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     return ranges
 
 
-def fail_job(job_id: str, code: str, message: str, *where: ColumnElement[bool]) -> None:
+def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> None:
+    """The job fails with the reason; with `owner`, only while that planner holds its lease
+    (a planner that lost it decides nothing)."""
     log.warning("job %s failed: %s: %s", job_id, code, message)
     with session_scope() as session:
-        shard_service.fail_job(session, job_id, code, message, where=where)
+        shard_service.fail_job(session, job_id, code, message, lease_owner=owner)
 
 
 # -- one shard --------------------------------------------------------------------------------
@@ -306,39 +280,39 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
     usage = _usage(state.current().device, cpu_start, wall_start)
     status = ShardStatus.SUCCEEDED if outcome == "done" else ShardStatus.CANCELLED
 
+    # Which backend ran the job, and why not ONNX when it fell back: said once, by shard 0.
+    backend = [_backend_event(runner)] if index == 0 and spec.backend == "onnx" else []
+
     def finish() -> bool:
         """True when the job still needs assembling from its shards' parts."""
         with session_scope() as session:
-            if index == 0 and spec.backend == "onnx":
-                _record_backend(session, job_id, runner)
-            last_shard = shard_service.finish_shard(
-                session, plan.shard, owner, status, usage, *last
-            )
-            if not last_shard or plan.shards_total != 1:
-                return last_shard
-            # One shard: its part files are the job's result files, nothing to copy.
-            results.complete_job(
-                session,
-                job_id,
-                plan.tenant_id,
-                outputs.result(),
-                errors.result(),
-                all_succeeded=status == ShardStatus.SUCCEEDED,
-                lease_owner=None,
-            )
-            return False
+            if plan.shards_total == 1:
+                # One shard: its part files are the job's result files, nothing to copy.
+                results.end_with_only_shard(
+                    session,
+                    plan.shard,
+                    owner,
+                    status,
+                    usage,
+                    outputs.result(),
+                    errors.result(),
+                    events=backend,
+                )
+                return False
+            for type_, data in backend:
+                add_event(session, job_id, type_, data, flush=False)
+            return shard_service.finish_shard(session, plan.shard, owner, status, usage, *last)
 
     if db_retry(finish):
         assemble_job(job_id)
 
 
-def _record_backend(session: Session, job_id: str, runner: object) -> None:
-    """Say in the job's events which backend ran it, and why not ONNX when it fell back."""
+def _backend_event(runner: object) -> tuple[str, dict[str, str]]:
     data = {"backend": getattr(runner, "backend", "torch")}
     reason = getattr(runner, "fallback_reason", None)
     if reason:
         data["fallback_reason"] = reason
-    add_event(session, job_id, "inference_backend", data, flush=False)
+    return "inference_backend", data
 
 
 def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
@@ -364,32 +338,16 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
     settings = get_settings()
     with session_scope() as session:
-        shard = shard_service.claim_shard(session, job_id, index, owner, settings.lease_seconds)
-        if shard is None:
-            # A pool child killed mid-shard leaves its lease behind; take it over at once
-            # instead of waiting for the lease to run out.
-            current = session.scalar(
-                select(JobShard).where(JobShard.job_id == job_id, JobShard.index == index)
-            )
-            if (
-                current is not None
-                and current.status == ShardStatus.RUNNING
-                and owner_is_dead(current.lease_owner)
-            ):
-                if current.attempts >= settings.max_attempts:
-                    shard_service.give_up_shard(session, current)  # it kills its worker
-                    return None
-                shard = shard_service.claim_shard(
-                    session,
-                    job_id,
-                    index,
-                    owner,
-                    settings.lease_seconds,
-                    takeover_of=current.lease_owner,
-                )
-        if shard is None:
-            return None
-        return _shard_plan(session, shard)
+        shard = planning.claim_shard(
+            session,
+            job_id,
+            index,
+            owner,
+            settings.lease_seconds,
+            settings.max_attempts,
+            owner_is_dead,
+        )
+        return None if shard is None else _shard_plan(session, shard)
 
 
 def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:

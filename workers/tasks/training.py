@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
 
 from app.config import get_settings
-from app.db import session_scope, utcnow
-from app.models import File, Job, JobEvent, JobStatus, ModelVersion
-from app.services import shards as shard_service
-from app.services.jobs import add_event, notify_progress, transition
-from app.services.models import add_trained_version
+from app.db import session_scope
+from app.models import File, Job, ModelVersion
+from app.services import training
+from app.services.jobs import add_event
 from app.storage import ArtifactStore, get_store
 from workers import state
 from workers.reliability import JobWatch, db_retry
@@ -233,16 +231,7 @@ def _save_checkpoint(
 
 def _record_checkpoint(job_id: str, owner: str, epoch: int) -> bool:
     with session_scope() as session:
-        held = session.execute(
-            select(Job.id)
-            .where(Job.id == job_id, Job.lease_owner == owner)
-            .with_for_update(key_share=True)
-        ).first()
-        if held is not None:
-            add_event(
-                session, job_id, "checkpoint", {"epoch": epoch, "attempt": _attempt_name(owner)}
-            )
-        return held is not None
+        return training.record_checkpoint(session, job_id, owner, epoch, _attempt_name(owner))
 
 
 def _resume_checkpoint(
@@ -251,12 +240,7 @@ def _resume_checkpoint(
     """Copy the job's last recorded checkpoint here; its epoch, or None for a fresh start."""
     local.mkdir(parents=True, exist_ok=True)
     with session_scope() as session:
-        data = session.scalar(
-            select(JobEvent.data)
-            .where(JobEvent.job_id == job_id, JobEvent.type == "checkpoint")
-            .order_by(JobEvent.id.desc())
-            .limit(1)
-        )
+        data = training.last_checkpoint(session, job_id)
     if not data or "attempt" not in data:
         return None
     epoch = int(data["epoch"])
@@ -269,19 +253,9 @@ def _resume_checkpoint(
 
 
 def _progress(job_id: str, owner: str, progress: dict[str, Any]) -> None:
-    """Counts follow steps (total = all steps), so progress bars work as for batch jobs."""
     try:
         with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner)
-                .values(
-                    progress=progress,
-                    counts_total=int(progress["steps_total"]),
-                    counts_succeeded=int(progress["step"]),
-                )
-            )
-            notify_progress(session, job_id)
+            training.record_progress(session, job_id, owner, progress)
     except Exception:  # progress is worth a retry next second, not a stalled training run
         log.warning("could not record progress of job %s", job_id, exc_info=True)
 
@@ -294,62 +268,29 @@ def _event(job_id: str, type_: str, data: dict[str, Any]) -> None:
 def _succeed(
     job_id: str, owner: str, setup: TrainingSetup, trained: Trained, usage: dict[str, float]
 ) -> bool:
+    version = {
+        "tenant_id": setup.tenant_id,
+        "name": setup.output_model,
+        "framework": "sklearn" if setup.framework == "sklearn" else "transformers",
+        "task": trained.task,
+        "uri": trained.uri,
+        "info": trained.info,
+    }
     with session_scope() as session:
-        version = add_trained_version(
-            session,
-            setup.tenant_id,
-            setup.output_model,
-            "sklearn" if setup.framework == "sklearn" else "transformers",
-            trained.task,
-            trained.uri,
-            trained.info,
-        )
-        ref = f"{setup.output_model}@{version.version}"
-        done = transition(
-            session,
-            job_id,
-            [JobStatus.RUNNING],
-            JobStatus.SUCCEEDED,
-            event_data={"model": ref},
-            where=[Job.lease_owner == owner],
-            result={"model": ref, "metrics": trained.metrics},
-            usage=usage,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        if not done:  # cancelled meanwhile, or another attempt holds it: register nothing
-            session.rollback()
-        return done
+        return training.succeed(session, job_id, owner, version, trained.metrics, usage)
 
 
 def _give_back(job_id: str, owner: str) -> None:
     with session_scope() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner)
-            .values(lease_expires_at=utcnow())
-        )
-        add_event(session, job_id, "time_limit", {"owner": owner})
+        training.give_back(session, job_id, owner)
 
 
 def _fail(job_id: str, owner: str, code: str, message: str) -> None:
     log.warning("training job %s failed: %s: %s", job_id, code, message)
     with session_scope() as session:
-        shard_service.fail_job(session, job_id, code, message, where=(Job.lease_owner == owner,))
+        training.fail(session, job_id, owner, code, message)
 
 
 def _stop(job_id: str, owner: str) -> None:
-    """Cancelled, or past its deadline: the job ends `cancelled`; no version is registered."""
     with session_scope() as session:
-        job = session.get_one(Job, job_id)
-        if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
-            shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
-        transition(
-            session,
-            job_id,
-            [JobStatus.CANCELLING],
-            JobStatus.CANCELLED,
-            where=[Job.lease_owner == owner],
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        training.stop(session, job_id, owner)

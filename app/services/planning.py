@@ -1,0 +1,128 @@
+"""Starting a job: the planner's claim, and the plan of a job too small to read first.
+
+A planner claims a queued job (or takes over one whose planner died), then splits its input into
+shards. When the input's item count is already known (the farm wrote the file itself: inline
+items) and fits one shard, the plan needs no read of the input, so it is made in the claim's own
+transaction and the claimed shard is handed back to run at once: one commit where a planned job
+needs two, and no pass over the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
+from app.services import control
+from app.services import shards as shard_service
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a planner holds once its claim committed."""
+
+    job: Job
+    input_uri: str | None  # None: a retry whose input is made from the first job's files
+    input_bytes: int | None
+    cheap_items: bool  # scikit-learn items: larger shards (SKLEARN_SHARD_ITEMS)
+    retry: control.RetrySource | None
+    shard: JobShard | None  # planned in the claim: this planner runs it now, under its lease
+
+
+def claim_job(
+    session: Session,
+    job_id: str,
+    owner: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+    owner_is_dead: Callable[[str | None], bool],
+    shard_items: Callable[[bool], int],
+) -> Claim | None:
+    """Claim a job for planning; None when it is not waiting for a planner.
+
+    `owner_is_dead` says whether a lease's owner is known to be gone (a pool child killed
+    mid-way leaves its lease behind, and its message comes back: the job is taken over now,
+    not once the lease lapses). `shard_items(cheap)` is the shard size for the job's items.
+    """
+    job = shard_service.claim_for_planning(session, job_id, owner, worker, lease_seconds)
+    if job is None:
+        current = session.get(Job, job_id)
+        if (
+            current is None
+            or current.status != JobStatus.RUNNING
+            or current.shards_total is not None
+            or not owner_is_dead(current.lease_owner)
+        ):
+            return None
+        if current.attempts >= max_attempts:  # it keeps killing its worker
+            message = f"the job lost its worker {current.attempts} times (killed)"
+            shard_service.fail_job(session, job_id, "worker_lost", message)
+            return None
+        job = shard_service.claim_for_planning(
+            session, job_id, owner, worker, lease_seconds, takeover_of=current.lease_owner
+        )
+        if job is None:
+            return None
+    cheap = is_cheap(session, job)
+    if job.input_file_id is None:  # a retry: its input of failed lines is made by the planner
+        return Claim(job, None, None, cheap, control.retry_source(session, job), None)
+    source = session.get_one(File, job.input_file_id)
+    shard = None
+    if job.type == JobType.INFERENCE and source.items and source.items <= shard_items(cheap):
+        whole = [shard_service.ShardRange(0, source.items, 0, 1)]
+        outcome = shard_service.create_shards(
+            session, job_id, owner, whole, run_here_seconds=lease_seconds
+        )
+        if outcome == "run_here":
+            shard = only_shard(session, job_id)
+    return Claim(job, source.uri, source.bytes, cheap, None, shard)
+
+
+def only_shard(session: Session, job_id: str) -> JobShard:
+    """The shard of a job planned into one (a planner runs it itself)."""
+    return session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
+
+
+def claim_shard(
+    session: Session,
+    job_id: str,
+    index: int,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    owner_is_dead: Callable[[str | None], bool],
+) -> JobShard | None:
+    """Claim a queued shard to run it, or take over one whose owner is known to be dead (a
+    pool child killed mid-shard leaves its lease behind: taken over now, not once it lapses);
+    None when it is not waiting for a worker. A shard that killed its worker MAX_ATTEMPTS
+    times fails its job instead."""
+    shard = shard_service.claim_shard(session, job_id, index, owner, lease_seconds)
+    if shard is not None:
+        return shard
+    current = session.scalar(
+        select(JobShard).where(JobShard.job_id == job_id, JobShard.index == index)
+    )
+    if (
+        current is None
+        or current.status != ShardStatus.RUNNING
+        or not owner_is_dead(current.lease_owner)
+    ):
+        return None
+    if current.attempts >= max_attempts:
+        shard_service.give_up_shard(session, current)
+        return None
+    return shard_service.claim_shard(
+        session, job_id, index, owner, lease_seconds, takeover_of=current.lease_owner
+    )
+
+
+def is_cheap(session: Session, job: Job) -> bool:
+    """scikit-learn items cost microseconds each, so their shards are larger: a shard's own
+    bookkeeping (claim, files, finish) would otherwise cost more than its items."""
+    if job.model_version_id is None:
+        return False  # the builtin models are text models
+    return session.get_one(ModelVersion, job.model_version_id).framework == "sklearn"
