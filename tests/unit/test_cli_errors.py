@@ -103,3 +103,14 @@ def test_an_unreachable_database_is_exit_3(data_dir: Path) -> None:
 def test_a_bad_setting_is_named(data_dir: Path) -> None:
     result = modelfarm(["status", "job_x"], data_dir, MODELFARM_API_PORT="eighty")
     assert_short_failure(result, 2, "MODELFARM_API_PORT")
+
+
+def test_the_client_commands_import_nothing_of_the_server_side() -> None:
+    """`modelfarm status` answers in a fraction of a second: the CLI module loads no database,
+    broker or model library until a server command asks for one."""
+    probe = "import json, sys, app.cli; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    heavy = {"sqlalchemy", "psycopg", "celery", "kombu", "torch", "transformers", "fastapi"}
+    assert {m.split(".")[0] for m in json.loads(result.stdout)} & heavy == set()
