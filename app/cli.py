@@ -8,14 +8,14 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.config import get_settings
+from app import cli_client, cli_jobs
+from app.cli_errors import USAGE, CliError, run
+from app.config import Settings, get_settings
 
 cli = typer.Typer(
     help="modelfarm: batch inference and training jobs on your own machines.", no_args_is_help=True
@@ -24,6 +24,19 @@ keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 console = Console()
 err = Console(stderr=True)
+
+
+def _settings(database: bool = False, broker: bool = False) -> Settings:
+    """The settings, refusing (one line, exit 2) a command whose servers are not configured."""
+    settings = get_settings()
+    try:
+        if database:
+            settings.require_database_url()
+        if broker:
+            settings.require_redis_url()
+    except RuntimeError as exc:
+        raise CliError(str(exc), USAGE) from None
+    return settings
 
 
 def _logging() -> None:
@@ -70,8 +83,7 @@ def api(migrate: MigrateOption = None) -> None:
 
     from app.api.serve import HTTP_PROTOCOL
 
-    settings = get_settings()
-    settings.require_database_url()
+    settings = _settings(database=True)
     _migrate_first(migrate)
     processes = settings.api_processes()
     metrics_dir = None
@@ -114,9 +126,7 @@ def worker(
     runs threads, since it waits on receivers rather than computing."""
     if pool not in ("cpu", "gpu", "webhooks"):
         raise typer.BadParameter("pool must be cpu, gpu or webhooks")
-    settings = get_settings()
-    settings.require_database_url()
-    settings.require_redis_url()
+    _settings(database=True, broker=True)
     if gpu_slot is None:
         _migrate_first(migrate)
     if pool == "gpu" and gpu_slot is None:
@@ -196,9 +206,7 @@ def _run_gpu_pool(idle_without_gpu: bool = False) -> int:
 def sweeper(migrate: MigrateOption = None) -> None:
     """Re-dispatch lost work, expire leases and deadlines (one acts at a time)."""
     _logging()
-    settings = get_settings()
-    settings.require_database_url()
-    settings.require_redis_url()
+    _settings(database=True, broker=True)
     _migrate_first(migrate)
     from app.sweeper import run_sweeper
 
@@ -213,13 +221,11 @@ def flower() -> None:
     """Flower, the live view of workers, tasks and queues (job ids in the task list)."""
     from app.flower import FlowerRefused, flower_argv, flower_env
 
-    settings = get_settings()
-    settings.require_redis_url()
+    settings = _settings(broker=True)
     try:
         argv = flower_argv(settings)
     except FlowerRefused as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise CliError(str(exc), USAGE) from None
     os.environ.update(flower_env(settings))
     os.execv(sys.executable, argv)
 
@@ -228,6 +234,7 @@ def flower() -> None:
 def migrate() -> None:
     """Bring the database schema up to date (safe to run from several places at once)."""
     _logging()
+    _settings(database=True)
     from app.migrate import upgrade_locked
 
     upgrade_locked()
@@ -237,6 +244,7 @@ def migrate() -> None:
 @keys_cli.command("create")
 def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default") -> None:
     """Print a new API key for TENANT (created if new)."""
+    _settings(database=True)
     from app.db import session_scope
     from app.services.tenants import create_api_key, get_or_create_tenant
 
@@ -245,114 +253,13 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "def
     console.print(key)
 
 
-def _client():  # type: ignore[no-untyped-def]
-    from app.client import Client
-
-    settings = get_settings()
-    if settings.api_key is None:
-        err.print("no API key: set MODELFARM_API_KEY (or run `modelfarm up` in this DATA_DIR)")
-        raise typer.Exit(2)
-    return Client(settings.client_api_url, settings.api_key.get_secret_value())
-
-
-def _show(job: dict[str, object]) -> None:
-    console.print_json(data=job)
-
-
-def _watch(client, job_id: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from app.client import TERMINAL
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err) as progress:
-        bar = progress.add_task(job_id, total=None)
-        while True:
-            job = client.job(job_id, wait=1)
-            counts = job["counts"]
-            progress.update(
-                bar,
-                total=counts["total"] or None,
-                completed=counts["succeeded"] + counts["failed"],
-                description=f"{job_id} {job['status']}",
-            )
-            if job["status"] in TERMINAL:
-                return job
-
-
-@cli.command()
-def submit(
-    file: Path,
-    model: Annotated[str, typer.Option(help="name or name@version")],
-    device: Annotated[str, typer.Option(help="cpu, gpu or auto")] = "auto",
-    wait: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
-) -> None:
-    """Upload FILE (JSONL) and run a batch inference job over it."""
-    client = _client()
-    uploaded = client.upload(file, "batch")
-    job = client.create_job(
-        {
-            "type": "inference",
-            "model": model,
-            "device": device,
-            "input": {"file_id": uploaded["id"]},
-        }
-    )
-    err.print(f"job {job['id']} {job['status']}")
-    if wait:
-        job = _watch(client, job["id"])
-        _show(job)
-        raise typer.Exit(0 if job["status"] == "succeeded" else 1)
-    console.print(job["id"])
-
-
-@cli.command()
-def status(job_id: str) -> None:
-    """Show a job."""
-    _show(_client().job(job_id))
-
-
-@cli.command("wait")
-def wait_cmd(job_id: str) -> None:
-    """Show progress until the job ends; exit 0 only if it succeeded."""
-    job = _watch(_client(), job_id)
-    _show(job)
-    raise typer.Exit(0 if job["status"] == "succeeded" else 1)
-
-
-@cli.command()
-def results(
-    job_id: str,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here.")] = None,
-    errors: Annotated[bool, typer.Option(help="The error file instead.")] = False,
-) -> None:
-    """Download a job's output (or error) file."""
-    client = _client()
-    job = client.job(job_id)
-    file_id = job["error_file_id" if errors else "output_file_id"]
-    if not file_id:
-        err.print(f"job {job_id} ({job['status']}) has no {'error' if errors else 'output'} file")
-        raise typer.Exit(1)
-    sink = output.open("wb") if output else sys.stdout.buffer
-    try:
-        for chunk in client.file_chunks(file_id):
-            sink.write(chunk)
-    finally:
-        if output:
-            sink.close()
+# Registered after the process commands, so `modelfarm --help` lists those first.
+cli_client.register(cli)
+cli_jobs.register(cli)
 
 
 def main() -> None:
-    from app.client import ApiError
-
-    try:
-        cli()
-    except ApiError as exc:
-        err.print(f"[red]{exc}[/red]")
-        sys.exit(1)
+    sys.exit(run(cli))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A throwaway farm for the benchmarks: servers, schema, an API key, the API and one CPU worker.
 
     with running_farm() as farm:
-        farm.client.upload(...)            # app.client.Client, already authenticated
+        farm.client.upload(...)            # modelfarm_client.Client, already authenticated
         farm.pid("worker")                 # pids of the processes the Supervisor started
 
 PostgreSQL and Redis are the services named by MODELFARM_TEST_DATABASE_URL and
@@ -23,8 +23,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.client import Client
 from app.procs import Supervisor
+from modelfarm_client import Client
 
 
 @dataclass
