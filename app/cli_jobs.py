@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from app.cli_client import JSON, InputFile, JsonFlag, connect, job_line, print_json
-from app.cli_errors import say
+from app.cli_errors import API_ERROR, CliError, say
 
 jobs_cli = typer.Typer(help="List and control jobs.", no_args_is_help=True)
 models_cli = typer.Typer(help="Models this tenant can name.", no_args_is_help=True)
@@ -117,17 +117,27 @@ def register_model(
     task: Annotated[
         str | None, typer.Option(help="e.g. classification; sklearn infers it.")
     ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until a worker has validated it.")
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Upload FILE (a .skops file, or an archive of safetensors weights) and register it as the
-    next version of NAME; prints what a job names, e.g. `churn@2`."""
+    next version of NAME; prints what a job names, e.g. `churn@2`. A worker validates the
+    upload first: by default this waits for it and exits 1 if the version failed."""
     with connect() as client:
         version = client.register_model(file, name=name, framework=framework, task=task)
+        if wait and version.get("status") == "validating":
+            version = client.wait_model(name, int(version["version"]))
     if as_json:
         print_json(version)
-        return
-    say(f"registered {_version_text(version)}")
-    print(version["model"])
+    else:
+        say(f"registered {_version_text(version)}")
+        print(version["model"])
+    if version.get("status") == "failed":
+        error = version.get("error") or {}
+        reason = f"{error.get('code')}: {error.get('message')}"
+        raise CliError(f"{version['model']} failed validation: {reason}", code=API_ERROR)
 
 
 def register(cli: typer.Typer) -> None:

@@ -5,7 +5,8 @@
 Starts a throwaway farm (PostgreSQL, Redis, API, one CPU worker; or the services named by
 MODELFARM_TEST_DATABASE_URL / MODELFARM_TEST_REDIS_URL), times upload -> job -> downloaded
 output file, stops the farm so the cores are free, then times SentenceTransformer.encode in this
-process on the same sentences. Prints both throughputs and the ratio farm / in-process.
+process on the same sentences, and the farm's own ONNX runner in this process (what the model
+alone allows here). Prints the throughputs and the ratios.
 """
 
 from __future__ import annotations
@@ -79,6 +80,29 @@ def run_baseline(sentences: list[str], runs: int) -> tuple[float, np.ndarray]:
     return best, embeddings
 
 
+def run_onnx_in_process(sentences: list[str], runs: int) -> float:
+    """The farm's own backend (ONNX Runtime, with the worker's batching) in this process: the
+    most the farm could reach with this model on this machine, for comparison."""
+    import tempfile
+    from dataclasses import replace
+
+    from workers.builtins import builtin_spec
+    from workers.runtime import RunOptions, load_runner
+
+    graphs = tempfile.mkdtemp(prefix="mf-bench-graph-")
+    spec = replace(builtin_spec("minilm"), backend="onnx", graph_dir=f"{graphs}/minilm")
+    runner = load_runner(spec)
+    options = RunOptions()
+    texts = [runner.prepare(s, options) for s in sentences]
+    runner.run(texts[:64], options)  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.run(texts, options)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=3000)
@@ -88,12 +112,16 @@ def main() -> None:
 
     farm_s, farm_emb = run_farm(sentences, args.runs)
     base_s, base_emb = run_baseline(sentences, args.runs)
+    onnx_s = run_onnx_in_process(sentences, args.runs)
     cosine = float((farm_emb * base_emb).sum(axis=1).min())
     farm_rate, base_rate = len(sentences) / farm_s, len(sentences) / base_s
     print(f"sentences: {len(sentences)}  cores: {os.cpu_count()}  best of {args.runs}")
     print(f"farm (upload -> job -> output file): {farm_s:7.2f} s  {farm_rate:8.1f} sentences/s")
     print(f"SentenceTransformer.encode in-process: {base_s:7.2f} s  {base_rate:8.1f} sentences/s")
+    onnx_rate = len(sentences) / onnx_s
+    print(f"the farm's ONNX runner in-process:    {onnx_s:7.2f} s  {onnx_rate:8.1f} sentences/s")
     print(f"ratio farm / in-process: {farm_rate / base_rate:.2f}   (min cosine {cosine:.5f})")
+    print(f"ratio ONNX runner in-process / encode: {onnx_rate / base_rate:.2f}  (the model alone)")
 
 
 if __name__ == "__main__":

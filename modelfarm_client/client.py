@@ -243,6 +243,19 @@ class Client:
             body["task"] = task
         return self._json("POST", "/v1/models", json=body)
 
+    def wait_model(self, name: str, version: int, timeout: float = 300, poll: float = 0.5) -> JSON:
+        """Block until version `version` of `name` is validated: the version, `ready` or
+        `failed` (with its `error`); TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            versions = self.model(name).get("versions") or []
+            found = next((v for v in versions if v.get("version") == version), None)
+            if found is not None and found.get("status") != "validating":
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{name}@{version} is still being validated after {timeout:g} s")
+            time.sleep(poll)
+
     def webhook_secret(self) -> str:
         """The tenant's `whsec_...` signing secret, for verifying webhook requests."""
         key: str = self._json("GET", "/v1/webhooks/secret")["key"]

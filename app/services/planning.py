@@ -74,17 +74,10 @@ def claim_job(
     shard = None
     if job.type == JobType.INFERENCE and source.items and source.items <= shard_items(cheap):
         whole = [shard_service.ShardRange(0, source.items, 0, 1)]
-        outcome = shard_service.create_shards(
+        _, shard = shard_service.create_shards(
             session, job_id, owner, whole, run_here_seconds=lease_seconds
         )
-        if outcome == "run_here":
-            shard = only_shard(session, job_id)
     return Claim(job, source.uri, source.bytes, cheap, None, shard)
-
-
-def only_shard(session: Session, job_id: str) -> JobShard:
-    """The shard of a job planned into one (a planner runs it itself)."""
-    return session.scalars(select(JobShard).where(JobShard.job_id == job_id)).one()
 
 
 def claim_shard(

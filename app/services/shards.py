@@ -110,15 +110,15 @@ def create_shards(
     owner: str,
     ranges: list[ShardRange],
     run_here_seconds: float | None = None,
-) -> PlanOutcome:
+) -> tuple[PlanOutcome, JobShard | None]:
     """Record the plan and give up the planning lease.
 
     "run": publish the shards; "assemble": a cancel came while planning, so no shard runs and
     the (empty) result is assembled now; "lost": another planner took over.
 
-    With `run_here_seconds`, a plan of one shard is "run_here": the shard is recorded already
-    running under `owner`'s lease for that long (its first attempt), so the planner runs it
-    without a trip through the broker or a claim of its own.
+    With `run_here_seconds`, a plan of one shard is "run_here", returned with that shard: it
+    is recorded already running under `owner`'s lease for that long (its first attempt), so
+    the planner runs it without a trip through the broker or a claim of its own.
     """
     total = ranges[-1].end_item if ranges else 0
     status = _execute(
@@ -136,7 +136,7 @@ def create_shards(
         .returning(Job.status),
     ).scalar_one_or_none()
     if status is None:
-        return "lost"
+        return "lost", None
     shards = [
         # Published right after this commits; the sweeper resends any the broker drops.
         JobShard(
@@ -158,12 +158,12 @@ def create_shards(
         shard.lease_expires_at, shard.attempts = lease_until(run_here_seconds), 1
         shard.succeeded = shard.failed = 0
         add_event(session, job_id, "shard_started", {"shard": 0, "attempt": 1, "owner": owner})
-        return "run_here"
+        return "run_here", shard
     if status == JobStatus.CANCELLING:
         session.flush()
         cancel_queued_shards(session, job_id)
-        return "assemble"
-    return "run"
+        return "assemble", None
+    return "run", None
 
 
 def claim_shard(

@@ -155,6 +155,7 @@ def test_models_register_and_list(
     registered = modelfarm(args, env)
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.strip() == "cli-clf@1"
+    assert "ready" in registered.stderr  # it waited for the worker's validation
 
     models = json.loads(modelfarm(["models", "list", "--json"], env).stdout)["data"]
     assert {"minilm", "cli-clf"} <= {m["name"] for m in models}
@@ -183,3 +184,25 @@ def test_farm_json_is_enough(
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["data"] == []
+
+
+def test_models_register_exits_1_when_validation_fails(
+    api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
+) -> None:
+    import numpy as np
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    x = np.abs(np.random.default_rng(0).normal(size=(40, 3)))
+    y = (x[:, 0] > 0.8).astype(int)
+    path = tmp_path / "evil.skops"
+    evil = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression()).fit(x, y)
+    skops.io.dump(evil, path)
+    env = _client_env(api_url, tenant_key, services)
+    args = ["models", "register", str(path), "--name", "cli-evil", "--framework", "sklearn"]
+    result = modelfarm(args, env)
+    assert result.returncode == 1, result.stderr
+    assert "failed validation: untrusted_model" in result.stderr
+    assert "Traceback" not in result.stderr

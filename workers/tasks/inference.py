@@ -113,12 +113,10 @@ def plan_job(job_id: str, worker: str) -> None:
             # A job of one shard runs it here: the shard is recorded already claimed by this
             # task, sparing a trip through the broker and a claim. It keeps its own lease,
             # attempts and part files, so a crash is recovered as any shard's.
-            outcome = shard_service.create_shards(
+            outcome, shard = shard_service.create_shards(
                 session, job_id, owner, ranges, run_here_seconds=settings.lease_seconds
             )
-            if outcome != "run_here":
-                return outcome, None
-            return outcome, _shard_plan(session, planning.only_shard(session, job_id))
+            return outcome, None if shard is None else _shard_plan(session, shard)
 
     outcome, here = db_retry(record)
     if here is not None:
