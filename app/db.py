@@ -50,6 +50,7 @@ T = TypeVar("T")
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+_read_sessionmaker: sessionmaker[Session] | None = None
 # Test each pooled connection before lending it. The API keeps this: after a PostgreSQL restart
 # a stale connection would otherwise fail the request it serves. Worker processes turn it off
 # (`reset_engine(pre_ping=False)`): each of their writes runs under db_retry, which takes a fresh
@@ -59,7 +60,7 @@ _pre_ping = True
 
 def get_engine() -> Engine:
     """One engine per process; a forked child gets its own (pooled sockets do not survive)."""
-    global _engine, _engine_pid, _sessionmaker
+    global _engine, _engine_pid, _sessionmaker, _read_sessionmaker
     if _engine is None or _engine_pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)
@@ -73,19 +74,25 @@ def get_engine() -> Engine:
         )
         _engine_pid = os.getpid()
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+        _read_sessionmaker = sessionmaker(
+            _engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+            autoflush=False,
+        )
     return _engine
 
 
 def reset_engine(close: bool = True, pre_ping: bool | None = None) -> None:
     """Forget the engine. In a forked child pass close=False: the pooled connections belong to
     the parent, which is still using them. `pre_ping` sets whether the next engine pings."""
-    global _engine, _sessionmaker, _pre_ping
+    global _engine, _sessionmaker, _read_sessionmaker, _pre_ping
     if pre_ping is not None:
         _pre_ping = pre_ping
     if _engine is not None:
         _engine.dispose(close=close)
     _engine = None
     _sessionmaker = None
+    _read_sessionmaker = None
 
 
 def get_sessionmaker() -> sessionmaker[Session]:
@@ -104,6 +111,19 @@ def session_scope() -> Iterator[Session]:
     except BaseException:
         session.rollback()
         raise
+    finally:
+        session.close()
+
+
+@contextmanager
+def read_scope() -> Iterator[Session]:
+    """A session for reads only, in autocommit: no BEGIN and COMMIT round trips around a
+    single SELECT (a `Prefer: wait` answer reads its job twice). Nothing it adds is written."""
+    get_engine()
+    assert _read_sessionmaker is not None
+    session = _read_sessionmaker()
+    try:
+        yield session
     finally:
         session.close()
 

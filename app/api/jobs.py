@@ -11,7 +11,7 @@ from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
 from app.api.submissions import group_commit
-from app.db import run_retrying, session_scope
+from app.db import read_scope, run_retrying
 from app.dispatch import TASK_FINALIZE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
@@ -64,7 +64,7 @@ def list_jobs(
 
 
 def _load(tenant: Tenant, job_id: str) -> Job:
-    with session_scope() as session:
+    with read_scope() as session:
         return job_service.get_job(session, tenant, job_id)
 
 

@@ -292,26 +292,43 @@ def transition(
     Because the check and the write are one UPDATE, a duplicated or late task can neither run a
     job twice nor move it backwards.
     """
+    moved = transition_job(
+        session, job_id, expected, to, event_data, where, notify_webhook, **values
+    )
+    return moved is not None
+
+
+def transition_job(
+    session: Session,
+    job_id: str,
+    expected: Iterable[JobStatus],
+    to: JobStatus,
+    event_data: dict[str, Any] | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
+    notify_webhook: bool = True,
+    **values: Any,
+) -> Job | None:
+    """`transition`, answering the job as the UPDATE left it (RETURNING: no second read)."""
     if to in TERMINAL_STATUSES:
         values.setdefault("finished_at", utcnow())
-    row = session.execute(
+    job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *where)
         .values(status=to.value, **values)
-        .returning(Job.webhook)
-        .execution_options(synchronize_session=False)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
     ).first()
-    if row is None:
-        return False
+    if job is None:
+        return None
     add_event(session, job_id, to.value, event_data)
     if to in TERMINAL_STATUSES:
         # Delivered when this transaction commits: `Prefer: wait` wakes then (app/api/waits.py).
         session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, job_id)))
     event_type = webhooks.EVENT_BY_STATUS.get(to.value)
-    if notify_webhook and event_type and webhooks.wants(row[0], event_type):
+    if notify_webhook and event_type and webhooks.wants(job.webhook, event_type):
         # The outbox row commits with the transition: no finished job without its callback.
-        notify(session, session.get_one(Job, job_id, populate_existing=True), event_type)
-    return True
+        notify(session, job, event_type)
+    return job
 
 
 def notify(session: Session, job: Job, event_type: str) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services import webhooks
-from app.services.jobs import add_event, notify, notify_progress, transition
+from app.services.jobs import add_event, notify, notify_progress, transition, transition_job
 
 ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
@@ -78,7 +78,7 @@ def claim_for_planning(
     lapsed = Job.lease_expires_at < now
     if takeover_of is not None:
         lapsed = or_(lapsed, Job.lease_owner == takeover_of)
-    taken = transition(
+    job = transition_job(
         session,
         job_id,
         [JobStatus.QUEUED, JobStatus.RUNNING],
@@ -93,9 +93,8 @@ def claim_for_planning(
         lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
     )
-    if not taken:
+    if job is None:
         return None
-    job = session.get_one(Job, job_id, populate_existing=True)
     if job.attempts == 1 and webhooks.wants(job.webhook, "job.started"):
         notify(session, job, "job.started")  # once, however often the job is taken over
     return job
