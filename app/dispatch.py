@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 # Task names and arguments are chosen so that Flower shows the job id of every task.
 TASK_PLAN_JOB = "modelfarm.plan_job"  # [job_id]: split the input into shards
 TASK_RUN_SHARD = "modelfarm.run_shard"  # [job_id, shard_index]
-TASK_FINALIZE_JOB = "modelfarm.finalize_job"  # [job_id]: assemble the result files
+TASK_ASSEMBLE_JOB = "modelfarm.assemble_job"  # [job_id]: assemble the result files
+# The same task's name before it was called what it does; its workers still take messages sent
+# under it by a farm not yet upgraded (workers/tasks/jobs.py).
+TASK_ASSEMBLE_JOB_FORMER = "modelfarm.finalize_job"
 TASK_DELIVER_WEBHOOK = "modelfarm.deliver_webhook"  # [job_id, delivery_id]: one attempt
 TASK_VALIDATE_MODEL = "modelfarm.validate_model"  # [version_id]: check, unpack, probe an upload
 # Validation runs on the CPU pool: an upload is checked on the cores that are cheap to lose, and

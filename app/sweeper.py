@@ -28,8 +28,8 @@ from app.config import get_settings
 from app.db import get_engine, session_scope, utcnow
 from app.dispatch import (
     QUEUES,
+    TASK_ASSEMBLE_JOB,
     TASK_DELIVER_WEBHOOK,
-    TASK_FINALIZE_JOB,
     TASK_PLAN_JOB,
     TASK_RUN_SHARD,
     TASK_VALIDATE_MODEL,
@@ -73,7 +73,7 @@ def sweep_once() -> dict[str, int]:
         for job in control.jobs_past_deadline(session, BATCH):
             done["deadlines"] += 1
             if control.expire_deadline(session, job):
-                sends.append((TASK_FINALIZE_JOB, [job.id], job.queue))
+                sends.append((TASK_ASSEMBLE_JOB, [job.id], job.queue))
     with session_scope() as session:
         _expire_leases(session, settings.max_attempts, done, sends)
     live = live_task_keys(get_settings().require_redis_url(), QUEUES, settings.lease_seconds)
@@ -93,7 +93,7 @@ def sweep_once() -> dict[str, int]:
         done["results_expired"] = len(folders)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
     kinds = {
-        TASK_FINALIZE_JOB: "assembled",
+        TASK_ASSEMBLE_JOB: "assembled",
         TASK_DELIVER_WEBHOOK: "deliveries",
         TASK_VALIDATE_MODEL: "validations",
     }
@@ -298,7 +298,7 @@ def _unassembled(session: Any) -> list[tuple[str, list[Any], str]]:
         .limit(BATCH)
     ).all()
     return [
-        (TASK_FINALIZE_JOB, [job_id], queue)
+        (TASK_ASSEMBLE_JOB, [job_id], queue)
         for job_id, queue in rows
         if active_shards(session, job_id) == 0
     ]

@@ -12,7 +12,7 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.guards import GuardedRoute
 from app.api.submissions import group_commit
 from app.db import read_scope, run_retrying
-from app.dispatch import TASK_FINALIZE_JOB, publish
+from app.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
@@ -107,7 +107,7 @@ def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
     )
     if assemble_now:
         # No worker holds any of its shards: the results it has are put together right away.
-        publish(TASK_FINALIZE_JOB, [job.id], job.queue)
+        publish(TASK_ASSEMBLE_JOB, [job.id], job.queue)
     return job_service.job_public(job)
 
 

@@ -10,8 +10,9 @@ from celery import Task
 
 from app.config import get_settings
 from app.dispatch import (
+    TASK_ASSEMBLE_JOB,
+    TASK_ASSEMBLE_JOB_FORMER,
     TASK_DELIVER_WEBHOOK,
-    TASK_FINALIZE_JOB,
     TASK_PLAN_JOB,
     TASK_RUN_SHARD,
     TASK_VALIDATE_MODEL,
@@ -35,8 +36,14 @@ def run_shard_task(self: Task, job_id: str, index: int) -> None:
     run_shard(job_id, index, worker=self.request.hostname or "unknown")
 
 
-@celery_app.task(name=TASK_FINALIZE_JOB)
-def finalize_job_task(job_id: str) -> None:
+@celery_app.task(name=TASK_ASSEMBLE_JOB)
+def assemble_job_task(job_id: str) -> None:
+    assemble_job(job_id)
+
+
+@celery_app.task(name=TASK_ASSEMBLE_JOB_FORMER)
+def assemble_job_former_name(job_id: str) -> None:
+    """Messages sent as `modelfarm.finalize_job` before the upgrade still assemble their job."""
     assemble_job(job_id)
 
 
