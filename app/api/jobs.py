@@ -172,7 +172,7 @@ def _delivery(delivery: Delivery) -> DeliveryPublic:
         job_id=delivery.job_id,
         event=delivery.event,
         url=delivery.url,
-        webhook_id=delivery.msg_id,
+        webhook_id=delivery.webhook_id,
         status=delivery.status,
         attempts=[
             DeliveryAttemptPublic.model_validate(a, from_attributes=True)

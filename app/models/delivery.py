@@ -35,13 +35,13 @@ class Delivery(Base):
     """One message (event) for one job's webhook URL, sent until a 2xx or the last attempt.
 
     The body is stored as sent, so every attempt carries the same bytes and the same
-    `webhook-id` (`msg_id`), and a receiver can de-duplicate retries.
+    `webhook-id` (`webhook_id`), and a receiver can de-duplicate retries.
     """
 
     __tablename__ = "deliveries"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dlv"))
-    msg_id: Mapped[str] = mapped_column(String(40), unique=True, default=lambda: new_id("msg"))
+    webhook_id: Mapped[str] = mapped_column(String(40), unique=True, default=lambda: new_id("msg"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(40))

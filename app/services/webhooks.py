@@ -93,11 +93,11 @@ def rotate_secret(session: Session, tenant: Tenant) -> str:
     return key
 
 
-def sign(secrets: Sequence[str], msg_id: str, when: datetime, body: str) -> dict[str, str]:
+def sign(secrets: Sequence[str], webhook_id: str, when: datetime, body: str) -> dict[str, str]:
     """The Standard Webhooks headers; one `v1,` signature per secret, space separated."""
-    signatures = " ".join(Webhook(s).sign(msg_id, when, body) for s in secrets)
+    signatures = " ".join(Webhook(s).sign(webhook_id, when, body) for s in secrets)
     return {
-        "webhook-id": msg_id,
+        "webhook-id": webhook_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": signatures,
     }
@@ -181,7 +181,7 @@ event.listen(Session, "after_rollback", _forget_outbox)
 class Claimed:
     delivery_id: str
     job_id: str
-    msg_id: str
+    webhook_id: str
     url: str
     body: str
     attempt: int
@@ -207,7 +207,7 @@ def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) 
         .returning(
             Delivery.job_id,
             Delivery.tenant_id,
-            Delivery.msg_id,
+            Delivery.webhook_id,
             Delivery.url,
             Delivery.body,
             Delivery.attempts,
@@ -216,9 +216,9 @@ def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) 
     ).first()
     if row is None:
         return None
-    job_id, tenant_id, msg_id, url, body, attempt = row
+    job_id, tenant_id, webhook_id, url, body, attempt = row
     secrets = signing_secrets(session, tenant_id)
-    return Claimed(delivery_id, job_id, msg_id, url, body, attempt, secrets)
+    return Claimed(delivery_id, job_id, webhook_id, url, body, attempt, secrets)
 
 
 @dataclass(frozen=True)

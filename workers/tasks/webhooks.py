@@ -46,7 +46,7 @@ def deliver(job_id: str, delivery_id: str) -> None:
         "delivery %s (job %s, %s) attempt %d: %s",
         delivery_id,
         job_id,
-        claimed.msg_id,
+        claimed.webhook_id,
         claimed.attempt,
         outcome.status_code or outcome.error,
     )
@@ -86,7 +86,7 @@ def attempt(claimed: webhooks.Claimed, allowlist: Allowlist, timeout: float) -> 
     headers = {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
-        **webhooks.sign(claimed.secrets, claimed.msg_id, datetime.now(UTC), claimed.body),
+        **webhooks.sign(claimed.secrets, claimed.webhook_id, datetime.now(UTC), claimed.body),
     }
     try:
         response = _post(target, claimed.body.encode(), headers, timeout)
