@@ -39,7 +39,7 @@ from app.dispatch import (
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services import control, validation, webhooks, workers
-from app.services.files import remove_folder
+from app.services.files import expire_uploads, remove_folder, remove_object
 from app.services.jobs import NO_GPU_WORKER, add_event, expire_results, transition
 from app.services.shards import (
     active_shards,
@@ -91,6 +91,11 @@ def sweep_once() -> dict[str, int]:
         for folder in folders:  # once the rows are gone: a failure here only leaves bytes
             remove_folder(folder)
         done["results_expired"] = len(folders)
+        with session_scope() as session:
+            uploads = expire_uploads(session, settings.result_ttl_days, BATCH)
+        for uri in uploads:
+            remove_object(uri)
+        done["uploads_expired"] = len(uploads)
     sent = [(task, args, queue) for task, args, queue in sends if publish(task, args, queue)]
     kinds = {
         TASK_ASSEMBLE_JOB: "assembled",

@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -102,6 +103,34 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
     # Locked first: a job submitted meanwhile either commits before (and is seen below) or
     # fails its foreign key after, never reads a file that is gone.
     session.execute(select(File.id).where(File.id == file.id).with_for_update())
+    reader = _reader(session, file)
+    if reader is not None:
+        raise Conflict(reader, code="file_in_use")
+    return _forget(session, file)
+
+
+def expire_uploads(session: Session, ttl_days: float, limit: int) -> list[str]:
+    """Uploads kept RESULT_TTL_DAYS after they were uploaded and after the last job that read
+    them ended, whichever is later, and not read now: their rows go (as `delete_file` does);
+    returns their URIs, for the caller to remove once this has committed."""
+    cutoff = utcnow() - timedelta(days=ttl_days)
+    recent_reader = select(Job.id).where(
+        Job.input_file_id == File.id,
+        or_(Job.status.not_in(list(TERMINAL_STATUSES)), Job.finished_at >= cutoff),
+    )
+    files = session.scalars(
+        select(File)
+        .where(File.purpose.in_(list(UPLOAD_PURPOSES)), File.created_at < cutoff)
+        .where(~recent_reader.exists())
+        .order_by(File.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [_forget(session, file) for file in files if _reader(session, file) is None]
+
+
+def _reader(session: Session, file: File) -> str | None:
+    """Why the file cannot go now (something that has not ended reads it), or None."""
     active = session.scalar(
         select(Job.id)
         .where(Job.input_file_id == file.id, Job.status.not_in(list(TERMINAL_STATUSES)))
@@ -123,7 +152,7 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
             .limit(1)
         )
     if active is not None:
-        raise Conflict(f"job {active} has not ended and reads this file", code="file_in_use")
+        return f"job {active} has not ended and reads this file"
     # A version still validating reads its upload (one registered after this lock, or missed
     # here, finds the file gone and fails with that reason: app/services/validation.py).
     if session.scalar(
@@ -131,9 +160,11 @@ def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
         .where(ModelVersion.file_id == file.id, ModelVersion.status == VersionStatus.VALIDATING)
         .limit(1)
     ):
-        raise Conflict(
-            "a model version registered from this file is validating", code="file_in_use"
-        )
+        return "a model version registered from this file is validating"
+    return None
+
+
+def _forget(session: Session, file: File) -> str:
     for column in (Job.input_file_id, Job.output_file_id, Job.error_file_id):
         session.execute(update(Job).where(column == file.id).values({column.key: None}))
     session.delete(file)

@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tests.helpers import all_pages, assert_error, read_lines, run_job, submit, upload, wait_done
+from tests.helpers import (
+    all_pages,
+    assert_error,
+    jsonl,
+    read_lines,
+    run_job,
+    submit,
+    upload,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker", "sweeper")]
 
@@ -244,6 +253,44 @@ def test_results_older_than_their_ttl_are_removed_by_the_sweeper(
     assert not old_dir.exists()
     assert client.get(f"/v1/jobs/{recent['id']}").json()["status"] == "succeeded"
     assert read_lines(client, recent["output_file_id"])[0]["custom_id"] == "b"
+
+
+def test_uploads_older_than_their_ttl_are_removed_once_no_job_reads_them(
+    client: httpx.Client, services: dict[str, str]
+) -> None:
+    """An upload is kept RESULT_TTL_DAYS after it was uploaded and after the last job that read
+    it ended; the sweeper removes it after both, bytes and row, and keeps one still in use."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import File, Job
+
+    rows = [{"custom_id": "a", "input": "kept a while"}]
+    stale = upload(client, jsonl(rows))
+    reused = upload(client, jsonl(rows))
+    job = run_job(client, "minilm", rows)  # inline items: its input file is the farm's own
+    read_recently = submit(client, {"model": "minilm", "input": {"file_id": reused["id"]}})
+    wait_done(client, read_recently["id"])
+    month_ago = datetime.now(UTC) - timedelta(days=31)
+    with session_scope() as session:
+        ids = [stale["id"], reused["id"], job["input_file_id"]]
+        session.execute(update(File).where(File.id.in_(ids)).values(created_at=month_ago))
+        session.execute(update(Job).where(Job.id == job["id"]).values(finished_at=month_ago))
+    (stale_path,) = Path(services["MODELFARM_DATA_DIR"], "artifacts").glob(
+        f"tenants/*/files/{stale['id']}"
+    )
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/files/{stale['id']}").status_code != 404:
+        assert time.monotonic() < deadline, "the sweeper did not remove the expired upload"
+        time.sleep(0.3)
+    assert not stale_path.exists()
+    # The job's own inline input went with it (its job ended a month ago too) ...
+    assert client.get(f"/v1/files/{job['input_file_id']}").status_code == 404
+    # ... but an old upload that a job read yesterday, say, is kept.
+    assert client.get(f"/v1/files/{reused['id']}").status_code == 200
 
 
 def test_files_a_waiting_retry_will_read_cannot_be_deleted(client: httpx.Client) -> None:
