@@ -6,9 +6,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
-from app.db import database_reachable
+from app.db import database_reachable, session_scope
 from app.dispatch import broker_reachable
 from app.metrics import exposition
+from app.services import farm_stats
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
@@ -19,13 +20,27 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz() -> dict[str, str] | Response:
+async def readyz() -> dict[str, object] | Response:
     database = await run_in_threadpool(database_reachable)
     broker = await run_in_threadpool(broker_reachable)
     if database and broker:
-        return {"status": "ready", "database": "ok", "broker": "ok"}
+        workers = await run_in_threadpool(_live_workers)
+        return {
+            "status": "ready",
+            "database": "ok",
+            "broker": "ok",
+            # Reported, never a failure: jobs wait safely in PostgreSQL for a worker, and a
+            # farm without a GPU has no GPU pool at all.
+            "workers": workers,
+            "pools_without_workers": [pool for pool, n in workers.items() if n == 0],
+        }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
     return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")
+
+
+def _live_workers() -> dict[str, int]:
+    with session_scope() as session:
+        return farm_stats.live_workers(session)
 
 
 @router.get("/metrics")
