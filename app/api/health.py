@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
 from app.db import database_reachable, session_scope
@@ -14,13 +15,16 @@ from app.services import farm_stats
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness")
 def healthz() -> dict[str, str]:
+    """Answers while the API process runs; it reads nothing. No key needed."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, summary="Readiness", responses=errors(503))
 async def readyz() -> dict[str, object] | Response:
+    """200 when PostgreSQL and the broker answer, with the live workers of each pool and
+    the pools that have none (reported, not a failure); 503 naming what is down."""
     database = await run_in_threadpool(database_reachable)
     broker = await run_in_threadpool(broker_reachable)
     if database and broker:
@@ -43,6 +47,12 @@ def _live_workers() -> dict[str, int]:
         return farm_stats.live_workers(session)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}}},
+)
 def metrics() -> Response:
+    """The farm's Prometheus text: queue depths, live workers, items, job durations, webhook
+    backlog, read at scrape time. No key needed."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
