@@ -14,6 +14,7 @@ from app.api import files, health, jobs, models, webhooks
 from app.api.docs import DESCRIPTION, install_docs
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
+from app.api.ui import install_ui
 from app.config import get_settings
 from app.metrics import HTTP_REQUESTS
 
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     for module in (health, files, models, jobs, webhooks):
         app.include_router(module.router)
     install_docs(app)
+    install_ui(app)
 
     app.add_middleware(MeasureRequests)
     return app
