@@ -93,3 +93,25 @@ def broker_reachable() -> bool:
         return True
     except Exception:
         return False
+
+
+def queue_depths(queues: tuple[str, ...] = QUEUES) -> dict[str, int] | None:
+    """Messages waiting in each queue (not those a worker holds), asked of the broker through
+    kombu so it works for any transport; None when the broker does not answer. A queue the
+    broker does not know yet (Redis drops an empty list) holds nothing."""
+    try:
+        with producer().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            depths = {}
+            for queue in queues:
+                channel = conn.channel()
+                try:
+                    depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except Exception:  # passive declare of an unknown queue: nothing waits there
+                    depths[queue] = 0
+                finally:
+                    channel.close()
+            return depths
+    except Exception:
+        log.warning("could not read queue depths", exc_info=True)
+        return None

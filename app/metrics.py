@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+
+from app import dispatch
+
+log = logging.getLogger(__name__)
 
 registry = CollectorRegistry()
 
@@ -31,25 +40,94 @@ JOBS_PUBLISH_FAILED = Counter(
 )
 
 
-class JobStatusCollector(Collector):
-    """Jobs per status, read from PostgreSQL at scrape time (the source of truth)."""
+class FarmCollector(Collector):
+    """The farm's state, read at scrape time from PostgreSQL (the source of truth) and the
+    broker, so any API process answers the same figures and workers export nothing.
+    A failing source drops its own families only: /metrics answers even when the database or
+    the broker does not."""
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from app.db import session_scope
-        from app.models import Job
-
-        gauge = GaugeMetricFamily("modelfarm_jobs", "Jobs by status", labels=["status"])
-        try:
-            with session_scope() as session:
-                rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-                for status, count in rows:
-                    gauge.add_metric([status], count)
-        except Exception:  # /metrics must answer even when the database does not
-            return
-        yield gauge
+    def collect(self) -> Iterator[Metric]:
+        yield from _database_families()
+        depths = dispatch.queue_depths()
+        if depths is not None:
+            gauge = GaugeMetricFamily(
+                "modelfarm_queue_depth", "Task messages waiting in a broker queue", labels=["queue"]
+            )
+            for queue, depth in depths.items():
+                gauge.add_metric([queue], depth)
+            yield gauge
 
 
-registry.register(JobStatusCollector())
+def _database_families() -> list[Metric]:
+    from app.db import session_scope
+    from app.services import farm_stats
+
+    try:
+        with session_scope() as session:
+            farm_stats.cap_time(session)
+            statuses = farm_stats.jobs_by_status(session)
+            workers = farm_stats.live_workers(session)
+            items = farm_stats.items_processed(session)
+            durations = farm_stats.job_durations(session)
+            backlog = farm_stats.webhook_backlog(session)
+            failures = farm_stats.webhook_failures(session)
+    except Exception:
+        log.warning("metrics: could not read the database", exc_info=True)
+        return []
+    jobs = GaugeMetricFamily("modelfarm_jobs", "Jobs by status", labels=["status"])
+    for status, count in statuses.items():
+        jobs.add_metric([status], count)
+    pools = GaugeMetricFamily(
+        "modelfarm_workers", "Workers of a pool alive by heartbeat", labels=["pool"]
+    )
+    for pool, count in workers.items():
+        pools.add_metric([pool], count)
+    processed = CounterMetricFamily(
+        "modelfarm_items_processed",
+        "Input items with an output line (succeeded) or an error line (failed)",
+        labels=["model", "outcome"],
+    )
+    for (model, outcome), count in items.items():
+        processed.add_metric([model, outcome], count)
+    histogram = HistogramMetricFamily(
+        "modelfarm_job_duration_seconds",
+        "Finished jobs: seconds from start to end, by type and final status",
+        labels=["type", "outcome"],
+    )
+    for row in durations:
+        buckets = [
+            (f"{b:g}", c) for b, c in zip(farm_stats.DURATION_BUCKETS, row.buckets, strict=True)
+        ]
+        histogram.add_metric(
+            [row.type, row.outcome], [*buckets, ("+Inf", row.count)], sum_value=row.sum
+        )
+    waiting = GaugeMetricFamily(
+        "modelfarm_webhook_backlog", "Webhook deliveries pending or being attempted"
+    )
+    waiting.add_metric([], backlog)
+    failed = CounterMetricFamily(
+        "modelfarm_webhook_failures", "Webhook delivery attempts that got no 2xx answer"
+    )
+    failed.add_metric([], failures)
+    return [jobs, pools, processed, histogram, waiting, failed]
+
+
+#: Every family the farm exports (what the Grafana dashboard may use; a unit test checks it).
+FAMILIES = (
+    "modelfarm_http_request_duration_seconds",
+    "modelfarm_jobs_submitted_total",
+    "modelfarm_job_publish_failures_total",
+    "modelfarm_jobs",
+    "modelfarm_workers",
+    "modelfarm_queue_depth",
+    "modelfarm_items_processed_total",
+    "modelfarm_job_duration_seconds",
+    "modelfarm_webhook_backlog",
+    "modelfarm_webhook_failures_total",
+)
+
+
+registry.register(FarmCollector())
 
 
 def exposition() -> bytes:
@@ -60,5 +138,5 @@ def exposition() -> bytes:
         return generate_latest(registry)
     combined = CollectorRegistry()
     multiprocess.MultiProcessCollector(combined)
-    combined.register(JobStatusCollector())
+    combined.register(FarmCollector())
     return generate_latest(combined)

@@ -3,10 +3,11 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.db import run_retrying
 from app.models import FilePurpose
@@ -15,17 +16,22 @@ from app.services import files as file_service
 from app.services.errors import InvalidRequest
 from app.storage import CHUNK, get_store
 
-router = APIRouter(prefix="/v1/files", tags=["files"], route_class=GuardedRoute)
+router = APIRouter(
+    prefix="/v1/files", tags=["files"], route_class=GuardedRoute, responses=V1_ERRORS
+)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, summary="Upload a file", responses=errors(413))
 def upload_file(
-    file: UploadFile,
-    purpose: Annotated[str, Form()],
+    file: Annotated[UploadFile, File(description="The bytes: JSONL, a skops file or an archive.")],
+    purpose: Annotated[str, Form(description="batch, training or model.", examples=["batch"])],
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
 ) -> FilePublic:
+    """Multipart upload: `file` and its `purpose`: `batch` (JSONL input lines), `training`
+    (labelled JSONL) or `model` (a skops file or an archive to register). 413 over
+    `MAX_UPLOAD_BYTES`."""
     if purpose not in file_service.UPLOAD_PURPOSES:
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
         raise InvalidRequest(f"purpose must be one of: {allowed}")
@@ -42,8 +48,9 @@ def upload_file(
     return FilePublic.model_validate(created, from_attributes=True)
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", summary="Get a file's metadata", responses=errors(404))
 def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FilePublic:
+    """Name, purpose, size and SHA-256 of one of the tenant's files."""
     return FilePublic.model_validate(
         file_service.get_file(session, tenant, file_id), from_attributes=True
     )
@@ -57,7 +64,7 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.delete("/{file_id}", status_code=204)
+@router.delete("/{file_id}", status_code=204, summary="Delete a file", responses=errors(404, 409))
 def delete_file(file_id: str, tenant: TenantDep) -> Response:
     """The file and its bytes; 409 `file_in_use` while a job that has not ended reads it."""
     # Run again if it loses a lock race (with a DELETE of a job that names the file, say).
@@ -66,8 +73,13 @@ def delete_file(file_id: str, tenant: TenantDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{file_id}/content")
+@router.get(
+    "/{file_id}/content",
+    summary="Download a file",
+    responses={**errors(404), 200: {"content": {"application/jsonl": {}}}},
+)
 def get_file_content(file_id: str, session: SessionDep, tenant: TenantDep) -> StreamingResponse:
+    """The file's bytes, streamed: for a job's output or error file, JSONL in input order."""
     file = file_service.get_file(session, tenant, file_id)
     media = "application/jsonl" if file.filename.endswith(".jsonl") else "application/octet-stream"
     return StreamingResponse(

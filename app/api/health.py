@@ -4,30 +4,55 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
-from app.db import database_reachable
+from app.db import database_reachable, session_scope
 from app.dispatch import broker_reachable
 from app.metrics import exposition
+from app.services import farm_stats
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness")
 def healthz() -> dict[str, str]:
+    """Answers while the API process runs; it reads nothing. No key needed."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
-async def readyz() -> dict[str, str] | Response:
+@router.get("/readyz", response_model=None, summary="Readiness", responses=errors(503))
+async def readyz() -> dict[str, object] | Response:
+    """200 when PostgreSQL and the broker answer, with the live workers of each pool and
+    the pools that have none (reported, not a failure); 503 naming what is down."""
     database = await run_in_threadpool(database_reachable)
     broker = await run_in_threadpool(broker_reachable)
     if database and broker:
-        return {"status": "ready", "database": "ok", "broker": "ok"}
+        workers = await run_in_threadpool(_live_workers)
+        return {
+            "status": "ready",
+            "database": "ok",
+            "broker": "ok",
+            # Reported, never a failure: jobs wait safely in PostgreSQL for a worker, and a
+            # farm without a GPU has no GPU pool at all.
+            "workers": workers,
+            "pools_without_workers": [pool for pool, n in workers.items() if n == 0],
+        }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
     return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")
 
 
-@router.get("/metrics")
+def _live_workers() -> dict[str, int]:
+    with session_scope() as session:
+        return farm_stats.live_workers(session)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}}},
+)
 def metrics() -> Response:
+    """The farm's Prometheus text: queue depths, live workers, items, job durations, webhook
+    backlog, read at scrape time. No key needed."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import waits
 from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.api.submissions import group_commit
 from app.db import read_scope, run_retrying
@@ -19,19 +20,30 @@ from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPu
 from app.services import control, files, webhooks
 from app.services import jobs as job_service
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute, responses=V1_ERRORS)
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, summary="Submit a job", responses=errors(404, 409, 413))
 def create_job(
     body: JobCreate,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Any string: the same key again answers the same job, not a new one.",
+            examples=["nightly-embeddings-2026-12-01"],
+        ),
+    ] = None,
 ) -> JobPublic:
+    """Queue a batch inference job (over an uploaded file or inline items) or a training
+    job. The answer is 202 with the job `queued`; poll `GET /v1/jobs/{job_id}` (with
+    `Prefer: wait=N` to be told as soon as it ends) or give a `webhook`. 404: the input file
+    or model is not this tenant's; 409: the model version is still validating."""
     if idempotency_key:  # its own transaction: the unique index decides a race of one key
         job = job_service.submit_job(
             session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
@@ -44,7 +56,7 @@ def create_job(
     return job_service.job_public(submission.job)
 
 
-@router.get("")
+@router.get("", summary="List jobs")
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
@@ -53,6 +65,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> JobList:
+    """The tenant's jobs, newest first, a page at a time: pass the page's `last_id` as
+    `after` for the next one while `has_more` is true."""
     jobs, has_more = job_service.list_jobs(
         session, tenant, status=status, type_=type, limit=limit, after=after
     )
@@ -68,7 +82,7 @@ def _load(tenant: Tenant, job_id: str) -> Job:
         return job_service.get_job(session, tenant, job_id)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", summary="Get a job", responses=errors(404))
 async def get_job(
     job_id: str,
     response: Response,
@@ -76,7 +90,9 @@ async def get_job(
     settings: SettingsDep,
     prefer: Annotated[str | None, Header()] = None,
 ) -> JobPublic:
-    """With `Prefer: wait=N`, hold the answer up to N seconds until the job has finished."""
+    """A job: status, item counts, result files, error. With `Prefer: wait=N`, the answer is
+    held up to N seconds until the job has finished (the header `Preference-Applied` says
+    how long the farm agreed to wait)."""
     match = _PREFER_WAIT.search(prefer or "")
     if not match:
         return job_service.job_public(await run_in_threadpool(_load, tenant, job_id))
@@ -91,7 +107,9 @@ async def get_job(
     return job_service.job_public(job)
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete(
+    "/{job_id}", status_code=204, summary="Delete a finished job", responses=errors(404, 409)
+)
 def delete_job(job_id: str, tenant: TenantDep) -> Response:
     """A finished job and its result files; 409 while it runs (cancel it first)."""
     folder = run_retrying(lambda session: job_service.delete_job(session, tenant, job_id))
@@ -99,8 +117,10 @@ def delete_job(job_id: str, tenant: TenantDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", summary="Cancel a job", responses=errors(404, 409))
 def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
+    """A queued job ends `cancelled` at once; a running one answers `cancelling` and stops
+    between micro-batches (about a second), keeping the results of the items it finished."""
     # Its own transaction, run again if it loses a lock race with a worker on the same job.
     job, assemble_now = run_retrying(
         lambda session: control.request_cancel(session, tenant, job_id)
@@ -111,7 +131,12 @@ def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
     return job_service.job_public(job)
 
 
-@router.post("/{job_id}/retry", status_code=202)
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    summary="Retry the failed items",
+    responses=errors(404, 409),
+)
 def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """A new job over just the items in this job's error file (409 when there are none)."""
     job = control.create_retry(session, tenant, job_id)
@@ -119,7 +144,7 @@ def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     return job_service.job_public(job)
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", summary="List a job's events", responses=errors(404))
 def list_events(
     job_id: str,
     session: SessionDep,
@@ -137,7 +162,9 @@ def list_events(
     )
 
 
-@router.get("/{job_id}/deliveries")
+@router.get(
+    "/{job_id}/deliveries", summary="List a job's webhook deliveries", responses=errors(404)
+)
 def list_deliveries(
     job_id: str,
     session: SessionDep,
@@ -155,7 +182,12 @@ def list_deliveries(
     )
 
 
-@router.post("/{job_id}/deliveries/{delivery_id}/redeliver", status_code=202)
+@router.post(
+    "/{job_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    summary="Send a webhook delivery again",
+    responses=errors(404, 409),
+)
 def redeliver(
     job_id: str, delivery_id: str, session: SessionDep, tenant: TenantDep
 ) -> DeliveryPublic:

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import files, health, jobs, models, webhooks
+from app.api.docs import DESCRIPTION, install_docs
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
+from app.api.ui import install_ui
 from app.config import get_settings
 from app.metrics import HTTP_REQUESTS
 
@@ -26,11 +28,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="modelfarm", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="modelfarm",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs
+        redoc_url=None,
+    )
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
     for module in (health, files, models, jobs, webhooks):
         app.include_router(module.router)
+    install_docs(app)
+    install_ui(app)
 
     app.add_middleware(MeasureRequests)
     return app

@@ -3,16 +3,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, TenantDep
+from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.dispatch import publish_validation
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
 from app.services import validation
 
-router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], route_class=GuardedRoute, responses=V1_ERRORS
+)
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, summary="Register a model version", responses=errors(404, 409))
 def register_model(body: ModelCreate, session: SessionDep, tenant: TenantDep) -> ModelVersionPublic:
     """The version answers `validating`; a worker checks and probes the upload and moves it to
     `ready` or `failed` (GET /v1/models/{name} shows which)."""
@@ -27,11 +30,14 @@ def register_model(body: ModelCreate, session: SessionDep, tenant: TenantDep) ->
     return public
 
 
-@router.get("")
+@router.get("", summary="List models")
 def list_models(session: SessionDep, tenant: TenantDep) -> ModelList:
+    """Every model the tenant can name in a job, builtin ones included, with its versions."""
     return ModelList(data=model_service.list_models(session, tenant))
 
 
-@router.get("/{name}")
+@router.get("/{name}", summary="Get a model", responses=errors(404))
 def get_model(name: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
+    """A model with every version: `status` (validating, ready, failed) and, for a failed
+    one, why. `latest_version` is what a job naming the model alone runs."""
     return model_service.get_model(session, tenant, name)

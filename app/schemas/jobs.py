@@ -28,14 +28,31 @@ CustomId = (
 
 class InlineItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    custom_id: CustomId = None
-    input: Any
+    custom_id: CustomId = Field(
+        default=None,
+        description="Your id for the item, repeated on its output or error line.",
+        examples=["doc-1"],
+    )
+    input: Any = Field(
+        description="What the model reads: a string for text models, a list of numbers or an "
+        "object of named features for scikit-learn models.",
+        examples=["The cat sat on the mat."],
+    )
 
 
 class JobInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    file_id: str | None = None
-    items: list[InlineItem] | None = None
+    file_id: str | None = Field(
+        default=None,
+        description="An uploaded JSONL file (purpose `batch`, or `training` for training jobs).",
+        examples=["file_8f2c1e0a9b7d4c3e"],
+    )
+    items: list[InlineItem] | None = Field(
+        default=None,
+        description="Inline items for a small job (up to `MAX_INLINE_ITEMS`); give these or "
+        "`file_id`, not both.",
+        examples=[[{"custom_id": "a", "input": "hello"}, {"custom_id": "b", "input": "world"}]],
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> JobInput:
@@ -48,8 +65,15 @@ class JobInput(BaseModel):
 
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: HttpUrl
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
+    url: HttpUrl = Field(
+        description="Where the farm POSTs signed events: http(s) on a public address "
+        "(private and loopback ones are refused unless `WEBHOOK_ALLOWED_HOSTS` lists them)."
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(TERMINAL_EVENTS),
+        description="Which events to send; the default is the three terminal ones.",
+        examples=[["job.succeeded", "job.failed"]],
+    )
 
 
 class InferenceParams(BaseModel):
@@ -62,18 +86,57 @@ class InferenceParams(BaseModel):
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: JobTypeName = "inference"
-    model: str | None = Field(default=None, max_length=140)
-    framework: str | None = None
-    input: JobInput
-    device: Device = "auto"
-    params: dict[str, Any] = Field(default_factory=dict)
-    webhook: WebhookSpec | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-    output_model: str | None = None
+    type: JobTypeName = Field(
+        default="inference",
+        description="`inference` runs a model over items; `training` fits a new model version.",
+        examples=["inference"],
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=140,
+        description="Inference: the model, `name` (its latest ready version) or `name@N`.",
+        examples=["minilm"],
+    )
+    framework: str | None = Field(
+        default=None,
+        description="Training only: `sklearn` or `transformers`.",
+        examples=["sklearn"],
+    )
+    input: JobInput = Field(description="Where the items come from: `file_id` or `items`.")
+    device: Device = Field(
+        default="auto",
+        description="The pool that runs it: `cpu`, `gpu`, or `auto` (the GPU pool while a GPU "
+        "worker is running).",
+        examples=["auto"],
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Inference: `batch_size`, `batch_tokens`. Training: `estimator`, "
+        "`hyperparameters`, `validation_split`, or `base_model`, `epochs`, `learning_rate`.",
+        examples=[{"batch_size": 64}],
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None, description="Optional: where to send signed job events."
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="Up to 16 string keys and values of your own, returned on the job.",
+        examples=[{"project": "search-index"}],
+    )
+    output_model: str | None = Field(
+        default=None,
+        description="Training only: the model name the new version is registered under.",
+        examples=["churn"],
+    )
     # Past this many seconds after submission the job is stopped and ends `cancelled` with
     # error code `deadline_exceeded`, keeping the results finished by then.
-    deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="Stop the job this many seconds after submission (it ends `cancelled`).",
+        examples=[3600],
+    )
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> JobCreate:
@@ -103,62 +166,100 @@ class JobCreate(BaseModel):
 
 
 class JobCounts(BaseModel):
-    total: int
-    succeeded: int
-    failed: int
+    total: int = Field(description="Input items (training: steps).", examples=[10000])
+    succeeded: int = Field(description="Items with an output line so far.", examples=[4200])
+    failed: int = Field(description="Items with an error line so far.", examples=[3])
 
 
 class JobError(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="Why the job failed, machine-readable.", examples=["invalid_input"]
+    )
+    message: str = Field(
+        description="Why the job failed, for a person.", examples=["the input file is empty"]
+    )
 
 
 class JobPublic(BaseModel):
-    id: str
+    id: str = Field(description="The job's id.", examples=["job_3b9f0c2d1e4a5b6c"])
     object: Literal["job"] = "job"
-    type: str
-    status: str
-    model: str | None
-    framework: str | None = None  # training
-    output_model: str | None = None  # training: the model its new version belongs to
-    device: str
-    queue: str
-    counts: JobCounts
-    input_file_id: str | None
-    output_file_id: str | None
-    error_file_id: str | None
-    result: dict[str, Any] | None
-    error: JobError | None
-    attempts: int
-    retry_of: str | None = None
-    deadline_at: datetime | None = None
-    params: dict[str, Any]
-    webhook: dict[str, Any] | None
-    metadata: dict[str, str]
-    usage: dict[str, float]
-    progress: dict[str, Any] | None = None  # training: step, steps_total, epoch, epochs, loss
-    notice: str | None = None  # why a queued job is not starting, e.g. no GPU worker
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    type: str = Field(description="`inference` or `training`.", examples=["inference"])
+    status: str = Field(
+        description="queued, running, cancelling, then succeeded, failed or cancelled.",
+        examples=["running"],
+    )
+    model: str | None = Field(description="The resolved model version.", examples=["minilm@1"])
+    framework: str | None = Field(default=None, description="Training: the framework.")
+    output_model: str | None = Field(
+        default=None, description="Training: the model its new version belongs to."
+    )
+    device: str = Field(description="The device asked for.", examples=["auto"])
+    queue: str = Field(description="The pool's queue it went to.", examples=["cpu"])
+    counts: JobCounts = Field(description="Item counts, updated about once a second.")
+    input_file_id: str | None = Field(
+        description="The input file (inline items are written to one).",
+        examples=["file_8f2c1e0a9b7d4c3e"],
+    )
+    output_file_id: str | None = Field(
+        description="Output lines in input order, once the job has ended.", examples=[None]
+    )
+    error_file_id: str | None = Field(
+        description="Error lines in input order, once the job has ended.", examples=[None]
+    )
+    result: dict[str, Any] | None = Field(
+        description="Training: the new version and its validation metrics.",
+        examples=[{"model": "churn@2", "metrics": {"accuracy": 0.93}}],
+    )
+    error: JobError | None = Field(description="Set when `status` is `failed`.")
+    attempts: int = Field(description="How many times a worker started it.", examples=[1])
+    retry_of: str | None = Field(
+        default=None, description="The job whose failed items this one retries."
+    )
+    deadline_at: datetime | None = Field(
+        default=None, description="When the job is stopped if it has not ended."
+    )
+    params: dict[str, Any] = Field(description="The params it was given.", examples=[{}])
+    webhook: dict[str, Any] | None = Field(description="The webhook it was given.", examples=[None])
+    metadata: dict[str, str] = Field(
+        description="Your metadata, as given.", examples=[{"project": "search-index"}]
+    )
+    usage: dict[str, float] = Field(
+        description="Compute spent on the job.", examples=[{"cpu_seconds": 12.5, "gpu_seconds": 0}]
+    )
+    progress: dict[str, Any] | None = Field(
+        default=None,
+        description="Training: step, steps_total, epoch, epochs, loss.",
+        examples=[{"step": 120, "steps_total": 300, "epoch": 1, "epochs": 3, "loss": 0.41}],
+    )
+    notice: str | None = Field(
+        default=None,
+        description="Why a queued job is not starting, e.g. no GPU worker is running.",
+    )
+    created_at: datetime = Field(description="When it was submitted.")
+    started_at: datetime | None = Field(description="When a worker first took it.")
+    finished_at: datetime | None = Field(description="When it ended; null until then.")
 
 
 class JobList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[JobPublic]
-    has_more: bool
-    last_id: str | None
+    data: list[JobPublic] = Field(description="Jobs, newest first.")
+    has_more: bool = Field(description="Whether another page follows.", examples=[False])
+    last_id: str | None = Field(
+        description="Pass as `after` for the next page.", examples=["job_3b9f0c2d1e4a5b6c"]
+    )
 
 
 class JobEventPublic(BaseModel):
-    id: int
-    type: str
-    data: dict[str, Any]
-    created_at: datetime
+    id: int = Field(description="Increasing id; pass as `after` to page.", examples=[41])
+    type: str = Field(description="What happened.", examples=["shard_succeeded"])
+    data: dict[str, Any] = Field(
+        description="Details of the event.", examples=[{"shard": 0, "succeeded": 500}]
+    )
+    created_at: datetime = Field(description="When it happened.")
 
 
 class JobEventList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[JobEventPublic]
-    has_more: bool
-    last_id: int | None
+    data: list[JobEventPublic] = Field(description="Events, oldest first.")
+    has_more: bool = Field(description="Whether another page follows.", examples=[False])
+    last_id: int | None = Field(description="Pass as `after` for the next page.", examples=[41])

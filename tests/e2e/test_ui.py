@@ -1,0 +1,126 @@
+"""The /ui dashboard in a real browser: Debian's Chromium driven by Playwright.
+
+Skipped, saying why, where Chromium or Playwright is missing (`apt-get install chromium`,
+`pip install playwright`; never `playwright install`, which downloads a browser).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import FarmProcess, jsonl, submit, upload, wait_done
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("MODELFARM_TEST_CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None
+)
+# Long enough that the page sees the job running (on two shared cores: several seconds).
+ITEMS = 1000
+SENTENCE = "a sentence long enough that the model spends some time on every item " * 4
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set MODELFARM_TEST_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        yield browser
+        browser.close()
+
+
+def _log_in(page: Any, api_url: str, key: str) -> None:
+    page.goto(f"{api_url}/ui")
+    assert page.url.endswith("/ui/login")  # not logged in: sent to the form
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{api_url}/ui")
+
+
+def test_a_wrong_key_is_refused_and_the_key_stays_out_of_urls(
+    browser: Any, api_url: str, tenant_key: str
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{api_url}/ui/login")
+    page.fill("#key", "mf_not_a_key")
+    page.click("button[type=submit]")
+    assert "not valid" in page.text_content(".alert")
+    _log_in(page, api_url, tenant_key)
+    cookie = next(c for c in context.cookies() if c["name"] == "modelfarm_ui_key")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert tenant_key not in page.url
+    assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+    context.close()
+
+
+def test_the_dashboard_shows_a_running_job_then_its_end(
+    browser: Any,
+    api_url: str,
+    client: httpx.Client,
+    tenant_key: str,
+    cpu_worker: FarmProcess,
+    tmp_path: Path,
+) -> None:
+    rows = [{"custom_id": str(i), "input": f"{i} {SENTENCE}"} for i in range(ITEMS)]
+    rows[7]["input"] = 12  # not text: one error line
+    file = upload(client, jsonl(rows))
+    job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
+
+    context = browser.new_context(viewport={"width": 1366, "height": 800})
+    page = context.new_page()
+    _log_in(page, api_url, tenant_key)
+    row = page.locator(f"tr[data-job='{job['id']}']")
+    assert row.count() == 1
+    row.locator("a").click()
+    page.wait_for_url(f"{api_url}/ui/jobs/{job['id']}")
+
+    # Polling moves the page on its own: first the job running with part of its items done ...
+    page.wait_for_function(
+        """() => {
+            const bar = document.querySelector('#live .big-bar [role=progressbar]');
+            const status = document.querySelector('#live .head .status');
+            const done = bar ? Number(bar.getAttribute('aria-valuenow')) : 0;
+            return status && status.textContent === 'running' && done > 0 && done < 100;
+        }""",
+        timeout=120_000,
+        polling=100,
+    )
+    page.screenshot(path=str(tmp_path / "running.png"), full_page=True)
+    # ... then its end, with the counts and the error line.
+    page.wait_for_selector("#live [data-final] .head .s-succeeded", timeout=180_000)
+    page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
+    assert page.text_content("#live .big-bar .pct") == "100%"
+    assert page.locator("#live table.errors tbody tr").count() == 1
+    assert "This job has no webhook." in page.text_content("#live")
+    assert wait_done(client, job["id"])["counts"] == {
+        "total": ITEMS,
+        "succeeded": ITEMS - 1,
+        "failed": 1,
+    }
+
+    page.goto(f"{api_url}/ui/pools")
+    assert int(page.text_content("tr[data-pool='cpu'] td:nth-child(2)").split()[0]) >= 1
+    if os.environ.get("MODELFARM_TEST_SCREENSHOTS"):
+        shots = Path(os.environ["MODELFARM_TEST_SCREENSHOTS"])
+        shots.mkdir(parents=True, exist_ok=True)
+        for name in ("running.png", "done.png"):
+            shutil.copy(tmp_path / name, shots / name)
+        page.screenshot(path=str(shots / "pools.png"), full_page=True)
+        page.goto(f"{api_url}/ui")
+        page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+    context.close()

@@ -1,0 +1,43 @@
+"""/ui over plain HTTP (the browser test in tests/e2e needs Chromium): log in, the cookie, the
+pages and their partials, and what happens without a key."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import submit
+
+pytestmark = pytest.mark.integration
+
+
+def test_log_in_with_a_key_and_see_the_jobs(
+    api_url: str, client: httpx.Client, tenant_key: str
+) -> None:
+    job = submit(client, {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}})
+    with httpx.Client(base_url=api_url, timeout=30) as browser:
+        assert browser.get("/ui").headers["location"] == "/ui/login"
+        assert browser.get("/ui?partial=1").status_code == 401
+        wrong = browser.post("/ui/login", data={"key": "mf_wrong"})
+        assert wrong.status_code == 401 and "not valid" in wrong.text
+        login = browser.post("/ui/login", data={"key": tenant_key})
+        assert login.status_code == 303 and login.headers["location"] == "/ui"
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        assert tenant_key not in login.headers["location"]
+
+        page = browser.get("/ui")
+        assert page.status_code == 200 and job["id"] in page.text
+        assert "/ui/static/ui.css" in page.text and "https://" not in page.text
+        assert browser.get("/ui/static/ui.js").status_code == 200
+        partial = browser.get("/ui?partial=1")
+        assert job["id"] in partial.text and "<html" not in partial.text
+        detail = browser.get(f"/ui/jobs/{job['id']}")
+        assert detail.status_code == 200 and "queued" in detail.text
+        assert browser.get("/ui/jobs/job_nope").status_code == 404
+        pools = browser.get("/ui/pools?partial=1")
+        assert pools.status_code == 200 and 'data-pool="gpu"' in pools.text
+
+        browser.post("/ui/logout")
+        assert browser.get("/ui?partial=1").status_code == 401
+    client.post(f"/v1/jobs/{job['id']}/cancel")
