@@ -111,10 +111,10 @@ def database() -> Iterator[Any]:
 
 def tell_api_processes() -> None:
     from app.ratelimit import bump_generation
-    from app.services.keys import AUTH_CACHE_SECONDS
 
     if not bump_generation():
-        say(f"warning: Redis not reached: API processes see this within {AUTH_CACHE_SECONDS:g} s")
+        seconds = get_settings().auth_cache_seconds
+        say(f"warning: Redis not reached: API processes see this within {seconds:g} s")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.db import utcnow
 from app.models import ApiKey, Tenant
 from app.services.errors import Conflict, Forbidden, NotFound, ServiceError
@@ -71,12 +72,11 @@ def revoke_key(session: Session, prefix_or_key: str) -> ApiKey:
     return key
 
 
-# Every request authenticates; a key read from PostgreSQL is answered from memory for this
-# long. Each API process has its own memory; `modelfarm keys revoke` and `tenants set|disable`
-# raise a generation in Redis that every process reads with its rate-limit check (one round
-# trip it makes anyway), so those changes apply at once; only with Redis down do they take up
-# to this long in the other processes.
-AUTH_CACHE_SECONDS = 5.0
+# Every request authenticates; a key read from PostgreSQL is answered from memory for
+# AUTH_CACHE_SECONDS. Each API process has its own memory; `modelfarm keys revoke` and
+# `tenants set|disable` raise a generation in Redis that every process reads with its
+# rate-limit check (one round trip it makes anyway), so those changes apply at once; only with
+# Redis down do they take up to AUTH_CACHE_SECONDS in the other processes.
 AUTH_CACHE_SIZE = 4096
 
 
@@ -152,7 +152,7 @@ def look_up(session: Session, key: str, generation: str | None = None) -> KnownK
         expires_at=expires_at,
         revoked=revoked_at is not None,
         generation=generation,
-        until=time.monotonic() + AUTH_CACHE_SECONDS,
+        until=time.monotonic() + get_settings().auth_cache_seconds,
     )
     if len(_known) >= AUTH_CACHE_SIZE:
         _known.clear()

@@ -21,7 +21,6 @@ from app.services.errors import (
 
 # Keys live in app/services/keys.py; these names are imported from here by older callers.
 from app.services.keys import (  # noqa: F401
-    AUTH_CACHE_SECONDS,
     KEY_PREFIX,
     authenticate,
     create_api_key,

@@ -53,6 +53,8 @@ def date_range(start: date | None, end: date | None) -> tuple[date, date]:
     start = start or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
         raise InvalidRequest(f"from ({start}) is after to ({end})")
+    if end >= date.max:  # the day after it is where the range ends
+        raise InvalidRequest(f"to must be before {date.max}")
     if (end - start).days >= MAX_DAYS:
         raise InvalidRequest(f"at most {MAX_DAYS} days at a time")
     return start, end
