@@ -57,13 +57,14 @@ async def current_tenant(
     entry = known_key(key)
     if entry is None:
         entry = await run_in_threadpool(_look_up, session, key, None)
-    tenant = entry.check()
-    decision = await take(tenant.id, tenant.rate_limit, tenant.rate_burst)
+    entry.check_key()
+    # A disabled tenant is refused only after this: it may have been enabled again since.
+    decision = await take(entry.tenant.id, entry.tenant.rate_limit, entry.tenant.rate_burst)
     if decision.generation is not None and decision.generation != entry.generation:
         # Revoked, disabled or given new limits since this process read the key: read again.
         seen_generation(decision.generation)
         entry = await run_in_threadpool(_look_up, session, key, decision.generation)
-        tenant = entry.check()
+    tenant = entry.check()
     if not decision.allowed and tenant.rate_limit is not None:
         raise RateLimited(
             f"tenant {tenant.name} is over its rate limit of {tenant.rate_limit:g} requests/s",

@@ -91,12 +91,16 @@ class KnownKey:
     generation: str | None  # the auth generation this process had seen before reading it
     until: float  # monotonic time this entry may be used until
 
-    def check(self) -> Tenant:
-        """The tenant, or the refusal this key gets now."""
+    def check_key(self) -> None:
+        """Refuse a revoked or expired key: for good, so no other check is needed first."""
         if self.revoked:
             raise Unauthorized("the API key was revoked")
         if self.expires_at is not None and self.expires_at <= utcnow():
             raise Unauthorized(f"the API key expired at {self.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+
+    def check(self) -> Tenant:
+        """The tenant, or the refusal this key gets now."""
+        self.check_key()
         if self.tenant.disabled_at is not None:
             raise Forbidden(f"tenant {self.tenant.name} is disabled", code="tenant_disabled")
         return self.tenant
