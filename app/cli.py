@@ -13,15 +13,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app import cli_client, cli_jobs
+from app import cli_client, cli_jobs, cli_keys
 from app.cli_errors import USAGE, CliError, run
 from app.config import Settings, get_settings
 
 cli = typer.Typer(
     help="modelfarm: batch inference and training jobs on your own machines.", no_args_is_help=True
 )
-keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
-cli.add_typer(keys_cli, name="keys")
 console = Console()
 err = Console(stderr=True)
 
@@ -241,21 +239,10 @@ def migrate() -> None:
     console.print("database is up to date")
 
 
-@keys_cli.command("create")
-def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name.")] = "default") -> None:
-    """Print a new API key for TENANT (created if new)."""
-    _settings(database=True)
-    from app.db import session_scope
-    from app.services.tenants import create_api_key, get_or_create_tenant
-
-    with session_scope() as session:
-        key = create_api_key(session, get_or_create_tenant(session, tenant))
-    console.print(key)
-
-
 # Registered after the process commands, so `modelfarm --help` lists those first.
 cli_client.register(cli)
 cli_jobs.register(cli)
+cli_keys.register(cli)
 
 
 def main() -> None:

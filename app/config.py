@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Requests one API process works on at once; its PostgreSQL pool holds as many connections
     # (so api_workers x api_threads must fit the server's max_connections).
     api_threads: int = 16
+    # An API process answers a key it read from PostgreSQL from memory for this long. Revoking
+    # a key or changing a tenant applies at once anyway (app/ratelimit.py); only with Redis
+    # unreachable does it take up to this long.
+    auth_cache_seconds: float = 5.0
 
     # Jobs and workers
     artifact_root: str | None = None  # default: <data_dir>/artifacts; s3://bucket/prefix works too

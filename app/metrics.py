@@ -39,6 +39,17 @@ JOBS_PUBLISH_FAILED = Counter(
     registry=registry,
 )
 
+# Requests refused by a tenant limit, by the error code they were answered with.
+REJECTION_REASONS = ("rate_limited", "quota_exceeded")
+REJECTED_REQUESTS = Counter(
+    "modelfarm_rejected_requests_total",
+    "Requests refused by a tenant's rate limit or quota",
+    ["reason"],
+    registry=registry,
+)
+for _reason in REJECTION_REASONS:  # shown at 0 from the start, so a rate() has a baseline
+    REJECTED_REQUESTS.labels(_reason)
+
 
 class FarmCollector(Collector):
     """The farm's state, read at scrape time from PostgreSQL (the source of truth) and the

@@ -12,13 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Tenant
-from app.services.errors import ServiceError
-from app.services.tenants import authenticate, known_key
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
+from app.ratelimit import take
+from app.services.errors import RateLimited
+from app.services.keys import KnownKey, Unauthorized, known_key, look_up, seen_generation
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -49,23 +45,43 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 async def current_tenant(
     session: SessionDep, authorization: Annotated[str | None, Header()] = None
 ) -> Tenant:
+    """The caller's tenant, once its key is valid and the tenant is under its rate limit.
+
+    A key read in the last AUTH_CACHE_SECONDS costs no query; every request costs one Redis
+    round trip (app/ratelimit.py), which also says whether keys or tenants changed since.
+    """
     scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise Unauthorized("send `Authorization: Bearer <api key>`")
-    tenant = known_key(key.strip())
-    if tenant is None:
-        tenant = await run_in_threadpool(_look_up, session, key.strip())
-    if tenant is None:
-        raise Unauthorized("the API key is not valid")
+    entry = known_key(key)
+    if entry is None:
+        entry = await run_in_threadpool(_look_up, session, key, None)
+    entry.check_key()
+    # A disabled tenant is refused only after this: it may have been enabled again since.
+    decision = await take(entry.tenant.id, entry.tenant.rate_limit, entry.tenant.rate_burst)
+    if decision.generation is not None and decision.generation != entry.generation:
+        # Revoked, disabled or given new limits since this process read the key: read again.
+        seen_generation(decision.generation)
+        entry = await run_in_threadpool(_look_up, session, key, decision.generation)
+    tenant = entry.check()
+    if not decision.allowed and tenant.rate_limit is not None:
+        raise RateLimited(
+            f"tenant {tenant.name} is over its rate limit of {tenant.rate_limit:g} requests/s",
+            decision.retry_after,
+        )
     return tenant
 
 
-def _look_up(session: Session, key: str) -> Tenant | None:
-    tenant = authenticate(session, key)
-    # End the read-only transaction: its pooled connection goes back while the route works
-    # (or waits, with `Prefer: wait`); the session starts a new one if the route writes.
+def _look_up(session: Session, key: str, generation: str | None) -> KnownKey:
+    entry = look_up(session, key, generation)
+    # End the transaction (which may have marked the key used): its pooled connection goes
+    # back while the route works (or waits, with `Prefer: wait`); the session starts a new one
+    # if the route writes.
     session.commit()
-    return tenant
+    if entry is None:
+        raise Unauthorized("the API key is not valid")
+    return entry
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

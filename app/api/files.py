@@ -13,7 +13,8 @@ from app.db import run_retrying
 from app.models import FilePurpose
 from app.schemas.files import FilePublic
 from app.services import files as file_service
-from app.services.errors import InvalidRequest
+from app.services import tenants
+from app.services.errors import InvalidRequest, PayloadTooLarge
 from app.storage import CHUNK, get_store
 
 router = APIRouter(
@@ -35,16 +36,21 @@ def upload_file(
     if purpose not in file_service.UPLOAD_PURPOSES:
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
         raise InvalidRequest(f"purpose must be one of: {allowed}")
+    # What the tenant may still store caps this upload as the upload limit does (413 either
+    # way); uploads that run at the same time may each see the same room (README).
+    room = tenants.storage_room(session, tenant)
+    limit = settings.max_upload_bytes if room is None else min(room, settings.max_upload_bytes)
     # Starlette spools the part to a temporary file, so it is copied to the store in chunks.
     chunks = iter(lambda: file.file.read(CHUNK), b"")
-    created = file_service.create_file(
-        session,
-        tenant,
-        FilePurpose(purpose),
-        file.filename or "upload",
-        chunks,
-        settings.max_upload_bytes,
-    )
+    try:
+        created = file_service.create_file(
+            session, tenant, FilePurpose(purpose), file.filename or "upload", chunks, limit
+        )
+    except PayloadTooLarge:
+        if room is None or room >= settings.max_upload_bytes:
+            raise
+        used = (tenant.max_storage_bytes or 0) - room
+        raise tenants.storage_exceeded(tenant, used, upload=True) from None
     return FilePublic.model_validate(created, from_attributes=True)
 
 

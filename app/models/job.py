@@ -149,3 +149,13 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# A tenant's unfinished jobs, which its queued-jobs quota counts on each submission
+# (migration 0008): only those rows are in it, however many finished jobs the tenant keeps.
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+Index(
+    "ix_jobs_tenant_id_active",
+    Job.tenant_id,
+    postgresql_where=Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+)

@@ -14,6 +14,7 @@ from app.services.errors import Conflict
 from app.services.jobs import add_event, get_job, transition
 from app.services.results import ResultFile
 from app.services.shards import DEADLINE_ERROR, request_stop
+from app.services.tenants import check_job_quota
 
 
 def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, bool]:
@@ -57,6 +58,7 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
         )
     if not job.error_file_id or not job.input_file_id:
         raise Conflict(f"job {job.id} has no failed items to retry", code="nothing_to_retry")
+    check_job_quota(session, tenant)
     # The input of failed lines is made by the worker that plans the retry (build_retry_input):
     # reading two files of any size has no place in a request.
     retry = Job(

@@ -23,6 +23,7 @@ from app.services import webhooks, workers
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
+from app.services.tenants import check_job_quota
 from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
 
@@ -60,6 +61,7 @@ def create_job(
         existing = find_by_idempotency_key(session, tenant, idempotency_key)
         if existing is not None:
             return existing, False
+    check_job_quota(session, tenant)  # a repeated key above answers its job, quota or not
     if body.webhook is not None:
         allowlist = Allowlist.parse(get_settings().webhook_allowed_hosts)
         try:

@@ -1,23 +1,40 @@
+"""Tenants and their limits; the quotas checked when a tenant submits a job or uploads a file."""
+
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, Tenant
+from app.db import utcnow
+from app.models import File, Job, JobStatus, Tenant
+from app.models.job import ACTIVE_STATUSES
+from app.services.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    StorageQuotaExceeded,
+)
 
-KEY_PREFIX = "mf_"
+# Keys live in app/services/keys.py; these names are imported from here by older callers.
+from app.services.keys import (  # noqa: F401
+    KEY_PREFIX,
+    authenticate,
+    create_api_key,
+    forget_keys,
+    hash_key,
+    known_key,
+)
 
-
-def hash_key(key: str) -> str:
-    # Keys carry 256 random bits, so one fast hash is enough (no password stretching needed).
-    return hashlib.sha256(key.encode()).hexdigest()
+#: the limits `tenants create|set` manage; NULL means none
+LIMITS = ("rate_limit", "rate_burst", "max_queued_jobs", "max_running_jobs", "max_storage_bytes")
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    """`keys create --tenant NAME` for a new name: a tenant with no limits."""
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
         tenant = Tenant(name=name)
@@ -26,45 +43,113 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, tenant: Tenant) -> str:
-    """Returns the key itself; only its hash is stored."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:10]))
-    session.flush()
-    return key
-
-
-# Every request authenticates; a known key is answered from memory for this long. Only keys
-# that matched are kept, so a new key works at once. Each API process has its own memory: a key
-# removed from the database keeps working up to this long in the others (`forget_keys` clears
-# only the calling process's).
-AUTH_CACHE_SECONDS = 5.0
-AUTH_CACHE_SIZE = 4096
-_known: dict[str, tuple[float, Tenant]] = {}
-
-
-def known_key(key: str) -> Tenant | None:
-    """The tenant of a key that authenticated within the last few seconds (no I/O)."""
-    hit = _known.get(hash_key(key))
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    return None
-
-
-def authenticate(session: Session, key: str) -> Tenant | None:
-    """The tenant that owns `key`, detached from `session` (only its columns are read)."""
-    known = known_key(key)
-    if known is not None:
-        return known
-    digest = hash_key(key)
-    tenant = session.scalar(select(Tenant).join(ApiKey).where(ApiKey.key_hash == digest))
-    if tenant is not None:
-        session.expunge(tenant)
-        if len(_known) >= AUTH_CACHE_SIZE:
-            _known.clear()
-        _known[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, tenant)
+def get_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise NotFound(f"no tenant {name!r}")
     return tenant
 
 
-def forget_keys() -> None:
-    _known.clear()
+def create_tenant(session: Session, name: str, limits: dict[str, Any]) -> Tenant:
+    if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+        raise Conflict(f"tenant {name} exists already (change its limits with `tenants set`)")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    set_limits(session, tenant, limits)
+    return tenant
+
+
+def set_limits(session: Session, tenant: Tenant, limits: dict[str, Any]) -> None:
+    """Set the limits given (None clears one); the others are left as they are."""
+    for name, value in limits.items():
+        if name not in LIMITS:
+            raise InvalidRequest(f"{name} is not a tenant limit")
+        if value is not None and (value < 0 or (name == "rate_limit" and value == 0)):
+            raise InvalidRequest(f"{name} must be {'above' if name == 'rate_limit' else 'at'} 0")
+        setattr(tenant, name, value)
+    session.flush()
+
+
+def set_disabled(session: Session, tenant: Tenant, disabled: bool) -> None:
+    if disabled and tenant.disabled_at is None:
+        tenant.disabled_at = utcnow()
+    elif not disabled:
+        tenant.disabled_at = None
+    session.flush()
+
+
+@dataclass(frozen=True)
+class TenantUse:
+    tenant: Tenant
+    queued_jobs: int
+    running_jobs: int  # running or cancelling: a worker still holds them
+    storage_bytes: int
+
+
+def list_tenants(session: Session) -> list[TenantUse]:
+    """Every tenant with its current use, by name."""
+    jobs: dict[tuple[str, str], int] = {
+        (tenant_id, status): count
+        for tenant_id, status, count in session.execute(
+            select(Job.tenant_id, Job.status, func.count())
+            .where(Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .group_by(Job.tenant_id, Job.status)
+        )
+    }
+    stored = dict(
+        session.execute(select(File.tenant_id, func.sum(File.bytes)).group_by(File.tenant_id))
+        .tuples()
+        .all()
+    )
+    return [
+        TenantUse(
+            tenant=tenant,
+            queued_jobs=jobs.get((tenant.id, JobStatus.QUEUED), 0),
+            running_jobs=jobs.get((tenant.id, JobStatus.RUNNING), 0)
+            + jobs.get((tenant.id, JobStatus.CANCELLING), 0),
+            storage_bytes=int(stored.get(tenant.id) or 0),
+        )
+        for tenant in session.scalars(select(Tenant).order_by(Tenant.name))
+    ]
+
+
+def check_job_quota(session: Session, tenant: Tenant) -> None:
+    """Refuse a new job while the tenant has `max_queued_jobs` unfinished ones.
+
+    Counted in the submitting request, before its rows go to the group commit: requests of one
+    tenant that arrive together may each see room, so the limit can be passed by as many
+    submissions as run at once (a few; each API process runs API_THREADS requests at most).
+    """
+    limit = tenant.max_queued_jobs
+    if limit is None:
+        return
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+    )
+    if (active or 0) >= limit:
+        raise QuotaExceeded(
+            f"tenant {tenant.name} has {active} jobs queued or running; its limit is {limit} "
+            "(max_queued_jobs)"
+        )
+
+
+def storage_room(session: Session, tenant: Tenant) -> int | None:
+    """Bytes the tenant may still upload (None: no limit); refuses when there are none."""
+    limit = tenant.max_storage_bytes
+    if limit is None:
+        return None
+    used = int(session.scalar(select(func.sum(File.bytes)).where(File.tenant_id == tenant.id)) or 0)
+    if used >= limit:
+        raise storage_exceeded(tenant, used)
+    return limit - used
+
+
+def storage_exceeded(tenant: Tenant, used: int, upload: bool = False) -> StorageQuotaExceeded:
+    limit = f"{tenant.max_storage_bytes} bytes (max_storage_bytes)"
+    if upload:
+        return StorageQuotaExceeded(
+            f"tenant {tenant.name} stores {used} bytes; this file would pass its limit of {limit}"
+        )
+    return StorageQuotaExceeded(f"tenant {tenant.name} stores {used} bytes; its limit is {limit}")

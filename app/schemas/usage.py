@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+
+class UsagePublic(BaseModel):
+    """One group of a tenant's jobs; the fields it is not grouped by are null."""
+
+    date: dt.date | None = Field(description="The UTC day the jobs were created on.")
+    model: str | None = Field(description="The model the jobs ran, `name@version`.")
+    job_type: str | None = Field(description="`inference` or `training`.")
+    jobs: int = Field(description="Jobs in the group.")
+    items: int = Field(description="Items that succeeded, each counted once.")
+    failed_items: int = Field(description="Items that ended in the error file.")
+    tokens: int = Field(description="Tokens the models read (not recorded yet: 0).")
+    cpu_seconds: float = Field(description="CPU time of every attempt.")
+    gpu_seconds: float = Field(description="GPU time of every attempt.")
+
+
+class UsageList(BaseModel):
+    data: list[UsagePublic] = Field(description="One row per group, ordered by the groups.")
