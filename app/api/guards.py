@@ -82,7 +82,7 @@ class RequestGuard:
 
 def body_limit(path: str) -> int:
     settings = get_settings()
-    if path.rstrip("/") == "/v1/files":
+    if path.rstrip("/") in ("/v1/files", "/openai/v1/files"):
         return settings.max_upload_bytes + MULTIPART_SLACK
     return settings.max_request_bytes
 

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import files, health, jobs, models, webhooks
+from app.api import files, health, jobs, models, openai, webhooks
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
 from app.config import get_settings
@@ -29,7 +29,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="modelfarm", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for module in (health, files, models, jobs, webhooks):
+    for module in (health, files, models, jobs, webhooks, openai):
         app.include_router(module.router)
 
     app.add_middleware(MeasureRequests)
