@@ -171,14 +171,26 @@ def _first_model(uri: str) -> str:
     raise InvalidRequest("no request in the input file names `body.model`", code="invalid_file")
 
 
+def _check_endpoint(session: Session, tenant: Tenant, model: str, endpoint: str) -> None:
+    """Embeddings come from embedding models only; a classifier's answers are predictions."""
+    task = resolve_model(session, tenant, model).task
+    if endpoint == "/v1/embeddings" and task != "feature-extraction":
+        raise InvalidRequest(
+            f"model {model!r} ({task}) does not make embeddings; use /v1/predictions",
+            code="model_not_supported",
+        )
+
+
 def prepare_batch(
     session: Session, tenant: Tenant, body: oa.BatchCreate, max_inline_items: int
 ) -> job_service.Submission:
     input_file = get_file(session, tenant, body.input_file_id)
     if input_file.purpose != FilePurpose.BATCH:
         raise InvalidRequest(f"file {input_file.id} does not have purpose `batch`")
+    model = _first_model(input_file.uri)
+    _check_endpoint(session, tenant, model, body.endpoint)
     create = JobCreate(
-        model=_first_model(input_file.uri),
+        model=model,
         input=JobInput(file_id=input_file.id),
         params={
             "format": "openai",
@@ -200,6 +212,7 @@ def prepare_embeddings(
 ) -> job_service.Submission:
     """A job of one request line in the batch format: the workers answer it as they answer a
     batch's line (micro-batched, tokens counted by the model's tokenizer)."""
+    _check_endpoint(session, tenant, body.model, "/v1/embeddings")
     create = JobCreate(
         model=body.model,
         input=JobInput(items=[InlineItem(custom_id=_SYNC_ID, input=None)]),
