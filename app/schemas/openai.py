@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from app.schemas.jobs import WebhookSpec
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 BatchStatus = Literal[
     "validating",
@@ -21,6 +19,13 @@ BatchStatus = Literal[
     "cancelled",
 ]
 Endpoint = Literal["/v1/embeddings", "/v1/predictions"]
+BatchEvent = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
+BATCH_EVENTS: tuple[BatchEvent, ...] = (
+    "batch.completed",
+    "batch.failed",
+    "batch.cancelled",
+    "batch.expired",
+)
 
 
 class OpenAIFile(BaseModel):
@@ -49,6 +54,14 @@ class OpenAIFileDeleted(BaseModel):
     deleted: bool = True
 
 
+class BatchWebhook(BaseModel):
+    """The farm's webhook for a batch (`extra_body={"webhook": {...}}`), with OpenAI's events."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: HttpUrl
+    events: list[BatchEvent] = Field(default_factory=lambda: list(BATCH_EVENTS))
+
+
 class BatchCreate(BaseModel):
     # The client sends only these (and `output_expires_after`, not kept here); the farm's own
     # webhook field comes through `extra_body`.
@@ -57,7 +70,7 @@ class BatchCreate(BaseModel):
     endpoint: Endpoint
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
-    webhook: WebhookSpec | None = None
+    webhook: BatchWebhook | None = None
 
 
 class RequestCounts(BaseModel):

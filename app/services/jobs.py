@@ -329,6 +329,14 @@ def transition(
 
 
 def notify(session: Session, job: Job, event_type: str) -> None:
+    if job.params.get("format") == "openai" and "completion_window" in job.params:
+        # An OpenAI batch sends OpenAI's events (batch.completed ...), not the job's.
+        from app.services.openai import batch_event  # it imports this module
+
+        found = batch_event(job, event_type)
+        if found is not None:
+            webhooks.enqueue(session, job, found[0], {}, event=found[1])
+        return
     webhooks.enqueue(session, job, event_type, job_public(job).model_dump(mode="json"))
 
 

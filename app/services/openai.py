@@ -4,6 +4,8 @@ params say `format: openai` and carry its endpoint and completion window."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.catalogue import BUILTIN_MODELS
 from app.models import File, FilePurpose, Job, JobStatus, Model, Tenant, VersionStatus
 from app.schemas import openai as oa
-from app.schemas.jobs import InlineItem, JobCreate, JobInput
+from app.schemas.jobs import InlineItem, JobCreate, JobInput, WebhookEvent, WebhookSpec
 from app.services import jobs as job_service
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import get_file
@@ -23,6 +25,13 @@ from app.storage import get_store
 
 #: completion_window -> the job's deadline; past it the batch ends `expired`
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
+#: a batch's webhook events, as the job's events that send them
+JOB_EVENTS: dict[str, WebhookEvent] = {
+    "batch.completed": "job.succeeded",
+    "batch.failed": "job.failed",
+    "batch.cancelled": "job.cancelled",
+    "batch.expired": "job.cancelled",  # a passed deadline ends the job cancelled
+}
 #: the farm's file purposes as OpenAI names them (FileObject.purpose)
 PURPOSES_OUT = {
     FilePurpose.BATCH: "batch",
@@ -171,6 +180,31 @@ def _first_model(uri: str) -> str:
     raise InvalidRequest("no request in the input file names `body.model`", code="invalid_file")
 
 
+def _webhook(webhook: oa.BatchWebhook | None) -> WebhookSpec | None:
+    if webhook is None:
+        return None
+    events = sorted({JOB_EVENTS[e] for e in webhook.events})
+    return WebhookSpec(url=webhook.url, events=events)
+
+
+def batch_event(job: Job, job_event: str) -> tuple[str, dict[str, Any]] | None:
+    """(type, body) of the OpenAI event a batch sends for its job's event, if any: the shape
+    of OpenAI's webhooks, `{"object": "event", "id", "type", "created_at", "data": {"id"}}`.
+    A batch asking for only one of batch.cancelled and batch.expired gets both."""
+    kind = {"job.succeeded": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
+    if job_event not in kind:
+        return None
+    event = "batch." + (_status(job) if job_event == "job.cancelled" else kind[job_event])
+    body = {
+        "object": "event",
+        "id": "evt_" + uuid.uuid4().hex,
+        "type": event,
+        "created_at": int(time.time()),
+        "data": {"id": job.id},
+    }
+    return event, body
+
+
 def _check_endpoint(session: Session, tenant: Tenant, model: str, endpoint: str) -> None:
     """Embeddings come from embedding models only; a classifier's answers are predictions."""
     task = resolve_model(session, tenant, model).task
@@ -197,7 +231,7 @@ def prepare_batch(
             "endpoint": body.endpoint,
             "completion_window": body.completion_window,
         },
-        webhook=body.webhook,
+        webhook=_webhook(body.webhook),
         metadata=body.metadata or {},
         deadline_seconds=COMPLETION_WINDOWS[body.completion_window],
     )

@@ -222,3 +222,31 @@ def test_models_list_and_retrieve(oai: OpenAI) -> None:
     assert model.object == "model" and model.owned_by == "modelfarm"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("nope")
+
+
+@pytest.mark.usefixtures("webhook_worker")
+def test_a_batch_webhook_sends_openais_event_signed(
+    oai: OpenAI, api_url: str, tenant_key: str
+) -> None:
+    import httpx
+
+    from tests.receiver import receiver, verify
+
+    secret = httpx.get(
+        f"{api_url}/v1/webhooks/secret", headers={"Authorization": f"Bearer {tenant_key}"}
+    ).json()["key"]
+    uploaded = oai.files.create(
+        file=("in.jsonl", (_request("a", "hi") + "\n").encode()), purpose="batch"
+    )
+    with receiver() as hook:
+        batch = oai.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            extra_body={"webhook": {"url": hook.url}},
+        )
+        (request,) = hook.wait_for(1)
+    event = verify(secret, request)
+    assert event["object"] == "event" and event["type"] == "batch.completed"
+    assert event["data"] == {"id": batch.id} and event["id"].startswith("evt_")
+    assert isinstance(event["created_at"], int)
