@@ -18,29 +18,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
-from app.api.errors import HTTP_CODES
+from app.api.errors import HTTP_CODES, openai_error
 from app.api.guards import GuardedRoute
 from app.services.errors import ServiceError
-
-_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    429: "rate_limit_error",
-}
-
-
-def openai_error(
-    status: int,
-    code: str | None,
-    message: str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation(exc: RequestValidationError) -> JSONResponse:
