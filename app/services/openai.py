@@ -18,10 +18,18 @@ from app.models import File, FilePurpose, Job, JobStatus, Model, Tenant, Version
 from app.schemas import openai as oa
 from app.schemas.jobs import InlineItem, JobCreate, JobInput, WebhookEvent, WebhookSpec
 from app.services import jobs as job_service
-from app.services.errors import Conflict, InvalidRequest, NotFound
+from app.services.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from app.services.files import get_file
 from app.services.models import resolve_model
 from app.storage import get_store
+
+
+class BadRequest(ServiceError):
+    """A request OpenAI answers 400 (the client's BadRequestError), where /v1 says 422."""
+
+    status_code = 400
+    code = "invalid_request"
+
 
 #: completion_window -> the job's deadline; past it the batch ends `expired`
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
@@ -177,7 +185,7 @@ def _first_model(uri: str) -> str:
                 continue
             if isinstance(model, str) and model:
                 return model
-    raise InvalidRequest("no request in the input file names `body.model`", code="invalid_file")
+    raise BadRequest("no request in the input file names `body.model`", code="invalid_file")
 
 
 def _webhook(webhook: oa.BatchWebhook | None) -> WebhookSpec | None:
@@ -209,7 +217,7 @@ def _check_endpoint(session: Session, tenant: Tenant, model: str, endpoint: str)
     """Embeddings come from embedding models only; a classifier's answers are predictions."""
     task = resolve_model(session, tenant, model).task
     if endpoint == "/v1/embeddings" and task != "feature-extraction":
-        raise InvalidRequest(
+        raise BadRequest(
             f"model {model!r} ({task}) does not make embeddings; use /v1/predictions",
             code="model_not_supported",
         )
@@ -220,7 +228,7 @@ def prepare_batch(
 ) -> job_service.Submission:
     input_file = get_file(session, tenant, body.input_file_id)
     if input_file.purpose != FilePurpose.BATCH:
-        raise InvalidRequest(f"file {input_file.id} does not have purpose `batch`")
+        raise BadRequest(f"file {input_file.id} does not have purpose `batch`")
     model = _first_model(input_file.uri)
     _check_endpoint(session, tenant, model, body.endpoint)
     create = JobCreate(

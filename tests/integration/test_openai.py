@@ -250,3 +250,40 @@ def test_a_batch_webhook_sends_openais_event_signed(
     assert event["object"] == "event" and event["type"] == "batch.completed"
     assert event["data"] == {"id": batch.id} and event["id"].startswith("evt_")
     assert isinstance(event["created_at"], int)
+
+
+def test_predictions_batch_runs_a_scikit_learn_model(
+    oai: OpenAI, client: Any, tmp_path: Any
+) -> None:
+    from tests.factories import train_sklearn_classifier
+    from tests.helpers import register_ready, upload
+
+    path = tmp_path / "clf.skops"
+    clf, x = train_sklearn_classifier(path)
+    model_file = upload(client, path.read_bytes(), purpose="model", name=path.name)
+    register_ready(client, {"name": "oai-clf", "framework": "sklearn", "file_id": model_file["id"]})
+    assert "oai-clf" in [m.id for m in oai.models.list().data]
+    assert oai.models.retrieve("oai-clf@1").id == "oai-clf@1"
+    line = {"method": "POST", "url": "/v1/predictions"}
+    rows = [
+        json.dumps({**line, "custom_id": f"r{i}", "body": {"model": "oai-clf", "input": list(v)}})
+        for i, v in enumerate(x[:5].tolist())
+    ]
+    uploaded = oai.files.create(
+        file=("p.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch"
+    )
+    with pytest.raises(openai.BadRequestError):  # a classifier makes no embeddings
+        oai.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    batch = oai.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/predictions",  # type: ignore[arg-type]  # the farm's own endpoint
+        completion_window="24h",
+    )
+    done = _wait(oai, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert done.request_counts.completed == 5
+    out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
+    labels = [o["response"]["body"]["output"]["label"] for o in out]
+    assert labels == clf.predict(x[:5]).tolist()

@@ -14,7 +14,6 @@ from app.db import run_retrying
 from app.schemas.openai import OpenAIFile, OpenAIFileDeleted, OpenAIFileList
 from app.services import files as file_service
 from app.services import openai as service
-from app.services.errors import InvalidRequest
 from app.storage import CHUNK
 
 router = APIRouter(prefix="/files", route_class=OpenAIRoute)
@@ -30,7 +29,7 @@ def upload_file(
 ) -> OpenAIFile:
     # OpenAI answers 200 here, not 201; the client accepts either, scripts may check.
     if purpose not in service.PURPOSES_IN:
-        raise InvalidRequest(f"purpose must be one of: {', '.join(service.PURPOSES_IN)}")
+        raise service.BadRequest(f"purpose must be one of: {', '.join(service.PURPOSES_IN)}")
     chunks = iter(lambda: file.file.read(CHUNK), b"")
     created = file_service.create_file(
         session,
