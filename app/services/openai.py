@@ -11,14 +11,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from app.catalogue import BUILTIN_MODELS
-from app.models import File, FilePurpose, Job, JobStatus, Model, Tenant, VersionStatus
+from app.models import File, FilePurpose, Job, JobStatus, Tenant
 from app.schemas import openai as oa
 from app.schemas.jobs import InlineItem, JobCreate, JobInput, WebhookEvent, WebhookSpec
 from app.services import jobs as job_service
-from app.services.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from app.services.errors import NotFound, ServiceError
 from app.services.files import get_file
 from app.services.models import resolve_model
 from app.storage import get_store
@@ -278,35 +277,3 @@ def sync_answer(session: Session, tenant: Tenant, job: Job) -> tuple[int, dict[s
                 return int(response["status_code"]), response["body"]
     message = (job.error or {}).get("message") or f"the request's job ended {job.status}"
     return 500, {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-
-
-# -- models -----------------------------------------------------------------------------------
-
-
-def list_models(session: Session, tenant: Tenant) -> list[oa.OpenAIModel]:
-    """Builtins, then each of the tenant's models that has a ready version (what `name` runs)."""
-    found = [oa.OpenAIModel(id=name, created=0, owned_by="modelfarm") for name in BUILTIN_MODELS]
-    models = session.scalars(
-        select(Model)
-        .where(Model.tenant_id == tenant.id)
-        .options(selectinload(Model.versions))
-        .order_by(Model.name)
-    )
-    for model in models:
-        ready = [v for v in model.versions if v.status == VersionStatus.READY]
-        if ready:
-            created = int(ready[0].created_at.timestamp())
-            found.append(oa.OpenAIModel(id=model.name, created=created, owned_by=tenant.name))
-    return found
-
-
-def get_model(session: Session, tenant: Tenant, model_id: str) -> oa.OpenAIModel:
-    """`name` or `name@N`, when it would serve a request now."""
-    try:
-        resolved = resolve_model(session, tenant, model_id)
-    except (InvalidRequest, Conflict):  # a bad ref, or no version ready: nothing to use
-        raise NotFound(f"no model {model_id!r}") from None
-    for model in list_models(session, tenant):
-        if model.id == resolved.ref.partition("@")[0]:
-            return model.model_copy(update={"id": model_id})
-    raise NotFound(f"no model {model_id!r}")

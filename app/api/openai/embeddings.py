@@ -22,6 +22,7 @@ from app.models import Job, Tenant
 from app.schemas.openai import EmbeddingCreate, OpenAIModel, OpenAIModelList
 from app.services import jobs as job_service
 from app.services import openai as service
+from app.services import openai_models
 
 router = APIRouter(route_class=OpenAIRoute)
 
@@ -69,9 +70,9 @@ async def create_embeddings(
 
 @router.get("/models")
 def list_models(session: SessionDep, tenant: TenantDep) -> OpenAIModelList:
-    return OpenAIModelList(data=service.list_models(session, tenant))
+    return OpenAIModelList(data=openai_models.list_models(session, tenant))
 
 
 @router.get("/models/{model_id}")
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> OpenAIModel:
-    return service.get_model(session, tenant, model_id)
+    return openai_models.get_model(session, tenant, model_id)
