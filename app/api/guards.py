@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import error_response_for
 from app.config import get_settings
 from app.services.errors import InvalidRequest
 
@@ -46,14 +46,15 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        respond = error_response_for(scope["path"])
         problem = _url_problem(scope)
         if problem is not None:
-            await error_response(422, "invalid_request", problem)(scope, receive, send)
+            await respond(422, "invalid_request", problem)(scope, receive, send)
             return
         limit = body_limit(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await respond(413, "payload_too_large", _limit_message(limit))(scope, receive, send)
             return
         received = 0
         started = False
@@ -77,22 +78,18 @@ class RequestGuard:
         except BodyTooLarge:
             if started:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await respond(413, "payload_too_large", _limit_message(limit))(scope, receive, send)
 
 
 def body_limit(path: str) -> int:
     settings = get_settings()
-    if path.rstrip("/") == "/v1/files":
+    if path.rstrip("/") in ("/v1/files", "/openai/v1/files"):
         return settings.max_upload_bytes + MULTIPART_SLACK
     return settings.max_request_bytes
 
 
 def _limit_message(limit: int) -> str:
     return f"request bodies here are limited to {limit} bytes"
-
-
-def _too_large(limit: int) -> Response:
-    return error_response(413, "payload_too_large", _limit_message(limit))
 
 
 def _url_problem(scope: Scope) -> str | None:

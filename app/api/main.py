@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import files, health, jobs, models, usage, webhooks
+from app.api import files, health, jobs, models, openai, usage, webhooks
 from app.api.docs import DESCRIPTION, install_docs
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
@@ -38,7 +38,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for module in (health, files, models, jobs, webhooks, usage):
+    for module in (health, files, models, jobs, webhooks, usage, openai):
         app.include_router(module.router)
     install_docs(app)
     install_ui(app)

@@ -82,6 +82,17 @@ class InferenceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int | None = Field(default=None, ge=1, le=4096)  # items per micro-batch
     batch_tokens: int | None = Field(default=None, ge=64, le=1_048_576)  # tokens per batch
+    # Input and output lines in OpenAI's Batch API format (workers/runtime/openai_lines.py),
+    # every line a request to `endpoint`; set by /openai/v1, usable from /v1 as well.
+    format: Literal["native", "openai"] | None = None
+    endpoint: Literal["/v1/embeddings", "/v1/predictions"] | None = None
+    completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
+
+    @model_validator(mode="after")
+    def _endpoint_with_format(self) -> InferenceParams:
+        if (self.format == "openai") != (self.endpoint is not None):
+            raise ValueError("params.format `openai` goes with params.endpoint, and only then")
+        return self
 
 
 class JobCreate(BaseModel):

@@ -55,8 +55,13 @@ def create_job(
     body: JobCreate,
     idempotency_key: str | None = None,
     max_inline_items: int = 1000,
+    lines: list[dict[str, Any]] | None = None,
 ) -> tuple[Job, bool]:
-    """Returns (job, created). A repeated idempotency key returns the first job unchanged."""
+    """Returns (job, created). A repeated idempotency key returns the first job unchanged.
+
+    `lines`: the inline input's lines as they are to be written, when they are not native items
+    (an OpenAI request, app/services/openai.py); `body.input.items` then only counts them.
+    """
     if idempotency_key:
         existing = find_by_idempotency_key(session, tenant, idempotency_key)
         if existing is not None:
@@ -79,7 +84,7 @@ def create_job(
         assert body.model is not None  # JobCreate guarantees it for inference
         resolved = resolve_model(session, tenant, body.model)
         model_ref, version_id, params = resolved.ref, resolved.version_id, body.params
-        input_file = _inference_input(session, tenant, body, max_inline_items)
+        input_file = _inference_input(session, tenant, body, max_inline_items, lines)
     queue, notice = pick_queue(session, body.device)
     job = Job(
         id=new_id("job"),
@@ -153,14 +158,18 @@ class Submission:
 
 
 def prepare_submission(
-    session: Session, tenant: Tenant, body: JobCreate, max_inline_items: int = 1000
+    session: Session,
+    tenant: Tenant,
+    body: JobCreate,
+    max_inline_items: int = 1000,
+    lines: list[dict[str, Any]] | None = None,
 ) -> Submission:
     """What `submit_job` writes for a job without an idempotency key (the job, its inline
     input's file, its queued and dispatched events), taken out of `session` unwritten.
 
     Everything is checked here first, as for any submission; only the writing is left.
     """
-    job, _ = create_job(session, tenant, body, None, max_inline_items)
+    job, _ = create_job(session, tenant, body, None, max_inline_items, lines)
     job.dispatched_at = utcnow()
     add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
     # Parents first (the file before the job that names it), then in the order added.
@@ -219,7 +228,11 @@ def commit_and_publish(session: Session, job: Job) -> None:
 
 
 def _inference_input(
-    session: Session, tenant: Tenant, body: JobCreate, max_inline_items: int
+    session: Session,
+    tenant: Tenant,
+    body: JobCreate,
+    max_inline_items: int,
+    lines: list[dict[str, Any]] | None = None,
 ) -> File:
     if body.input.items is not None:
         if len(body.input.items) > max_inline_items:
@@ -228,7 +241,8 @@ def _inference_input(
                 "(upload a JSONL file for larger jobs)",
                 code="too_many_items",
             )
-        return create_items_file(session, tenant, (item.model_dump() for item in body.input.items))
+        items = lines if lines is not None else (item.model_dump() for item in body.input.items)
+        return create_items_file(session, tenant, items)
     assert body.input.file_id is not None
     input_file = get_file(session, tenant, body.input.file_id)
     if input_file.purpose != FilePurpose.BATCH:
@@ -334,6 +348,14 @@ def transition_job(
 
 
 def notify(session: Session, job: Job, event_type: str) -> None:
+    if job.params.get("format") == "openai" and "completion_window" in job.params:
+        # An OpenAI batch sends OpenAI's events (batch.completed ...), not the job's.
+        from app.services.openai import batch_event  # it imports this module
+
+        found = batch_event(job, event_type)
+        if found is not None:
+            webhooks.enqueue(session, job, found[0], {}, event=found[1])
+        return
     webhooks.enqueue(session, job, event_type, job_public(job).model_dump(mode="json"))
 
 

@@ -110,12 +110,23 @@ def wants(webhook: dict[str, Any] | None, event_type: str) -> bool:
     return bool(webhook) and event_type in (webhook or {}).get("events", ())
 
 
-def enqueue(session: Session, job: Job, event_type: str, data: dict[str, Any]) -> Delivery:
-    """Write a delivery of `event_type` for the job's webhook, sent once the caller commits."""
+def enqueue(
+    session: Session,
+    job: Job,
+    event_type: str,
+    data: dict[str, Any],
+    event: dict[str, Any] | None = None,
+) -> Delivery:
+    """Write a delivery of `event_type` for the job's webhook, sent once the caller commits.
+
+    `event`: the whole body when it is not the native `{type, timestamp, data}` (an OpenAI
+    batch's event, app/services/openai.py)."""
     assert job.webhook is not None
     now = utcnow()
     body = json.dumps(
-        {"type": event_type, "timestamp": now.isoformat(), "data": data},
+        event
+        if event is not None
+        else {"type": event_type, "timestamp": now.isoformat(), "data": data},
         separators=(",", ":"),
         ensure_ascii=False,
     )

@@ -209,7 +209,7 @@ def _model_failure(exc: Exception) -> ItemError:
     return ItemError("item_failed", f"the model failed on this input: {type(exc).__name__}")
 
 
-def _run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> list[Any]:
+def run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> list[Any]:
     """Outputs in order. When a batch breaks, its items run one by one, so only an item that
     breaks the model itself becomes an error (an ItemError stands in for its output)."""
     try:
@@ -219,7 +219,7 @@ def _run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> lis
     except Exception as exc:
         if len(values) == 1:
             return [_model_failure(exc)]
-    return [output for value in values for output in _run_isolated(runner, [value], options)]
+    return [output for value in values for output in run_isolated(runner, [value], options)]
 
 
 def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
@@ -237,7 +237,7 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             errors.append((number, error_line(exc.custom_id, exc.code, exc.message, number)))
         except ItemError as exc:
             errors.append((number, error_line(None, exc.code, exc.message, number)))
-    results = _run_isolated(runner, [item.value for item in good], options) if good else []
+    results = run_isolated(runner, [item.value for item in good], options) if good else []
     for item, output in zip(good, results, strict=True):
         line: bytes | None = None
         if isinstance(output, ItemError):

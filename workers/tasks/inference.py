@@ -34,6 +34,7 @@ from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
 from workers.runtime.base import without_paths
 from workers.runtime.items import iter_chunks, iter_lines, parse_line, read_lines, run_chunk
+from workers.runtime.openai_lines import OpenAIRequests
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -223,6 +224,8 @@ class ShardPlan:
     input_uri: str
     model: ModelSpec | VersionRef
     options: RunOptions
+    #: lines in OpenAI's Batch API format (params `format: openai`); None: the native format
+    requests: OpenAIRequests | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -371,7 +374,12 @@ def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
     )
-    return ShardPlan(shard, job.shards_total or 1, job.tenant_id, input_uri, spec, options)
+    requests = None
+    if job.params.get("format") == "openai":
+        requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
+    return ShardPlan(
+        shard, job.shards_total or 1, job.tenant_id, input_uri, spec, options, requests
+    )
 
 
 def _run_items(
@@ -387,6 +395,7 @@ def _run_items(
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
     options = replace(plan.options, should_stop=watch.should_stop)
+    run = run_chunk if plan.requests is None else plan.requests.run_chunk
     with get_store().open(plan.input_uri, "rb") as f:
         f.seek(shard.start_offset)
         lines = islice(
@@ -399,7 +408,7 @@ def _run_items(
         recorded_at = time.monotonic() - settings.progress_seconds  # the first chunk records
         while chunk is not None:
             try:
-                result = run_chunk(runner, chunk, options)  # type: ignore[arg-type]
+                result = run(runner, chunk, options)  # type: ignore[arg-type]
             except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
                 return ("lost" if watch.lost else _stopping(shard.job_id)), done
             outputs.write(result.outputs)

@@ -1,0 +1,160 @@
+"""Bodies of the OpenAI-compatible surface (/openai/v1), shaped as the `openai` client's types
+(openai/types/batch.py, file_object.py, create_embedding_response.py, model.py) parse them:
+`object` on every object, times as Unix seconds."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+Endpoint = Literal["/v1/embeddings", "/v1/predictions"]
+BatchEvent = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
+BATCH_EVENTS: tuple[BatchEvent, ...] = (
+    "batch.completed",
+    "batch.failed",
+    "batch.cancelled",
+    "batch.expired",
+)
+
+
+class OpenAIFile(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class OpenAIFileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIFile]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class OpenAIFileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class BatchWebhook(BaseModel):
+    """The farm's webhook for a batch (`extra_body={"webhook": {...}}`), with OpenAI's events."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: HttpUrl
+    events: list[BatchEvent] = Field(default_factory=lambda: list(BATCH_EVENTS))
+
+
+class BatchCreate(BaseModel):
+    # The client sends only these (and `output_expires_after`, not kept here); the farm's own
+    # webhook field comes through `extra_body`.
+    model_config = ConfigDict(extra="ignore")
+    input_file_id: str = Field(max_length=100)
+    endpoint: Endpoint
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    webhook: BatchWebhook | None = None
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchErrorItem(BaseModel):
+    code: str | None
+    message: str | None
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchErrorItem]
+
+
+class OpenAIBatch(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    model: str | None
+    errors: BatchErrors | None
+    input_file_id: str | None
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+
+
+class OpenAIBatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIBatch]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class EmbeddingCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # `user` and whatever newer clients add
+    input: str | list[str]
+    model: str = Field(max_length=140)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    def request_body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, for a person.")
+    type: str = Field(description="`invalid_request_error`, `authentication_error`, ...")
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(description="A short machine-readable code.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error answer under /openai/v1: OpenAI's shape, so its client raises the right
+    exception class for the status code."""
+
+    error: OpenAIErrorDetail

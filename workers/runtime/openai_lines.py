@@ -1,0 +1,247 @@
+"""Batch lines in OpenAI's Batch API format: requests in, `batch_req_...` lines out.
+
+A request line is `{"custom_id", "method": "POST", "url": "/v1/embeddings", "body": {...}}`.
+Its output line is `{"id", "custom_id", "response": {"status_code": 200, "request_id",
+"body"}, "error": null}`; a line that fails gets the same shape in the error file, its
+`response` holding the status code and OpenAI's error body, `error` the code and message, and
+`line` its line number (what a native retry reads). A request whose `input` is a list is one
+line with several embeddings, but its texts run in the same micro-batches as every other
+line's, so the speed is the native format's.
+
+Like workers/runtime/items.py, this knows nothing of Celery or the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workers.runtime.base import ItemError, Runner, RunOptions, Stopped
+from workers.runtime.items import (
+    ChunkResult,
+    Line,
+    check_custom_id,
+    dump_line,
+    parse_line,
+    run_isolated,
+)
+
+EMBEDDINGS = "/v1/embeddings"
+PREDICTIONS = "/v1/predictions"  #: the farm's own endpoint: one model input, its output
+ENDPOINTS = (EMBEDDINGS, PREDICTIONS)
+#: texts per request; OpenAI's own limit for one embeddings request
+MAX_INPUTS = 2048
+
+
+class RequestError(ItemError):
+    """A request line that fails, with the HTTP status it answers and the field at fault."""
+
+    def __init__(
+        self, status: int, code: str, message: str, param: str | None = None, custom_id: Any = None
+    ) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.param = param
+        self.custom_id = custom_id
+
+
+@dataclass
+class _Request:
+    number: int
+    custom_id: Any
+    values: list[Any]  # prepared model inputs, one per embedding (one for a prediction)
+    encoding: str  # "float" | "base64"
+    dimensions: int | None
+
+
+def request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def _ids() -> tuple[str, str]:
+    return "batch_req_" + uuid.uuid4().hex, request_id()
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_line(number: int, exc: RequestError) -> bytes:
+    line_id, req_id = _ids()
+    return dump_line(
+        {
+            "id": line_id,
+            "custom_id": exc.custom_id,
+            "response": {
+                "status_code": exc.status,
+                "request_id": req_id,
+                "body": error_body(exc.status, exc.code, exc.message, exc.param),
+            },
+            "error": {"code": exc.code, "message": exc.message},
+            "line": number,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class OpenAIRequests:
+    """How one batch reads its lines: the endpoint every line must name, and the model."""
+
+    endpoint: str
+    model: str  #: the job's model, "name@version"
+
+    def _model_ok(self, name: Any) -> bool:
+        return name == self.model or name == self.model.partition("@")[0]
+
+    def _read(
+        self, runner: Runner, number: int, raw: bytes | None, options: RunOptions
+    ) -> _Request:
+        if raw is None:
+            limit = options.max_line_bytes
+            raise RequestError(400, "line_too_long", f"line {number} is longer than {limit} bytes")
+        try:
+            item = parse_line(raw)
+        except ValueError as exc:
+            message = f"line {number} is not valid JSON: {exc}"[:300]
+            raise RequestError(400, "invalid_json", message) from None
+        if not isinstance(item, dict):
+            raise RequestError(400, "invalid_request", f"line {number} is not a JSON object")
+        custom_id = item.get("custom_id")
+        try:
+            check_custom_id(custom_id)
+        except ItemError as exc:
+            raise RequestError(400, exc.code, exc.message, "custom_id") from None
+        try:
+            return self._request(runner, number, custom_id, item, options)
+        except RequestError as exc:
+            exc.custom_id = custom_id
+            raise
+
+    def _request(
+        self, runner: Runner, number: int, custom_id: Any, item: dict[str, Any], options: RunOptions
+    ) -> _Request:
+        if item.get("method") != "POST":
+            raise RequestError(400, "invalid_method", "`method` must be POST", "method")
+        if item.get("url") != self.endpoint:
+            message = f"`url` must be this batch's endpoint, {self.endpoint}"
+            raise RequestError(400, "invalid_url", message, "url")
+        body = item.get("body")
+        if not isinstance(body, dict):
+            raise RequestError(400, "invalid_request", "`body` must be a JSON object", "body")
+        if not self._model_ok(body.get("model")):
+            message = f"`body.model` must be this batch's model, {self.model}"
+            raise RequestError(400, "model_mismatch", message, "model")
+        if "input" not in body:
+            raise RequestError(400, "missing_input", "`body.input` is required", "input")
+        if self.endpoint == PREDICTIONS:
+            return _Request(number, custom_id, [_prepare(runner, body["input"], options)], "", None)
+        texts = body["input"]
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or len(texts) > MAX_INPUTS:
+            message = f"`input` must be a string or a list of 1 to {MAX_INPUTS} strings"
+            raise RequestError(400, "invalid_input", message, "input")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            message = "`encoding_format` must be float or base64"
+            raise RequestError(400, "invalid_encoding_format", message, "encoding_format")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+            raise RequestError(400, "invalid_dimensions", "`dimensions` must be a positive integer")
+        values = [_prepare(runner, text, options) for text in texts]
+        return _Request(number, custom_id, values, encoding, dimensions)
+
+    def run_chunk(self, runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
+        """Every request's inputs run together (one call, micro-batched), input order kept."""
+        good: list[_Request] = []
+        errors: list[tuple[int, bytes]] = []
+        for number, raw in lines:
+            try:
+                good.append(self._read(runner, number, raw, options))
+            except RequestError as exc:
+                errors.append((number, error_line(number, exc)))
+        values = [value for request in good for value in request.values]
+        results = run_isolated(runner, values, options) if values else []
+        tokens = _token_counts(runner, values) if self.endpoint == EMBEDDINGS else []
+        outputs: list[bytes] = []
+        start = 0
+        for request in good:
+            end = start + len(request.values)
+            try:
+                body = self._body(request, results[start:end], tokens[start:end])
+                line_id, req_id = _ids()
+                response = {"status_code": 200, "request_id": req_id, "body": body}
+                outputs.append(
+                    dump_line(
+                        {
+                            "id": line_id,
+                            "custom_id": request.custom_id,
+                            "response": response,
+                            "error": None,
+                        }
+                    )
+                )
+            except RequestError as exc:
+                exc.custom_id = request.custom_id
+                errors.append((request.number, error_line(request.number, exc)))
+            except (ValueError, TypeError):
+                message = "the model produced a value that is not valid JSON (NaN or infinity)"
+                failed = RequestError(500, "invalid_output", message, custom_id=request.custom_id)
+                errors.append((request.number, error_line(request.number, failed)))
+            start = end
+        errors.sort(key=lambda pair: pair[0])
+        return ChunkResult(outputs=outputs, errors=[line for _, line in errors])
+
+    def _body(self, request: _Request, outputs: list[Any], tokens: list[int]) -> dict[str, Any]:
+        for output in outputs:
+            if isinstance(output, ItemError):
+                raise RequestError(500, output.code, output.message)
+        if self.endpoint == PREDICTIONS:
+            return {"object": "prediction", "model": self.model, "output": outputs[0]}
+        data = []
+        for index, vector in enumerate(outputs):
+            if request.dimensions is not None and request.dimensions != len(vector):
+                message = (
+                    f"this model's embeddings have {len(vector)} dimensions; "
+                    f"`dimensions` {request.dimensions} is not supported"
+                )
+                raise RequestError(400, "invalid_dimensions", message, "dimensions")
+            embedding: Any = vector
+            if request.encoding == "base64":
+                embedding = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        used = sum(tokens)
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.model,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+
+
+def _prepare(runner: Runner, value: Any, options: RunOptions) -> Any:
+    try:
+        return runner.prepare(value, options)
+    except ItemError as exc:
+        raise RequestError(400, exc.code, exc.message, "input") from None
+    except Stopped:
+        raise
+    except Exception as exc:  # a runner's check that broke: this request's fault
+        message = f"the input could not be read: {type(exc).__name__}"
+        raise RequestError(400, "invalid_input", message, "input") from None
+
+
+def _token_counts(runner: Runner, texts: list[Any]) -> list[int]:
+    """Tokens per text as the model's own tokenizer counts them (special tokens included,
+    truncated where the model truncates): what the model read."""
+    tokenizer = getattr(runner, "tokenizer", None)
+    if tokenizer is None or not texts:
+        return [0] * len(texts)
+    max_length = getattr(runner, "max_length", None)
+    encoded = tokenizer(texts, truncation=max_length is not None, max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
