@@ -287,3 +287,31 @@ def test_predictions_batch_runs_a_scikit_learn_model(
     out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
     labels = [o["response"]["body"]["output"]["label"] for o in out]
     assert labels == clf.predict(x[:5]).tolist()
+
+
+def test_over_the_rate_limit_the_client_raises_rate_limit_error(api_url: str) -> None:
+    """A tenant over its rate limit: 429 in OpenAI's shape with Retry-After, which the client
+    turns into RateLimitError (no retries here: the fixture's client says max_retries=0)."""
+    import secrets
+
+    from app.db import session_scope
+    from app.services.keys import create_api_key
+    from app.services.tenants import create_tenant
+
+    with session_scope() as session:
+        tenant = create_tenant(
+            session, f"oai-{secrets.token_hex(5)}", {"rate_limit": 0.5, "rate_burst": 1}
+        )
+        key = create_api_key(session, tenant)
+    client = OpenAI(base_url=f"{api_url}/openai/v1", api_key=key, max_retries=0)
+    raised = None
+    for _ in range(5):
+        try:
+            client.models.list()
+        except openai.RateLimitError as exc:
+            raised = exc
+            break
+    assert raised is not None, "five calls at once never met the limit of one"
+    assert raised.status_code == 429
+    assert int(raised.response.headers["retry-after"]) >= 1
+    assert raised.body["code"] == "rate_limited"  # type: ignore[index]
