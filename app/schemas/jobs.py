@@ -10,6 +10,7 @@ from app.schemas.models import MODEL_NAME_PATTERN
 
 JobTypeName = Literal["inference", "training"]
 Device = Literal["cpu", "gpu", "auto"]
+Priority = Literal["high", "normal", "low"]
 WebhookEvent = Literal[
     "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"
 ]
@@ -67,6 +68,8 @@ class JobCreate(BaseModel):
     framework: str | None = None
     input: JobInput
     device: Device = "auto"
+    # Orders this tenant's own jobs in its share of the pool (README, "Sharing the farm").
+    priority: Priority = "normal"
     params: dict[str, Any] = Field(default_factory=dict)
     webhook: WebhookSpec | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -123,6 +126,7 @@ class JobPublic(BaseModel):
     output_model: str | None = None  # training: the model its new version belongs to
     device: str
     queue: str
+    priority: str = "normal"
     counts: JobCounts
     input_file_id: str | None
     output_file_id: str | None

@@ -67,6 +67,7 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
         model_version_id=job.model_version_id,
         device=job.device,
         queue=job.queue,
+        priority=job.priority,
         input_file_id=None,
         params=job.params,
         webhook=job.webhook,
@@ -76,7 +77,8 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
     )
     session.add(retry)
     session.flush()
-    add_event(session, retry.id, "queued", {"queue": retry.queue, "retry_of": job.id})
+    queued = {"queue": retry.queue, "retry_of": job.id, "priority": retry.priority}
+    add_event(session, retry.id, "queued", queued)
     return retry
 
 
