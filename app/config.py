@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
     # Shard messages the broker holds per pool (released and not finished): the scheduler
     # releases the next shard only inside this window, so a newcomer waits at most about a
-    # window of shards. 0: twice the pool's live worker processes (heartbeats x processes per
-    # worker as this process is configured), at least 2.
+    # window of shards. 0: twice the pool's live worker processes (as their heartbeats say),
+    # at least 2.
     scheduler_window: int = Field(default=0, ge=0)
     progress_seconds: float = 1.0  # a running shard records its counts about this often
     # A job that ended this many days ago is removed with its events and result files by the
@@ -196,8 +196,8 @@ class Settings(BaseSettings):
         return self.redis_url
 
     def processes_per_worker(self, pool: str) -> int:
-        """Worker processes a worker of `pool` runs, as this process is configured (the
-        scheduler's default window assumes the pool's workers are configured alike)."""
+        """Worker processes a worker of `pool` runs, as this process is configured: what the
+        scheduler assumes of a worker whose heartbeat does not say (one started before 0009)."""
         if pool == "gpu":
             return self.gpu_count or 1
         return self.worker_concurrency

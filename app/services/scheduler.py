@@ -59,16 +59,19 @@ def waiting(queue: str) -> tuple[ColumnElement[bool], ...]:
 
 
 def window_size(session: Session, queue: str, setting: int, processes_per_worker: int) -> int:
-    """`setting` when given; else twice the pool's live processes (heartbeats times the
-    processes a worker runs), at least 2: every process busy and one message ready behind it,
-    so a worker never waits for a release, and a newcomer waits behind about a window."""
+    """`setting` when given; else twice the pool's live processes (each worker's heartbeat
+    says how many it runs; `processes_per_worker` for one that does not), at least 2: every
+    process busy and one message ready behind it, so a worker never waits for a release, and
+    a newcomer waits behind about a window."""
     if setting > 0:
         return setting
     since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
     live = session.scalar(
-        select(func.count()).where(WorkerHeartbeat.pool == queue, WorkerHeartbeat.seen_at > since)
+        select(
+            func.sum(func.coalesce(WorkerHeartbeat.processes, max(1, processes_per_worker)))
+        ).where(WorkerHeartbeat.pool == queue, WorkerHeartbeat.seen_at > since)
     )
-    return max(2, 2 * (live or 0) * max(1, processes_per_worker))
+    return max(2, 2 * int(live or 0))
 
 
 def count_in_flight(session: Session, queue: str) -> int:

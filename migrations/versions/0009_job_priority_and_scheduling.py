@@ -1,4 +1,4 @@
-"""jobs have a priority; the scheduler finds unreleased shards per pool by an index
+"""jobs have a priority; workers say their process count; an index of unfinished shards
 
 Revision ID: 0009
 Revises: 0007 (becomes 0008, the tenant limits, when both branches meet)
@@ -21,6 +21,8 @@ def upgrade() -> None:
         "jobs",
         sa.Column("priority", sa.String(10), nullable=False, server_default="normal"),
     )
+    # Each worker says how many pool processes it runs: the scheduler's default window.
+    op.add_column("worker_heartbeats", sa.Column("processes", sa.Integer(), nullable=True))
     # What the scheduler reads on every release: queued shards, the released ones (in flight)
     # and the ones waiting for the window. Partial, so finished shards (almost all) cost nothing.
     op.create_index(
@@ -33,4 +35,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_job_shards_queued_running", table_name="job_shards")
+    op.drop_column("worker_heartbeats", "processes")
     op.drop_column("jobs", "priority")
