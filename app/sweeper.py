@@ -65,6 +65,7 @@ def sweep_once() -> dict[str, int]:
         "expired": 0,
         "failed": 0,
         "republished": 0,
+        "released": 0,
         "assembled": 0,
         "deliveries": 0,
         "validations": 0,
@@ -88,10 +89,9 @@ def sweep_once() -> dict[str, int]:
             window = scheduler.window_size(
                 session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
             )
-            sends += [
-                (TASK_RUN_SHARD, [j, i], queue)
-                for j, i in scheduler.release(session, queue, window)
-            ]
+            released = scheduler.release(session, queue, window)
+        # Sent at once, marked released already: a failed publish is found by the next scan.
+        done["released"] += sum(publish(TASK_RUN_SHARD, [j, i], queue) for j, i in released)
     with session_scope() as session:
         sends += _deliveries(session, live)
         sends += _stuck_validations(session, live, settings.visibility_timeout_seconds)
