@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Written by `modelfarm up` when it starts embedded servers, so that every other command run
@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = 4200  # > task_time_limit: see the check below
     shard_items: int = 4096  # input items per shard: the unit of work that a crash repeats
     sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
+    # Shard messages the broker holds per pool (released and not finished): the scheduler
+    # releases the next shard only inside this window, so a newcomer waits at most about a
+    # window of shards. 0: twice the pool's live worker processes (as their heartbeats say),
+    # at least 2.
+    scheduler_window: int = Field(default=0, ge=0)
     progress_seconds: float = 1.0  # a running shard records its counts about this often
     # A job that ended this many days ago is removed with its events and result files by the
     # sweeper (as DELETE /v1/jobs/{id} does); 0 keeps everything.
@@ -193,6 +198,13 @@ class Settings(BaseSettings):
                 "No broker: set MODELFARM_REDIS_URL or start the farm with `modelfarm up`"
             )
         return self.redis_url
+
+    def processes_per_worker(self, pool: str) -> int:
+        """Worker processes a worker of `pool` runs, as this process is configured: what the
+        scheduler assumes of a worker whose heartbeat does not say (one started before 0009)."""
+        if pool == "gpu":
+            return self.gpu_count or 1
+        return self.worker_concurrency
 
     def torch_threads(self, cores: int | None = None) -> int:
         if self.worker_threads:

@@ -135,10 +135,44 @@ FAMILIES = (
     "modelfarm_job_duration_seconds",
     "modelfarm_webhook_backlog",
     "modelfarm_webhook_failures_total",
+    "modelfarm_jobs_waiting",
+    "modelfarm_shards_in_flight",
 )
 
 
+
+class SchedulerCollector(Collector):
+    """What the scheduler holds back and lets through, read from PostgreSQL at scrape time:
+    two grouped counts over jobs and their unfinished shards (indexed by status)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from app.db import session_scope
+        from app.services import scheduler
+
+        waiting = GaugeMetricFamily(
+            "modelfarm_jobs_waiting",
+            "Jobs with work not yet released to the broker (queued, or shards held back)",
+            labels=["tenant", "queue"],
+        )
+        flight = GaugeMetricFamily(
+            "modelfarm_shards_in_flight",
+            "Shards released to the broker and not finished, per pool (at most its window)",
+            labels=["queue"],
+        )
+        try:
+            with session_scope() as session:
+                for tenant, queue, jobs in scheduler.waiting_jobs(session):
+                    waiting.add_metric([tenant, queue], jobs)
+                for queue, shards in scheduler.shards_in_flight(session):
+                    flight.add_metric([queue], shards)
+        except Exception:  # /metrics must answer even when the database does not
+            return
+        yield waiting
+        yield flight
+
+
 registry.register(FarmCollector())
+registry.register(SchedulerCollector())
 
 
 def exposition() -> bytes:
@@ -150,4 +184,5 @@ def exposition() -> bytes:
     combined = CollectorRegistry()
     multiprocess.MultiProcessCollector(combined)
     combined.register(FarmCollector())
+    combined.register(SchedulerCollector())
     return generate_latest(combined)

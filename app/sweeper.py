@@ -5,8 +5,9 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
 1. stops jobs past their deadline;
 2. gives shards whose lease ran out (a worker died or hung) another attempt, or fails the job
    once a shard used up MAX_ATTEMPTS;
-3. re-publishes queued jobs and shards that the broker no longer holds (never published,
-   flushed, or taken by a consumer that died), and jobs whose planner died;
+3. re-publishes queued jobs and released shards that the broker no longer holds (never
+   published, flushed, or taken by a consumer that died), and jobs whose planner died; then
+   releases shards into any pool's window that has room (app/services/scheduler.py);
 4. assembles jobs whose shards are all closed but that nobody is assembling;
 5. takes back webhook deliveries whose worker died mid-attempt, and sends deliveries that are
    due but have no message (lost, or a retry too far off to leave with the broker);
@@ -38,7 +39,7 @@ from app.dispatch import (
     publish,
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
-from app.services import control, validation, webhooks, workers
+from app.services import control, scheduler, validation, webhooks, workers
 from app.services.files import expire_uploads, remove_folder, remove_object
 from app.services.jobs import NO_GPU_WORKER, add_event, expire_results, transition
 from app.services.shards import (
@@ -51,6 +52,7 @@ from app.services.shards import (
 
 log = logging.getLogger(__name__)
 
+SHARD_QUEUES = ("cpu", "gpu")  # the pools whose shards the scheduler releases
 SWEEPER_LOCK = 0x6D66_7377  # "mfsw": the advisory lock only one sweeper holds
 BATCH = 500  # rows looked at per step and sweep
 
@@ -63,6 +65,7 @@ def sweep_once() -> dict[str, int]:
         "expired": 0,
         "failed": 0,
         "republished": 0,
+        "released": 0,
         "assembled": 0,
         "deliveries": 0,
         "validations": 0,
@@ -81,6 +84,14 @@ def sweep_once() -> dict[str, int]:
         sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
         sends += _dead_planners(session, settings.max_attempts, live)
         sends += _unassembled(session)
+    for queue in SHARD_QUEUES:  # the safety net: a window left unfilled is filled here
+        with session_scope() as session:
+            window = scheduler.window_size(
+                session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
+            )
+            released = scheduler.release(session, queue, window)
+        # Sent at once, marked released already: a failed publish is found by the next scan.
+        done["released"] += sum(publish(TASK_RUN_SHARD, [j, i], queue) for j, i in released)
     with session_scope() as session:
         sends += _deliveries(session, live)
         sends += _stuck_validations(session, live, settings.visibility_timeout_seconds)
@@ -212,7 +223,9 @@ def _expire_leases(
             done["failed"] += 1
             continue
         shard.status, shard.lease_owner, shard.lease_expires_at = ShardStatus.QUEUED, None, None
-        shard.last_error = "lease expired"
+        # Sent again at once, inside the window it already held (a fast-path shard, which had
+        # no message, joins it): marked released here, so no releaser sends it a second time.
+        shard.last_error, shard.dispatched_at = "lease expired", utcnow()
         sends.append((TASK_RUN_SHARD, [shard.job_id, shard.index], queue))
         done["expired"] += 1
 
@@ -245,7 +258,12 @@ def _lost_messages(
     shards = session.execute(
         select(JobShard.job_id, JobShard.index, Job.queue, JobShard.dispatched_at)
         .join(Job, Job.id == JobShard.job_id)
-        .where(JobShard.status == ShardStatus.QUEUED, Job.status == JobStatus.RUNNING)
+        .where(
+            JobShard.status == ShardStatus.QUEUED,
+            # Never released: it waits for the scheduler's window, with no message to lose.
+            JobShard.dispatched_at.is_not(None),
+            Job.status == JobStatus.RUNNING,
+        )
         .limit(BATCH)
     ).all()
     for job_id, index, queue, dispatched in shards:

@@ -51,12 +51,15 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
     # anything here would break CUDA in the children it forks later.
     pool = os.environ.get("MODELFARM_WORKER_POOL", "cpu")
     device = get_settings().device_override or ("cuda" if pool == "gpu" else "cpu")
+    # The pool's process count, as Celery started it: the scheduler sizes a pool's window by it.
+    processes = getattr(getattr(sender, "controller", None), "concurrency", None)
+    processes = processes if isinstance(processes, int) else None
 
     def beat() -> None:
         while True:
             try:
                 with session_scope() as session:
-                    worker_service.beat(session, name, pool, device)
+                    worker_service.beat(session, name, pool, device, processes)
             except Exception:  # the database may be away: beat again next time
                 log.warning("heartbeat failed", exc_info=True)
             if _beating.wait(worker_service.HEARTBEAT_SECONDS):

@@ -2,7 +2,15 @@
 
 from app.models.delivery import Delivery, DeliveryAttempt, DeliveryStatus, WebhookSecret
 from app.models.file import File, FilePurpose
-from app.models.job import Job, JobEvent, JobShard, JobStatus, JobType, ShardStatus
+from app.models.job import (
+    Job,
+    JobEvent,
+    JobPriority,
+    JobShard,
+    JobStatus,
+    JobType,
+    ShardStatus,
+)
 from app.models.model import Model, ModelVersion, VersionStatus
 from app.models.tenant import ApiKey, Tenant
 from app.models.worker import WorkerHeartbeat
@@ -16,6 +24,7 @@ __all__ = [
     "FilePurpose",
     "Job",
     "JobEvent",
+    "JobPriority",
     "JobShard",
     "JobStatus",
     "JobType",

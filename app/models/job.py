@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -41,6 +42,12 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class JobPriority(enum.StrEnum):
+    HIGH = "high"  #: its shards are released before the tenant's normal and low work
+    NORMAL = "normal"  #: the default
+    LOW = "low"  #: released only when the tenant has nothing else waiting in the pool
+
+
 class Job(Base):
     __tablename__ = "jobs"
     # (tenant_id, id): a tenant's newest jobs come straight off the index, however many it has.
@@ -59,6 +66,10 @@ class Job(Base):
     )
     device: Mapped[str] = mapped_column(String(10))
     queue: Mapped[str] = mapped_column(String(40))
+    # Orders the tenant's own work only: tenants share a pool equally whatever they ask for.
+    priority: Mapped[str] = mapped_column(
+        String(10), default=JobPriority.NORMAL, server_default=JobPriority.NORMAL
+    )
     input_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     output_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     error_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
@@ -117,7 +128,15 @@ class JobShard(Base):
     """
 
     __tablename__ = "job_shards"
-    __table_args__ = (UniqueConstraint("job_id", "index"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        Index(
+            "ix_job_shards_queued_running",
+            "job_id",
+            "index",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -132,6 +151,8 @@ class JobShard(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(120))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the scheduler releases the shard to the broker (app/services/scheduler.py): a
+    # queued shard without it waits for the window and has no message to lose.
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(String(1000))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -20,5 +20,7 @@ class WorkerHeartbeat(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery hostname
     pool: Mapped[str] = mapped_column(String(20), index=True)
     device: Mapped[str] = mapped_column(String(40))
+    # Its pool processes: the scheduler's default window is twice their sum over the pool.
+    processes: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -10,6 +10,7 @@ from app.schemas.models import MODEL_NAME_PATTERN
 
 JobTypeName = Literal["inference", "training"]
 Device = Literal["cpu", "gpu", "auto"]
+Priority = Literal["high", "normal", "low"]
 WebhookEvent = Literal[
     "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled"
 ]
@@ -120,6 +121,13 @@ class JobCreate(BaseModel):
         "worker is running).",
         examples=["auto"],
     )
+    # Orders this tenant's own jobs in its share of the pool (README, "Sharing the farm").
+    priority: Priority = Field(
+        default="normal",
+        description="`high`, `normal` or `low`: which of this tenant's jobs go first in its "
+        "share of a pool (never ahead of other tenants' share).",
+        examples=["normal"],
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Inference: `batch_size`, `batch_tokens`. Training: `estimator`, "
@@ -206,6 +214,7 @@ class JobPublic(BaseModel):
     )
     device: str = Field(description="The device asked for.", examples=["auto"])
     queue: str = Field(description="The pool's queue it went to.", examples=["cpu"])
+    priority: str = Field(default="normal", description="`high`, `normal` or `low`.")
     counts: JobCounts = Field(description="Item counts, updated about once a second.")
     input_file_id: str | None = Field(
         description="The input file (inline items are written to one).",

@@ -69,6 +69,7 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
         model_version_id=job.model_version_id,
         device=job.device,
         queue=job.queue,
+        priority=job.priority,
         input_file_id=None,
         params=job.params,
         webhook=job.webhook,
@@ -78,7 +79,8 @@ def create_retry(session: Session, tenant: Tenant, job_id: str) -> Job:
     )
     session.add(retry)
     session.flush()
-    add_event(session, retry.id, "queued", {"queue": retry.queue, "retry_of": job.id})
+    queued = {"queue": retry.queue, "retry_of": job.id, "priority": retry.priority}
+    add_event(session, retry.id, "queued", queued)
     return retry
 
 

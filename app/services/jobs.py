@@ -97,6 +97,7 @@ def create_job(
         output_model=body.output_model,
         device=body.device,
         queue=queue,
+        priority=body.priority,
         notice=notice,
         input_file_id=input_file.id,
         params=params,
@@ -128,7 +129,8 @@ def create_job(
             return existing, False
     else:
         session.add(job)  # written with its events in one flush, at the commit
-    add_event(session, job.id, "queued", {"queue": job.queue, "model": job.model}, flush=False)
+    queued = {"queue": job.queue, "model": job.model, "priority": job.priority}
+    add_event(session, job.id, "queued", queued, flush=False)
     if notice:
         add_event(session, job.id, "waiting_for_gpu_worker", {"notice": notice}, flush=False)
     return job, True
@@ -485,6 +487,7 @@ def job_public(job: Job) -> JobPublic:
         output_model=job.output_model,
         device=job.device,
         queue=job.queue,
+        priority=job.priority,
         counts=JobCounts(
             total=job.counts_total, succeeded=job.counts_succeeded, failed=job.counts_failed
         ),

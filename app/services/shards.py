@@ -112,8 +112,9 @@ def create_shards(
 ) -> tuple[PlanOutcome, JobShard | None]:
     """Record the plan and give up the planning lease.
 
-    "run": publish the shards; "assemble": a cancel came while planning, so no shard runs and
-    the (empty) result is assembled now; "lost": another planner took over.
+    "run": the scheduler releases shards to the broker once this commits; "assemble": a
+    cancel came while planning, so no shard runs and the (empty) result is assembled now;
+    "lost": another planner took over.
 
     With `run_here_seconds`, a plan of one shard is "run_here", returned with that shard: it
     is recorded already running under `owner`'s lease for that long (its first attempt), so
@@ -137,7 +138,8 @@ def create_shards(
     if status is None:
         return "lost", None
     shards = [
-        # Published right after this commits; the sweeper resends any the broker drops.
+        # No `dispatched_at`: the scheduler releases them to the broker a window at a time
+        # (app/services/scheduler.py), and the sweeper resends only released ones it lost.
         JobShard(
             job_id=job_id,
             index=i,
@@ -145,7 +147,6 @@ def create_shards(
             end_item=r.end_item,
             start_offset=r.start_offset,
             start_line=r.start_line,
-            dispatched_at=utcnow(),
         )
         for i, r in enumerate(ranges)
     ]

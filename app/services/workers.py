@@ -16,15 +16,15 @@ HEARTBEAT_SECONDS = 5.0
 ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS  # three missed beats and a worker counts as gone
 
 
-def beat(session: Session, name: str, pool: str, device: str) -> None:
+def beat(session: Session, name: str, pool: str, device: str, processes: int | None = None) -> None:
     now = utcnow()
     statement = insert(WorkerHeartbeat).values(
-        name=name, pool=pool, device=device, started_at=now, seen_at=now
+        name=name, pool=pool, device=device, processes=processes, started_at=now, seen_at=now
     )
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[WorkerHeartbeat.name],
-            set_={"pool": pool, "device": device, "seen_at": now},
+            set_={"pool": pool, "device": device, "processes": processes, "seen_at": now},
         )
     )
 

@@ -24,7 +24,7 @@ from app.db import session_scope, utcnow
 from app.dispatch import TASK_RUN_SHARD, publish
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
-from app.services import control, planning, results
+from app.services import control, planning, results, scheduler
 from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
@@ -122,9 +122,8 @@ def plan_job(job_id: str, worker: str) -> None:
     outcome, here = db_retry(record)
     if here is not None:
         _run_claimed(here, owner)
-    elif outcome == "run":
-        for index in range(len(ranges)):
-            publish(TASK_RUN_SHARD, [job_id, index], start.job.queue)
+    elif outcome == "run":  # the scheduler releases what fits in the pool's window
+        release_shards(start.job.queue)
     elif outcome == "assemble":
         assemble_job(job_id)
 
@@ -195,6 +194,22 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     return ranges
 
 
+def release_shards(queue: str) -> None:
+    """Fill the pool's window (fair share, app/services/scheduler.py) in a transaction of its
+    own, then publish what it released; a lost message is sent again by the sweeper."""
+    settings = get_settings()
+
+    def take() -> list[tuple[str, int]]:
+        with session_scope() as session:
+            window = scheduler.window_size(
+                session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
+            )
+            return scheduler.release(session, queue, window)
+
+    for job_id, index in db_retry(take):
+        publish(TASK_RUN_SHARD, [job_id, index], queue)
+
+
 def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> None:
     """The job fails with the reason; with `owner`, only while that planner holds its lease
     (a planner that lost it decides nothing)."""
@@ -221,6 +236,7 @@ class ShardPlan:
     shard: JobShard
     shards_total: int
     tenant_id: str
+    queue: str
     input_uri: str
     model: ModelSpec | VersionRef
     options: RunOptions
@@ -262,6 +278,8 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
         runner = state.current().cache.get(spec)
     except ModelLoadError as exc:
         db_retry(fail_job, job_id, "model_load_failed", str(exc))
+        if plan.shards_total > 1:  # its shards in flight are closed: the window has room
+            release_shards(plan.queue)
         return
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
     try:
@@ -304,7 +322,10 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
                 add_event(session, job_id, type_, data, flush=False)
             return shard_service.finish_shard(session, plan.shard, owner, status, usage, *last)
 
-    if db_retry(finish):
+    assemble = db_retry(finish)
+    if plan.shards_total > 1:  # this shard left the window: the next one goes (before the
+        release_shards(plan.queue)  # assembly, which may take a while)
+    if assemble:
         assemble_job(job_id)
 
 
@@ -378,7 +399,7 @@ def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
     if job.params.get("format") == "openai":
         requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
     return ShardPlan(
-        shard, job.shards_total or 1, job.tenant_id, input_uri, spec, options, requests
+        shard, job.shards_total or 1, job.tenant_id, job.queue, input_uri, spec, options, requests
     )
 
 

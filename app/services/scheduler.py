@@ -1,0 +1,225 @@
+"""The scheduler: which queued shards the broker carries, decided in PostgreSQL.
+
+A plan records its shards `queued` with no `dispatched_at`: they wait here, not in the broker.
+Each pool (queue) has a window, at most that many shard messages released and not finished;
+a release fills what is free of it, one shard at a time, by fair share (docs/decisions/0006):
+
+1. among tenants with a shard waiting in the pool, the one with the fewest shards in flight
+   there (ties: the one whose latest release is oldest, then the oldest waiting job);
+2. within that tenant, the job of highest priority, then the oldest job, then the shard order.
+
+Releases run when a plan is recorded, when a shard finishes (in its task, after its commit)
+and in every sweep. A transaction-level advisory lock per pool serializes releasers, so two
+never fill one free slot twice; under it, each release locks its job's row before its shard
+(the one lock order), and the caller publishes the released shards after the commit. A
+released shard whose message is lost has `dispatched_at`, so the sweeper sends it again.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import Job, JobPriority, JobShard, JobStatus, ShardStatus, Tenant, WorkerHeartbeat
+from app.services.jobs import add_event
+from app.services.shards import ACTIVE_SHARD, lock_job
+from app.services.workers import ALIVE_SECONDS
+
+SCHEDULER_LOCK = 0x6D66_7363  # "mfsc", with the pool's hash: one releaser per pool at a time
+#: A job in these states may have shards on workers (a cancelling job's running ones finish).
+OCCUPYING = (JobStatus.RUNNING, JobStatus.CANCELLING)
+PRIORITY_RANK = case(
+    (Job.priority == JobPriority.HIGH, 0), (Job.priority == JobPriority.LOW, 2), else_=1
+)
+
+
+def in_flight(queue: str) -> tuple[ColumnElement[bool], ...]:
+    """Released and not finished: a message in the broker, or a shard on a worker. A job of
+    one shard run by its planner has no message and is not counted (README, fast path)."""
+    return (
+        Job.queue == queue,
+        Job.status.in_(OCCUPYING),
+        JobShard.status.in_(ACTIVE_SHARD),
+        JobShard.dispatched_at.is_not(None),
+    )
+
+
+def waiting(queue: str) -> tuple[ColumnElement[bool], ...]:
+    """Planned and not released yet: the window decides when."""
+    return (
+        Job.queue == queue,
+        Job.status == JobStatus.RUNNING,
+        JobShard.status == ShardStatus.QUEUED,
+        JobShard.dispatched_at.is_(None),
+    )
+
+
+def window_size(session: Session, queue: str, setting: int, processes_per_worker: int) -> int:
+    """`setting` when given; else twice the pool's live processes (each worker's heartbeat
+    says how many it runs; `processes_per_worker` for one that does not), at least 2: every
+    process busy and one message ready behind it, so a worker never waits for a release, and
+    a newcomer waits behind about a window."""
+    if setting > 0:
+        return setting
+    since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
+    live = session.scalar(
+        select(
+            func.sum(func.coalesce(WorkerHeartbeat.processes, max(1, processes_per_worker)))
+        ).where(WorkerHeartbeat.pool == queue, WorkerHeartbeat.seen_at > since)
+    )
+    return max(2, 2 * int(live or 0))
+
+
+def count_in_flight(session: Session, queue: str) -> int:
+    statement = select(func.count()).select_from(JobShard).join(Job, Job.id == JobShard.job_id)
+    return session.scalar(statement.where(*in_flight(queue))) or 0
+
+
+def _running_cap(queue: str, cap: Any) -> ColumnElement[bool]:
+    """A tenant under its running-jobs cap, or a job already running shards: a job it started
+    keeps its share, a new one waits (queued shards, unreleased) until one of its jobs ends."""
+    running_jobs = (
+        select(func.count(func.distinct(JobShard.job_id)))
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*in_flight(queue), Job.tenant_id == Tenant.id)
+        .correlate(Tenant)
+        .scalar_subquery()
+    )
+    this_job_runs = (
+        select(JobShard.id)
+        .where(
+            JobShard.job_id == Job.id,
+            JobShard.status.in_(ACTIVE_SHARD),
+            JobShard.dispatched_at.is_not(None),
+        )
+        .correlate(Job)
+        .exists()
+    )
+    return cap.is_(None) | this_job_runs | (running_jobs < cap)
+
+
+def _next_shard(session: Session, queue: str, running_cap: Any) -> tuple[int, str, int] | None:
+    """(shard id, job id, index) of the shard fair share picks next, or None."""
+    occupied = (
+        select(
+            Job.tenant_id,
+            func.count().label("shards"),
+            func.max(JobShard.dispatched_at).label("latest"),
+        )
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*in_flight(queue))
+        .group_by(Job.tenant_id)
+        .subquery()
+    )
+    heads = (
+        select(JobShard.id, JobShard.job_id, JobShard.index, Job.tenant_id, Job.created_at)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*waiting(queue))
+    )
+    if running_cap is not None:
+        # The per-tenant running cap is this one more condition: pass the tenants' column
+        # (`Tenant.max_running_jobs`), nullable, None meaning no cap.
+        heads = heads.join(Tenant, Tenant.id == Job.tenant_id).where(
+            _running_cap(queue, running_cap)
+        )
+    # Each tenant's head: its best job's first waiting shard.
+    head = (
+        heads.order_by(Job.tenant_id, PRIORITY_RANK, Job.created_at, Job.id, JobShard.index)
+        .distinct(Job.tenant_id)
+        .subquery()
+    )
+    pick = (
+        select(head.c.id, head.c.job_id, head.c.index)
+        .outerjoin(occupied, occupied.c.tenant_id == head.c.tenant_id)
+        .order_by(
+            func.coalesce(occupied.c.shards, 0),
+            occupied.c.latest.asc().nulls_first(),
+            head.c.created_at,
+        )
+        .limit(1)
+    )
+    row = session.execute(pick).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def release(
+    session: Session, queue: str, window: int, running_cap: Any = Tenant.max_running_jobs
+) -> list[tuple[str, int]]:
+    """Mark the next shards of `queue` released, up to the window; (job id, index) of each,
+    for the caller to publish once this commits. `running_cap`: the tenants' cap of jobs running
+    shards at once (`tenants set --max-running-jobs`). Call it in a transaction of its own: it
+    takes the pool's lock before job rows, and a caller already holding a job row could
+    deadlock."""
+    session.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK, func.hashtext(queue))))
+    free = window - count_in_flight(session, queue)
+    released: list[tuple[str, int]] = []
+    misses = 0  # a pick that changed under us (cancelled, failed) is looked for again
+    while free > 0 and misses < 8:
+        picked = _next_shard(session, queue, running_cap)
+        if picked is None:
+            break
+        shard_id, job_id, index = picked
+        lock_job(session, job_id)
+        now = utcnow()
+        marked = session.execute(
+            update(JobShard)
+            .where(
+                JobShard.id == shard_id,
+                JobShard.status == ShardStatus.QUEUED,
+                JobShard.dispatched_at.is_(None),
+                JobShard.job_id.in_(
+                    select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                ),
+            )
+            .values(dispatched_at=now)
+            .returning(JobShard.id)
+        ).first()
+        if marked is None:
+            misses += 1
+            continue
+        add_event(session, job_id, "shard_dispatched", {"shard": index, "queue": queue})
+        released.append((job_id, index))
+        free -= 1
+    return released
+
+
+def waiting_jobs(session: Session) -> list[tuple[str, str, int]]:
+    """(tenant name, queue, jobs) with work not yet released: queued jobs (their plan is on
+    its way) and running ones with shards waiting for the window. For /metrics."""
+    unreleased = (
+        select(JobShard.id)
+        .where(
+            JobShard.job_id == Job.id,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_(None),
+        )
+        .correlate(Job)
+        .exists()
+    )
+    rows = session.execute(
+        select(Tenant.name, Job.queue, func.count())
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where((Job.status == JobStatus.QUEUED) | and_(Job.status == JobStatus.RUNNING, unreleased))
+        .group_by(Tenant.name, Job.queue)
+    )
+    return [(name, queue, count) for name, queue, count in rows]
+
+
+def shards_in_flight(session: Session) -> list[tuple[str, int]]:
+    """(queue, shards released and not finished) per pool. For /metrics."""
+    rows = session.execute(
+        select(Job.queue, func.count())
+        .select_from(JobShard)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(
+            Job.status.in_(OCCUPYING),
+            JobShard.status.in_(ACTIVE_SHARD),
+            JobShard.dispatched_at.is_not(None),
+        )
+        .group_by(Job.queue)
+    )
+    return [(queue, count) for queue, count in rows]
