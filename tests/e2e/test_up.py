@@ -193,7 +193,13 @@ def test_up_restarts_a_killed_worker_and_keeps_serving(
         assert str(data_dir / "logs") in banner and "worker-cpu.log" in banner
         # Worker banners and warnings went to the log files, not to the terminal.
         assert "[queues]" not in output and "[tasks]" not in output
-        assert "ready." in (data_dir / "logs" / "worker-cpu.log").read_text()
+        # Its heartbeat starts on Celery's worker_ready, which may come just before the worker
+        # writes its own "ready." line: give the line a moment.
+        worker_log = data_dir / "logs" / "worker-cpu.log"
+        deadline = time.monotonic() + 15
+        while "ready." not in worker_log.read_text():
+            assert time.monotonic() < deadline, worker_log.read_text()[-2000:]
+            time.sleep(0.2)
         api = f"http://127.0.0.1:{env['MODELFARM_API_PORT']}"
         key = json.loads((data_dir / "farm.json").read_text())["api_key"]
 
