@@ -23,11 +23,10 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
-from app.broker_scan import TaskKey, live_task_keys
+from app.broker_scan import TaskKey
 from app.config import get_settings
 from app.db import get_engine, session_scope, utcnow
 from app.dispatch import (
-    QUEUES,
     TASK_DELIVER_WEBHOOK,
     TASK_FINALIZE_JOB,
     TASK_PLAN_JOB,
@@ -35,7 +34,9 @@ from app.dispatch import (
     TASK_VALIDATE_MODEL,
     VALIDATION_QUEUE,
     WEBHOOK_QUEUE,
+    live_task_keys,
     publish,
+    stale_after_seconds,
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services import control, validation, webhooks, workers
@@ -76,14 +77,15 @@ def sweep_once() -> dict[str, int]:
                 sends.append((TASK_FINALIZE_JOB, [job.id], job.queue))
     with session_scope() as session:
         _expire_leases(session, settings.max_attempts, done, sends)
-    live = live_task_keys(get_settings().require_redis_url(), QUEUES, settings.lease_seconds)
+    live = live_task_keys(settings)
+    stale = stale_after_seconds(settings)  # without a view into the broker (RabbitMQ)
     with session_scope() as session:
-        sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
+        sends += _lost_messages(session, live, stale)
         sends += _dead_planners(session, settings.max_attempts, live)
         sends += _unassembled(session)
     with session_scope() as session:
         sends += _deliveries(session, live)
-        sends += _stuck_validations(session, live, settings.visibility_timeout_seconds)
+        sends += _stuck_validations(session, live, stale)
         _gpu_notices(session)
     if settings.result_ttl_days > 0:
         with session_scope() as session:
@@ -218,7 +220,8 @@ def _lost_messages(
     """Queued work whose message the broker no longer holds."""
     now = utcnow()
     grace = now - timedelta(seconds=2)  # the API publishes just after it commits
-    # Without a view into the broker, only work older than the visibility timeout is resent.
+    # Without a view into the broker, only work published `visibility` seconds ago is resent
+    # (the visibility timeout on Redis, BROKER_REDELIVER_SECONDS on RabbitMQ).
     stale = now - timedelta(seconds=visibility)
 
     def lost(key: TaskKey, dispatched: Any) -> bool:
