@@ -106,13 +106,18 @@ def live_task_keys(settings: Settings) -> set[TaskKey] | None:
     return broker_scan.live_task_keys(url, QUEUES, settings.lease_seconds)
 
 
+def broker_inspectable(settings: Settings) -> bool:
+    """Whether the sweeper can list the messages the broker holds (Redis, not RabbitMQ)."""
+    return is_redis(settings.require_broker_url())
+
+
 def stale_after_seconds(settings: Settings) -> float:
     """How long after publishing the sweeper sends again queued work it cannot see the broker
     hold. Redis is looked into, so there this only covers a scan that gave up (the visibility
     timeout). RabbitMQ is not: there, work not started this long after its message was
     published is published again. Duplicates are harmless (every transition is conditional);
     the cost is one extra message per waiting item and period while a backlog lasts."""
-    if is_redis(settings.require_broker_url()):
+    if broker_inspectable(settings):
         return float(settings.visibility_timeout_seconds)
     return settings.broker_redeliver_seconds
 

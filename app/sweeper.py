@@ -34,6 +34,7 @@ from app.dispatch import (
     TASK_VALIDATE_MODEL,
     VALIDATION_QUEUE,
     WEBHOOK_QUEUE,
+    broker_inspectable,
     live_task_keys,
     publish,
     stale_after_seconds,
@@ -79,12 +80,15 @@ def sweep_once() -> dict[str, int]:
         _expire_leases(session, settings.max_attempts, done, sends)
     live = live_task_keys(settings)
     stale = stale_after_seconds(settings)  # without a view into the broker (RabbitMQ)
+    # On a broker that cannot be looked into, a message sent less than `stale` ago counts as
+    # still on its way, so waiting work is not published again at every sweep.
+    recent = None if broker_inspectable(settings) else stale
     with session_scope() as session:
         sends += _lost_messages(session, live, stale)
-        sends += _dead_planners(session, settings.max_attempts, live)
+        sends += _dead_planners(session, settings.max_attempts, live, recent)
         sends += _unassembled(session)
     with session_scope() as session:
-        sends += _deliveries(session, live)
+        sends += _deliveries(session, live, recent)
         sends += _stuck_validations(session, live, stale)
         _gpu_notices(session)
     if settings.result_ttl_days > 0:
@@ -119,9 +123,14 @@ def _gpu_notices(session: Any) -> None:
         add_event(session, job_id, "waiting_for_gpu_worker", {"notice": NO_GPU_WORKER})
 
 
-def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list[Any], str]]:
+def _deliveries(
+    session: Any, live: set[TaskKey] | None, recent: float | None
+) -> list[tuple[str, list[Any], str]]:
     resend = webhooks.take_back_expired(session, BATCH)
-    for job_id, delivery_id in webhooks.due_undispatched(session, timedelta(seconds=2), BATCH):
+    sent = None if recent is None else timedelta(seconds=recent)
+    for job_id, delivery_id in webhooks.due_undispatched(
+        session, timedelta(seconds=2), BATCH, resend_after=sent
+    ):
         if live is None or (TASK_DELIVER_WEBHOOK, (job_id, delivery_id)) not in live:
             resend.append((job_id, delivery_id))
     return [(TASK_DELIVER_WEBHOOK, [job_id, d], WEBHOOK_QUEUE) for job_id, d in resend]
@@ -253,10 +262,11 @@ def _lost_messages(
 
 
 def _dead_planners(
-    session: Any, max_attempts: int, live: set[TaskKey] | None
+    session: Any, max_attempts: int, live: set[TaskKey] | None, recent: float | None = None
 ) -> list[tuple[str, list[Any], str]]:
     """Jobs whose planner's lease ran out before it recorded any shard."""
     sends: list[tuple[str, list[Any], str]] = []
+    sent_after = None if recent is None else utcnow() - timedelta(seconds=recent)
     jobs = session.scalars(
         select(Job)
         .where(
@@ -284,6 +294,8 @@ def _dead_planners(
                 code = "planning_failed"
                 message = f"the input could not be split into shards in {job.attempts} attempts"
             fail_job(session, job.id, code, message)
+        elif sent_after is not None and job.dispatched_at and job.dispatched_at > sent_after:
+            continue  # sent again lately; its message may still be waiting
         elif live is None or (TASK_PLAN_JOB, (job.id,)) not in live:
             sends.append((TASK_PLAN_JOB, [job.id], job.queue))
     return sends

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from tests.farms import side_farm
 from tests.helpers import FarmProcess, all_pages, run_job, submit, wait_done
+from tests.receiver import Reply, receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,6 +90,14 @@ def _purge(url: str, queue: str) -> None:
         conn.default_channel.queue_purge(queue)
 
 
+@contextmanager
+def _stopping(proc: FarmProcess) -> Iterator[FarmProcess]:
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 def _wait_for(check: object, timeout: float, what: str) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -104,10 +114,19 @@ def test_jobs_run_on_rabbitmq_and_a_lost_message_is_published_again(
     overrides = {"MODELFARM_BROKER_URL": broker, "MODELFARM_BROKER_REDELIVER_SECONDS": "3"}
     with side_farm(services, overrides, tmp_path / "logs", sweeper=True) as farm:
         assert "Connected to amqp://" in farm.worker.output()
-        with farm.client() as client:
+        hooks = FarmProcess.start(
+            ["worker", "--pool", "webhooks"], farm.env, tmp_path / "logs" / "webhooks.log"
+        )
+        with farm.client() as client, receiver() as hook, _stopping(hooks):
+            hook.script = [Reply(500)]  # the retry goes through the broker as a countdown
             rows = [{"custom_id": i, "input": f"sentence {i}"} for i in range(250)]
-            job = run_job(client, "minilm", rows)  # two shards, each its own message
+            job = run_job(client, "minilm", rows, webhook={"url": hook.url})  # two shards
             assert job["status"] == "succeeded", job
+            hooks.wait_for_log("ready.")
+            first, second = hook.wait_for(2)[:2]
+            assert first.headers["webhook-id"] == second.headers["webhook-id"]
+            assert second.event["type"] == "job.succeeded"
+            hooks.stop()
 
             # No worker takes messages now: the job's message waits on the durable queue.
             farm.worker.stop()
@@ -124,6 +143,7 @@ def test_jobs_run_on_rabbitmq_and_a_lost_message_is_published_again(
             )
             try:
                 done = wait_done(client, lost["id"])
+                time.sleep(2)  # the copies published while no worker ran find nothing to do
             finally:
                 worker.stop()
             assert done["status"] == "succeeded", done
