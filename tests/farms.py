@@ -4,6 +4,7 @@ it, so the session's workers and sweeper never see its jobs (nor it theirs)."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -68,8 +69,6 @@ def side_farm(
     base_env: dict[str, str], overrides: dict[str, str], logs: Path, sweeper: bool = False
 ) -> Iterator[SideFarm]:
     """Migrate a fresh database, then run an API, a CPU worker (and a sweeper) on it."""
-    import os
-
     with ExitStack() as stack:
         env = {**base_env, **overrides}
         env["MODELFARM_DATABASE_URL"] = fresh_database(base_env["MODELFARM_DATABASE_URL"], stack)
