@@ -31,7 +31,7 @@ def _settings(database: bool = False, broker: bool = False) -> Settings:
         if database:
             settings.require_database_url()
         if broker:
-            settings.require_redis_url()
+            settings.require_broker_url()
     except RuntimeError as exc:
         raise CliError(str(exc), USAGE) from None
     return settings

@@ -24,7 +24,12 @@ class Settings(BaseSettings):
 
     # Services. Unset means: use the embedded servers that `modelfarm up` started.
     database_url: str | None = None
-    redis_url: str | None = None  # the Celery broker (redis:// or amqp://)
+    redis_url: str | None = None  # Redis: the Celery broker unless BROKER_URL names another
+    # The Celery broker when it is not REDIS_URL: `amqp://user:pw@host:5672/vhost` (RabbitMQ).
+    broker_url: str | None = None
+    # On a broker the sweeper cannot look into (RabbitMQ), a queued job, shard or validation
+    # whose message was published this long ago and not yet started is published again.
+    broker_redeliver_seconds: float = 60.0
 
     # HTTP
     api_host: str = "127.0.0.1"
@@ -55,6 +60,12 @@ class Settings(BaseSettings):
 
     # Jobs and workers
     artifact_root: str | None = None  # default: <data_dir>/artifacts; s3://bucket/prefix works too
+    # An S3-compatible store that is not AWS (MinIO, Ceph, moto); keys and region come from the
+    # standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
+    s3_endpoint_url: str | None = None
+    # Bytes an S3 write buffers before it sends them as one part of a multipart upload (S3's
+    # smallest part is 5 MiB); reads fetch blocks of this size too.
+    s3_block_size: int = 16 * 1024 * 1024
     max_item_chars: int = 20000
     max_line_bytes: int = 1024 * 1024  # a longer input line is that item's error, never read whole
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
@@ -192,12 +203,15 @@ class Settings(BaseSettings):
             )
         return self.database_url
 
-    def require_redis_url(self) -> str:
-        if not self.redis_url:
+    def require_broker_url(self) -> str:
+        """The Celery broker: BROKER_URL when set, else REDIS_URL."""
+        url = self.broker_url or self.redis_url
+        if not url:
             raise RuntimeError(
-                "No broker: set MODELFARM_REDIS_URL or start the farm with `modelfarm up`"
+                "No broker: set MODELFARM_REDIS_URL (or MODELFARM_BROKER_URL) or start the farm "
+                "with `modelfarm up`"
             )
-        return self.redis_url
+        return url
 
     def processes_per_worker(self, pool: str) -> int:
         """Worker processes a worker of `pool` runs, as this process is configured: what the

@@ -12,6 +12,8 @@ from typing import Any
 
 from celery import Celery
 
+from app import broker_scan
+from app.broker_scan import TaskKey
 from app.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,30 @@ QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
 MAX_COUNTDOWN_SECONDS = 600.0
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Settings shared by the producer here and the workers' Celery app."""
-    return {
-        "broker_url": settings.require_redis_url(),
-        "broker_transport_options": {
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://", "redis+socket://"))
+
+
+def _transport_options(settings: Settings, url: str) -> dict[str, Any]:
+    if is_redis(url):
+        return {
             # With acks_late a task running longer than this is delivered again; the job's
             # conditional transitions make that harmless, the lease (not this) finds lost work.
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
-        },
+        }
+    # RabbitMQ: a publish returns once the broker has the message (publisher confirms), so a
+    # job the API called dispatched is on a durable queue, not in a socket buffer.
+    return {"confirm_publish": True, "connect_timeout": 5}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Settings shared by the producer here and the workers' Celery app."""
+    url = settings.require_broker_url()
+    return {
+        "broker_url": url,
+        "broker_transport_options": _transport_options(settings, url),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -84,6 +99,30 @@ def publish_validation(version_id: str) -> bool:
 
 def publish_delivery(job_id: str, delivery_id: str, countdown: float | None = None) -> bool:
     return publish(TASK_DELIVER_WEBHOOK, [job_id, delivery_id], WEBHOOK_QUEUE, countdown)
+
+
+def live_task_keys(settings: Settings) -> set[TaskKey] | None:
+    """Task messages the broker still holds, or None where it cannot be looked into."""
+    url = settings.require_broker_url()
+    if not is_redis(url):
+        return None
+    return broker_scan.live_task_keys(url, QUEUES, settings.lease_seconds)
+
+
+def broker_inspectable(settings: Settings) -> bool:
+    """Whether the sweeper can list the messages the broker holds (Redis, not RabbitMQ)."""
+    return is_redis(settings.require_broker_url())
+
+
+def stale_after_seconds(settings: Settings) -> float:
+    """How long after publishing the sweeper sends again queued work it cannot see the broker
+    hold. Redis is looked into, so there this only covers a scan that gave up (the visibility
+    timeout). RabbitMQ is not: there, work not started this long after its message was
+    published is published again. Duplicates are harmless (every transition is conditional);
+    the cost is one extra message per waiting item and period while a backlog lasts."""
+    if broker_inspectable(settings):
+        return float(settings.visibility_timeout_seconds)
+    return settings.broker_redeliver_seconds
 
 
 def broker_reachable() -> bool:

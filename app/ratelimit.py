@@ -86,9 +86,10 @@ def retry_after_seconds(wait_ms: int) -> int:
 
 
 def _redis_url() -> str | None:
-    try:
-        url = get_settings().require_redis_url()
-    except RuntimeError:
+    """REDIS_URL, the farm's Redis for Redis-only uses (it is also the broker unless BROKER_URL
+    names another); None where no Redis is configured."""
+    url = get_settings().redis_url
+    if not url:
         return None
     return url if url.startswith(("redis://", "rediss://", "unix://")) else None
 

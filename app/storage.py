@@ -2,11 +2,15 @@
 
 A local directory by default; any fsspec URL (``s3://bucket/prefix``) works the same way, with
 remote artifacts copied to a local cache when a library needs a real path (model loading).
+Writes to S3 are streamed: s3fs buffers one block (S3_BLOCK_SIZE) and sends it as a part of a
+multipart upload, so an upload of any size holds one block in memory; reads fetch blocks too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
 from collections.abc import Iterator
 from functools import lru_cache
@@ -26,17 +30,22 @@ class TooLarge(Exception):
 
 
 class ArtifactStore:
-    def __init__(self, root: str, cache_dir: Path) -> None:
+    def __init__(
+        self, root: str, cache_dir: Path, s3_options: dict[str, Any] | None = None
+    ) -> None:
         if "://" not in root:
             root = Path(root).resolve().as_uri()
         self.root = root.rstrip("/")
         self.cache_dir = cache_dir
+        self.s3_options = s3_options or {}
 
     def uri(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
     def _fs(self, uri: str) -> tuple[Any, str]:
-        return url_to_fs(uri)
+        # fsspec keeps one filesystem object per options and process (a new one after a fork).
+        options = self.s3_options if uri.startswith(("s3://", "s3a://")) else {}
+        return url_to_fs(uri, **options)
 
     def open(self, uri: str, mode: str = "rb") -> IO[Any]:
         fs, path = self._fs(uri)
@@ -49,7 +58,13 @@ class ArtifactStore:
             return open(path, mode)  # noqa: SIM115 (the caller closes it)
         if writing:
             fs.makedirs(fs._parent(path), exist_ok=True)
-        return fs.open(path, mode)
+            return fs.open(path, mode)
+        remote = fs.open(path, mode)
+        if mode == "rb":
+            # fsspec's files read a line without a size limit; the standard buffered reader
+            # over them bounds a line as the readers of item lines need (readline(size)).
+            return io.BufferedReader(remote, buffer_size=CHUNK)
+        return remote
 
     def write_stream(self, uri: str, chunks: Iterator[bytes], limit: int | None) -> tuple[int, str]:
         """Copy chunks to `uri` without holding them; returns (bytes, sha256 hex)."""
@@ -98,12 +113,25 @@ class ArtifactStore:
         fs, path = self._fs(uri)
         if isinstance(fs, LocalFileSystem):
             return Path(path)
+        # Stored artifacts are never rewritten in place (every attempt writes its own folder),
+        # so a cached copy stays right for as long as its URI exists.
         target = self.cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:32]
         if not target.exists():
-            tmp = target.with_suffix(".part")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Several processes of one machine may fetch the same artifact at once: each into
+            # its own folder, and the first rename wins.
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
             shutil.rmtree(tmp, ignore_errors=True)
             fs.get(path, str(tmp), recursive=fs.isdir(path))
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except OSError:
+                if not target.exists():
+                    raise
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
         return target
 
     def put_directory(self, local_dir: Path, uri: str) -> None:
@@ -114,4 +142,7 @@ class ArtifactStore:
 @lru_cache
 def get_store() -> ArtifactStore:
     settings = get_settings()
-    return ArtifactStore(settings.artifacts, settings.data_dir.resolve() / "cache")
+    s3: dict[str, Any] = {"default_block_size": settings.s3_block_size}
+    if settings.s3_endpoint_url:
+        s3["endpoint_url"] = settings.s3_endpoint_url
+    return ArtifactStore(settings.artifacts, settings.data_dir.resolve() / "cache", s3)

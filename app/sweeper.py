@@ -24,11 +24,10 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
-from app.broker_scan import TaskKey, live_task_keys
+from app.broker_scan import TaskKey
 from app.config import get_settings
 from app.db import get_engine, session_scope, utcnow
 from app.dispatch import (
-    QUEUES,
     TASK_ASSEMBLE_JOB,
     TASK_DELIVER_WEBHOOK,
     TASK_PLAN_JOB,
@@ -36,7 +35,10 @@ from app.dispatch import (
     TASK_VALIDATE_MODEL,
     VALIDATION_QUEUE,
     WEBHOOK_QUEUE,
+    broker_inspectable,
+    live_task_keys,
     publish,
+    stale_after_seconds,
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services import control, scheduler, validation, webhooks, workers
@@ -79,10 +81,14 @@ def sweep_once() -> dict[str, int]:
                 sends.append((TASK_ASSEMBLE_JOB, [job.id], job.queue))
     with session_scope() as session:
         _expire_leases(session, settings.max_attempts, done, sends)
-    live = live_task_keys(get_settings().require_redis_url(), QUEUES, settings.lease_seconds)
+    live = live_task_keys(settings)
+    stale = stale_after_seconds(settings)  # without a view into the broker (RabbitMQ)
+    # On a broker that cannot be looked into, a message sent less than `stale` ago counts as
+    # still on its way, so waiting work is not published again at every sweep.
+    recent = None if broker_inspectable(settings) else stale
     with session_scope() as session:
-        sends += _lost_messages(session, live, settings.visibility_timeout_seconds)
-        sends += _dead_planners(session, settings.max_attempts, live)
+        sends += _lost_messages(session, live, stale)
+        sends += _dead_planners(session, settings.max_attempts, live, recent)
         sends += _unassembled(session)
     for queue in SHARD_QUEUES:  # the safety net: a window left unfilled is filled here
         with session_scope() as session:
@@ -93,8 +99,8 @@ def sweep_once() -> dict[str, int]:
         # Sent at once, marked released already: a failed publish is found by the next scan.
         done["released"] += sum(publish(TASK_RUN_SHARD, [j, i], queue) for j, i in released)
     with session_scope() as session:
-        sends += _deliveries(session, live)
-        sends += _stuck_validations(session, live, settings.visibility_timeout_seconds)
+        sends += _deliveries(session, live, recent)
+        sends += _stuck_validations(session, live, stale)
         _gpu_notices(session)
     if settings.result_ttl_days > 0:
         with session_scope() as session:
@@ -133,9 +139,14 @@ def _gpu_notices(session: Any) -> None:
         add_event(session, job_id, "waiting_for_gpu_worker", {"notice": NO_GPU_WORKER})
 
 
-def _deliveries(session: Any, live: set[TaskKey] | None) -> list[tuple[str, list[Any], str]]:
+def _deliveries(
+    session: Any, live: set[TaskKey] | None, recent: float | None
+) -> list[tuple[str, list[Any], str]]:
     resend = webhooks.take_back_expired(session, BATCH)
-    for job_id, delivery_id in webhooks.due_undispatched(session, timedelta(seconds=2), BATCH):
+    sent = None if recent is None else timedelta(seconds=recent)
+    for job_id, delivery_id in webhooks.due_undispatched(
+        session, timedelta(seconds=2), BATCH, resend_after=sent
+    ):
         if live is None or (TASK_DELIVER_WEBHOOK, (job_id, delivery_id)) not in live:
             resend.append((job_id, delivery_id))
     return [(TASK_DELIVER_WEBHOOK, [job_id, d], WEBHOOK_QUEUE) for job_id, d in resend]
@@ -236,7 +247,8 @@ def _lost_messages(
     """Queued work whose message the broker no longer holds."""
     now = utcnow()
     grace = now - timedelta(seconds=2)  # the API publishes just after it commits
-    # Without a view into the broker, only work older than the visibility timeout is resent.
+    # Without a view into the broker, only work published `visibility` seconds ago is resent
+    # (the visibility timeout on Redis, BROKER_REDELIVER_SECONDS on RabbitMQ).
     stale = now - timedelta(seconds=visibility)
 
     def lost(key: TaskKey, dispatched: Any) -> bool:
@@ -273,10 +285,11 @@ def _lost_messages(
 
 
 def _dead_planners(
-    session: Any, max_attempts: int, live: set[TaskKey] | None
+    session: Any, max_attempts: int, live: set[TaskKey] | None, recent: float | None = None
 ) -> list[tuple[str, list[Any], str]]:
     """Jobs whose planner's lease ran out before it recorded any shard."""
     sends: list[tuple[str, list[Any], str]] = []
+    sent_after = None if recent is None else utcnow() - timedelta(seconds=recent)
     jobs = session.scalars(
         select(Job)
         .where(
@@ -304,6 +317,8 @@ def _dead_planners(
                 code = "planning_failed"
                 message = f"the input could not be split into shards in {job.attempts} attempts"
             fail_job(session, job.id, code, message)
+        elif sent_after is not None and job.dispatched_at and job.dispatched_at > sent_after:
+            continue  # sent again lately; its message may still be waiting
         elif live is None or (TASK_PLAN_JOB, (job.id,)) not in live:
             sends.append((TASK_PLAN_JOB, [job.id], job.queue))
     return sends

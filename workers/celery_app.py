@@ -14,7 +14,9 @@ def create_celery() -> Celery:
     app = Celery("modelfarm", include=["workers.tasks.jobs"])
     app.conf.update(celery_config(settings))
     app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
+        # Durable queues and persistent messages (kombu's defaults, said here): on RabbitMQ a
+        # broker restart keeps what was published.
+        task_queues=[Queue(name, durable=True) for name in QUEUES],
         task_default_queue="cpu",
         # Never lose a task to a dying worker: acknowledge after the work, give the message
         # back when the child process is killed, and take one message at a time.

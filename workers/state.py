@@ -60,9 +60,10 @@ def _graph_dir(base_uri: str) -> str | None:
 
     A sibling of the version's folder (`<version>-onnx/`), never inside it: the version's
     folder holds what the tenant's archive unpacked, and a graph planted there must not be
-    loaded unchecked. With a local store every worker on the machine shares it; a remote store
-    (s3://) gets one folder per worker's cache for now, so each worker exports once
-    (publishing graphs to the store is step 11's).
+    loaded unchecked. With a local store every worker on the machine shares it. With a remote
+    store (s3://) each machine exports into its own DATA_DIR/cache and never publishes the
+    graph: an export takes seconds and is checked against torch where it is made, while a graph
+    read back from a shared bucket would be trusted unchecked (decision 0002).
     """
     store = get_store()
     uri = f"{base_uri.rstrip('/')}-onnx/{GRAPH_NAME}"

@@ -335,16 +335,21 @@ def take_back_expired(session: Session, limit: int) -> list[tuple[str, str]]:
     return sends
 
 
-def due_undispatched(session: Session, grace: timedelta, limit: int) -> list[tuple[str, str]]:
+def due_undispatched(
+    session: Session, grace: timedelta, limit: int, resend_after: timedelta | None = None
+) -> list[tuple[str, str]]:
     """Pending deliveries due for a while with no recent message: their message was lost, or
-    their next attempt was too far off to hand to the broker as a countdown."""
-    cutoff = utcnow() - grace
+    their next attempt was too far off to hand to the broker as a countdown. A message sent
+    less than `resend_after` (default: `grace`) ago counts as recent."""
+    now = utcnow()
+    cutoff = now - grace
+    sent_before = now - (resend_after or grace)
     rows = session.execute(
         select(Delivery.job_id, Delivery.id)
         .where(
             Delivery.status == DeliveryStatus.PENDING,
             Delivery.next_attempt_at < cutoff,
-            (Delivery.dispatched_at.is_(None)) | (Delivery.dispatched_at < cutoff),
+            (Delivery.dispatched_at.is_(None)) | (Delivery.dispatched_at < sent_before),
         )
         .order_by(Delivery.next_attempt_at)
         .limit(limit)

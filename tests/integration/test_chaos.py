@@ -261,6 +261,42 @@ def test_postgres_restart_mid_job(farm: ChaosFarm) -> None:
         print(f"\nrecovered from a PostgreSQL restart in {time.monotonic() - stopped_at:.1f}s")
 
 
+def test_postgres_then_redis_restarted_under_load(farm: ChaosFarm) -> None:
+    """Several jobs running (sharded ones and a one-task one); PostgreSQL stopped fast, every
+    kind of request answered 503 in the error shape meanwhile, then Redis restarted without
+    persistence (its messages gone): every job still ends with each item exactly once."""
+    from pgserver._commands import pg_ctl
+
+    server = farm.pg._server
+    with farm.client() as client:
+        jobs = [(_submit(client), ITEMS), (_submit(client, 90), 90)]
+        small = {"model": "minilm", "input": {"items": _rows(20)}}
+        jobs.append((submit(client, small)["id"], 20))
+        _wait_for(lambda: _progress(client, jobs[0][0]) > 0, what="job never started")
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+        try:
+            answers = [
+                client.get(f"/v1/jobs/{jobs[0][0]}"),
+                client.get("/v1/jobs"),
+                client.post("/v1/jobs", json=small),
+                client.post(
+                    "/v1/files",
+                    files={"file": ("x.jsonl", jsonl(_rows(3)))},
+                    data={"purpose": "batch"},
+                ),
+                client.get("/readyz"),
+            ]
+            for response in answers:
+                assert_error(response, 503, "service_unavailable")
+            time.sleep(2)
+        finally:
+            server.ensure_postgres_running()
+        _wait_for(lambda: _progress(client, jobs[1][0]) > 0, what="second job never started")
+        farm.restart_redis()
+        for job_id, n in jobs:
+            _assert_exactly_once(client, job_id, n=n)
+
+
 def test_broker_down_at_submit_still_answers_202(farm: ChaosFarm) -> None:
     with farm.client() as client:
         file = upload(client, jsonl(_rows(20)))
