@@ -21,7 +21,13 @@ import httpx
 from rich.console import Console
 
 from app.config import Settings, get_settings
-from app.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
+from app.procs import (
+    Supervisor,
+    install_stop_handlers,
+    modelfarm_command,
+    stop_requested,
+    visible_gpus,
+)
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)  # paths and keys stay on one line
@@ -115,6 +121,14 @@ def run_farm(with_flower: bool = True) -> int:
             console.print(f"[red]{gave_up or 'every process'} was given up on; stopping the farm")
             return 1
         except KeyboardInterrupt:
+            console.print("stopping the farm...")
+            return 0
+        except Exception:
+            # The signal can land anywhere, in the middle of a library's own cleanup too (a
+            # database driver restoring a connection it was pinging raises its own error then):
+            # once a stop was asked for, what breaks is the stop.
+            if not stop_requested.is_set():
+                raise
             console.print("stopping the farm...")
             return 0
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -212,10 +213,15 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         pass
 
 
+#: Set once Ctrl-C or SIGTERM came: whatever breaks after that is the stop, not a crash.
+stop_requested = threading.Event()
+
+
 def install_stop_handlers() -> None:
     """Turn SIGTERM into KeyboardInterrupt, so Ctrl-C and `kill` take the same clean path."""
 
     def _raise(signum: int, _frame: object) -> None:
+        stop_requested.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
