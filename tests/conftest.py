@@ -15,27 +15,8 @@ from contextlib import ExitStack, contextmanager
 import httpx
 import pytest
 
+from tests.farms import fresh_database
 from tests.helpers import FarmProcess, api_process
-
-
-def _fresh_database(server_url: str, stack: ExitStack) -> str:
-    import psycopg
-
-    from app.db import sqlalchemy_url
-
-    name = f"modelfarm_test_{secrets.token_hex(4)}"
-    plain = server_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    stack.callback(drop)
-    base, _, query = sqlalchemy_url(server_url).partition("?")
-    url = base.rsplit("/", 1)[0] + "/" + name
-    return url + (f"?{query}" if query else "")
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +31,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             embedded_db, embedded_redis = stack.enter_context(throwaway_servers())
             db_url = db_url or embedded_db
             redis_url = redis_url or embedded_redis
-        db_url = _fresh_database(db_url, stack)
+        db_url = fresh_database(db_url, stack, prefix="modelfarm_test")
         data_dir = tmp_path_factory.mktemp("data")
         env = {
             "MODELFARM_DATABASE_URL": db_url,

@@ -18,13 +18,13 @@ import httpx
 from tests.helpers import FarmProcess, api_process
 
 
-def fresh_database(server_url: str, stack: ExitStack) -> str:
+def fresh_database(server_url: str, stack: ExitStack, prefix: str = "modelfarm_side") -> str:
     """A new database on the server of `server_url`, dropped when `stack` closes."""
     import psycopg
 
     from app.db import sqlalchemy_url
 
-    name = f"modelfarm_side_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     plain = server_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -15,7 +15,7 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobShard, JobStatus, ShardStatus
 from app.services.files import register_file
 from app.services.jobs import add_event, transition
-from app.services.shards import active_shards, held_by, lease_until
+from app.services.shards import active_shards, closed_values, held_by, lease_until
 
 
 @dataclass(frozen=True)
@@ -184,13 +184,7 @@ def end_with_only_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                status=status,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                parts_attempt=shard.attempts,
-                succeeded=outputs.lines,
-                failed=errors.lines,
+                **closed_values(shard, status), succeeded=outputs.lines, failed=errors.lines
             )
             .execution_options(synchronize_session=False)
         )

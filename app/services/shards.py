@@ -316,6 +316,18 @@ def job_should_stop(session: Session, job_id: str) -> bool:
     return status != JobStatus.RUNNING or (deadline is not None and deadline < utcnow())
 
 
+def closed_values(shard: JobShard, status: ShardStatus) -> dict[str, Any]:
+    """What closing a shard writes besides its counts: it ends, its lease goes, and the attempt
+    whose part files are whole is this one."""
+    return {
+        "status": status,
+        "finished_at": utcnow(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "parts_attempt": shard.attempts,
+    }
+
+
 def finish_shard(
     session: Session,
     shard: JobShard,
@@ -335,11 +347,7 @@ def finish_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                status=status,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                parts_attempt=shard.attempts,
+                **closed_values(shard, status),
                 succeeded=JobShard.succeeded + succeeded,
                 failed=JobShard.failed + failed,
             ),
