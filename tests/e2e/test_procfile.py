@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from app.embedded import free_port
-from tests.conftest import _fresh_database
+from tests.farms import fresh_database
 from tests.helpers import submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 def empty_database(services: dict[str, str]) -> Iterator[str]:
     """A database with no schema at all: the Procfile's processes must migrate it."""
     with ExitStack() as stack:
-        yield _fresh_database(services["MODELFARM_DATABASE_URL"], stack)
+        yield fresh_database(services["MODELFARM_DATABASE_URL"], stack)
 
 
 def _answers(url: str) -> bool:
