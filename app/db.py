@@ -128,6 +128,20 @@ def read_scope() -> Iterator[Session]:
         session.close()
 
 
+def skip_commit_wait(session: Session) -> None:
+    """Let this transaction's COMMIT return before its WAL is on disk (`synchronous_commit` off,
+    for this transaction only). The commit is still atomic and in order; a database crash in the
+    next fraction of a second may undo it. On this farm's disks a durable commit waits 2-4 ms
+    for fdatasync, a one-item job's largest single cost after its model.
+
+    Only for a claim: undone, its job or shard is back as it was before (queued, or running under
+    a lease that lapses), its worker's later writes are refused for want of the lease, and the
+    sweeper sends the work again. Never for a commit that someone is told of (a submission's 202,
+    a job's end, a recorded result), and the worker's files must not depend on the claim being
+    kept (part files carry the claim's owner: `shards.parts_stem`)."""
+    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
 def database_reachable() -> bool:
     """Whether PostgreSQL answers a query now (for /readyz)."""
     try:

@@ -158,6 +158,9 @@ class JobShard(Base):
     last_error: Mapped[str | None] = mapped_column(String(1000))
     # The attempt whose part files are whole (set when a worker closes the shard); NULL: none.
     parts_attempt: Mapped[int | None] = mapped_column(Integer)
+    # How that attempt's part files are named (`shards.parts_stem`); NULL on shards closed
+    # before migration 0015, whose parts are named `<index>-<attempt>`.
+    parts_stem: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobEvent(Base):

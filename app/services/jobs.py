@@ -303,6 +303,7 @@ def transition(
     event_data: dict[str, Any] | None = None,
     where: Iterable[ColumnElement[bool]] = (),
     notify_webhook: bool = True,
+    flush_event: bool = True,
     **values: Any,
 ) -> bool:
     """Move a job to `to` only if its status is one of `expected`; False if it was not.
@@ -311,7 +312,7 @@ def transition(
     job twice nor move it backwards.
     """
     moved = transition_job(
-        session, job_id, expected, to, event_data, where, notify_webhook, **values
+        session, job_id, expected, to, event_data, where, notify_webhook, flush_event, **values
     )
     return moved is not None
 
@@ -324,24 +325,29 @@ def transition_job(
     event_data: dict[str, Any] | None = None,
     where: Iterable[ColumnElement[bool]] = (),
     notify_webhook: bool = True,
+    flush_event: bool = True,
     **values: Any,
 ) -> Job | None:
-    """`transition`, answering the job as the UPDATE left it (RETURNING: no second read)."""
+    """`transition`, answering the job as the UPDATE left it (RETURNING: no second read).
+    `flush_event=False` leaves its event to the session's next flush, with the rows that
+    follow it in the same transaction (one INSERT for all of them)."""
     if to in TERMINAL_STATUSES:
         values.setdefault("finished_at", utcnow())
+    returned: list[Any] = [Job]
+    if to in TERMINAL_STATUSES:
+        # The end's NOTIFY rides on the UPDATE, sent only if it moved the job, and delivered
+        # when this transaction commits: `Prefer: wait` wakes then (app/api/waits.py).
+        returned.append(func.pg_notify(JOB_ENDED_CHANNEL, job_id))
     job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *where)
         .values(status=to.value, **values)
-        .returning(Job)
+        .returning(*returned)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).first()
     if job is None:
         return None
-    add_event(session, job_id, to.value, event_data)
-    if to in TERMINAL_STATUSES:
-        # Delivered when this transaction commits: `Prefer: wait` wakes then (app/api/waits.py).
-        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, job_id)))
+    add_event(session, job_id, to.value, event_data, flush=flush_event)
     event_type = webhooks.EVENT_BY_STATUS.get(to.value)
     if notify_webhook and event_type and webhooks.wants(job.webhook, event_type):
         # The outbox row commits with the transition: no finished job without its callback.

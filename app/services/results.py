@@ -23,7 +23,7 @@ class Assembly:
     """What assembling a job's result files needs, read when its lease was taken."""
 
     tenant_id: str
-    parts: list[tuple[int, int]]  # (shard index, attempt whose parts are whole), input order
+    parts: list[str]  # the stems of the part files that are whole (`parts_stem`), input order
     all_succeeded: bool
 
 
@@ -48,14 +48,15 @@ def claim_assembly(
     job.lease_owner = owner
     job.lease_expires_at = lease_until(lease_seconds)
     shards = session.execute(
-        select(JobShard.index, JobShard.status, JobShard.parts_attempt)
+        select(JobShard.index, JobShard.status, JobShard.parts_attempt, JobShard.parts_stem)
         .where(JobShard.job_id == job_id)
         .order_by(JobShard.index)
     ).all()
     return Assembly(
         tenant_id=job.tenant_id,
-        parts=[(i, a) for i, _, a in shards if a is not None],
-        all_succeeded=all(s == ShardStatus.SUCCEEDED for _, s, _ in shards),
+        # Shards closed before migration 0015 named their parts `<index>-<attempt>`.
+        parts=[stem or f"{i:06d}-{a}" for i, _, a, stem in shards if a is not None],
+        all_succeeded=all(s == ShardStatus.SUCCEEDED for s in (row[1] for row in shards)),
     )
 
 
@@ -184,7 +185,9 @@ def end_with_only_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                **closed_values(shard, status), succeeded=outputs.lines, failed=errors.lines
+                **closed_values(shard, status, owner),
+                succeeded=outputs.lines,
+                failed=errors.lines,
             )
             .execution_options(synchronize_session=False)
         )
@@ -242,5 +245,6 @@ def end_with_only_shard(
             [JobStatus.RUNNING, JobStatus.CANCELLING] if all_succeeded else [JobStatus.CANCELLING],
             JobStatus.SUCCEEDED if all_succeeded else JobStatus.CANCELLED,
             event_data={"succeeded": outputs.lines, "failed": errors.lines},
+            flush_event=False,  # with the shard's events, when the transaction commits
             **values,
         )

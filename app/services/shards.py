@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import skip_commit_wait, utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services import webhooks
 from app.services.jobs import add_event, notify, notify_progress, transition, transition_job
@@ -85,6 +85,7 @@ def claim_for_planning(
         JobStatus.RUNNING,
         event_data={"worker": worker, **({"takeover_of": takeover_of} if takeover_of else {})},
         notify_webhook=False,  # running -> running on a takeover: job.started is sent below
+        flush_event=False,  # written with the plan's rows when the claim plans the job too
         where=[or_(Job.status == JobStatus.QUEUED, (Job.shards_total.is_(None)) & lapsed)],
         started_at=func.coalesce(Job.started_at, now),
         attempts=Job.attempts + 1,  # a planner that dies counts against MAX_ATTEMPTS too
@@ -109,6 +110,7 @@ def create_shards(
     owner: str,
     ranges: list[ShardRange],
     run_here_seconds: float | None = None,
+    durable: bool = False,
 ) -> tuple[PlanOutcome, JobShard | None]:
     """Record the plan and give up the planning lease.
 
@@ -118,7 +120,9 @@ def create_shards(
 
     With `run_here_seconds`, a plan of one shard is "run_here", returned with that shard: it
     is recorded already running under `owner`'s lease for that long (its first attempt), so
-    the planner runs it without a trip through the broker or a claim of its own.
+    the planner runs it without a trip through the broker or a claim of its own. That is a claim,
+    committed without waiting for its WAL (`db.skip_commit_wait`) unless `durable` (the
+    transaction queued a webhook, which must not be sent for a claim a crash could undo).
     """
     total = ranges[-1].end_item if ranges else 0
     status = _execute(
@@ -158,6 +162,8 @@ def create_shards(
         shard.lease_expires_at, shard.attempts = lease_until(run_here_seconds), 1
         shard.succeeded = shard.failed = 0
         add_event(session, job_id, "shard_started", {"shard": 0, "attempt": 1, "owner": owner})
+        if not durable:
+            skip_commit_wait(session)
         return "run_here", shard
     if status == JobStatus.CANCELLING:
         session.flush()
@@ -208,6 +214,7 @@ def claim_shard(
     ).scalar_one_or_none()
     if shard is None:
         return None
+    skip_commit_wait(session)  # a claim: see db.skip_commit_wait
     _execute(
         session,
         update(Job)
@@ -316,15 +323,24 @@ def job_should_stop(session: Session, job_id: str) -> bool:
     return status != JobStatus.RUNNING or (deadline is not None and deadline < utcnow())
 
 
-def closed_values(shard: JobShard, status: ShardStatus) -> dict[str, Any]:
+def parts_stem(index: int, attempt: int, owner: str) -> str:
+    """How a shard attempt's part files are named: its index, its attempt and the random part of
+    its lease's owner. The owner's part tells two claims apart even when they got the same
+    attempt number, as they do when a claim (committed without waiting for its WAL:
+    `db.skip_commit_wait`) was lost in a database crash while its worker went on."""
+    return f"{index:06d}-{attempt}-{owner.rsplit(':', 1)[-1]}"
+
+
+def closed_values(shard: JobShard, status: ShardStatus, owner: str) -> dict[str, Any]:
     """What closing a shard writes besides its counts: it ends, its lease goes, and the attempt
-    whose part files are whole is this one."""
+    whose part files are whole is this one (`owner`'s)."""
     return {
         "status": status,
         "finished_at": utcnow(),
         "lease_owner": None,
         "lease_expires_at": None,
         "parts_attempt": shard.attempts,
+        "parts_stem": parts_stem(shard.index, shard.attempts, owner),
     }
 
 
@@ -347,7 +363,7 @@ def finish_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                **closed_values(shard, status),
+                **closed_values(shard, status, owner),
                 succeeded=JobShard.succeeded + succeeded,
                 failed=JobShard.failed + failed,
             ),

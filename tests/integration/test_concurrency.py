@@ -66,10 +66,10 @@ def _finished_shards_job() -> tuple[str, str]:
                     start_line=1,
                     status=ShardStatus.SUCCEEDED,
                     attempts=1,
-                    parts_attempt=1,
+                    parts_attempt=1,  # no parts_stem: named as before migration 0015
                 )
             )
-            out_uri, err_uri = part_uris(store, tenant.id, job.id, index, 1)
+            out_uri, err_uri = part_uris(store, tenant.id, job.id, f"{index:06d}-1")
             for uri, data in ((out_uri, out), (err_uri, err)):
                 with store.open(uri, "wb") as f:
                     f.write(data)
@@ -123,7 +123,7 @@ def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str
     # winner's files are, their bytes would change.
     from workers.tasks.results import part_uris
 
-    with store.open(part_uris(store, tenant_id, job_id, 0, 1)[0], "wb") as f:
+    with store.open(part_uris(store, tenant_id, job_id, "000000-1")[0], "wb") as f:
         f.write(b'{"custom_id":"late","output":0}\n')
     assert assemble._assemble_claimed(job_id, "late-owner", late) is False
     assert _job_row(job_id) == won  # the loser changed nothing of the job
@@ -328,3 +328,157 @@ def test_the_broker_scan_reads_in_pages_and_gives_up_past_its_bound(
         assert broker_scan.live_task_keys(url, (queue,), 60) is None
     finally:
         redis.Redis.from_url(services["MODELFARM_REDIS_URL"]).delete(queue)
+
+
+def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
+    """A queued job over an inline input of `shards` items, one item a shard once planned
+    (`shards` > 1: planned already, its shards queued)."""
+    from app.db import session_scope
+    from app.models import File, FilePurpose, Job, JobShard, JobStatus
+    from app.services.tenants import get_or_create_tenant
+
+    with session_scope() as session:
+        tenant = get_or_create_tenant(session, "claims")
+        source = File(
+            tenant_id=tenant.id,
+            purpose=FilePurpose.BATCH,
+            filename="in.jsonl",
+            uri="file:///nowhere",
+            bytes=0,
+            sha256="0" * 64,
+            items=shards,
+        )
+        session.add(source)
+        session.flush()
+        job = Job(
+            tenant_id=tenant.id,
+            type="inference",
+            status=JobStatus.QUEUED if shards == 1 else JobStatus.RUNNING,
+            model="minilm@1",
+            device="cpu",
+            queue="cpu",
+            input_file_id=source.id,
+            params={},
+            usage={},
+            webhook=webhook,
+            shards_total=None if shards == 1 else shards,
+            counts_total=shards,
+        )
+        session.add(job)
+        session.flush()
+        if shards > 1:
+            for index in range(shards):
+                session.add(
+                    JobShard(
+                        job_id=job.id,
+                        index=index,
+                        start_item=index,
+                        end_item=index + 1,
+                        start_offset=0,
+                        start_line=index + 1,
+                    )
+                )
+        return job.id
+
+
+def _commit_waits(session: Any) -> bool:
+    from sqlalchemy import text
+
+    return session.scalar(text("SHOW synchronous_commit")) != "off"
+
+
+def test_a_claim_commits_without_waiting_for_its_wal_unless_it_queued_a_webhook(
+    services: dict[str, str],
+) -> None:
+    """A claim undone by a crash is redone (see db.skip_commit_wait), so it does not wait for
+    the disk; a claim that queued `job.started` does, since that webhook may go out at once."""
+    from app.db import session_scope
+    from app.services import planning
+
+    def claim_in_its_claim(job_id: str) -> bool:
+        with session_scope() as session:
+            claimed = planning.claim_job(
+                session, job_id, "host:1:aaaa", "w", 60, 3, lambda _: False, lambda _: 100
+            )
+            assert claimed is not None and claimed.shard is not None  # planned in the claim
+            return _commit_waits(session)
+
+    assert claim_in_its_claim(_queued_job(1)) is False
+    webhook = {"url": "https://example.com/hook", "events": ["job.started"]}
+    assert claim_in_its_claim(_queued_job(1, webhook)) is True
+
+    job_id = _queued_job(2)
+    with session_scope() as session:
+        shard = planning.claim_shard(session, job_id, 1, "host:1:bbbb", 60, 3, lambda _: False)
+        assert shard is not None and _commit_waits(session) is False
+    with session_scope() as session:  # anything else still waits, as before
+        assert _commit_waits(session) is True
+
+
+def test_a_claim_made_twice_with_one_attempt_number_keeps_its_part_files_apart(
+    services: dict[str, str],
+) -> None:
+    """A claim that a database crash undid leaves its worker running; the shard is claimed
+    again with the same attempt number. Their part files differ by owner, and the job's result
+    is the parts of the attempt that closed the shard, whatever the other writes after."""
+    from app.db import session_scope
+    from app.models import File, Job, JobShard, ShardStatus
+    from app.services import planning
+    from app.services import shards as shard_service
+    from app.storage import get_store
+    from workers.tasks import assemble
+    from workers.tasks.results import ResultWriter, part_uris
+
+    job_id = _queued_job(2)
+    store = get_store()
+
+    def claim(index: int, owner: str) -> JobShard:
+        with session_scope() as session:
+            shard = planning.claim_shard(session, job_id, index, owner, 60, 3, lambda _: False)
+            assert shard is not None
+            session.expunge(shard)
+            return shard
+
+    def write(shard: JobShard, owner: str, line: bytes) -> tuple[str, str]:
+        stem = shard_service.parts_stem(shard.index, shard.attempts, owner)
+        with session_scope() as session:
+            tenant_id = session.get_one(Job, job_id).tenant_id
+        out_uri, err_uri = part_uris(store, tenant_id, job_id, stem)
+        with ResultWriter(store, out_uri) as out, ResultWriter(store, err_uri):
+            out.write([line])
+        return out_uri, err_uri
+
+    def finish(shard: JobShard, owner: str) -> bool:
+        with session_scope() as session:
+            return shard_service.finish_shard(
+                session, shard, owner, ShardStatus.SUCCEEDED, {"cpu_seconds": 0.0}, 1, 0
+            )
+
+    first = claim(0, "host:1:aaaa")
+    with session_scope() as session:  # the crash undoes the first claim
+        session.execute(
+            update(JobShard)
+            .where(JobShard.job_id == job_id, JobShard.index == 0)
+            .values(status=ShardStatus.QUEUED, attempts=0, lease_owner=None, lease_expires_at=None)
+        )
+    second = claim(0, "host:2:bbbb")
+    assert first.attempts == second.attempts == 1
+    won = write(second, "host:2:bbbb", b'{"custom_id":"a","output":"second"}\n')
+    assert finish(second, "host:2:bbbb") is False  # shard 1 is still to run
+    # The first worker goes on: its files are its own, and its close is refused.
+    lost = write(first, "host:1:aaaa", b'{"custom_id":"a","output":"first"}\n')
+    assert lost != won
+    assert finish(first, "host:1:aaaa") is False
+    other = claim(1, "host:2:bbbb")
+    write(other, "host:2:bbbb", b'{"custom_id":"b","output":"other"}\n')
+    assert finish(other, "host:2:bbbb") is True
+
+    assemble.assemble_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == "succeeded"
+        output_uri = session.get_one(File, job.output_file_id).uri
+    with store.open(output_uri, "rb") as f:
+        assert f.read() == (
+            b'{"custom_id":"a","output":"second"}\n{"custom_id":"b","output":"other"}\n'
+        )

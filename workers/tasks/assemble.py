@@ -39,13 +39,13 @@ def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
     renewed_at = time.monotonic()
     held = True
     with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
-        for index, attempt in claimed.parts:
+        for stem in claimed.parts:
             if time.monotonic() - renewed_at > settings.lease_seconds:
                 held = db_retry(_renew, job_id, owner, settings.lease_seconds * ASSEMBLY_LEASES)
                 renewed_at = time.monotonic()
                 if not held:
                     break
-            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, index, attempt)
+            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, stem)
             append_part(store, part_out, outputs)
             append_part(store, part_err, errors)
     if held and db_retry(_complete, job_id, owner, claimed, outputs, errors):

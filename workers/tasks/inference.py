@@ -66,7 +66,7 @@ def plan_job(job_id: str, worker: str) -> None:
             )
             if claimed is None or claimed.shard is None:
                 return None if claimed is None else (claimed, None)
-            return claimed, _shard_plan(session, claimed.shard)
+            return claimed, _shard_plan(session, claimed.shard, claimed.input_uri)
 
     claimed = db_retry(claim)
     if claimed is None:
@@ -281,7 +281,8 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
         if plan.shards_total > 1:  # its shards in flight are closed: the window has room
             release_shards(plan.queue)
         return
-    out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, index, plan.shard.attempts)
+    stem = shard_service.parts_stem(index, plan.shard.attempts, owner)
+    out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, stem)
     try:
         with (
             ShardWatch(plan.shard.id, job_id, owner, settings.lease_seconds) as watch,
@@ -372,11 +373,13 @@ def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
         return None if shard is None else _shard_plan(session, shard)
 
 
-def _shard_plan(session: Session, shard: JobShard) -> ShardPlan:
-    """What running a claimed shard needs to know of its job, read in the claim's transaction."""
+def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None) -> ShardPlan:
+    """What running a claimed shard needs to know of its job, read in the claim's transaction
+    (`input_uri`: already known to the claim)."""
     settings = get_settings()
     job = session.get_one(Job, shard.job_id)
-    input_uri = session.get_one(File, job.input_file_id).uri
+    if input_uri is None:
+        input_uri = session.get_one(File, job.input_file_id).uri
     worker = state.current()
     if job.model_version_id is None:
         spec: ModelSpec | VersionRef = worker.builtin((job.model or "").partition("@")[0])

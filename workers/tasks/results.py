@@ -47,11 +47,9 @@ class ResultWriter:
         return ResultFile(self.uri, self.size, self.sha256, self.lines)
 
 
-def part_uris(
-    store: ArtifactStore, tenant_id: str, job_id: str, index: int, attempt: int
-) -> tuple[str, str]:
-    """A shard attempt's own part files: a late attempt can never overwrite the winner's."""
-    stem = f"{index:06d}-{attempt}"
+def part_uris(store: ArtifactStore, tenant_id: str, job_id: str, stem: str) -> tuple[str, str]:
+    """A shard attempt's own part files (`stem`: `shards.parts_stem`): a late attempt can never
+    overwrite the winner's."""
     base = ("tenants", tenant_id, "jobs", job_id, "parts")
     return store.uri(*base, f"{stem}.out.jsonl"), store.uri(*base, f"{stem}.err.jsonl")
 
