@@ -100,6 +100,18 @@ class Host:
     def pids(self) -> list[int]:
         return [int(p) for p in _ip("netns", "pids", self.netns).split()]
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) its live processes have used so far, by program name."""
+        used: dict[str, float] = {}
+        for pid in self.pids():
+            try:
+                proc = psutil.Process(pid)
+                name, times = proc.name(), proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            used[name] = used.get(name, 0.0) + times.user + times.system
+        return used
+
     def kill(self, timeout: float = 20) -> None:
         """SIGKILL every process on this host, as a machine that loses its power."""
         deadline = time.monotonic() + timeout
