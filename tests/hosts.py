@@ -112,15 +112,19 @@ class Host:
             used[name] = used.get(name, 0.0) + times.user + times.system
         return used
 
+    def signal(self, sig: signal.Signals) -> None:
+        """`sig` to every process on this host (SIGSTOP: the host freezes, SIGCONT: it thaws)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill(self, timeout: float = 20) -> None:
         """SIGKILL every process on this host, as a machine that loses its power."""
         deadline = time.monotonic() + timeout
         while pids := self.pids():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self.signal(signal.SIGKILL)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"processes on {self.name} outlived SIGKILL: {pids}")
             time.sleep(0.05)

@@ -8,6 +8,7 @@ through the API from a fifth host.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -78,17 +79,22 @@ def test_shards_spread_over_two_hosts_and_one_host_dies_mid_job(farm: HostFarm) 
         job_id = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})["id"]
         events = f"/v1/jobs/{job_id}/events"
 
-        def worker2_is_mid_shard() -> bool:
-            # Both hosts finished a shard, and worker2 holds the lease of one it has not.
+        def frozen_mid_shard() -> tuple[dict[int, str], dict[int, str]] | None:
+            """Once both hosts finished a shard, freeze worker2 (SIGSTOP: it writes nothing
+            more); kept frozen only if it holds the lease of a shard it has not finished."""
+            hosts_done = set(_runs(all_pages(client, events))[1].values())
+            if not {worker1.name, worker2.name} <= hosts_done:
+                return None
+            worker2.signal(signal.SIGSTOP)
+            time.sleep(0.5)  # a commit already sent lands first
             started, finished = _runs(all_pages(client, events))
-            running = {h for s, h in started.items() if s not in finished}
-            return {worker1.name, worker2.name} <= set(
-                finished.values()
-            ) and worker2.name in running
+            if any(h == worker2.name and s not in finished for s, h in started.items()):
+                return started, finished
+            worker2.signal(signal.SIGCONT)  # between two shards: try again
+            return None
 
-        _wait_for(worker2_is_mid_shard, 150, "the shards never ran on both hosts")
-        _, finished_before = _runs(all_pages(client, events))
-        worker2.kill()
+        _, finished_before = _wait_for(frozen_mid_shard, 150, "shards never ran on both hosts")
+        worker2.kill()  # then it loses every process at once
         assert worker2.pids() == []
         killed_at = time.monotonic()
 
@@ -105,7 +111,7 @@ def test_shards_spread_over_two_hosts_and_one_host_dies_mid_job(farm: HostFarm) 
         started, finished = _runs(log)
         shards = ITEMS // SHARD_ITEMS
         assert sorted(finished) == list(range(shards)), log
-        # worker2's finished shards stand; the one it was running was run again by worker1.
+        # What worker2 finished stands; the shard it was running was run again by worker1.
         assert {s: h for s, h in finished.items() if s in finished_before} == finished_before
         assert set(finished.values()) == {worker1.name, worker2.name}
         assert sum(e["type"] == "shard_started" for e in log) > shards, log
