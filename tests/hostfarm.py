@@ -6,7 +6,7 @@
     client    this process, while it is inside `HostFarm.session()`
 
 Artifacts live in a bucket on the services host (ARTIFACT_ROOT=s3://...), so no host reads
-another's disk; each host's DATA_DIR holds only its own cache and logs.
+another's disk; each host's DATA_DIR holds only its own cache (its logs lie beside it).
 """
 
 from __future__ import annotations
