@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # a GPU host installs its CUDA build of the same version first and keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install up test test-unit test-integration lint typecheck bench clean
+.PHONY: install up test test-unit test-integration lint typecheck bench bench-scale clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# One worker host, then two (network namespaces: needs root), each pinned to one core.
+bench-scale: install
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

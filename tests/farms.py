@@ -8,7 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +38,10 @@ def fresh_database(server_url: str, stack: ExitStack, prefix: str = "modelfarm_s
     return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
 
 
-def _cli(args: list[str], env: dict[str, str]) -> str:
+def run_cli(args: list[str], env: dict[str, str], prefix: Sequence[str] = ()) -> str:
+    """A one-shot `modelfarm` command's output (`prefix` runs it elsewhere, as FarmProcess)."""
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [*prefix, sys.executable, "-m", "app.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -73,8 +74,8 @@ def side_farm(
         env = {**base_env, **overrides}
         env["MODELFARM_DATABASE_URL"] = fresh_database(base_env["MODELFARM_DATABASE_URL"], stack)
         full = {**os.environ, **env}
-        _cli(["migrate"], full)
-        key = _cli(["keys", "create", "--tenant", "side"], full).splitlines()[-1]
+        run_cli(["migrate"], full)
+        key = run_cli(["keys", "create", "--tenant", "side"], full).splitlines()[-1]
         logs.mkdir(parents=True, exist_ok=True)
         worker = FarmProcess.start(["worker", "--pool", "cpu"], env, logs / "worker.log")
         stack.callback(worker.stop)

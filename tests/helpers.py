@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,13 @@ class FarmProcess:
     log: Path
 
     @classmethod
-    def start(cls, args: list[str], env: dict[str, str], log: Path) -> FarmProcess:
+    def start(
+        cls, args: list[str], env: dict[str, str], log: Path, prefix: Sequence[str] = ()
+    ) -> FarmProcess:
+        """`prefix` runs the command elsewhere: on another host (tests/hosts.py), pinned."""
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", *args],
+                [*prefix, sys.executable, "-m", "app.cli", *args],
                 env={**os.environ, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.farms import side_farm
-from tests.helpers import FarmProcess, all_pages, run_job, submit, wait_done
+from tests.helpers import FarmProcess, all_pages, read_lines, run_job, submit, wait_done
 from tests.receiver import Reply, receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -150,3 +150,29 @@ def test_jobs_run_on_rabbitmq_and_a_lost_message_is_published_again(
             events = [e["type"] for e in all_pages(client, f"/v1/jobs/{lost['id']}/events")]
             assert "redispatched" in events, events
             assert events.count("running") == 1, events  # the copies ran it once
+
+
+def test_the_gpu_pool_runs_on_rabbitmq(
+    services: dict[str, str], rabbitmq_vhost: str, tmp_path: Path
+) -> None:
+    """Every pool takes its work from RabbitMQ: the GPU pool's own code path (one process per
+    GPU under its supervisor), run on the CPU by the device override, on a two-shard job."""
+    broker = f"amqp://guest:guest@{HOST}:{PORT}/{rabbitmq_vhost}"
+    with side_farm(services, {"MODELFARM_BROKER_URL": broker}, tmp_path / "logs") as farm:
+        gpu_env = {**farm.env, "MODELFARM_DEVICE_OVERRIDE": "cpu", "MODELFARM_GPU_COUNT": "1"}
+        gpu = FarmProcess.start(["worker", "--pool", "gpu"], gpu_env, tmp_path / "logs" / "gpu.log")
+        with farm.client() as client, _stopping(gpu):
+            gpu.wait_for_log("pool=gpu device=cpu")
+            assert "Connected to amqp://" in gpu.output()
+            rows = [{"custom_id": i, "input": f"sentence {i}"} for i in range(250)]
+            job = run_job(client, "minilm", rows, device="gpu")  # SHARD_ITEMS=200: two shards
+            assert job["status"] == "succeeded" and job["queue"] == "gpu", job
+            events = all_pages(client, f"/v1/jobs/{job['id']}/events")
+            (planned,) = [e["data"] for e in events if e["type"] == "planned"]
+            assert planned["shards"] == 2, events
+            running = next(e["data"] for e in events if e["type"] == "running")
+            assert running["worker"].startswith("gpu0@"), running
+            dispatched = [e["data"]["queue"] for e in events if e["type"] == "shard_dispatched"]
+            assert dispatched == ["gpu", "gpu"], events
+            out = read_lines(client, job["output_file_id"])
+            assert [r["custom_id"] for r in out] == list(range(250))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,17 @@ def test_threads_share_the_cores() -> None:
     assert Settings(worker_concurrency=2).torch_threads(cores=8) == 4
     assert Settings(worker_concurrency=4).torch_threads(cores=2) == 1
     assert Settings(worker_threads=3).torch_threads(cores=2) == 3
+
+
+def test_a_pinned_worker_counts_only_its_own_cores() -> None:
+    """taskset (or a cpuset) gives the process fewer cores than the machine has."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        assert Settings(worker_concurrency=1).torch_threads() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert Settings(worker_concurrency=1).torch_threads() == len(allowed)
 
 
 def test_sqlalchemy_url_picks_psycopg() -> None:
