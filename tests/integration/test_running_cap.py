@@ -235,3 +235,30 @@ def test_the_sweeper_sends_a_held_job_whose_releaser_died(
     assert done["republished"] >= 1
     view = wait_done(client, job["id"], 60)
     assert view["status"] == "succeeded" and view["counts"]["succeeded"] == 3
+
+
+def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) -> None:
+    _, client = capped
+    big = upload(client, _rows(1200, "big"))
+    first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
+    rows = [{"input": [float(i), float(i % 3)], "label": "ab"[i % 2]} for i in range(40)]
+    training_file = upload(client, jsonl(rows), purpose="training")
+    training = submit(
+        client,
+        {
+            "type": "training",
+            "framework": "sklearn",
+            "input": {"file_id": training_file["id"]},
+            "params": {"estimator": "logistic_regression"},
+            "output_model": f"capped-{secrets.token_hex(3)}",
+        },
+    )
+    deadline = time.monotonic() + 60
+    while "held" not in [e["type"] for e in _events(client, training["id"])]:
+        assert time.monotonic() < deadline, "the training job was not held"
+        time.sleep(0.05)
+    assert client.get(f"/v1/jobs/{training['id']}").json()["status"] == "queued"
+    trained = wait_done(client, training["id"], 240)
+    assert trained["status"] == "succeeded", trained
+    ran = wait_done(client, first["id"], 240)
+    assert ran["status"] == "succeeded" and trained["started_at"] >= ran["finished_at"]
