@@ -262,3 +262,21 @@ def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) 
     assert trained["status"] == "succeeded", trained
     ran = wait_done(client, first["id"], 240)
     assert ran["status"] == "succeeded" and trained["started_at"] >= ran["finished_at"]
+
+
+def test_cancelling_the_running_job_starts_the_held_one(capped: tuple[str, httpx.Client]) -> None:
+    _, client = capped
+    big = upload(client, _rows(3000, "big"))
+    first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
+    held = submit(client, _inline(2, "next"))
+    also_held = submit(client, _inline(2, "later"))
+    deadline = time.monotonic() + 60
+    while "held" not in [e["type"] for e in _events(client, also_held["id"])]:
+        assert time.monotonic() < deadline, "the third job was not held"
+        time.sleep(0.05)
+    # A held job cancelled: it ends at once (in the API), and frees nothing.
+    assert client.post(f"/v1/jobs/{also_held['id']}/cancel").json()["status"] == "cancelled"
+    assert client.get(f"/v1/jobs/{held['id']}").json()["status"] == "queued"
+    client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert wait_done(client, first["id"], 120)["status"] == "cancelled"
+    _all_once(client, wait_done(client, held["id"], 60), ["next-0", "next-1"])
