@@ -137,17 +137,18 @@ FAMILIES = (
     "modelfarm_webhook_failures_total",
     "modelfarm_jobs_waiting",
     "modelfarm_shards_in_flight",
+    "modelfarm_jobs_held",
 )
 
 
 
 class SchedulerCollector(Collector):
     """What the scheduler holds back and lets through, read from PostgreSQL at scrape time:
-    two grouped counts over jobs and their unfinished shards (indexed by status)."""
+    grouped counts over jobs and their unfinished shards (indexed by status)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from app.db import session_scope
-        from app.services import scheduler
+        from app.services import admission, scheduler
 
         waiting = GaugeMetricFamily(
             "modelfarm_jobs_waiting",
@@ -159,16 +160,24 @@ class SchedulerCollector(Collector):
             "Shards released to the broker and not finished, per pool (at most its window)",
             labels=["queue"],
         )
+        held = GaugeMetricFamily(
+            "modelfarm_jobs_held",
+            "Queued jobs held back by their tenant's max_running_jobs (counted in jobs_waiting)",
+            labels=["tenant", "queue"],
+        )
         try:
             with session_scope() as session:
                 for tenant, queue, jobs in scheduler.waiting_jobs(session):
                     waiting.add_metric([tenant, queue], jobs)
                 for queue, shards in scheduler.shards_in_flight(session):
                     flight.add_metric([queue], shards)
+                for tenant, queue, jobs in admission.held_jobs(session):
+                    held.add_metric([tenant, queue], jobs)
         except Exception:  # /metrics must answer even when the database does not
             return
         yield waiting
         yield flight
+        yield held
 
 
 registry.register(FarmCollector())

@@ -7,7 +7,9 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
    once a shard used up MAX_ATTEMPTS;
 3. re-publishes queued jobs and released shards that the broker no longer holds (never
    published, flushed, or taken by a consumer that died), and jobs whose planner died; then
-   releases shards into any pool's window that has room (app/services/scheduler.py);
+   sends the held jobs that their tenant's max_running_jobs lets start now (a releaser that
+   died, app/services/admission.py), and releases shards into any pool's window that has
+   room (app/services/scheduler.py);
 4. assembles jobs whose shards are all closed but that nobody is assembling;
 5. takes back webhook deliveries whose worker died mid-attempt, and sends deliveries that are
    due but have no message (lost, or a retry too far off to leave with the broker);
@@ -41,7 +43,7 @@ from app.dispatch import (
     stale_after_seconds,
 )
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
-from app.services import control, scheduler, validation, webhooks, workers
+from app.services import admission, control, scheduler, validation, webhooks, workers
 from app.services.files import expire_uploads, remove_folder, remove_object
 from app.services.jobs import NO_GPU_WORKER, add_event, expire_results, transition
 from app.services.shards import (
@@ -90,6 +92,9 @@ def sweep_once() -> dict[str, int]:
         sends += _lost_messages(session, live, stale)
         sends += _dead_planners(session, settings.max_attempts, live, recent)
         sends += _unassembled(session)
+    with session_scope() as session:  # held jobs that may start: a releaser died, or was late
+        holding = admission.holding_tenants(session, BATCH)
+    done["republished"] += admission.release_and_publish(holding)
     for queue in SHARD_QUEUES:  # the safety net: a window left unfilled is filled here
         with session_scope() as session:
             window = scheduler.window_size(
@@ -261,7 +266,8 @@ def _lost_messages(
     sends: list[tuple[str, list[Any], str]] = []
     jobs = session.execute(
         select(Job.id, Job.queue, Job.dispatched_at)
-        .where(Job.status == JobStatus.QUEUED, Job.created_at < grace)
+        # A held job has no message on purpose: `admission.release` sends it (step 3).
+        .where(Job.status == JobStatus.QUEUED, Job.created_at < grace, Job.held_at.is_(None))
         .limit(BATCH)
     ).all()
     for job_id, queue, dispatched in jobs:

@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from tests.farms import fresh_database
 from tests.helpers import FarmProcess, api_process
@@ -132,6 +133,20 @@ def gpu_worker(
     env = {**services, "MODELFARM_DEVICE_OVERRIDE": "cpu", "MODELFARM_GPU_COUNT": "1"}
     with _farm_process(["worker", "--pool", "gpu"], env, tmp_path_factory, "ready.") as p:
         yield p
+
+
+@pytest.fixture
+def session(services: dict[str, str]) -> Iterator[Session]:
+    """A session on the test database whose work is rolled back at the end: rows a test writes
+    (on a queue of its own, say) are never seen by another test."""
+    from app.db import get_sessionmaker
+
+    session = get_sessionmaker()()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
 
 
 @pytest.fixture

@@ -76,11 +76,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is not valid"
 
 
+def count_rejection(exc: ServiceError) -> None:
+    """A refusal by a tenant's rate limit or quota counts in /metrics, on either surface."""
+    if exc.code in REJECTION_REASONS:
+        REJECTED_REQUESTS.labels(exc.code).inc()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        if exc.code in REJECTION_REASONS:
-            REJECTED_REQUESTS.labels(exc.code).inc()
+        count_rejection(exc)
         return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)

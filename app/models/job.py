@@ -104,6 +104,9 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # Why a queued job is not starting (no GPU worker); cleared when a worker takes it.
     notice: Mapped[str | None] = mapped_column(String(500))
+    # Held back by its tenant's max_running_jobs: its plan message was taken and not sent
+    # again; it is, when one of the tenant's running jobs ends (app/services/admission.py).
+    held_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the last `job.progress` webhook was queued: at most one a second per job.
     progress_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -23,7 +23,7 @@ from app.services import webhooks, workers
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
-from app.services.tenants import check_job_quota
+from app.services.tenants import check_job_quota, tenant_cap
 from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
 
@@ -331,23 +331,31 @@ def transition_job(
     """`transition`, answering the job as the UPDATE left it (RETURNING: no second read).
     `flush_event=False` leaves its event to the session's next flush, with the rows that
     follow it in the same transaction (one INSERT for all of them)."""
-    if to in TERMINAL_STATUSES:
-        values.setdefault("finished_at", utcnow())
+    ends = to in TERMINAL_STATUSES
     returned: list[Any] = [Job]
-    if to in TERMINAL_STATUSES:
+    if ends:
+        values.setdefault("finished_at", utcnow())
+        # An ending job answers its tenant's running cap too: one of that tenant's held jobs
+        # may start once this commits (app/services/admission.py). Nothing to do without a cap.
+        returned.append(tenant_cap())
         # The end's NOTIFY rides on the UPDATE, sent only if it moved the job, and delivered
         # when this transaction commits: `Prefer: wait` wakes then (app/api/waits.py).
         returned.append(func.pg_notify(JOB_ENDED_CHANNEL, job_id))
-    job = session.scalars(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *where)
         .values(status=to.value, **values)
         .returning(*returned)
         .execution_options(synchronize_session=False, populate_existing=True)
     ).first()
-    if job is None:
+    if row is None:
         return None
+    job = row[0]
     add_event(session, job_id, to.value, event_data, flush=flush_event)
+    if ends and row[1] is not None:
+        from app.services.admission import release_after_commit  # it imports this module
+
+        release_after_commit(session, job.tenant_id)
     event_type = webhooks.EVENT_BY_STATUS.get(to.value)
     if notify_webhook and event_type and webhooks.wants(job.webhook, event_type):
         # The outbox row commits with the transition: no finished job without its callback.

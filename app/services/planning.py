@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
-from app.services import control, webhooks
+from app.services import admission, control, webhooks
 from app.services import shards as shard_service
 
 
@@ -49,6 +49,14 @@ def claim_job(
     not once the lease lapses). `shard_items(cheap)` is the shard size for the job's items.
     """
     job = shard_service.claim_for_planning(session, job_id, owner, worker, lease_seconds)
+    if job is None:  # queued of a tenant with a running cap, or running already
+        admitted = admission.admit(session, job_id)
+        if admitted == "held":  # it waits queued until one of its tenant's jobs ends
+            return None
+        if admitted == "start":  # within the cap, under the tenant's lock now
+            job = shard_service.claim_for_planning(
+                session, job_id, owner, worker, lease_seconds, admitted=True
+            )
     if job is None:
         current = session.get(Job, job_id)
         if (

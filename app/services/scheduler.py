@@ -18,7 +18,6 @@ released shard whose message is lost has `dispatched_at`, so the sweeper sends i
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, select, update
 from sqlalchemy.orm import Session
@@ -79,30 +78,7 @@ def count_in_flight(session: Session, queue: str) -> int:
     return session.scalar(statement.where(*in_flight(queue))) or 0
 
 
-def _running_cap(queue: str, cap: Any) -> ColumnElement[bool]:
-    """A tenant under its running-jobs cap, or a job already running shards: a job it started
-    keeps its share, a new one waits (queued shards, unreleased) until one of its jobs ends."""
-    running_jobs = (
-        select(func.count(func.distinct(JobShard.job_id)))
-        .join(Job, Job.id == JobShard.job_id)
-        .where(*in_flight(queue), Job.tenant_id == Tenant.id)
-        .correlate(Tenant)
-        .scalar_subquery()
-    )
-    this_job_runs = (
-        select(JobShard.id)
-        .where(
-            JobShard.job_id == Job.id,
-            JobShard.status.in_(ACTIVE_SHARD),
-            JobShard.dispatched_at.is_not(None),
-        )
-        .correlate(Job)
-        .exists()
-    )
-    return cap.is_(None) | this_job_runs | (running_jobs < cap)
-
-
-def _next_shard(session: Session, queue: str, running_cap: Any) -> tuple[int, str, int] | None:
+def _next_shard(session: Session, queue: str) -> tuple[int, str, int] | None:
     """(shard id, job id, index) of the shard fair share picks next, or None."""
     occupied = (
         select(
@@ -120,12 +96,6 @@ def _next_shard(session: Session, queue: str, running_cap: Any) -> tuple[int, st
         .join(Job, Job.id == JobShard.job_id)
         .where(*waiting(queue))
     )
-    if running_cap is not None:
-        # The per-tenant running cap is this one more condition: pass the tenants' column
-        # (`Tenant.max_running_jobs`), nullable, None meaning no cap.
-        heads = heads.join(Tenant, Tenant.id == Job.tenant_id).where(
-            _running_cap(queue, running_cap)
-        )
     # Each tenant's head: its best job's first waiting shard.
     head = (
         heads.order_by(Job.tenant_id, PRIORITY_RANK, Job.created_at, Job.id, JobShard.index)
@@ -146,20 +116,18 @@ def _next_shard(session: Session, queue: str, running_cap: Any) -> tuple[int, st
     return None if row is None else (row[0], row[1], row[2])
 
 
-def release(
-    session: Session, queue: str, window: int, running_cap: Any = Tenant.max_running_jobs
-) -> list[tuple[str, int]]:
+def release(session: Session, queue: str, window: int) -> list[tuple[str, int]]:
     """Mark the next shards of `queue` released, up to the window; (job id, index) of each,
-    for the caller to publish once this commits. `running_cap`: the tenants' cap of jobs running
-    shards at once (`tenants set --max-running-jobs`). Call it in a transaction of its own: it
-    takes the pool's lock before job rows, and a caller already holding a job row could
-    deadlock."""
+    for the caller to publish once this commits. Every running job may have shards released:
+    a tenant's running-jobs cap is held before, where a job starts (app/services/admission.py).
+    Call it in a transaction of its own: it takes the pool's lock before job rows, and a
+    caller already holding a job row could deadlock."""
     session.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK, func.hashtext(queue))))
     free = window - count_in_flight(session, queue)
     released: list[tuple[str, int]] = []
     misses = 0  # a pick that changed under us (cancelled, failed) is looked for again
     while free > 0 and misses < 8:
-        picked = _next_shard(session, queue, running_cap)
+        picked = _next_shard(session, queue)
         if picked is None:
             break
         shard_id, job_id, index = picked

@@ -17,6 +17,7 @@ from app.db import skip_commit_wait, utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services import webhooks
 from app.services.jobs import add_event, notify, notify_progress, transition, transition_job
+from app.services.tenants import uncapped
 
 ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
@@ -71,13 +72,20 @@ def claim_for_planning(
     worker: str,
     lease_seconds: float,
     takeover_of: str | None = None,
+    admitted: bool = False,
 ) -> Job | None:
     """Start a queued job, or take over one whose planner (or trainer) died before it made
-    shards: its lease ran out, or it is `takeover_of`, an owner known to be dead."""
+    shards: its lease ran out, or it is `takeover_of`, an owner known to be dead.
+
+    A queued job starts here only if its tenant has no running cap, unless `admitted` (the
+    caller checked the cap under the tenant's lock: app/services/admission.py)."""
     now = utcnow()
     lapsed = Job.lease_expires_at < now
     if takeover_of is not None:
         lapsed = or_(lapsed, Job.lease_owner == takeover_of)
+    queued, unplanned = Job.status == JobStatus.QUEUED, Job.shards_total.is_(None)
+    if not admitted:
+        queued = queued & uncapped()
     job = transition_job(
         session,
         job_id,
@@ -86,11 +94,12 @@ def claim_for_planning(
         event_data={"worker": worker, **({"takeover_of": takeover_of} if takeover_of else {})},
         notify_webhook=False,  # running -> running on a takeover: job.started is sent below
         flush_event=False,  # written with the plan's rows when the claim plans the job too
-        where=[or_(Job.status == JobStatus.QUEUED, (Job.shards_total.is_(None)) & lapsed)],
+        where=[or_(queued, (Job.status == JobStatus.RUNNING) & unplanned & lapsed)],
         started_at=func.coalesce(Job.started_at, now),
         attempts=Job.attempts + 1,  # a planner that dies counts against MAX_ATTEMPTS too
         worker=worker,
         notice=None,
+        held_at=None,
         lease_owner=owner,
         lease_expires_at=lease_until(lease_seconds),
     )

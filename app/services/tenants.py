@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -68,6 +68,10 @@ def set_limits(session: Session, tenant: Tenant, limits: dict[str, Any]) -> None
             raise InvalidRequest(f"{name} must be {'above' if name == 'rate_limit' else 'at'} 0")
         setattr(tenant, name, value)
     session.flush()
+    if "max_running_jobs" in limits:  # a higher cap (or none) lets held jobs start now
+        from app.services.admission import release_after_commit  # it imports this module
+
+        release_after_commit(session, tenant.id)
 
 
 def set_disabled(session: Session, tenant: Tenant, disabled: bool) -> None:
@@ -111,6 +115,17 @@ def list_tenants(session: Session) -> list[TenantUse]:
         )
         for tenant in session.scalars(select(Tenant).order_by(Tenant.name))
     ]
+
+
+def tenant_cap() -> Any:
+    """The job's tenant's running-jobs cap, a scalar subquery correlated to the job row."""
+    return select(Tenant.max_running_jobs).where(Tenant.id == Job.tenant_id).scalar_subquery()
+
+
+def uncapped() -> ColumnElement[bool]:
+    """The job's tenant has no running-jobs cap: a claim of it needs no admission
+    (app/services/admission.py), so that tenant pays nothing for the cap of others."""
+    return tenant_cap().is_(None)
 
 
 def check_job_quota(session: Session, tenant: Tenant) -> None:

@@ -188,8 +188,14 @@ def _pool_children(worker: FarmProcess) -> list[psutil.Process]:
     return psutil.Process(worker.proc.pid).children(recursive=True)
 
 
+def _usage_items(client: httpx.Client) -> int:
+    rows = client.get("/v1/usage", params={"group_by": "job_type"}).json()["data"]
+    return sum(row["items"] for row in rows)
+
+
 def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
     with farm.client() as client:
+        used_before = _usage_items(client)
         job_id = _submit(client)
         _wait_for(lambda: _progress(client, job_id) > 0, what="job never started")
         worker = farm.procs["worker"]
@@ -201,6 +207,8 @@ def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
         events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job_id}/events")]
         assert events.count("shard_started") > events.count("shard_succeeded")  # one repeated
         assert job["attempts"] >= 2
+        # /v1/usage counts the repeated shard's items once (issue 12, part 5).
+        assert _usage_items(client) - used_before == ITEMS
 
 
 def test_sigkill_the_whole_worker_and_start_another(farm: ChaosFarm) -> None:

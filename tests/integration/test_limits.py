@@ -114,6 +114,22 @@ def test_over_the_rate_limit_answers_429_with_retry_after(api_url: str) -> None:
     assert float(line.split()[-1]) >= 1
 
 
+def _rejected(api_url: str, reason: str) -> float:
+    metrics = httpx.get(f"{api_url}/metrics").text
+    prefix = f'modelfarm_rejected_requests_total{{reason="{reason}"}}'
+    return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_429s_of_the_openai_surface_count_by_reason_too(api_url: str) -> None:
+    _, key = _tenant(rate_limit=0.5, rate_burst=1)
+    before = _rejected(api_url, "rate_limited")
+    with _client(api_url, key) as client:
+        answers = [client.get("/openai/v1/models") for _ in range(4)]
+    refused = [r for r in answers if r.status_code == 429]
+    assert refused and refused[0].json()["error"]["code"] == "rate_limited"
+    assert _rejected(api_url, "rate_limited") - before == len(refused)
+
+
 def test_the_queued_jobs_quota_names_its_limit(api_url: str) -> None:
     name, key = _tenant(max_queued_jobs=2)
     with _client(api_url, key) as client:

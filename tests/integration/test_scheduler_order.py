@@ -7,26 +7,13 @@ farm's other work never enters the picture, and everything is rolled back at the
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import literal, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def session(services: dict[str, str]) -> Iterator[Session]:
-    from app.db import get_sessionmaker
-
-    session = get_sessionmaker()()
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 def _job(session: Session, tenant_id: str, queue: str, shards: int, age: int, **fields: str) -> str:
@@ -105,48 +92,3 @@ def test_low_priority_waits_for_the_tenants_other_work(session: Session) -> None
     assert scheduler.release(session, queue, window=1) == [(normal, 0)]
     _finish(session, normal, 0)
     assert scheduler.release(session, queue, window=1) == [(low, 0)]
-
-
-def test_the_running_cap_is_one_condition(session: Session) -> None:
-    """With a cap of one running job per tenant (the hook for tenants.max_running_jobs), a
-    tenant's second job waits while its first has shards in flight; other tenants go on."""
-    from app.services import scheduler
-    from app.services.tenants import get_or_create_tenant
-
-    queue = f"q-{secrets.token_hex(4)}"
-    a = get_or_create_tenant(session, f"a-{secrets.token_hex(4)}").id
-    b = get_or_create_tenant(session, f"b-{secrets.token_hex(4)}").id
-    first = _job(session, a, queue, 2, age=0)
-    second = _job(session, a, queue, 2, age=1)
-    other = _job(session, b, queue, 1, age=2)
-    cap = literal(1)
-    released = scheduler.release(session, queue, window=5, running_cap=cap)
-    assert sorted(released) == sorted([(first, 0), (other, 0), (first, 1)])
-    _finish(session, first, 0)
-    assert scheduler.release(session, queue, window=5, running_cap=cap) == []
-    _finish(session, first, 1)  # the first job has nothing in flight: the second may start
-    assert scheduler.release(session, queue, window=5, running_cap=cap) == [
-        (second, 0),
-        (second, 1),
-    ]
-
-
-def test_a_tenants_max_running_jobs_is_the_cap_by_default(session: Session) -> None:
-    """`tenants set NAME --max-running-jobs 1`: the scheduler holds the tenant's second job
-    back while the first has shards in flight; a tenant without the limit is not held."""
-    from app.services import scheduler
-    from app.services.tenants import get_or_create_tenant
-
-    queue = f"q-{secrets.token_hex(4)}"
-    capped = get_or_create_tenant(session, f"c-{secrets.token_hex(4)}")
-    capped.max_running_jobs = 1
-    free = get_or_create_tenant(session, f"f-{secrets.token_hex(4)}").id
-    session.flush()
-    first = _job(session, capped.id, queue, 1, age=0)
-    second = _job(session, capped.id, queue, 1, age=1)
-    free_a = _job(session, free, queue, 1, age=2)
-    free_b = _job(session, free, queue, 1, age=3)
-    released = scheduler.release(session, queue, window=5)
-    assert sorted(released) == sorted([(first, 0), (free_a, 0), (free_b, 0)])
-    _finish(session, first, 0)
-    assert scheduler.release(session, queue, window=5) == [(second, 0)]

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
-from app.api.errors import HTTP_CODES, openai_error
+from app.api.errors import HTTP_CODES, count_rejection, openai_error
 from app.api.guards import GuardedRoute
 from app.services.errors import ServiceError
 
@@ -49,6 +49,7 @@ class OpenAIRoute(GuardedRoute):
             try:
                 return await handler(request)
             except ServiceError as exc:
+                count_rejection(exc)
                 return openai_error(exc.status_code, exc.code, exc.message, None, _headers(exc))
             except RequestValidationError as exc:
                 return _validation(exc)
