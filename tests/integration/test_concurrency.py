@@ -330,6 +330,21 @@ def test_the_broker_scan_reads_in_pages_and_gives_up_past_its_bound(
         redis.Redis.from_url(services["MODELFARM_REDIS_URL"]).delete(queue)
 
 
+@pytest.fixture
+def claims() -> Any:
+    """The jobs of tenant `claims` are removed afterwards: their fake shards, claimed by owners
+    that never run them, would otherwise hold the pool's window for the tests that follow."""
+    yield
+    from sqlalchemy import delete
+
+    from app.db import session_scope
+    from app.models import Job, Tenant
+
+    with session_scope() as session:
+        tenant = select(Tenant.id).where(Tenant.name == "claims").scalar_subquery()
+        session.execute(delete(Job).where(Job.tenant_id == tenant))
+
+
 def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
     """A queued job over an inline input of `shards` items, one item a shard once planned
     (`shards` > 1: planned already, its shards queued)."""
@@ -388,7 +403,7 @@ def _commit_waits(session: Any) -> bool:
 
 
 def test_a_claim_commits_without_waiting_for_its_wal_unless_it_queued_a_webhook(
-    services: dict[str, str],
+    services: dict[str, str], claims: None
 ) -> None:
     """A claim undone by a crash is redone (see db.skip_commit_wait), so it does not wait for
     the disk; a claim that queued `job.started` does, since that webhook may go out at once."""
@@ -416,7 +431,7 @@ def test_a_claim_commits_without_waiting_for_its_wal_unless_it_queued_a_webhook(
 
 
 def test_a_claim_made_twice_with_one_attempt_number_keeps_its_part_files_apart(
-    services: dict[str, str],
+    services: dict[str, str], claims: None
 ) -> None:
     """A claim that a database crash undid leaves its worker running; the shard is claimed
     again with the same attempt number. Their part files differ by owner, and the job's result
