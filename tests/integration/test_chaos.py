@@ -29,6 +29,7 @@ from tests.helpers import (
     all_pages,
     assert_error,
     jsonl,
+    minilm_tokens,
     read_lines,
     submit,
     upload,
@@ -201,6 +202,8 @@ def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
         events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job_id}/events")]
         assert events.count("shard_started") > events.count("shard_succeeded")  # one repeated
         assert job["attempts"] >= 2
+        # The repeated shard's tokens are counted once: the killed attempt recorded none.
+        assert job["usage"]["tokens"] == minilm_tokens([r["input"] for r in _rows()])
 
 
 def test_sigkill_the_whole_worker_and_start_another(farm: ChaosFarm) -> None:
