@@ -161,6 +161,7 @@ class OpenAIModel(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    shutdown_date: str | None = None  # the farm announces none
 
 
 class OpenAIModelList(BaseModel):

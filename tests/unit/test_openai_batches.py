@@ -95,3 +95,23 @@ def test_counts_usage_and_events() -> None:
     assert batch_event(expired, "job.cancelled") is not None
     assert batch_event(expired, "job.cancelled")[0] == "batch.expired"  # type: ignore[index]
     assert batch_event(_job("running"), "job.started") is None
+
+
+def test_every_field_the_clients_types_name_is_served() -> None:
+    """The objects' fields are those of the pinned `openai` package's types, none missing."""
+    from openai.types import Batch, FileDeleted, FileObject, Model
+    from openai.types.batch_request_counts import BatchRequestCounts
+    from openai.types.batch_usage import BatchUsage
+
+    from app.schemas import openai as oa
+
+    pairs = [
+        (Batch, oa.OpenAIBatch),
+        (BatchRequestCounts, oa.RequestCounts),
+        (BatchUsage, oa.BatchUsage),
+        (FileObject, oa.OpenAIFile),
+        (FileDeleted, oa.OpenAIFileDeleted),
+        (Model, oa.OpenAIModel),
+    ]
+    for theirs, ours in pairs:
+        assert set(theirs.model_fields) <= set(ours.model_fields), theirs.__name__
