@@ -13,6 +13,11 @@ from sqlalchemy import func, select, update
 
 pytestmark = pytest.mark.integration
 
+#: The queue of the jobs these tests make by hand. No pool serves it, so the session's real
+#: worker and the cpu pool's scheduler never see them: a shard of theirs released to a real
+#: worker, or counted in the cpu window, would hold up the real jobs of later tests.
+NO_POOL = "no-pool"
+
 PARTS = [
     (b'{"custom_id":"a","output":1}\n{"custom_id":"b","output":2}\n', b""),
     (b'{"custom_id":"c","output":3}\n', b'{"custom_id":"d","error":{"code":"x"},"line":4}\n'),
@@ -46,7 +51,7 @@ def _finished_shards_job() -> tuple[str, str]:
             status=JobStatus.RUNNING,
             model="minilm@1",
             device="cpu",
-            queue="cpu",
+            queue=NO_POOL,
             input_file_id=source.id,
             params={},
             usage={},
@@ -394,7 +399,7 @@ def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
             status=JobStatus.QUEUED if shards == 1 else JobStatus.RUNNING,
             model="minilm@1",
             device="cpu",
-            queue="cpu",
+            queue=NO_POOL,
             input_file_id=source.id,
             params={},
             usage={},
