@@ -111,7 +111,7 @@ def usage(
     ] = "day",
     as_json: JsonFlag = False,
 ) -> None:
-    """Jobs, items, failed items and seconds used, summed by day, model or job type (as
+    """Jobs, items, failed items, tokens and seconds used, summed by day, model or job type (as
     GET /v1/usage answers; without --tenant, each tenant's rows)."""
     from app.services import tenants
     from app.services import usage as usage_service

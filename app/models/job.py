@@ -91,6 +91,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its results began to be put together (a batch's `finalizing_at`): the first claim of
+    # its assembly, or the start of the finish of a job of one shard.
+    assembling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     # Set once the input is split; NULL while the job is queued or being planned.
     shards_total: Mapped[int | None] = mapped_column(Integer)
@@ -152,6 +155,8 @@ class JobShard(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Tokens its items used (text models), written once, by the attempt that closes the shard.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(120))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the scheduler releases the shard to the broker (app/services/scheduler.py): a

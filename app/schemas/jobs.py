@@ -243,8 +243,10 @@ class JobPublic(BaseModel):
     metadata: dict[str, str] = Field(
         description="Your metadata, as given.", examples=[{"project": "search-index"}]
     )
-    usage: dict[str, float] = Field(
-        description="Compute spent on the job.", examples=[{"cpu_seconds": 12.5, "gpu_seconds": 0}]
+    usage: dict[str, float | int] = Field(
+        description="Compute spent on the job, and `tokens`: what its text model read, as the "
+        "model's tokenizer counts it (recorded as each shard finishes, once however often it ran).",
+        examples=[{"cpu_seconds": 12.5, "gpu_seconds": 0, "tokens": 48210}],
     )
     progress: dict[str, Any] | None = Field(
         default=None,

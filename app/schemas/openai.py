@@ -71,6 +71,9 @@ class BatchCreate(BaseModel):
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     webhook: BatchWebhook | None = None
+    #: the farm's own (`extra_body={"deadline_seconds": 600}`): a deadline shorter than the
+    #: completion window, which OpenAI only accepts as `24h`; past it the batch is `expired`
+    deadline_seconds: float | None = Field(default=None, gt=0, le=24 * 3600)
 
 
 class RequestCounts(BaseModel):
@@ -89,6 +92,24 @@ class BatchErrorItem(BaseModel):
 class BatchErrors(BaseModel):
     object: Literal["list"] = "list"
     data: list[BatchErrorItem]
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(BaseModel):
+    """What the batch's requests read (embeddings and predictions write no tokens)."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
 
 
 class OpenAIBatch(BaseModel):
@@ -112,6 +133,7 @@ class OpenAIBatch(BaseModel):
     cancelling_at: int | None
     cancelled_at: int | None
     request_counts: RequestCounts
+    usage: BatchUsage
     metadata: dict[str, str] | None
 
 
@@ -139,6 +161,7 @@ class OpenAIModel(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    shutdown_date: str | None = None  # the farm announces none
 
 
 class OpenAIModelList(BaseModel):

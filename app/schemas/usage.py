@@ -14,7 +14,10 @@ class UsagePublic(BaseModel):
     jobs: int = Field(description="Jobs in the group.")
     items: int = Field(description="Items that succeeded, each counted once.")
     failed_items: int = Field(description="Items that ended in the error file.")
-    tokens: int = Field(description="Tokens the models read (not recorded yet: 0).")
+    tokens: int = Field(
+        description="Tokens the text models read, as each model's tokenizer counts them "
+        "(special tokens included); 0 for scikit-learn models."
+    )
     cpu_seconds: float = Field(description="CPU time of every attempt.")
     gpu_seconds: float = Field(description="GPU time of every attempt.")
 

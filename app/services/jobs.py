@@ -516,7 +516,7 @@ def job_public(job: Job) -> JobPublic:
         params=job.params,
         webhook=job.webhook,
         metadata=job.meta,
-        usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, **(job.usage or {})},
+        usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, "tokens": 0, **(job.usage or {})},
         progress=job.progress,
         notice=job.notice,
         created_at=job.created_at,

@@ -92,7 +92,7 @@ def list_files(
 # -- batches ----------------------------------------------------------------------------------
 
 
-def _is_batch(job: Job) -> bool:
+def is_batch(job: Job) -> bool:
     return job.params.get("format") == "openai" and "completion_window" in job.params
 
 
@@ -100,9 +100,12 @@ def _status(job: Job) -> oa.BatchStatus:
     if job.status == JobStatus.QUEUED:
         return "validating"
     if job.status == JobStatus.RUNNING:
-        # Every line answered but the job not ended: its results are being put together.
+        # Its results are being put together (or every line is answered and they are about to
+        # be): the job's assembly, which a job of one shard does within its shard's finish.
         done = job.counts_succeeded + job.counts_failed
-        return "finalizing" if job.counts_total and done >= job.counts_total else "in_progress"
+        assembling = job.assembling_at is not None
+        ready = job.counts_total and done >= job.counts_total
+        return "finalizing" if assembling or ready else "in_progress"
     if job.status == JobStatus.SUCCEEDED:
         return "completed"
     if job.status == JobStatus.CANCELLED and (job.error or {}).get("code") == "deadline_exceeded":
@@ -115,6 +118,7 @@ def _status(job: Job) -> oa.BatchStatus:
 def batch_public(job: Job) -> oa.OpenAIBatch:
     status = _status(job)
     ended = unix(job.finished_at)
+    tokens = int((job.usage or {}).get("tokens", 0))  # summed over its shards as they close
     errors = None
     if status == "failed" and job.error:
         item = oa.BatchErrorItem(code=job.error.get("code"), message=job.error.get("message"))
@@ -132,7 +136,7 @@ def batch_public(job: Job) -> oa.OpenAIBatch:
         created_at=int(job.created_at.timestamp()),
         in_progress_at=unix(job.started_at),
         expires_at=unix(job.deadline_at),
-        finalizing_at=None,  # not recorded: assembling is a moment of the last shard's task
+        finalizing_at=unix(job.assembling_at),
         completed_at=ended if status == "completed" else None,
         failed_at=ended if status == "failed" else None,
         expired_at=ended if status == "expired" else None,
@@ -141,13 +145,14 @@ def batch_public(job: Job) -> oa.OpenAIBatch:
         request_counts=oa.RequestCounts(
             total=job.counts_total, completed=job.counts_succeeded, failed=job.counts_failed
         ),
+        usage=oa.BatchUsage(input_tokens=tokens, total_tokens=tokens),
         metadata=job.meta or None,
     )
 
 
 def get_batch(session: Session, tenant: Tenant, batch_id: str) -> Job:
     job = session.scalar(select(Job).where(Job.id == batch_id, Job.tenant_id == tenant.id))
-    if job is None or not _is_batch(job):
+    if job is None or not is_batch(job):
         raise NotFound(f"no batch {batch_id!r}")
     return job
 
@@ -240,7 +245,8 @@ def prepare_batch(
         },
         webhook=_webhook(body.webhook),
         metadata=body.metadata or {},
-        deadline_seconds=COMPLETION_WINDOWS[body.completion_window],
+        # The window, or a shorter deadline of the farm's own (at most the window: checked).
+        deadline_seconds=body.deadline_seconds or COMPLETION_WINDOWS[body.completion_window],
     )
     return job_service.prepare_submission(session, tenant, create, max_inline_items)
 

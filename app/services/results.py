@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -15,7 +16,16 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobShard, JobStatus, ShardStatus
 from app.services.files import register_file
 from app.services.jobs import add_event, transition
-from app.services.shards import active_shards, closed_values, held_by, lease_until
+from app.services.openai import is_batch
+from app.services.shards import (
+    DEADLINE_ERROR,
+    ShardRange,
+    active_shards,
+    added_usage,
+    closed_values,
+    held_by,
+    lease_until,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +33,12 @@ class Assembly:
     """What assembling a job's result files needs, read when its lease was taken."""
 
     tenant_id: str
-    parts: list[str]  # the stems of the part files that are whole (`parts_stem`), input order
+    #: in input order, the stems of the part files that are whole (`parts_stem`), and for an
+    #: expired batch the ranges of the shards that never ran: their lines go to the error file
+    #: as `batch_expired` (the shards that ran wrote their own unrun lines so)
+    parts: list[str | ShardRange]
     all_succeeded: bool
+    input_uri: str | None = None  #: where an expired batch's unrun lines are read
 
 
 def claim_assembly(
@@ -47,17 +61,35 @@ def claim_assembly(
         return None
     job.lease_owner = owner
     job.lease_expires_at = lease_until(lease_seconds)
-    shards = session.execute(
-        select(JobShard.index, JobShard.status, JobShard.parts_attempt, JobShard.parts_stem)
-        .where(JobShard.job_id == job_id)
-        .order_by(JobShard.index)
-    ).all()
+    job.assembling_at = job.assembling_at or utcnow()  # the first claim: a batch `finalizing`
+    shards = list(
+        session.scalars(select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.index))
+    )
+    expired = is_expired_batch(job)
+    parts: list[str | ShardRange] = []
+    for shard in shards:
+        if shard.parts_attempt is not None:
+            # Shards closed before migration 0015 named their parts `<index>-<attempt>`.
+            parts.append(shard.parts_stem or f"{shard.index:06d}-{shard.parts_attempt}")
+        elif expired:
+            parts.append(
+                ShardRange(shard.start_item, shard.end_item, shard.start_offset, shard.start_line)
+            )
+    unrun = any(isinstance(part, ShardRange) for part in parts)
     return Assembly(
         tenant_id=job.tenant_id,
-        # Shards closed before migration 0015 named their parts `<index>-<attempt>`.
-        parts=[stem or f"{i:06d}-{a}" for i, _, a, stem in shards if a is not None],
-        all_succeeded=all(s == ShardStatus.SUCCEEDED for s in (row[1] for row in shards)),
+        parts=parts,
+        all_succeeded=all(s.status == ShardStatus.SUCCEEDED for s in shards),
+        input_uri=session.scalar(select(File.uri).where(File.id == job.input_file_id))
+        if unrun
+        else None,
     )
+
+
+def is_expired_batch(job: Job) -> bool:
+    """A batch (OpenAI's format) stopping or stopped because its deadline passed: its unrun
+    requests get `batch_expired` error lines."""
+    return is_batch(job) and (job.error or {}).get("code") == DEADLINE_ERROR["code"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +192,8 @@ def end_with_only_shard(
     outputs: ResultFile,
     errors: ResultFile,
     events: Sequence[tuple[str, dict[str, Any]]] = (),
+    tokens: int = 0,
+    finish_began: datetime | None = None,
 ) -> bool:
     """Close the one shard of a job and end the job, its part files being its result files.
 
@@ -168,6 +202,7 @@ def end_with_only_shard(
     first, the shard closed only while `owner` holds it, the files registered and the job ended
     by `transition`, and the events flushed once. `events` go before the shard's own. True when
     the job ended (or had ended with these very files: a retried commit that went through).
+    Its assembly is this finish: `assembling_at` is when it began (`finish_began`).
     """
     job_id = shard.job_id
     with session.no_autoflush:
@@ -185,7 +220,7 @@ def end_with_only_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                **closed_values(shard, status, owner),
+                **closed_values(shard, status, owner, tokens),
                 succeeded=outputs.lines,
                 failed=errors.lines,
             )
@@ -195,7 +230,7 @@ def end_with_only_shard(
             return False
         for type_, data in [*events, (f"shard_{status}", {"shard": shard.index})]:
             add_event(session, job_id, type_, data, flush=False)
-        total = {k: round((row.usage or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
+        total = added_usage(row.usage, usage, tokens)  # the job's only shard: its tokens
         all_succeeded = status == ShardStatus.SUCCEEDED
         ending = row.lease_owner is None and (
             row.status == JobStatus.CANCELLING
@@ -236,6 +271,7 @@ def end_with_only_shard(
             "counts_succeeded": outputs.lines,
             "counts_failed": errors.lines,
             "usage": total,
+            "assembling_at": finish_began or utcnow(),
         }
         if all_succeeded:
             values["error"] = None  # every item is done, whatever came after the last chunk

@@ -340,9 +340,11 @@ def parts_stem(index: int, attempt: int, owner: str) -> str:
     return f"{index:06d}-{attempt}-{owner.rsplit(':', 1)[-1]}"
 
 
-def closed_values(shard: JobShard, status: ShardStatus, owner: str) -> dict[str, Any]:
-    """What closing a shard writes besides its counts: it ends, its lease goes, and the attempt
-    whose part files are whole is this one (`owner`'s)."""
+def closed_values(shard: JobShard, status: ShardStatus, owner: str, tokens: int) -> dict[str, Any]:
+    """What closing a shard writes besides its counts: it ends, its lease goes, the attempt
+    whose part files are whole is this one (`owner`'s), and the tokens are this attempt's. Only
+    the attempt holding the lease closes a shard, and a closed shard never runs again, so a
+    shard's tokens are counted once however many attempts it took."""
     return {
         "status": status,
         "finished_at": utcnow(),
@@ -350,7 +352,18 @@ def closed_values(shard: JobShard, status: ShardStatus, owner: str) -> dict[str,
         "lease_expires_at": None,
         "parts_attempt": shard.attempts,
         "parts_stem": parts_stem(shard.index, shard.attempts, owner),
+        "tokens": tokens,
     }
+
+
+def added_usage(
+    previous: dict[str, float] | None, usage: dict[str, float], tokens: int
+) -> dict[str, float]:
+    """A job's usage after a shard's finish: the seconds add every attempt's (a repeated shard
+    did use the machine twice); `tokens` is the job's total, the sum over its closed shards."""
+    total = {k: round((previous or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
+    total["tokens"] = tokens
+    return total
 
 
 def finish_shard(
@@ -361,9 +374,11 @@ def finish_shard(
     usage: dict[str, float],
     succeeded: int = 0,
     failed: int = 0,
+    tokens: int = 0,
 ) -> bool:
-    """Close a shard, adding the counts of its last chunk (not recorded on their own); True
-    when no shard of its job is left to run (time to assemble)."""
+    """Close a shard, adding the counts of its last chunk (not recorded on their own) and
+    writing the tokens of all its items; True when no shard of its job is left to run (time to
+    assemble)."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
     lock_job(session, shard.job_id)
     done = (
@@ -372,7 +387,7 @@ def finish_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner))
             .values(
-                **closed_values(shard, status, owner),
+                **closed_values(shard, status, owner, tokens),
                 succeeded=JobShard.succeeded + succeeded,
                 failed=JobShard.failed + failed,
             ),
@@ -386,7 +401,10 @@ def finish_shard(
             session, update(Job).where(Job.id == shard.job_id).values(**_count_sums(shard.job_id))
         )
     job = session.get_one(Job, shard.job_id, populate_existing=True)
-    job.usage = {k: round((job.usage or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
+    job_tokens = session.scalar(
+        select(func.coalesce(func.sum(JobShard.tokens), 0)).where(JobShard.job_id == shard.job_id)
+    )
+    job.usage = added_usage(job.usage, usage, int(job_tokens or 0))
     add_event(session, shard.job_id, f"shard_{status}", {"shard": shard.index})
     if active_shards(session, shard.job_id) == 0:
         return True

@@ -4,8 +4,9 @@ A job counts on the UTC day it was submitted (`created_at`), with what it has re
 the counts of a running job grow until it ends. Item counts are the job's own, which the farm
 keeps as sums over its shards' final counts (a shard that ran twice is counted once); the
 seconds in `usage` add every attempt, since a repeated shard did use the machine twice.
-Training jobs count as jobs and seconds, not items (their counts are steps). Tokens are not
-recorded by the workers yet, so `tokens` is 0.
+Training jobs count as jobs and seconds, not items (their counts are steps). Tokens are what
+the text models read, counted by the model's tokenizer as the workers tokenize and recorded by
+each shard with its finish (so once, like the item counts); scikit-learn jobs read none.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def usage(
             func.count(),
             func.sum(case((inference, Job.counts_succeeded + Job.counts_failed), else_=0)),
             func.sum(case((inference, Job.counts_failed), else_=0)),
+            func.sum(func.coalesce(Job.usage["tokens"].as_integer(), 0)),
             func.sum(_seconds("cpu_seconds")),
             func.sum(_seconds("gpu_seconds")),
         )
@@ -99,7 +101,7 @@ def usage(
         values = list(row)
         named = {"tenant": values.pop(0) if tenant is None else None}
         named |= {g: values.pop(0) for g in group_by}
-        jobs, items, failed, cpu, gpu = values
+        jobs, items, failed, tokens, cpu, gpu = values
         rows.append(
             UsageRow(
                 tenant=named["tenant"],
@@ -109,7 +111,7 @@ def usage(
                 jobs=int(jobs),
                 items=int(items or 0),
                 failed_items=int(failed or 0),
-                tokens=0,
+                tokens=int(tokens or 0),
                 cpu_seconds=round(float(cpu or 0), 3),
                 gpu_seconds=round(float(gpu or 0), 3),
             )

@@ -6,7 +6,7 @@ still writing. Part files are therefore named with the claim's owner too, and th
 recorded here for the assembly. Shards closed before this keep NULL (named `<index>-<attempt>`).
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-01 12:10:00.000000
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

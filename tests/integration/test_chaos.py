@@ -29,6 +29,7 @@ from tests.helpers import (
     all_pages,
     assert_error,
     jsonl,
+    minilm_tokens,
     read_lines,
     submit,
     upload,
@@ -209,6 +210,50 @@ def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
         assert job["attempts"] >= 2
         # /v1/usage counts the repeated shard's items once (issue 12, part 5).
         assert _usage_items(client) - used_before == ITEMS
+        # The repeated shard's tokens are counted once: the killed attempt recorded none.
+        assert job["usage"]["tokens"] == minilm_tokens([r["input"] for r in _rows()])
+
+
+def test_sigkill_a_pool_child_mid_batch(farm: ChaosFarm) -> None:
+    """An OpenAI batch holds the same leases as a native job: a killed pool child's shard is
+    run again, every request is answered once, and its tokens are counted once."""
+    import json
+
+    from openai import OpenAI
+
+    oai = OpenAI(base_url=f"{farm.api_url}/openai/v1", api_key=farm.key, max_retries=0)
+    texts = [row["input"] for row in _rows()]
+    request = {"method": "POST", "url": "/v1/embeddings"}
+    lines = "".join(
+        json.dumps({**request, "custom_id": f"r{i}", "body": {"model": "minilm", "input": t}})
+        + "\n"
+        for i, t in enumerate(texts)
+    )
+    uploaded = oai.files.create(file=("b.jsonl", lines.encode()), purpose="batch")
+    batch = oai.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+
+    def answered() -> int:
+        counts = oai.batches.retrieve(batch.id).request_counts
+        return 0 if counts is None else counts.completed
+
+    _wait_for(lambda: answered() > 0, what="batch never started")
+    for child in _pool_children(farm.procs["worker"]):
+        child.send_signal(signal.SIGKILL)
+    _wait_for(
+        lambda: oai.batches.retrieve(batch.id).status in ("completed", "failed", "cancelled"),
+        timeout=180,
+        what="batch never ended",
+    )
+    done = oai.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.error_file_id is None, done
+    out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(ITEMS)]
+    with farm.client() as client:
+        events = [e["type"] for e in all_pages(client, f"/v1/jobs/{batch.id}/events")]
+    assert events.count("shard_started") > events.count("shard_succeeded")  # one repeated
+    assert done.usage is not None and done.usage.input_tokens == minilm_tokens(texts)
 
 
 def test_sigkill_the_whole_worker_and_start_another(farm: ChaosFarm) -> None:

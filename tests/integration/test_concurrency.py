@@ -13,6 +13,11 @@ from sqlalchemy import func, select, update
 
 pytestmark = pytest.mark.integration
 
+#: The queue of the jobs these tests make by hand. No pool serves it, so the session's real
+#: worker and the cpu pool's scheduler never see them: a shard of theirs released to a real
+#: worker, or counted in the cpu window, would hold up the real jobs of later tests.
+NO_POOL = "no-pool"
+
 PARTS = [
     (b'{"custom_id":"a","output":1}\n{"custom_id":"b","output":2}\n', b""),
     (b'{"custom_id":"c","output":3}\n', b'{"custom_id":"d","error":{"code":"x"},"line":4}\n'),
@@ -46,7 +51,7 @@ def _finished_shards_job() -> tuple[str, str]:
             status=JobStatus.RUNNING,
             model="minilm@1",
             device="cpu",
-            queue="cpu",
+            queue=NO_POOL,
             input_file_id=source.id,
             params={},
             usage={},
@@ -227,6 +232,44 @@ def test_shard_writes_lock_the_job_row_before_the_shard(
     assert not writer.is_alive()
 
 
+def test_a_shard_run_twice_counts_its_tokens_once(services: dict[str, str]) -> None:
+    """Worker A's shard is taken over by B (A was thought dead): A's late finish records
+    nothing, B's records its tokens, and B's finish run again (a commit whose answer was lost)
+    adds nothing. The job's tokens are the sum over its shards, each counted once."""
+    from app.db import session_scope
+    from app.models import Job, JobShard, ShardStatus
+    from app.services import shards
+
+    job_id, shard_id = _running_shard_job()
+    with session_scope() as session:  # the other shard closed already, having read 5 tokens
+        session.execute(
+            update(JobShard).where(JobShard.job_id == job_id, JobShard.index == 1).values(tokens=5)
+        )
+    with session_scope() as session:
+        taken = shards.claim_shard(session, job_id, 0, "worker-b", 60, takeover_of="worker-a")
+        assert taken is not None and taken.attempts == 2
+
+    def finish(owner: str, tokens: int) -> bool:
+        with session_scope() as session:
+            shard = session.get_one(JobShard, shard_id)
+            usage = {"cpu_seconds": 1.0}
+            return shards.finish_shard(
+                session, shard, owner, ShardStatus.SUCCEEDED, usage, 1, 0, tokens=tokens
+            )
+
+    def job_tokens() -> tuple[int, int]:
+        with session_scope() as session:
+            job = session.get_one(Job, job_id)
+            return job.usage.get("tokens", 0), session.get_one(JobShard, shard_id).tokens
+
+    assert finish("worker-a", 1000) is False  # lost its lease: records nothing
+    assert job_tokens() == (0, 0)
+    assert finish("worker-b", 70) is True  # no shard left: the job assembles next
+    assert job_tokens() == (75, 70)
+    assert finish("worker-b", 70) is False
+    assert job_tokens() == (75, 70)
+
+
 def test_overlapping_training_attempts_keep_their_checkpoints_apart(
     services: dict[str, str], tmp_path: Any
 ) -> None:
@@ -371,7 +414,7 @@ def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
             status=JobStatus.QUEUED if shards == 1 else JobStatus.RUNNING,
             model="minilm@1",
             device="cpu",
-            queue="cpu",
+            queue=NO_POOL,
             input_file_id=source.id,
             params={},
             usage={},

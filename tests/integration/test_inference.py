@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tests.helpers import (
     register_ready,
     run_job,
     submit,
+    tar_of,
     upload,
     wait_done,
     wait_model,
@@ -187,16 +186,9 @@ def test_model_registration_errors(client: httpx.Client, other_client: httpx.Cli
     assert listed["m"]["latest_version"] == 0  # none ready: `m` alone runs nothing
 
 
-def _tar_of(directory: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(directory, arcname="model")
-    return buf.getvalue()
-
-
 def test_transformers_text_classifier(client: httpx.Client, tmp_path: Path) -> None:
     model_dir = make_tiny_text_classifier(tmp_path / "tiny", ["neg", "pos"])
-    archive = upload(client, _tar_of(model_dir), purpose="model", name="tiny.tar.gz")
+    archive = upload(client, tar_of(model_dir), purpose="model", name="tiny.tar.gz")
     body = {"name": "sentiment", "framework": "transformers", "task": "text-classification"}
     register_ready(client, {**body, "file_id": archive["id"]})
     listed = client.get("/v1/models/sentiment").json()

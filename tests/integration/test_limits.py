@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import assert_error, jsonl, run_job, upload
+from tests.helpers import assert_error, jsonl, minilm_tokens, run_job, upload
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +247,10 @@ def test_usage_after_a_real_job(api_url: str, client: httpx.Client) -> None:
     assert by_day.status_code == 200, by_day.text
     (row,) = by_day.json()["data"]
     assert row["date"] == today and row["model"] is None and row["job_type"] is None
-    assert (row["jobs"], row["items"], row["failed_items"], row["tokens"]) == (1, 5, 1, 0)
+    # Tokens as minilm's own tokenizer counts the four texts it read (the bad line read none).
+    tokens = minilm_tokens([r["input"] for r in rows])
+    assert job["usage"]["tokens"] == tokens
+    assert (row["jobs"], row["items"], row["failed_items"], row["tokens"]) == (1, 5, 1, tokens)
     assert row["cpu_seconds"] > 0 and row["gpu_seconds"] == 0
 
     by_model = client.get("/v1/usage", params={"group_by": "model,job_type"}).json()["data"]
@@ -274,7 +277,8 @@ def test_usage_after_a_real_job(api_url: str, client: httpx.Client) -> None:
         5,
         1,
     )
+    assert line["tokens"] == tokens
     table = modelfarm("usage", "--tenant", name)
-    assert table.returncode == 0 and today in table.stdout
+    assert table.returncode == 0 and today in table.stdout and str(tokens) in table.stdout
     assert modelfarm("usage", "--group-by", "week").returncode == 2
     assert modelfarm("usage", "--from", "someday").returncode == 2

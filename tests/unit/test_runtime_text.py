@@ -297,3 +297,22 @@ def test_gpu_pool_state_on_the_device_override(
     settings = get_settings()
     assert found["gpu"] == ("cpu", "torch", "mixed", settings.gpu_batch_tokens)
     assert found["cpu"] == ("cpu", "onnx", "fp32", settings.batch_tokens)
+
+
+def test_a_chunk_counts_the_tokens_the_model_read_once(minilm: Any) -> None:
+    """The runner's own tokenizing is what is counted: per text as the tokenizer counts it
+    (special tokens included, truncated at the model's max length), good lines only."""
+    from workers.runtime.items import run_chunk
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM))
+    lines = [
+        (i + 1, json.dumps({"custom_id": i, "input": s}).encode()) for i, s in enumerate(SENTENCES)
+    ]
+    lines.append((len(lines) + 1, b'{"custom_id": "bad", "input": 7}'))
+    result = run_chunk(minilm, lines, RunOptions(batch_tokens=256))
+    expected = [
+        len(ids) for ids in tokenizer(SENTENCES, truncation=True, max_length=256)["input_ids"]
+    ]
+    assert max(expected) == 256  # LONG is cut where the model cuts it
+    assert len(result.outputs) == len(SENTENCES) and len(result.errors) == 1
+    assert result.tokens == sum(expected)

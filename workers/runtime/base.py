@@ -72,6 +72,9 @@ class RunOptions:
     max_line_bytes: int = 1024 * 1024  #: longer input lines are ItemError("line_too_long", ...)
     #: asked before every micro-batch; True makes run() raise Stopped (a cancel, a lost lease)
     should_stop: Callable[[], bool] | None = field(default=None, compare=False)
+    #: told each text's token count (what the model reads, special tokens included) when a
+    #: text runner tokenizes a call's values, so tokens are counted where they are made
+    on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import orjson
@@ -35,6 +35,7 @@ _SKIP = 64 * 1024
 class ChunkResult:
     outputs: list[bytes] = field(default_factory=list)  # JSONL lines, input order
     errors: list[bytes] = field(default_factory=list)
+    tokens: int = 0  #: what the model read for these lines (text models; 0 otherwise)
 
 
 def read_lines(
@@ -209,17 +210,30 @@ def _model_failure(exc: Exception) -> ItemError:
     return ItemError("item_failed", f"the model failed on this input: {type(exc).__name__}")
 
 
-def run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> list[Any]:
-    """Outputs in order. When a batch breaks, its items run one by one, so only an item that
-    breaks the model itself becomes an error (an ItemError stands in for its output)."""
+def run_isolated(
+    runner: Runner, values: list[Any], options: RunOptions
+) -> tuple[list[Any], list[int]]:
+    """Outputs in order, and each value's token count as the runner's tokenizer made it (0 for
+    a model without one). When a batch breaks, its items run one by one, so only an item that
+    breaks the model itself becomes an error (an ItemError stands in for its output, 0 for its
+    tokens); the counts of a call that broke are dropped, so no text counts twice."""
+    if not values:
+        return [], []
+    counted: list[int] = []
     try:
-        return runner.run(values, options)
+        outputs = runner.run(values, replace(options, on_tokens=counted.extend))
+        return outputs, counted if len(counted) == len(values) else [0] * len(values)
     except Stopped:
         raise
     except Exception as exc:
         if len(values) == 1:
-            return [_model_failure(exc)]
-    return [output for value in values for output in run_isolated(runner, [value], options)]
+            return [_model_failure(exc)], [0]
+    outputs, tokens = [], []
+    for value in values:
+        output, count = run_isolated(runner, [value], options)
+        outputs += output
+        tokens += count
+    return outputs, tokens
 
 
 def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
@@ -237,7 +251,7 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             errors.append((number, error_line(exc.custom_id, exc.code, exc.message, number)))
         except ItemError as exc:
             errors.append((number, error_line(None, exc.code, exc.message, number)))
-    results = run_isolated(runner, [item.value for item in good], options) if good else []
+    results, tokens = run_isolated(runner, [item.value for item in good], options)
     for item, output in zip(good, results, strict=True):
         line: bytes | None = None
         if isinstance(output, ItemError):
@@ -251,4 +265,4 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
         if line is not None:
             errors.append((item.number, line))
     errors.sort(key=lambda pair: pair[0])  # the error file keeps input order too
-    return ChunkResult(outputs=outputs, errors=[line for _, line in errors])
+    return ChunkResult(outputs=outputs, errors=[line for _, line in errors], tokens=sum(tokens))

@@ -88,6 +88,28 @@ def error_line(number: int, exc: RequestError) -> bytes:
     )
 
 
+#: OpenAI's words for a request its batch's completion window left unrun
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+def expired_line(number: int, raw: bytes | None) -> bytes:
+    """The error line of a request left unrun when its batch expired: `batch_expired`, with no
+    response, as OpenAI writes it; the custom_id is kept when the line has a usable one."""
+    custom_id = None
+    try:
+        item = parse_line(raw) if raw is not None else None
+        if isinstance(item, dict):
+            check_custom_id(item.get("custom_id"))
+            custom_id = item.get("custom_id")
+    except (ValueError, ItemError):
+        pass
+    line_id, _ = _ids()
+    error = {"code": "batch_expired", "message": EXPIRED_MESSAGE}
+    return dump_line(
+        {"id": line_id, "custom_id": custom_id, "response": None, "error": error, "line": number}
+    )
+
+
 @dataclass(frozen=True)
 class OpenAIRequests:
     """How one batch reads its lines: the endpoint every line must name, and the model."""
@@ -166,8 +188,7 @@ class OpenAIRequests:
             except RequestError as exc:
                 errors.append((number, error_line(number, exc)))
         values = [value for request in good for value in request.values]
-        results = run_isolated(runner, values, options) if values else []
-        tokens = _token_counts(runner, values) if self.endpoint == EMBEDDINGS else []
+        results, tokens = run_isolated(runner, values, options)
         outputs: list[bytes] = []
         start = 0
         for request in good:
@@ -195,7 +216,7 @@ class OpenAIRequests:
                 errors.append((request.number, error_line(request.number, failed)))
             start = end
         errors.sort(key=lambda pair: pair[0])
-        return ChunkResult(outputs=outputs, errors=[line for _, line in errors])
+        return ChunkResult(outputs=outputs, errors=[line for _, line in errors], tokens=sum(tokens))
 
     def _body(self, request: _Request, outputs: list[Any], tokens: list[int]) -> dict[str, Any]:
         for output in outputs:
@@ -234,14 +255,3 @@ def _prepare(runner: Runner, value: Any, options: RunOptions) -> Any:
     except Exception as exc:  # a runner's check that broke: this request's fault
         message = f"the input could not be read: {type(exc).__name__}"
         raise RequestError(400, "invalid_input", message, "input") from None
-
-
-def _token_counts(runner: Runner, texts: list[Any]) -> list[int]:
-    """Tokens per text as the model's own tokenizer counts them (special tokens included,
-    truncated where the model truncates): what the model read."""
-    tokenizer = getattr(runner, "tokenizer", None)
-    if tokenizer is None or not texts:
-        return [0] * len(texts)
-    max_length = getattr(runner, "max_length", None)
-    encoded = tokenizer(texts, truncation=max_length is not None, max_length=max_length)
-    return [len(ids) for ids in encoded["input_ids"]]

@@ -63,6 +63,8 @@ class TextInputs:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         columns = {k: encoded[k] for k in encoded.keys() if k in self._pad_values}
         lengths = [len(ids) for ids in columns["input_ids"]]
+        if options.on_tokens is not None:
+            options.on_tokens(lengths)
         for indices in token_budget_batches(lengths, options.batch_tokens, options.batch_size):
             if options.should_stop is not None and options.should_stop():
                 raise Stopped()

@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from itertools import islice
 
 from app.config import get_settings
 from app.db import session_scope
 from app.services.results import Assembly, claim_assembly, complete_job
-from app.services.shards import renew_job_lease
+from app.services.shards import ShardRange, renew_job_lease
 from app.storage import get_store
 from workers.reliability import db_retry, new_owner
+from workers.runtime.items import iter_chunks, iter_lines
+from workers.runtime.openai_lines import expired_line
 from workers.tasks.results import ResultWriter, append_part, final_uris, part_uris
 
 log = logging.getLogger(__name__)
@@ -39,13 +42,16 @@ def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
     renewed_at = time.monotonic()
     held = True
     with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
-        for stem in claimed.parts:
+        for part in claimed.parts:
             if time.monotonic() - renewed_at > settings.lease_seconds:
                 held = db_retry(_renew, job_id, owner, settings.lease_seconds * ASSEMBLY_LEASES)
                 renewed_at = time.monotonic()
                 if not held:
                     break
-            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, stem)
+            if isinstance(part, ShardRange):  # an expired batch's shard that never ran
+                _write_expired(claimed, part, errors)
+                continue
+            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, part)
             append_part(store, part_out, outputs)
             append_part(store, part_err, errors)
     if held and db_retry(_complete, job_id, owner, claimed, outputs, errors):
@@ -54,6 +60,17 @@ def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
     log.warning("assembly of job %s lost its lease; another attempt finishes it", job_id)
     store.delete(out_uri.rsplit("/", 1)[0], recursive=True)  # this attempt's own folder
     return False
+
+
+def _write_expired(claimed: Assembly, shard: ShardRange, errors: ResultWriter) -> None:
+    """A `batch_expired` error line for each of the shard's lines, read from the input."""
+    assert claimed.input_uri is not None
+    max_bytes = get_settings().max_line_bytes
+    with get_store().open(claimed.input_uri, "rb") as f:
+        f.seek(shard.start_offset)
+        lines = iter_lines(f, first_line=shard.start_line, max_bytes=max_bytes)
+        for chunk in iter_chunks(islice(lines, shard.end_item - shard.start_item), 1000):
+            errors.write([expired_line(number, raw) for number, raw in chunk])
 
 
 def _renew(job_id: str, owner: str, seconds: float) -> bool:

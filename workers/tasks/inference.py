@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from itertools import islice
+from itertools import chain, islice
 from typing import Literal
 
 from sqlalchemy.orm import Session
@@ -33,8 +33,15 @@ from workers import state
 from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
 from workers.runtime.base import without_paths
-from workers.runtime.items import iter_chunks, iter_lines, parse_line, read_lines, run_chunk
-from workers.runtime.openai_lines import OpenAIRequests
+from workers.runtime.items import (
+    Line,
+    iter_chunks,
+    iter_lines,
+    parse_line,
+    read_lines,
+    run_chunk,
+)
+from workers.runtime.openai_lines import OpenAIRequests, expired_line
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -289,7 +296,7 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
             ResultWriter(get_store(), out_uri) as outputs,
             ResultWriter(get_store(), err_uri) as errors,
         ):
-            outcome, last = _run_items(plan, runner, owner, watch, outputs, errors)
+            outcome, last, tokens = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
         _give_back(plan, owner, f"{type(exc).__name__}: {without_paths(str(exc))}")
@@ -298,6 +305,7 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
         log.warning("shard %s/%d lost its lease; another attempt will redo it", job_id, index)
         return
     usage = _usage(state.current().device, cpu_start, wall_start)
+    finish_began = utcnow()
     status = ShardStatus.SUCCEEDED if outcome == "done" else ShardStatus.CANCELLED
 
     # Which backend ran the job, and why not ONNX when it fell back: said once, by shard 0.
@@ -317,11 +325,15 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
                     outputs.result(),
                     errors.result(),
                     events=backend,
+                    tokens=tokens,
+                    finish_began=finish_began,
                 )
                 return False
             for type_, data in backend:
                 add_event(session, job_id, type_, data, flush=False)
-            return shard_service.finish_shard(session, plan.shard, owner, status, usage, *last)
+            return shard_service.finish_shard(
+                session, plan.shard, owner, status, usage, *last, tokens=tokens
+            )
 
     assemble = db_retry(finish)
     if plan.shards_total > 1:  # this shard left the window: the next one goes (before the
@@ -413,13 +425,15 @@ def _run_items(
     watch: ShardWatch,
     outputs: ResultWriter,
     errors: ResultWriter,
-) -> tuple[Literal["done", "stopped", "lost"], tuple[int, int]]:
-    """How the shard ended, and the counts of what it wrote but has not recorded yet."""
+) -> tuple[Literal["done", "stopped", "lost"], tuple[int, int], int]:
+    """How the shard ended, the counts of what it wrote but has not recorded yet, and the
+    tokens of all its items (recorded only with its finish, so once)."""
     settings = get_settings()
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
     options = replace(plan.options, should_stop=watch.should_stop)
     run = run_chunk if plan.requests is None else plan.requests.run_chunk
+    tokens = 0
     with get_store().open(plan.input_uri, "rb") as f:
         f.seek(shard.start_offset)
         lines = islice(
@@ -434,13 +448,16 @@ def _run_items(
             try:
                 result = run(runner, chunk, options)  # type: ignore[arg-type]
             except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
-                return ("lost" if watch.lost else _stopping(shard.job_id)), done
+                if watch.lost:
+                    return "lost", done, tokens
+                return "stopped", _stopped(plan, chunk, chunks, errors, done), tokens
             outputs.write(result.outputs)
             errors.write(result.errors)
             done = (done[0] + len(result.outputs), done[1] + len(result.errors))
+            tokens += result.tokens
             chunk = next(chunks, None)
             if chunk is None:  # what is left goes with the shard's finish
-                return "done", done
+                return "done", done, tokens
             # Counts are recorded about once a PROGRESS_SECONDS, not per chunk: a chunk of
             # scikit-learn items takes milliseconds, a commit about as long. The watch thread
             # renews the lease and sees a cancel meanwhile.
@@ -449,23 +466,42 @@ def _run_items(
             progress = db_retry(_record, shard, owner, *done)
             done, recorded_at = (0, 0), time.monotonic()
             if not progress.held:
-                return "lost", done
+                return "lost", done, tokens
             if progress.past_deadline or progress.job_status != JobStatus.RUNNING:
-                return _stopping(shard.job_id), done
-    return "done", done
+                return "stopped", _stopped(plan, chunk, chunks, errors, done), tokens
+    return "done", done, tokens
 
 
-def _stopping(job_id: str) -> Literal["stopped"]:
-    """A shard stops because its job is stopping; a deadline that passed is recorded first."""
+def _stopped(
+    plan: ShardPlan,
+    chunk: list[Line],
+    chunks: Iterator[list[Line]],
+    errors: ResultWriter,
+    done: tuple[int, int],
+) -> tuple[int, int]:
+    """The shard stops because its job is stopping. When a batch expired (its deadline passed),
+    each request it leaves unrun gets a `batch_expired` error line, as in OpenAI's error files;
+    returns the counts to record with the finish."""
+    if not _stopping(plan.shard.job_id) or plan.requests is None:
+        return done
+    unrun = 0
+    for part in chain([chunk], chunks):
+        errors.write([expired_line(number, raw) for number, raw in part])
+        unrun += len(part)
+    return done[0], done[1] + unrun
 
-    def expire_if_due() -> None:
+
+def _stopping(job_id: str) -> bool:
+    """A deadline that passed is recorded; True when the deadline is why the job stops."""
+
+    def expire_if_due() -> bool:
         with session_scope() as session:
             job = session.get_one(Job, job_id)
             if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
                 shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
+            return (job.error or {}).get("code") == shard_service.DEADLINE_ERROR["code"]
 
-    db_retry(expire_if_due)
-    return "stopped"
+    return bool(db_retry(expire_if_due))
 
 
 def _record(shard: JobShard, owner: str, succeeded: int, failed: int) -> shard_service.Progress:
