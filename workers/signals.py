@@ -12,7 +12,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from app import db
 from app.config import get_settings
 from app.db import session_scope
-from app.services import workers as worker_service
+from app.services import heartbeats
 from workers import state
 from workers.runtime import configure_threads
 
@@ -59,10 +59,10 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
         while True:
             try:
                 with session_scope() as session:
-                    worker_service.beat(session, name, pool, device, processes)
+                    heartbeats.beat(session, name, pool, device, processes)
             except Exception:  # the database may be away: beat again next time
                 log.warning("heartbeat failed", exc_info=True)
-            if _beating.wait(worker_service.HEARTBEAT_SECONDS):
+            if _beating.wait(heartbeats.HEARTBEAT_SECONDS):
                 return
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -73,6 +73,6 @@ def _stop_heartbeat(sender: Any = None, **_: object) -> None:
     _beating.set()
     try:
         with session_scope() as session:
-            worker_service.forget(session, str(getattr(sender, "hostname", None) or "unknown"))
+            heartbeats.forget(session, str(getattr(sender, "hostname", None) or "unknown"))
     except Exception:
         log.warning("could not remove the heartbeat row", exc_info=True)
