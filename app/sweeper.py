@@ -15,6 +15,10 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
    due but have no message (lost, or a retry too far off to leave with the broker);
 6. publishes again the validation of model versions stuck in `validating`: never published,
    message lost, or the attempt's lease ran out (its worker died).
+
+This module loops, schedules and decides what to publish again; it builds no query (the
+layering test holds it to that). What it reads and writes is in app/services (sweeping.py for
+what only the sweeper does), what the broker still holds comes through app/dispatch.py.
 """
 
 from __future__ import annotations
