@@ -25,17 +25,17 @@ def _init_process(**_: object) -> None:
     settings = get_settings()
     db.reset_engine(close=False, pre_ping=False)  # every write here runs under db_retry
     configure_threads(settings.torch_threads())
-    worker = state.current()
+    process = state.current()
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
         try:
-            worker.cache.get(worker.builtin(name))
+            process.cache.get(process.builtin(name))
         except Exception:  # a model that will not load fails its jobs, not the worker
             log.exception("could not preload model %s", name)
-    log.info(
+    log.info(  # the words scripts wait for (bench/scale.py): kept, though it is a pool process
         "worker process ready: pool=%s device=%s backend=%s threads=%d",
-        worker.pool,
-        worker.device,
-        worker.backend,
+        process.pool,
+        process.device,
+        process.backend,
         settings.torch_threads(),
     )
 
