@@ -214,7 +214,7 @@ class Settings(BaseSettings):
         return url
 
     def processes_per_worker(self, pool: str) -> int:
-        """Worker processes a worker of `pool` runs, as this process is configured: what the
+        """Pool processes a worker of `pool` runs, as this process is configured: what the
         scheduler assumes of a worker whose heartbeat does not say (one started before 0009)."""
         if pool == "gpu":
             return self.gpu_count or 1

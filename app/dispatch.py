@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from app import broker_scan
-from app.broker_scan import TaskKey
+from app.broker_scan import TaskKey as TaskKey  # the sweeper names it through here
 from app.config import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from app import db
 from app.config import get_settings
 from app.db import session_scope
-from app.services import workers as worker_service
+from app.services import heartbeats
 from workers import state
 from workers.runtime import configure_threads
 
@@ -25,17 +25,17 @@ def _init_process(**_: object) -> None:
     settings = get_settings()
     db.reset_engine(close=False, pre_ping=False)  # every write here runs under db_retry
     configure_threads(settings.torch_threads())
-    worker = state.current()
+    process = state.current()
     for name in filter(None, (n.strip() for n in settings.preload_models.split(","))):
         try:
-            worker.cache.get(worker.builtin(name))
+            process.cache.get(process.builtin(name))
         except Exception:  # a model that will not load fails its jobs, not the worker
             log.exception("could not preload model %s", name)
-    log.info(
+    log.info(  # the words scripts wait for (bench/scale.py): kept, though it is a pool process
         "worker process ready: pool=%s device=%s backend=%s threads=%d",
-        worker.pool,
-        worker.device,
-        worker.backend,
+        process.pool,
+        process.device,
+        process.backend,
         settings.torch_threads(),
     )
 
@@ -59,10 +59,10 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
         while True:
             try:
                 with session_scope() as session:
-                    worker_service.beat(session, name, pool, device, processes)
+                    heartbeats.beat(session, name, pool, device, processes)
             except Exception:  # the database may be away: beat again next time
                 log.warning("heartbeat failed", exc_info=True)
-            if _beating.wait(worker_service.HEARTBEAT_SECONDS):
+            if _beating.wait(heartbeats.HEARTBEAT_SECONDS):
                 return
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -73,6 +73,6 @@ def _stop_heartbeat(sender: Any = None, **_: object) -> None:
     _beating.set()
     try:
         with session_scope() as session:
-            worker_service.forget(session, str(getattr(sender, "hostname", None) or "unknown"))
+            heartbeats.forget(session, str(getattr(sender, "hostname", None) or "unknown"))
     except Exception:
         log.warning("could not remove the heartbeat row", exc_info=True)

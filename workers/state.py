@@ -1,5 +1,6 @@
-"""Per-process worker state: which pool, which device and backend, the model cache, and the
-model specs this worker builds (so a preloaded model and a job's model are one cache entry).
+"""The state of one pool process (a child the worker forks): which pool, which device and
+backend, the model cache, and the model specs this process builds (so a preloaded model and a
+job's model are one cache entry).
 
 Set up after the fork (see signals.py), never in the parent: torch thread pools and CUDA
 contexts do not survive a fork.
@@ -19,7 +20,7 @@ from workers.runtime.onnx import GRAPH_NAME, resolve_backend
 
 
 @dataclass
-class WorkerState:
+class ProcessState:
     pool: str = "cpu"
     device: str = "cpu"
     backend: str = "torch"  #: for text models: "onnx" or "torch" (INFERENCE_BACKEND)
@@ -72,10 +73,10 @@ def _graph_dir(base_uri: str) -> str | None:
     return str(store.cache_dir / "graphs" / GRAPH_NAME / uri.replace("/", "_").replace(":", ""))
 
 
-_state: WorkerState | None = None
+_state: ProcessState | None = None
 
 
-def current() -> WorkerState:
+def current() -> ProcessState:
     global _state
     if _state is None:
         settings = get_settings()
@@ -83,7 +84,7 @@ def current() -> WorkerState:
         requested = "cuda" if pool == "gpu" else "cpu"
         device = resolve_device(requested, settings.device_override)
         gpu = pool == "gpu"
-        _state = WorkerState(
+        _state = ProcessState(
             pool=pool,
             device=device,
             # The GPU pool decides as on a CUDA host even where the device override runs it

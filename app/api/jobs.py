@@ -208,7 +208,7 @@ def _delivery(delivery: Delivery) -> DeliveryPublic:
         status=delivery.status,
         attempts=[
             DeliveryAttemptPublic.model_validate(a, from_attributes=True)
-            for a in delivery.attempt_log
+            for a in delivery.attempts
         ],
         next_attempt_at=delivery.next_attempt_at,
         last_status_code=delivery.last_status_code,

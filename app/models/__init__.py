@@ -2,6 +2,7 @@
 
 from app.models.delivery import Delivery, DeliveryAttempt, DeliveryStatus, WebhookSecret
 from app.models.file import File, FilePurpose
+from app.models.heartbeat import WorkerHeartbeat
 from app.models.job import (
     Job,
     JobEvent,
@@ -13,7 +14,6 @@ from app.models.job import (
 )
 from app.models.model import Model, ModelVersion, VersionStatus
 from app.models.tenant import ApiKey, Tenant
-from app.models.worker import WorkerHeartbeat
 
 __all__ = [
     "ApiKey",

@@ -48,7 +48,8 @@ class Delivery(Base):
     url: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts started so far (the number of the latest); `attempts` is their record, as in the API.
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)  # raised by one on each redeliver
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -59,7 +60,7 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    attempt_log: Mapped[list[DeliveryAttempt]] = relationship(
+    attempts: Mapped[list[DeliveryAttempt]] = relationship(
         order_by="DeliveryAttempt.number", lazy="selectin"
     )
 

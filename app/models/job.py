@@ -76,6 +76,7 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     webhook: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     meta: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
+    # Items of the input (training jobs: steps, app/services/training.py steps_as_counts).
     counts_total: Mapped[int] = mapped_column(Integer, default=0)
     counts_succeeded: Mapped[int] = mapped_column(Integer, default=0)
     counts_failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -84,7 +85,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     usage: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    worker: Mapped[str | None] = mapped_column(String(255))  # hostname of the last worker
+    # The Celery hostname (`cpu@host`) of the worker that took it last.
+    worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

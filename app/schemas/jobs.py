@@ -186,8 +186,10 @@ class JobCreate(BaseModel):
 
 class JobCounts(BaseModel):
     total: int = Field(description="Input items (training: steps).", examples=[10000])
-    succeeded: int = Field(description="Items with an output line so far.", examples=[4200])
-    failed: int = Field(description="Items with an error line so far.", examples=[3])
+    succeeded: int = Field(
+        description="Items with an output line so far (training: steps done).", examples=[4200]
+    )
+    failed: int = Field(description="Items with an error line so far (training: 0).", examples=[3])
 
 
 class JobError(BaseModel):

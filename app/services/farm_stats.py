@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Job, WorkerHeartbeat
 from app.models.job import TERMINAL_STATUSES
-from app.services.workers import ALIVE_SECONDS
+from app.services.heartbeats import ALIVE_SECONDS
 
 POOLS = ("cpu", "gpu", "webhooks")
 #: Job duration buckets (seconds): one-item jobs take milliseconds, training runs hours.

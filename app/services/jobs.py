@@ -19,7 +19,7 @@ from app.ids import new_id
 from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
-from app.services import webhooks, workers
+from app.services import heartbeats, webhooks
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
@@ -43,7 +43,7 @@ def pick_queue(session: Session, device: str) -> tuple[str, str | None]:
     """
     if device == "cpu":
         return "cpu", None
-    gpu_alive = workers.pool_alive(session, "gpu")
+    gpu_alive = heartbeats.pool_alive(session, "gpu")
     if device == "gpu":
         return "gpu", None if gpu_alive else NO_GPU_WORKER
     return ("gpu" if gpu_alive else "cpu"), None

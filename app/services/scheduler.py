@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import Job, JobPriority, JobShard, JobStatus, ShardStatus, Tenant, WorkerHeartbeat
+from app.services.heartbeats import ALIVE_SECONDS
 from app.services.jobs import add_event
 from app.services.shards import ACTIVE_SHARD, lock_job
-from app.services.workers import ALIVE_SECONDS
 
 SCHEDULER_LOCK = 0x6D66_7363  # "mfsc", with the pool's hash: one releaser per pool at a time
 #: A job in these states may have shards on workers (a cancelling job's running ones finish).

@@ -45,16 +45,20 @@ def last_checkpoint(session: Session, job_id: str) -> dict[str, Any] | None:
     )
 
 
+def steps_as_counts(progress: dict[str, Any]) -> dict[str, int]:
+    """A training job's `counts` are its steps, not items: `total` is every step of the run,
+    `succeeded` the steps done, `failed` stays 0. The public Job has one `counts` for every
+    type, so progress bars, `wait` and `/ui` work as for batch jobs; `progress` says the same in
+    its own words (step, steps_total, epoch). This is the one place steps go into counts, and
+    usage and metrics count only inference jobs' counts as items."""
+    return {"counts_total": int(progress["steps_total"]), "counts_succeeded": int(progress["step"])}
+
+
 def record_progress(session: Session, job_id: str, owner: str, progress: dict[str, Any]) -> None:
-    """Counts follow steps (total = all steps), so progress bars work as for batch jobs."""
     session.execute(
         update(Job)
         .where(_held(job_id, owner))
-        .values(
-            progress=progress,
-            counts_total=int(progress["steps_total"]),
-            counts_succeeded=int(progress["step"]),
-        )
+        .values(progress=progress, **steps_as_counts(progress))
     )
     notify_progress(session, job_id)
 

@@ -211,7 +211,7 @@ def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) 
         )
         .values(
             status=DeliveryStatus.SENDING,
-            attempts=Delivery.attempts + 1,
+            attempt_count=Delivery.attempt_count + 1,
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
@@ -221,7 +221,7 @@ def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) 
             Delivery.webhook_id,
             Delivery.url,
             Delivery.body,
-            Delivery.attempts,
+            Delivery.attempt_count,
         )
         .execution_options(synchronize_session=False)
     ).first()
@@ -291,10 +291,10 @@ def record_attempt(
         delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, now
         delivery.next_attempt_at = None
         return None
-    if outcome.gone or delivery.attempts >= delivery.max_attempts:
+    if outcome.gone or delivery.attempt_count >= delivery.max_attempts:
         delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
         return None
-    delay = next_delay(delivery.attempts, delays, outcome.retry_after)
+    delay = next_delay(delivery.attempt_count, delays, outcome.retry_after)
     delivery.status = DeliveryStatus.PENDING
     delivery.next_attempt_at = now + timedelta(seconds=delay)
     return delay
@@ -321,13 +321,13 @@ def take_back_expired(session: Session, limit: int) -> list[tuple[str, str]]:
         session.add(
             DeliveryAttempt(
                 delivery_id=delivery.id,
-                number=delivery.attempts,
+                number=delivery.attempt_count,
                 started_at=now,
                 error="the worker stopped during the attempt (no answer was recorded)",
             )
         )
         delivery.lease_owner = delivery.lease_expires_at = None
-        if delivery.attempts >= delivery.max_attempts:
+        if delivery.attempt_count >= delivery.max_attempts:
             delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
             continue
         delivery.status, delivery.next_attempt_at = DeliveryStatus.PENDING, now
@@ -387,7 +387,7 @@ def redeliver(session: Session, job_id: str, delivery_id: str) -> Delivery:
         raise Conflict(f"delivery {delivery_id} is being sent now", code="delivery_in_progress")
     now = utcnow()
     if delivery.status != DeliveryStatus.PENDING:
-        delivery.max_attempts = delivery.attempts + 1
+        delivery.max_attempts = delivery.attempt_count + 1
     delivery.status = DeliveryStatus.PENDING
     delivery.next_attempt_at = delivery.dispatched_at = now
     session.flush()

@@ -108,7 +108,7 @@ def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str
     job_id, tenant_id = _finished_shards_job()
     late = assemble._claim(job_id, "late-owner")
     assert late is not None
-    # The late assembly stalls past its lease; the sweeper's re-sent finalize takes over.
+    # The late assembly stalls past its lease; the sweeper's re-sent assembly takes over.
     with session_scope() as session:
         session.execute(
             update(Job)

@@ -225,32 +225,55 @@ def test_results_older_than_their_ttl_are_removed_by_the_sweeper(
     client: httpx.Client, services: dict[str, str]
 ) -> None:
     """RESULT_TTL_DAYS (30): the running sweeper removes a job that ended longer ago than that,
-    with its events and result files, and leaves a recent one alone."""
+    with its events, shards, webhook deliveries (and their attempts) and result files, and
+    leaves a recent one alone."""
     from datetime import timedelta
     from pathlib import Path
 
-    from sqlalchemy import update
+    from sqlalchemy import func, select, update
 
     from app.db import session_scope
-    from app.models import Job
+    from app.models import Delivery, DeliveryAttempt, Job, JobEvent, JobShard
 
     old = run_job(client, "minilm", [{"custom_id": "a", "input": "old news"}])
     recent = run_job(client, "minilm", [{"custom_id": "b", "input": "fresh news"}])
     (old_dir,) = Path(services["MODELFARM_DATA_DIR"], "artifacts").glob(
         f"tenants/*/jobs/{old['id']}"
     )
+    long_ago = datetime.now(UTC) - timedelta(days=31)
     with session_scope() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == old["id"])
-            .values(finished_at=datetime.now(UTC) - timedelta(days=31))
-        )
+        session.execute(update(Job).where(Job.id == old["id"]).values(finished_at=long_ago))
+        # A delivery the job's webhook made when it ended, answered at once.
+        tenant_id = session.get_one(Job, old["id"]).tenant_id
+        delivery = Delivery(
+            job_id=old["id"], tenant_id=tenant_id, event="job.succeeded", url="https://x.test/",
+            body="{}", status="succeeded", attempt_count=1, max_attempts=8, created_at=long_ago,
+        )  # fmt: skip
+        session.add(delivery)
+        session.flush()
+        session.add(DeliveryAttempt(delivery_id=delivery.id, number=1, started_at=long_ago))
+        delivery_id = delivery.id
+
+    def rows_left() -> dict[str, int]:
+        with session_scope() as session:
+            return {
+                table.__name__: session.scalar(select(func.count()).where(where)) or 0
+                for table, where in [
+                    (JobEvent, JobEvent.job_id == old["id"]),
+                    (JobShard, JobShard.job_id == old["id"]),
+                    (Delivery, Delivery.job_id == old["id"]),
+                    (DeliveryAttempt, DeliveryAttempt.delivery_id == delivery_id),
+                ]
+            }
+
+    assert all(rows_left().values()), rows_left()  # what the removal must take with it
     deadline = time.monotonic() + 30
     while client.get(f"/v1/jobs/{old['id']}").status_code != 404:
         assert time.monotonic() < deadline, "the sweeper did not remove the expired job"
         time.sleep(0.3)
     assert_error(client.get(f"/v1/files/{old['output_file_id']}"), 404, "not_found")
     assert not old_dir.exists()
+    assert rows_left() == dict.fromkeys(["JobEvent", "JobShard", "Delivery", "DeliveryAttempt"], 0)
     assert client.get(f"/v1/jobs/{recent['id']}").json()["status"] == "succeeded"
     assert read_lines(client, recent["output_file_id"])[0]["custom_id"] == "b"
 

@@ -6,6 +6,11 @@
 - `workers/tasks` stay thin: they take an id, call a service, call the runtime, record through a
   service. Of SQLAlchemy they may name the session type (and read rows by primary key), never
   build a query: the claim, plan, assembly and training records live in `app/services`.
+- `app/sweeper.py` loops, schedules and calls services: it imports nothing of SQLAlchemy or of
+  the ORM classes, and calls no query method; its queries live in `app/services/sweeping.py`
+  and the services of their domain.
+- `app/dispatch.py` is the one broker-aware module of `app`: only it imports Celery, kombu or
+  the broker scan (`app/broker_scan.py`, which reads the broker's own Redis keys).
 - `app` does not import `workers`, except the edges listed in KNOWN_APP_TO_WORKERS, each with
   why it is still there. The list may only shrink: an edge that no longer exists must be taken
   off it, and a new one fails here.
@@ -25,19 +30,48 @@ KNOWN_APP_TO_WORKERS = {
 API_SQLALCHEMY_ALLOWED = {"sqlalchemy.exc", "sqlalchemy.orm"}
 
 
-def _imports(package: str, root: Path = ROOT) -> set[tuple[str, str]]:
-    """(file relative to the root, module) for every import in a package, nested ones too."""
+#: what a session, a connection or a statement is asked to do when code builds or runs a query
+QUERY_METHODS = {
+    "query", "execute", "scalars", "scalar", "exec_driver_sql", "add", "add_all", "delete",
+    "merge", "flush", "refresh", "get_one", "with_for_update", "where", "returning",
+}  # fmt: skip
+
+
+def _sources(package: str, root: Path) -> list[Path]:
+    target = root / package
+    return [target] if target.is_file() else sorted(target.rglob("*.py"))
+
+
+def _imports(package: str, root: Path = ROOT, names: bool = False) -> set[tuple[str, str]]:
+    """(file relative to the root, module) for every import in a package (or one file), nested
+    ones too; with `names`, `from a import b` also counts as importing `a.b`."""
     found = set()
-    for path in sorted((root / package).rglob("*.py")):
+    for path in _sources(package, root):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules = [node.module]
+                if names:
+                    modules += [f"{node.module}.{alias.name}" for alias in node.names]
             else:
                 continue
             found |= {(str(path.relative_to(root)), m) for m in modules}
+    return found
+
+
+def _query_calls(package: str, root: Path = ROOT) -> set[tuple[str, int, str]]:
+    """(file, line, method) for every call of a query method (`x.execute(...)`, ...)."""
+    found = set()
+    for path in _sources(package, root):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in QUERY_METHODS
+            ):
+                found.add((str(path.relative_to(root)), node.lineno, node.func.attr))
     return found
 
 
@@ -61,6 +95,21 @@ def test_tasks_build_no_queries() -> None:
     assert {m for _, m in used} <= {"sqlalchemy.orm"}, used
 
 
+def test_the_sweeper_builds_no_queries() -> None:
+    imported = {m for _, m in _imports("app/sweeper.py", names=True)}
+    assert {m for m in imported if _under(m, "sqlalchemy", "app.models")} == set()
+    assert _query_calls("app/sweeper.py") == set()
+
+
+def test_dispatch_is_the_one_broker_aware_module_of_app() -> None:
+    broker = {
+        edge
+        for edge in _imports("app", names=True)
+        if _under(edge[1], "celery", "kombu", "app.broker_scan")
+    }
+    assert {path for path, _ in broker} == {"app/dispatch.py"}, broker
+
+
 def test_app_imports_workers_only_where_listed() -> None:
     edges = {edge for edge in _imports("app") if _under(edge[1], "workers")}
     assert edges - set(KNOWN_APP_TO_WORKERS) == set(), "a new app -> workers import"
@@ -77,3 +126,16 @@ def test_the_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
         ("app/sub/m.py", "os"),
         ("app/sub/m.py", "workers.runtime.sklearn"),
     }
+
+
+def test_the_checks_see_queries_and_names_imported_from_a_package(tmp_path: Path) -> None:
+    """What the sweeper's and the broker's checks rely on, shown to catch what they forbid."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "sweeper.py").write_text(
+        "from app import broker_scan\nfrom sqlalchemy import text\n\n"
+        "def f(conn):\n    return conn.execute(text('SELECT 1')).scalar(), {}.get(1)\n"
+    )
+    assert ("app/sweeper.py", "app.broker_scan") in _imports("app", tmp_path, names=True)
+    assert ("app/sweeper.py", "sqlalchemy.text") in _imports("app/sweeper.py", tmp_path, True)
+    assert ("app/sweeper.py", "app.broker_scan") not in _imports("app", tmp_path)
+    assert {m for _, _, m in _query_calls("app/sweeper.py", tmp_path)} == {"execute", "scalar"}

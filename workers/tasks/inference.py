@@ -230,7 +230,7 @@ def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> 
 
 @dataclass(frozen=True)
 class VersionRef:
-    """A tenant's model version as the database names it (WorkerState.version's arguments)."""
+    """A tenant's model version as the database names it (ProcessState.version's arguments)."""
 
     key: str
     framework: str
@@ -392,9 +392,9 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     job = session.get_one(Job, shard.job_id)
     if input_uri is None:
         input_uri = session.get_one(File, job.input_file_id).uri
-    worker = state.current()
+    process = state.current()
     if job.model_version_id is None:
-        spec: ModelSpec | VersionRef = worker.builtin((job.model or "").partition("@")[0])
+        spec: ModelSpec | VersionRef = process.builtin((job.model or "").partition("@")[0])
     else:
         # Only named here: fetching it from the store (S3, say) waits until the claim's
         # transaction has ended, so no row lock is held over network I/O.
@@ -405,8 +405,8 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
             f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
         )
     options = RunOptions(
-        batch_tokens=int(job.params.get("batch_tokens") or worker.batch_tokens),
-        batch_size=int(job.params.get("batch_size") or worker.batch_size),
+        batch_tokens=int(job.params.get("batch_tokens") or process.batch_tokens),
+        batch_size=int(job.params.get("batch_size") or process.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
     )
