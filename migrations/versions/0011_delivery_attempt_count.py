@@ -4,7 +4,7 @@ The API's `attempts` of a delivery is the list of its attempts (the `delivery_at
 and the ORM's relationship is named so too; the count beside `max_attempts` says it counts.
 
 Revision ID: 0011
-Revises: 0015
+Revises: 0010
 Create Date: 2026-12-01 12:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision = "0015"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
