@@ -24,10 +24,28 @@ PARTS = [
 ]
 
 
+def _input_file(session: Any, tenant_id: str, items: int | None = None) -> Any:
+    """An input File row that no test reads (the jobs over it are driven by hand)."""
+    from app.models import File, FilePurpose
+
+    source = File(
+        tenant_id=tenant_id,
+        purpose=FilePurpose.BATCH,
+        filename="in.jsonl",
+        uri="file:///nowhere",
+        bytes=0,
+        sha256="0" * 64,
+        items=items,
+    )
+    session.add(source)
+    session.flush()
+    return source
+
+
 def _finished_shards_job() -> tuple[str, str]:
     """A job whose two shards are done, their part files written: waiting to be assembled."""
     from app.db import session_scope
-    from app.models import File, FilePurpose, Job, JobShard, JobStatus, ShardStatus
+    from app.models import Job, JobShard, JobStatus, ShardStatus
     from app.services.tenants import get_or_create_tenant
     from app.storage import get_store
     from workers.tasks.results import part_uris
@@ -35,16 +53,7 @@ def _finished_shards_job() -> tuple[str, str]:
     store = get_store()
     with session_scope() as session:
         tenant = get_or_create_tenant(session, "assembly")
-        source = File(
-            tenant_id=tenant.id,
-            purpose=FilePurpose.BATCH,
-            filename="in.jsonl",
-            uri="file:///nowhere",
-            bytes=0,
-            sha256="0" * 64,
-        )
-        session.add(source)
-        session.flush()
+        source = _input_file(session, tenant.id)
         job = Job(
             tenant_id=tenant.id,
             type="inference",
@@ -392,22 +401,12 @@ def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
     """A queued job over an inline input of `shards` items, one item a shard once planned
     (`shards` > 1: planned already, its shards queued)."""
     from app.db import session_scope
-    from app.models import File, FilePurpose, Job, JobShard, JobStatus
+    from app.models import Job, JobShard, JobStatus
     from app.services.tenants import get_or_create_tenant
 
     with session_scope() as session:
         tenant = get_or_create_tenant(session, "claims")
-        source = File(
-            tenant_id=tenant.id,
-            purpose=FilePurpose.BATCH,
-            filename="in.jsonl",
-            uri="file:///nowhere",
-            bytes=0,
-            sha256="0" * 64,
-            items=shards,
-        )
-        session.add(source)
-        session.flush()
+        source = _input_file(session, tenant.id, shards)
         job = Job(
             tenant_id=tenant.id,
             type="inference",
