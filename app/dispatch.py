@@ -38,7 +38,7 @@ QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
 #: normal one already waiting. Messages of other tasks (assembly, validation, webhooks) carry
 #: none and share the first list: they are short. RabbitMQ ignores the number on queues
 #: declared without `x-max-priority` (ours, so that queues declared by an earlier farm stay
-#: valid): there the broker stays first in, first out (docs/decisions/0009).
+#: valid): there the broker stays first in, first out (docs/decisions/0010).
 REDIS_PRIORITY = {"high": 0, "normal": 3, "low": 6}
 # The broker holds a retry as a countdown only when it is this close; later ones wait in
 # PostgreSQL for the sweeper (a countdown past the visibility timeout would be redelivered).

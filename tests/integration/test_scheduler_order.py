@@ -152,3 +152,35 @@ def test_a_full_window_gives_a_tenants_unstarted_slot_to_its_better_work(
     # When a slot frees, the tenant's urgent work still goes first; the recalled shard waits.
     _finish(session, backlog, 0)
     assert scheduler.release(session, queue, window=3) == [(urgent, 1, "high")]
+
+
+def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
+    services: dict[str, str],
+) -> None:
+    """On Redis, what a worker's BRPOP takes first: kombu's list for the lowest step."""
+    from app.dispatch import TASK_ASSEMBLE_JOB, producer, publish, publish_job, publish_shard
+
+    queue = f"q-{secrets.token_hex(4)}"
+    assert publish_job("job-normal", queue, "normal")
+    assert publish_shard("job-low", 3, queue, "low")
+    assert publish_shard("job-normal", 0, queue, "normal")
+    assert publish_job("job-high", queue, "high")
+    assert publish(TASK_ASSEMBLE_JOB, ["job-done"], queue)  # no priority: with the high ones
+    taken = []
+    with producer().connection_for_read() as conn:
+        waiting = conn.SimpleQueue(queue)
+        try:
+            for _ in range(5):
+                message = waiting.get(timeout=5)
+                taken.append((message.headers["task"], tuple(message.payload[0])))
+                message.ack()
+        finally:
+            waiting.queue.delete()
+            waiting.close()
+    assert taken == [
+        ("modelfarm.plan_job", ("job-high",)),
+        (TASK_ASSEMBLE_JOB, ("job-done",)),
+        ("modelfarm.plan_job", ("job-normal",)),
+        ("modelfarm.run_shard", ("job-normal", 0)),
+        ("modelfarm.run_shard", ("job-low", 3)),
+    ]
