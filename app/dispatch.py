@@ -32,6 +32,14 @@ TASK_VALIDATE_MODEL = "modelfarm.validate_model"  # [version_id]: check, unpack,
 VALIDATION_QUEUE = "cpu"
 WEBHOOK_QUEUE = "webhooks"  # its own workers, so slow receivers never hold up inference
 QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
+#: A job's messages (its plan, its shards) carry the job's priority to the broker. On Redis,
+#: kombu keeps one list per priority step (`cpu`, `cpu\x06\x163`, `cpu\x06\x166`) and a
+#: worker takes from the lowest number first, so a `high` job's message goes before every
+#: normal one already waiting. Messages of other tasks (assembly, validation, webhooks) carry
+#: none and share the first list: they are short. RabbitMQ ignores the number on queues
+#: declared without `x-max-priority` (ours, so that queues declared by an earlier farm stay
+#: valid): there the broker stays first in, first out (docs/decisions/0010).
+REDIS_PRIORITY = {"high": 0, "normal": 3, "low": 6}
 # The broker holds a retry as a countdown only when it is this close; later ones wait in
 # PostgreSQL for the sweeper (a countdown past the visibility timeout would be redelivered).
 MAX_COUNTDOWN_SECONDS = 600.0
@@ -79,18 +87,42 @@ def producer() -> Celery:
     return app
 
 
-def publish(task: str, args: list[Any], queue: str, countdown: float | None = None) -> bool:
-    """True when the broker took the message; False (logged) when it did not."""
+def publish(
+    task: str,
+    args: list[Any],
+    queue: str,
+    countdown: float | None = None,
+    priority: str | None = None,
+) -> bool:
+    """True when the broker took the message; False (logged) when it did not. `priority` is
+    the job's (`high`, `normal`, `low`) for a job's plan and shards; None for other tasks."""
     try:
-        producer().send_task(task, args=args, queue=queue, retry=False, countdown=countdown)
+        producer().send_task(
+            task,
+            args=args,
+            queue=queue,
+            retry=False,
+            countdown=countdown,
+            priority=_broker_priority(priority),
+        )
     except Exception:  # the broker being down must never fail a request or a sweep
         log.warning("could not publish %s%s to queue %s", task, args, queue, exc_info=True)
         return False
     return True
 
 
-def publish_job(job_id: str, queue: str) -> bool:
-    return publish(TASK_PLAN_JOB, [job_id], queue)
+def _broker_priority(priority: str | None) -> int | None:
+    if priority is None or not is_redis(producer().conf.broker_url):
+        return None
+    return REDIS_PRIORITY[str(priority)]
+
+
+def publish_job(job_id: str, queue: str, priority: str = "normal") -> bool:
+    return publish(TASK_PLAN_JOB, [job_id], queue, priority=priority)
+
+
+def publish_shard(job_id: str, index: int, queue: str, priority: str = "normal") -> bool:
+    return publish(TASK_RUN_SHARD, [job_id, index], queue, priority=priority)
 
 
 def publish_validation(version_id: str) -> bool:

@@ -141,7 +141,6 @@ FAMILIES = (
 )
 
 
-
 class SchedulerCollector(Collector):
     """What the scheduler holds back and lets through, read from PostgreSQL at scrape time:
     grouped counts over jobs and their unfinished shards (indexed by status)."""

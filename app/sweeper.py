@@ -42,6 +42,7 @@ from app.dispatch import (
     broker_inspectable,
     live_task_keys,
     publish,
+    publish_shard,
     stale_after_seconds,
 )
 from app.services import (
@@ -113,7 +114,7 @@ def sweep_once() -> dict[str, int]:
             )
             released = scheduler.release(session, queue, window)
         # Sent at once, marked released already: a failed publish is found by the next scan.
-        done["released"] += sum(publish(TASK_RUN_SHARD, [j, i], queue) for j, i in released)
+        done["released"] += sum(publish_shard(j, i, queue, p) for j, i, p in released)
     with session_scope() as session:
         sends += _deliveries(session, live, recent)
         sends += _stuck_validations(session, live, stale)

@@ -112,7 +112,7 @@ def _publish(jobs: list[Job]) -> None:
     refused = []
     for job in jobs:
         JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-        if not publish_job(job.id, job.queue):
+        if not publish_job(job.id, job.queue, job.priority):
             refused.append(job)
     if refused:
         try:

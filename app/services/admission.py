@@ -101,10 +101,11 @@ def admit(session: Session, job_id: str) -> Admission | None:
     return "held"
 
 
-def release(session: Session, tenant_id: str) -> list[tuple[str, str]]:
+def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
     """Mark dispatched the tenant's held jobs that may start now: the first (cap - running) of
     each pool's queued jobs, by priority then submission, that are held (the others have a
-    message on its way). (job id, queue) of each, for the caller to publish once this commits.
+    message on its way). (job id, queue, priority) of each, for the caller to publish once this
+    commits.
     With no cap (any more), every held job goes."""
     cap = _lock(session, tenant_id)
     queued = (
@@ -129,12 +130,12 @@ def release(session: Session, tenant_id: str) -> list[tuple[str, str]]:
         update(Job)
         .where(Job.id.in_(picks), Job.status == JobStatus.QUEUED, Job.held_at.is_not(None))
         .values(held_at=None, dispatched_at=utcnow())
-        .returning(Job.id, Job.queue)
+        .returning(Job.id, Job.queue, Job.priority)
     ).all()
-    for job_id, queue in released:
+    for job_id, queue, _ in released:
         add_event(session, job_id, "dispatched", {"queue": queue, "after": "held"}, flush=False)
     session.flush()
-    return [(job_id, queue) for job_id, queue in released]
+    return [(job_id, queue, priority) for job_id, queue, priority in released]
 
 
 def holding_tenants(session: Session, limit: int) -> list[str]:
@@ -176,7 +177,7 @@ def release_and_publish(tenant_ids: set[str] | list[str]) -> int:
     for tenant_id in tenant_ids:
         with session_scope() as session:
             released = release(session, tenant_id)
-        sent += sum(publish_job(job_id, queue) for job_id, queue in released)
+        sent += sum(publish_job(*job) for job in released)
     return sent
 
 

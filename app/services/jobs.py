@@ -224,7 +224,7 @@ def commit_and_publish(session: Session, job: Job) -> None:
     add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
     session.commit()
     JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    if not publish_job(job.id, job.queue):
+    if not publish_job(job.id, job.queue, job.priority):
         unpublished(session, [job])
         session.commit()
 

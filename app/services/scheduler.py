@@ -9,8 +9,14 @@ a release fills what is free of it, one shard at a time, by fair share (docs/dec
 2. within that tenant, the job of highest priority, then the oldest job, then the shard order.
 
 Releases run when a plan is recorded, when a shard finishes (in its task, after its commit)
-and in every sweep. A transaction-level advisory lock per pool serializes releasers, so two
-never fill one free slot twice; under it, each release locks its job's row before its shard
+and in every sweep. A full window does not make a tenant's higher-priority work wait behind
+its own lower-priority shards that are released but not started yet (their messages still in
+the broker): such a shard is recalled (its release taken back, its message left to find it
+not released) and the better one released in its place, with its priority on its message so
+that it goes first in the broker too (docs/decisions/0010).
+
+A transaction-level advisory lock per pool serializes releasers, so two never fill one free
+slot twice; under it, each release locks its job's row before its shard
 (the one lock order), and the caller publishes the released shards after the commit. A
 released shard whose message is lost has `dispatched_at`, so the sweeper sends it again.
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, case, func, select, update
+from sqlalchemy import ColumnElement, and_, case, func, select, true, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -78,8 +84,12 @@ def count_in_flight(session: Session, queue: str) -> int:
     return session.scalar(statement.where(*in_flight(queue))) or 0
 
 
-def _next_shard(session: Session, queue: str) -> tuple[int, str, int] | None:
-    """(shard id, job id, index) of the shard fair share picks next, or None."""
+Pick = tuple[int, str, int, str]  #: (shard id, job id, index, the job's priority)
+Released = tuple[str, int, str]  #: (job id, index, priority): a shard message to publish
+
+
+def _next_shard(session: Session, queue: str) -> Pick | None:
+    """The shard fair share picks next, or None."""
     occupied = (
         select(
             Job.tenant_id,
@@ -92,7 +102,14 @@ def _next_shard(session: Session, queue: str) -> tuple[int, str, int] | None:
         .subquery()
     )
     heads = (
-        select(JobShard.id, JobShard.job_id, JobShard.index, Job.tenant_id, Job.created_at)
+        select(
+            JobShard.id,
+            JobShard.job_id,
+            JobShard.index,
+            Job.priority,
+            Job.tenant_id,
+            Job.created_at,
+        )
         .join(Job, Job.id == JobShard.job_id)
         .where(*waiting(queue))
     )
@@ -103,7 +120,7 @@ def _next_shard(session: Session, queue: str) -> tuple[int, str, int] | None:
         .subquery()
     )
     pick = (
-        select(head.c.id, head.c.job_id, head.c.index)
+        select(head.c.id, head.c.job_id, head.c.index, head.c.priority)
         .outerjoin(occupied, occupied.c.tenant_id == head.c.tenant_id)
         .order_by(
             func.coalesce(occupied.c.shards, 0),
@@ -113,46 +130,144 @@ def _next_shard(session: Session, queue: str) -> tuple[int, str, int] | None:
         .limit(1)
     )
     row = session.execute(pick).first()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row[0], row[1], row[2], row[3])
 
 
-def release(session: Session, queue: str, window: int) -> list[tuple[str, int]]:
-    """Mark the next shards of `queue` released, up to the window; (job id, index) of each,
-    for the caller to publish once this commits. Every running job may have shards released:
-    a tenant's running-jobs cap is held before, where a job starts (app/services/admission.py).
+def release(session: Session, queue: str, window: int) -> list[Released]:
+    """Mark the next shards of `queue` released, up to the window, then let each tenant's
+    better work take the place of its own released, unstarted, lower-priority shards; (job id,
+    index, priority) of each release, for the caller to publish once this commits. Every
+    running job may have shards released: a tenant's running-jobs cap is held before, where a
+    job starts (app/services/admission.py).
     Call it in a transaction of its own: it takes the pool's lock before job rows, and a
     caller already holding a job row could deadlock."""
     session.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK, func.hashtext(queue))))
     free = window - count_in_flight(session, queue)
-    released: list[tuple[str, int]] = []
+    released: list[Released] = []
     misses = 0  # a pick that changed under us (cancelled, failed) is looked for again
     while free > 0 and misses < 8:
         picked = _next_shard(session, queue)
         if picked is None:
             break
-        shard_id, job_id, index = picked
-        lock_job(session, job_id)
-        now = utcnow()
-        marked = session.execute(
+        if _mark_released(session, queue, picked):
+            released.append(picked[1:])
+            free -= 1
+        else:
+            misses += 1
+    if free <= 0:
+        released += _overtake(session, queue, limit=window)
+    return released
+
+
+def _mark_released(session: Session, queue: str, picked: Pick) -> bool:
+    """Release one waiting shard (its job's row locked first); False if it changed meanwhile."""
+    shard_id, job_id, index, _ = picked
+    lock_job(session, job_id)
+    marked = session.execute(
+        update(JobShard)
+        .where(
+            JobShard.id == shard_id,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_(None),
+            JobShard.job_id.in_(
+                select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            ),
+        )
+        .values(dispatched_at=utcnow())
+        .returning(JobShard.id)
+    ).first()
+    if marked is None:
+        return False
+    add_event(session, job_id, "shard_dispatched", {"shard": index, "queue": queue})
+    return True
+
+
+def _overtake(session: Session, queue: str, limit: int) -> list[Released]:
+    """With the window full: while a tenant's best waiting shard has a higher priority than
+    one of its own released shards that no worker has started, recall that one (its message
+    finds it not released: a worker's claim requires the release) and release the better one
+    in its slot. Priority never crosses tenants: a slot only changes hands within one."""
+    released: list[Released] = []
+    for _ in range(limit):
+        swap = _overtaking_pair(session, queue)
+        if swap is None:
+            break
+        better, (victim_id, victim_job, victim_index) = swap
+        lock_job(session, victim_job)
+        recalled = session.execute(
             update(JobShard)
             .where(
-                JobShard.id == shard_id,
+                JobShard.id == victim_id,
                 JobShard.status == ShardStatus.QUEUED,
-                JobShard.dispatched_at.is_(None),
-                JobShard.job_id.in_(
-                    select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                ),
+                JobShard.dispatched_at.is_not(None),
             )
-            .values(dispatched_at=now)
+            .values(dispatched_at=None)
             .returning(JobShard.id)
         ).first()
-        if marked is None:
-            misses += 1
-            continue
-        add_event(session, job_id, "shard_dispatched", {"shard": index, "queue": queue})
-        released.append((job_id, index))
-        free -= 1
+        if recalled is None:  # a worker claimed it meanwhile: its slot is not free
+            break
+        add_event(
+            session,
+            victim_job,
+            "shard_recalled",
+            {"shard": victim_index, "queue": queue, "for": {"job": better[1], "shard": better[2]}},
+        )
+        if not _mark_released(session, queue, better):
+            break  # the slot stays free: the next release fills it
+        released.append(better[1:])
     return released
+
+
+def _overtaking_pair(session: Session, queue: str) -> tuple[Pick, tuple[int, str, int]] | None:
+    """(a tenant's best waiting shard, its released and unstarted shard of lower priority,
+    the latest released first), or None when no tenant has such a pair."""
+    head = (
+        select(
+            JobShard.id,
+            JobShard.job_id,
+            JobShard.index,
+            Job.priority,
+            Job.tenant_id,
+            PRIORITY_RANK.label("rank"),
+        )
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*waiting(queue), Job.priority != JobPriority.LOW)
+        .order_by(Job.tenant_id, PRIORITY_RANK, Job.created_at, Job.id, JobShard.index)
+        .distinct(Job.tenant_id)
+        .subquery()
+    )
+    victim = (
+        select(JobShard.id, JobShard.job_id, JobShard.index)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(
+            Job.queue == queue,
+            Job.status == JobStatus.RUNNING,
+            Job.tenant_id == head.c.tenant_id,
+            PRIORITY_RANK > head.c.rank,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_not(None),
+        )
+        .order_by(PRIORITY_RANK.desc(), JobShard.dispatched_at.desc())
+        .limit(1)
+        .lateral()
+    )
+    row = session.execute(
+        select(
+            head.c.id,
+            head.c.job_id,
+            head.c.index,
+            head.c.priority,
+            victim.c.id,
+            victim.c.job_id,
+            victim.c.index,
+        )
+        .join(victim, true())
+        .order_by(head.c.rank)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6])
 
 
 def waiting_jobs(session: Session) -> list[tuple[str, str, int]]:

@@ -193,8 +193,10 @@ def claim_shard(
 
     The shard's counts restart at zero: its part files are written again from the start.
     """
+    # A queued shard is claimed only while released: a message of a shard the scheduler took
+    # back (app/services/scheduler.py, `_overtake`) finds it not released and does nothing.
     held = (
-        (JobShard.status == ShardStatus.QUEUED)
+        ((JobShard.status == ShardStatus.QUEUED) & JobShard.dispatched_at.is_not(None))
         if takeover_of is None
         else ((JobShard.status == ShardStatus.RUNNING) & (JobShard.lease_owner == takeover_of))
     )

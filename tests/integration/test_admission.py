@@ -86,7 +86,7 @@ def test_over_the_cap_a_job_is_held_and_the_next_goes_by_priority(session: Sessi
 
     _set(session, first, "succeeded")
     # The high-priority job goes before the older normal one; one slot, one job.
-    assert admission.release(session, capped) == [(urgent, queue)]
+    assert admission.release(session, capped) == [(urgent, queue, "high")]
     assert admission.release(session, capped) == []  # it is on its way: not sent twice
     released = session.get_one(Job, urgent, populate_existing=True)
     assert released.held_at is None and released.dispatched_at is not None
@@ -119,10 +119,12 @@ def test_a_higher_cap_or_none_lets_held_jobs_go(session: Session) -> None:
     assert capped in admission.holding_tenants(session, 1000)
     session.get_one(Tenant, capped).max_running_jobs = 2
     session.flush()
-    assert admission.release(session, capped) == [(waiting[0], queue)]
+    assert admission.release(session, capped) == [(waiting[0], queue, "normal")]
     session.get_one(Tenant, capped).max_running_jobs = None
     session.flush()
-    assert sorted(admission.release(session, capped)) == sorted((j, queue) for j in waiting[1:])
+    assert sorted(admission.release(session, capped)) == sorted(
+        (j, queue, "normal") for j in waiting[1:]
+    )
 
 
 def test_each_pool_keeps_its_own_order(session: Session) -> None:

@@ -399,8 +399,8 @@ def claims() -> Any:
 
 def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
     """A queued job over an inline input of `shards` items, one item a shard once planned
-    (`shards` > 1: planned already, its shards queued)."""
-    from app.db import session_scope
+    (`shards` > 1: planned already, its shards queued and released, as by the scheduler)."""
+    from app.db import session_scope, utcnow
     from app.models import Job, JobShard, JobStatus
     from app.services.tenants import get_or_create_tenant
 
@@ -433,6 +433,7 @@ def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
                         end_item=index + 1,
                         start_offset=0,
                         start_line=index + 1,
+                        dispatched_at=utcnow(),
                     )
                 )
         return job.id

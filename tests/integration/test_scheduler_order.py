@@ -70,15 +70,18 @@ def test_fair_share_then_priority_then_age_within_the_window(session: Session) -
     # A first (its head, the urgent job, is older than B's), then B (fewer in flight), then A
     # again (equal counts: the tenant served longest ago).
     first = scheduler.release(session, queue, window=3)
-    assert first == [(a_urgent, 0), (b_job, 0), (a_urgent, 1)]
+    assert first == [(a_urgent, 0, "high"), (b_job, 0, "normal"), (a_urgent, 1, "high")]
     assert scheduler.release(session, queue, window=3) == []  # the window is full
     assert scheduler.count_in_flight(session, queue) == 3
 
     _finish(session, b_job, 0)  # B has nothing in flight now: its next shard goes
-    assert scheduler.release(session, queue, window=3) == [(b_job, 1)]
+    assert scheduler.release(session, queue, window=3) == [(b_job, 1, "normal")]
     _finish(session, a_urgent, 0)
     _finish(session, a_urgent, 1)  # the urgent job is done: A's older normal job follows
-    assert scheduler.release(session, queue, window=3) == [(a_old, 0), (a_old, 1)]
+    assert scheduler.release(session, queue, window=3) == [
+        (a_old, 0, "normal"),
+        (a_old, 1, "normal"),
+    ]
 
 
 def test_low_priority_waits_for_the_tenants_other_work(session: Session) -> None:
@@ -89,6 +92,95 @@ def test_low_priority_waits_for_the_tenants_other_work(session: Session) -> None
     a = get_or_create_tenant(session, f"a-{secrets.token_hex(4)}").id
     low = _job(session, a, queue, 1, age=0, priority="low")
     normal = _job(session, a, queue, 1, age=1)
-    assert scheduler.release(session, queue, window=1) == [(normal, 0)]
+    assert scheduler.release(session, queue, window=1) == [(normal, 0, "normal")]
     _finish(session, normal, 0)
-    assert scheduler.release(session, queue, window=1) == [(low, 0)]
+    assert scheduler.release(session, queue, window=1) == [(low, 0, "low")]
+
+
+def _released_at(session: Session, job_id: str, index: int) -> object:
+    from sqlalchemy import select
+
+    from app.models import JobShard
+
+    return session.scalar(
+        select(JobShard.dispatched_at).where(JobShard.job_id == job_id, JobShard.index == index)
+    )
+
+
+def test_a_full_window_gives_a_tenants_unstarted_slot_to_its_better_work(
+    session: Session,
+) -> None:
+    from sqlalchemy import select
+
+    from app.models import JobEvent
+    from app.services import scheduler
+    from app.services import shards as shard_service
+    from app.services.tenants import get_or_create_tenant
+
+    queue = f"q-{secrets.token_hex(4)}"
+    a = get_or_create_tenant(session, f"a-{secrets.token_hex(4)}").id
+    b = get_or_create_tenant(session, f"b-{secrets.token_hex(4)}").id
+    backlog = _job(session, a, queue, 4, age=0)
+    other = _job(session, b, queue, 2, age=1)
+    released = scheduler.release(session, queue, window=3)
+    assert released == [(backlog, 0, "normal"), (other, 0, "normal"), (backlog, 1, "normal")]
+    assert shard_service.claim_shard(session, backlog, 0, "worker-1", 60) is not None
+
+    # A's urgent job arrives with the window full: A's released, unstarted shard 1 gives up
+    # its slot; B's shard, unstarted too, keeps its own (priority never crosses tenants).
+    urgent = _job(session, a, queue, 2, age=2, priority="high")
+    assert scheduler.release(session, queue, window=3) == [(urgent, 0, "high")]
+    assert scheduler.count_in_flight(session, queue) == 3
+    assert _released_at(session, backlog, 1) is None
+    assert _released_at(session, other, 0) is not None
+    recalled = session.execute(
+        select(JobEvent.data).where(JobEvent.job_id == backlog, JobEvent.type == "shard_recalled")
+    ).scalar_one()
+    assert recalled == {"shard": 1, "queue": queue, "for": {"job": urgent, "shard": 0}}
+    # The recalled shard's message, when a worker takes it, claims nothing.
+    assert shard_service.claim_shard(session, backlog, 1, "worker-2", 60) is None
+    assert shard_service.claim_shard(session, urgent, 0, "worker-2", 60) is not None
+    # Nothing of A's is left to give up (shard 0 runs): the urgent job's next shard waits.
+    assert scheduler.release(session, queue, window=3) == []
+
+    # B's own urgent job takes B's unstarted slot, never A's.
+    b_urgent = _job(session, b, queue, 1, age=3, priority="high")
+    assert scheduler.release(session, queue, window=3) == [(b_urgent, 0, "high")]
+    assert _released_at(session, other, 0) is None
+    assert _released_at(session, urgent, 0) is not None
+
+    # When a slot frees, the tenant's urgent work still goes first; the recalled shard waits.
+    _finish(session, backlog, 0)
+    assert scheduler.release(session, queue, window=3) == [(urgent, 1, "high")]
+
+
+def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
+    services: dict[str, str],
+) -> None:
+    """On Redis, what a worker's BRPOP takes first: kombu's list for the lowest step."""
+    from app.dispatch import TASK_ASSEMBLE_JOB, producer, publish, publish_job, publish_shard
+
+    queue = f"q-{secrets.token_hex(4)}"
+    assert publish_job("job-normal", queue, "normal")
+    assert publish_shard("job-low", 3, queue, "low")
+    assert publish_shard("job-normal", 0, queue, "normal")
+    assert publish_job("job-high", queue, "high")
+    assert publish(TASK_ASSEMBLE_JOB, ["job-done"], queue)  # no priority: with the high ones
+    taken = []
+    with producer().connection_for_read() as conn:
+        waiting = conn.SimpleQueue(queue)
+        try:
+            for _ in range(5):
+                message = waiting.get(timeout=5)
+                taken.append((message.headers["task"], tuple(message.payload[0])))
+                message.ack()
+        finally:
+            waiting.queue.delete()
+            waiting.close()
+    assert taken == [
+        ("modelfarm.plan_job", ("job-high",)),
+        (TASK_ASSEMBLE_JOB, ("job-done",)),
+        ("modelfarm.plan_job", ("job-normal",)),
+        ("modelfarm.run_shard", ("job-normal", 0)),
+        ("modelfarm.run_shard", ("job-low", 3)),
+    ]

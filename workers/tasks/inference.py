@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.dispatch import TASK_RUN_SHARD, publish
+from app.dispatch import publish_shard
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import control, planning, results, scheduler
@@ -206,15 +206,15 @@ def release_shards(queue: str) -> None:
     own, then publish what it released; a lost message is sent again by the sweeper."""
     settings = get_settings()
 
-    def take() -> list[tuple[str, int]]:
+    def take() -> list[scheduler.Released]:
         with session_scope() as session:
             window = scheduler.window_size(
                 session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
             )
             return scheduler.release(session, queue, window)
 
-    for job_id, index in db_retry(take):
-        publish(TASK_RUN_SHARD, [job_id, index], queue)
+    for job_id, index, priority in db_retry(take):
+        publish_shard(job_id, index, queue, priority)
 
 
 def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> None:
@@ -362,12 +362,13 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
         )
         return
 
-    def release() -> str:
+    def release() -> tuple[str, str]:
         with session_scope() as session:
             shard_service.release_shard(session, shard, owner, reason)
-            return session.get_one(Job, shard.job_id).queue
+            job = session.get_one(Job, shard.job_id)
+            return job.queue, job.priority
 
-    publish(TASK_RUN_SHARD, [shard.job_id, shard.index], db_retry(release))
+    publish_shard(shard.job_id, shard.index, *db_retry(release))
 
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:

@@ -58,6 +58,7 @@ def get_batch(batch_id: str, session: SessionDep, tenant: TenantDep) -> OpenAIBa
 @router.post("/{batch_id}/cancel", summary="Cancel a batch")
 def cancel_batch(batch_id: str, tenant: TenantDep) -> OpenAIBatch:
     """Stop a batch: `cancelling` until its workers stop, then `cancelled` with what was done."""
+
     def cancel(session: Session) -> tuple[OpenAIBatch, str | None]:
         service.get_batch(session, tenant, batch_id)  # 404 for a native job
         job, assemble_now = control.request_cancel(session, tenant, batch_id)
