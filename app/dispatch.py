@@ -32,14 +32,17 @@ TASK_VALIDATE_MODEL = "modelfarm.validate_model"  # [version_id]: check, unpack,
 VALIDATION_QUEUE = "cpu"
 WEBHOOK_QUEUE = "webhooks"  # its own workers, so slow receivers never hold up inference
 QUEUES = ("cpu", "gpu", WEBHOOK_QUEUE)
-#: A job's messages (its plan, its shards) carry the job's priority to the broker. On Redis,
-#: kombu keeps one list per priority step (`cpu`, `cpu\x06\x163`, `cpu\x06\x166`) and a
-#: worker takes from the lowest number first, so a `high` job's message goes before every
-#: normal one already waiting. Messages of other tasks (assembly, validation, webhooks) carry
-#: none and share the first list: they are short. RabbitMQ ignores the number on queues
-#: declared without `x-max-priority` (ours, so that queues declared by an earlier farm stay
-#: valid): there the broker stays first in, first out (docs/decisions/0010).
-REDIS_PRIORITY = {"high": 0, "normal": 3, "low": 6}
+#: Two message priorities. On Redis, kombu keeps one list per priority step (`cpu` for step
+#: 0, `cpu\x06\x163` for step 3) and a worker takes from the lowest step first, so a `high`
+#: message goes before every `normal` one already waiting. `high`: a `high` job's plan, and a
+#: shard the scheduler released in the slot of its tenant's recalled one; every other job and
+#: shard message is `normal` (a low job's too: a step below would wait behind every other
+#: tenant's normal shards, which a backlog keeps coming). Messages of other tasks (assembly,
+#: validation, webhooks, the sweeper's resends) carry none and share step 0: they are short,
+#: or waited already. RabbitMQ ignores the number on queues declared without `x-max-priority`
+#: (ours, so that queues declared by an earlier farm stay valid): there the broker stays first
+#: in, first out (docs/decisions/0010).
+REDIS_PRIORITY = {"high": 0, "normal": 3}
 # The broker holds a retry as a countdown only when it is this close; later ones wait in
 # PostgreSQL for the sweeper (a countdown past the visibility timeout would be redelivered).
 MAX_COUNTDOWN_SECONDS = 600.0
@@ -117,11 +120,14 @@ def _broker_priority(priority: str | None) -> int | None:
     return REDIS_PRIORITY[str(priority)]
 
 
-def publish_job(job_id: str, queue: str, priority: str = "normal") -> bool:
+def publish_job(job_id: str, queue: str, job_priority: str = "normal") -> bool:
+    """A job's plan message: `high` for a high job, else `normal`."""
+    priority = "high" if job_priority == "high" else "normal"
     return publish(TASK_PLAN_JOB, [job_id], queue, priority=priority)
 
 
 def publish_shard(job_id: str, index: int, queue: str, priority: str = "normal") -> bool:
+    """A shard message; `priority` is the message's (scheduler.Released), not the job's."""
     return publish(TASK_RUN_SHARD, [job_id, index], queue, priority=priority)
 
 

@@ -85,7 +85,11 @@ def count_in_flight(session: Session, queue: str) -> int:
 
 
 Pick = tuple[int, str, int, str]  #: (shard id, job id, index, the job's priority)
-Released = tuple[str, int, str]  #: (job id, index, priority): a shard message to publish
+#: (job id, index, the message's priority): a shard message to publish. `normal` but for a
+#: shard released in the slot of a recalled one: the window's waiting messages are fair
+#: share's choices, so one tenant's `high` messages must not pass them all (they would take
+#: every finish's slot) except where they take that tenant's own.
+Released = tuple[str, int, str]
 
 
 def _next_shard(session: Session, queue: str) -> Pick | None:
@@ -135,8 +139,8 @@ def _next_shard(session: Session, queue: str) -> Pick | None:
 
 def release(session: Session, queue: str, window: int) -> list[Released]:
     """Mark the next shards of `queue` released, up to the window, then let each tenant's
-    better work take the place of its own released, unstarted, lower-priority shards; (job id,
-    index, priority) of each release, for the caller to publish once this commits. Every
+    better work take the place of its own released, unstarted, lower-priority shards; what to
+    publish (`Released`) once this commits. Every
     running job may have shards released: a tenant's running-jobs cap is held before, where a
     job starts (app/services/admission.py).
     Call it in a transaction of its own: it takes the pool's lock before job rows, and a
@@ -144,18 +148,27 @@ def release(session: Session, queue: str, window: int) -> list[Released]:
     session.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK, func.hashtext(queue))))
     free = window - count_in_flight(session, queue)
     released: list[Released] = []
-    misses = 0  # a pick that changed under us (cancelled, failed) is looked for again
-    while free > 0 and misses < 8:
-        picked = _next_shard(session, queue)
-        if picked is None:
+    misses = swaps = 0  # a pick that changed under us (cancelled, failed) is looked for again
+    while misses < 8:
+        while free > 0 and misses < 8:
+            picked = _next_shard(session, queue)
+            if picked is None:
+                return released
+            if _mark_released(session, queue, picked):
+                released.append((picked[1], picked[2], JobPriority.NORMAL))
+                free -= 1
+            else:
+                misses += 1
+        if free > 0 or swaps >= window:
             break
-        if _mark_released(session, queue, picked):
-            released.append(picked[1:])
-            free -= 1
-        else:
-            misses += 1
-    if free <= 0:
-        released += _overtake(session, queue, limit=window)
+        swaps += 1
+        outcome = _overtake_once(session, queue)
+        if outcome is None:
+            break
+        if outcome == "freed":  # recalled, but the better shard changed: fill the slot
+            free += 1
+        elif not isinstance(outcome, str):  # "raced": look for another pair
+            released.append(outcome)
     return released
 
 
@@ -182,40 +195,40 @@ def _mark_released(session: Session, queue: str, picked: Pick) -> bool:
     return True
 
 
-def _overtake(session: Session, queue: str, limit: int) -> list[Released]:
-    """With the window full: while a tenant's best waiting shard has a higher priority than
-    one of its own released shards that no worker has started, recall that one (its message
-    finds it not released: a worker's claim requires the release) and release the better one
-    in its slot. Priority never crosses tenants: a slot only changes hands within one."""
-    released: list[Released] = []
-    for _ in range(limit):
-        swap = _overtaking_pair(session, queue)
-        if swap is None:
-            break
-        better, (victim_id, victim_job, victim_index) = swap
-        lock_job(session, victim_job)
-        recalled = session.execute(
-            update(JobShard)
-            .where(
-                JobShard.id == victim_id,
-                JobShard.status == ShardStatus.QUEUED,
-                JobShard.dispatched_at.is_not(None),
-            )
-            .values(dispatched_at=None)
-            .returning(JobShard.id)
-        ).first()
-        if recalled is None:  # a worker claimed it meanwhile: its slot is not free
-            break
-        add_event(
-            session,
-            victim_job,
-            "shard_recalled",
-            {"shard": victim_index, "queue": queue, "for": {"job": better[1], "shard": better[2]}},
+def _overtake_once(session: Session, queue: str) -> Released | str | None:
+    """With the window full: if a tenant's best waiting shard has a higher priority than one
+    of its own released shards that no worker has started, recall that one (its message finds
+    it not released: a worker's claim requires the release) and release the better one in its
+    slot, its message marked `high` so that it goes before the waiting ones in the broker. A
+    slot only changes hands within a tenant, so priority never crosses tenants. None: no such
+    pair; "raced": a worker claimed the one to recall first; "freed": recalled, but the better
+    shard changed meanwhile, so its slot is free."""
+    swap = _overtaking_pair(session, queue)
+    if swap is None:
+        return None
+    better, (victim_id, victim_job, victim_index) = swap
+    lock_job(session, victim_job)
+    recalled = session.execute(
+        update(JobShard)
+        .where(
+            JobShard.id == victim_id,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_not(None),
         )
-        if not _mark_released(session, queue, better):
-            break  # the slot stays free: the next release fills it
-        released.append(better[1:])
-    return released
+        .values(dispatched_at=None)
+        .returning(JobShard.id)
+    ).first()
+    if recalled is None:
+        return "raced"
+    add_event(
+        session,
+        victim_job,
+        "shard_recalled",
+        {"shard": victim_index, "queue": queue, "for": {"job": better[1], "shard": better[2]}},
+    )
+    if not _mark_released(session, queue, better):
+        return "freed"
+    return better[1], better[2], JobPriority.HIGH
 
 
 def _overtaking_pair(session: Session, queue: str) -> tuple[Pick, tuple[int, str, int]] | None:

@@ -212,8 +212,15 @@ def mark_job_redispatched(session: Session, job_id: str, when: datetime) -> None
 
 
 def mark_shard_dispatched(session: Session, job_id: str, index: int, when: datetime) -> None:
+    """The sweeper sent the shard's message again: only a shard still released and waiting is
+    marked (one the scheduler recalled meanwhile stays recalled; its message claims nothing)."""
     session.execute(
         update(JobShard)
-        .where(JobShard.job_id == job_id, JobShard.index == index)
+        .where(
+            JobShard.job_id == job_id,
+            JobShard.index == index,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_not(None),
+        )
         .values(dispatched_at=when)
     )

@@ -70,7 +70,7 @@ def test_fair_share_then_priority_then_age_within_the_window(session: Session) -
     # A first (its head, the urgent job, is older than B's), then B (fewer in flight), then A
     # again (equal counts: the tenant served longest ago).
     first = scheduler.release(session, queue, window=3)
-    assert first == [(a_urgent, 0, "high"), (b_job, 0, "normal"), (a_urgent, 1, "high")]
+    assert first == [(a_urgent, 0, "normal"), (b_job, 0, "normal"), (a_urgent, 1, "normal")]
     assert scheduler.release(session, queue, window=3) == []  # the window is full
     assert scheduler.count_in_flight(session, queue) == 3
 
@@ -94,7 +94,7 @@ def test_low_priority_waits_for_the_tenants_other_work(session: Session) -> None
     normal = _job(session, a, queue, 1, age=1)
     assert scheduler.release(session, queue, window=1) == [(normal, 0, "normal")]
     _finish(session, normal, 0)
-    assert scheduler.release(session, queue, window=1) == [(low, 0, "low")]
+    assert scheduler.release(session, queue, window=1) == [(low, 0, "normal")]
 
 
 def _released_at(session: Session, job_id: str, index: int) -> object:
@@ -112,8 +112,9 @@ def test_a_full_window_gives_a_tenants_unstarted_slot_to_its_better_work(
 ) -> None:
     from sqlalchemy import select
 
+    from app.db import utcnow
     from app.models import JobEvent
-    from app.services import scheduler
+    from app.services import scheduler, sweeping
     from app.services import shards as shard_service
     from app.services.tenants import get_or_create_tenant
 
@@ -137,6 +138,9 @@ def test_a_full_window_gives_a_tenants_unstarted_slot_to_its_better_work(
         select(JobEvent.data).where(JobEvent.job_id == backlog, JobEvent.type == "shard_recalled")
     ).scalar_one()
     assert recalled == {"shard": 1, "queue": queue, "for": {"job": urgent, "shard": 0}}
+    # The sweeper, resending a message it had found lost, leaves a recalled shard recalled.
+    sweeping.mark_shard_dispatched(session, backlog, 1, utcnow())
+    assert _released_at(session, backlog, 1) is None
     # The recalled shard's message, when a worker takes it, claims nothing.
     assert shard_service.claim_shard(session, backlog, 1, "worker-2", 60) is None
     assert shard_service.claim_shard(session, urgent, 0, "worker-2", 60) is not None
@@ -151,7 +155,7 @@ def test_a_full_window_gives_a_tenants_unstarted_slot_to_its_better_work(
 
     # When a slot frees, the tenant's urgent work still goes first; the recalled shard waits.
     _finish(session, backlog, 0)
-    assert scheduler.release(session, queue, window=3) == [(urgent, 1, "high")]
+    assert scheduler.release(session, queue, window=3) == [(urgent, 1, "normal")]
 
 
 def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
@@ -162,15 +166,16 @@ def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
 
     queue = f"q-{secrets.token_hex(4)}"
     assert publish_job("job-normal", queue, "normal")
-    assert publish_shard("job-low", 3, queue, "low")
-    assert publish_shard("job-normal", 0, queue, "normal")
+    assert publish_job("job-low", queue, "low")  # a low job's plan is no later than normal's
+    assert publish_shard("job-normal", 0, queue)
     assert publish_job("job-high", queue, "high")
+    assert publish_shard("job-high", 0, queue, "high")  # released in a recalled one's slot
     assert publish(TASK_ASSEMBLE_JOB, ["job-done"], queue)  # no priority: with the high ones
     taken = []
     with producer().connection_for_read() as conn:
         waiting = conn.SimpleQueue(queue)
         try:
-            for _ in range(5):
+            for _ in range(6):
                 message = waiting.get(timeout=5)
                 taken.append((message.headers["task"], tuple(message.payload[0])))
                 message.ack()
@@ -179,8 +184,40 @@ def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
             waiting.close()
     assert taken == [
         ("modelfarm.plan_job", ("job-high",)),
+        ("modelfarm.run_shard", ("job-high", 0)),
         (TASK_ASSEMBLE_JOB, ("job-done",)),
         ("modelfarm.plan_job", ("job-normal",)),
+        ("modelfarm.plan_job", ("job-low",)),
         ("modelfarm.run_shard", ("job-normal", 0)),
-        ("modelfarm.run_shard", ("job-low", 3)),
     ]
+
+
+def test_a_tenants_high_backlog_still_shares_the_pool_with_a_normal_one(
+    session: Session,
+) -> None:
+    """Fair share's releases reach the worker in the order the broker gives them: the
+    messages' priority steps (app/dispatch.py), first in first out within a step. One
+    worker, a window of 2: A's high shards and B's normal ones take turns."""
+    from app.dispatch import REDIS_PRIORITY
+    from app.services import scheduler
+    from app.services import shards as shard_service
+    from app.services.tenants import get_or_create_tenant
+
+    queue = f"q-{secrets.token_hex(4)}"
+    a = get_or_create_tenant(session, f"a-{secrets.token_hex(4)}").id
+    b = get_or_create_tenant(session, f"b-{secrets.token_hex(4)}").id
+    jobs = {_job(session, a, queue, 6, age=0, priority="high"): "A"}
+    jobs[_job(session, b, queue, 6, age=1)] = "B"
+    broker: list[tuple[int, int, str, int]] = []  # (step, order sent, job, index)
+    sent = 0
+    ran = ""
+    for _ in range(10):
+        for job_id, index, priority in scheduler.release(session, queue, window=2):
+            broker.append((REDIS_PRIORITY[priority], sent, job_id, index))
+            sent += 1
+        broker.sort()
+        _, _, job_id, index = broker.pop(0)  # what the worker's BRPOP takes
+        assert shard_service.claim_shard(session, job_id, index, "worker", 60) is not None
+        _finish(session, job_id, index)
+        ran += jobs[job_id]
+    assert ran == "ABABABABAB", ran

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from app.broker_scan import PRIORITY_SEP
 from app.cli import cli
 from app.config import Settings
-from app.dispatch import QUEUES
+from app.dispatch import QUEUES, REDIS_PRIORITY, WEBHOOK_QUEUE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 API_VERSIONS = {
@@ -159,12 +160,25 @@ def test_each_pool_scales_on_its_own_queue(file: str) -> None:
     for name, obj in scaled.items():
         target = obj["spec"]["scaleTargetRef"]["name"]
         assert target in {d["metadata"]["name"] for d in workers.values()}, name
-        (trigger,) = obj["spec"]["triggers"]
-        meta = trigger["metadata"]
-        queue = meta.get("listName") if trigger["type"] == "redis" else meta.get("queueName")
-        targets[queue] = target
+        for trigger in obj["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            queue = meta.get("listName") if trigger["type"] == "redis" else meta.get("queueName")
+            targets[queue] = target
         assert obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"], name
-    assert targets == {pool: d["metadata"]["name"] for pool, d in workers.items()}
+    if file == "keda-rabbitmq.yaml":  # one queue a pool (priorities are not used there)
+        expected = {pool: d["metadata"]["name"] for pool, d in workers.items()}
+    else:  # every Redis list a pool's messages wait in: one per priority step (webhook
+        # deliveries carry none)
+        steps = {step for step in REDIS_PRIORITY.values() if step}
+        expected = {
+            name: d["metadata"]["name"]
+            for pool, d in workers.items()
+            for name in [
+                pool,
+                *(f"{pool}{PRIORITY_SEP}{s}" for s in steps if pool != WEBHOOK_QUEUE),
+            ]
+        }
+    assert targets == expected
 
 
 def test_every_setting_named_is_one_the_farm_reads() -> None:

@@ -362,13 +362,12 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
         )
         return
 
-    def release() -> tuple[str, str]:
+    def release() -> str:
         with session_scope() as session:
             shard_service.release_shard(session, shard, owner, reason)
-            job = session.get_one(Job, shard.job_id)
-            return job.queue, job.priority
+            return session.get_one(Job, shard.job_id).queue
 
-    publish_shard(shard.job_id, shard.index, *db_retry(release))
+    publish_shard(shard.job_id, shard.index, db_retry(release))
 
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
