@@ -54,7 +54,7 @@ def export_graphs(root: Path) -> dict[str, Path]:
     from workers.runtime import load_runner
     from workers.runtime import onnx as onnx_backend
 
-    torch_runner = load_runner(builtin_spec("minilm"))
+    torch_runner: Any = load_runner(builtin_spec("minilm"))  # the torch EmbeddingRunner
     config = torch_runner.model.config
     folders = {"plain": root / "plain", "eager": root / "eager"}
     onnx_backend.export(torch_runner, "embedding", folders["plain"])
