@@ -89,18 +89,18 @@ def run_onnx_in_process(sentences: list[str], runs: int) -> float:
     from workers.builtins import builtin_spec
     from workers.runtime import RunOptions, load_runner
 
-    graphs = tempfile.mkdtemp(prefix="mf-bench-graph-")
-    spec = replace(builtin_spec("minilm"), backend="onnx", graph_dir=f"{graphs}/minilm")
-    runner = load_runner(spec)
-    options = RunOptions()
-    texts = [runner.prepare(s, options) for s in sentences]
-    runner.run(texts[:64], options)  # warm-up
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.run(texts, options)
-        best = min(best, time.perf_counter() - start)
-    return best
+    with tempfile.TemporaryDirectory(prefix="mf-bench-graph-") as graphs:  # exported here
+        spec = replace(builtin_spec("minilm"), backend="onnx", graph_dir=f"{graphs}/minilm")
+        runner = load_runner(spec)
+        options = RunOptions()
+        texts = [runner.prepare(s, options) for s in sentences]
+        runner.run(texts[:64], options)  # warm-up
+        best = float("inf")
+        for _ in range(runs):
+            start = time.perf_counter()
+            runner.run(texts, options)
+            best = min(best, time.perf_counter() - start)
+        return best
 
 
 def main() -> None:
