@@ -7,6 +7,7 @@ The API publishes after the job is committed. A failed publish loses nothing: th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,7 @@ from celery import Celery
 from app import broker_scan
 from app.broker_scan import TaskKey as TaskKey  # the sweeper names it through here
 from app.config import Settings, get_settings
+from app.task_messages import task_message
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,62 @@ def publish(task: str, args: list[Any], queue: str, countdown: float | None = No
 
 def publish_job(job_id: str, queue: str) -> bool:
     return publish(TASK_PLAN_JOB, [job_id], queue)
+
+
+def publish_jobs(jobs: Sequence[tuple[str, str]]) -> list[str]:
+    """Plan messages for many jobs, (job id, queue) pairs; answers the ids of those the broker
+    may not have taken (logged), so the sweeper sends them.
+
+    On Redis they are built here (app/task_messages.py) and pushed in one round trip, a
+    command per queue; on any other broker they go through Celery one at a time.
+    """
+    if not jobs:
+        return []
+    client = _redis_producer()
+    if client is None:
+        return [job_id for job_id, queue in jobs if not publish_job(job_id, queue)]
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in jobs:
+        by_queue.setdefault(queue, []).append(task_message(TASK_PLAN_JOB, [job_id], queue))
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for queue, messages in by_queue.items():
+                # LPUSH of several puts the last leftmost, and workers take from the right:
+                # they run in the order given, as separate pushes would.
+                pipe.lpush(queue, *messages)
+            pipe.execute()
+    except Exception:  # the broker being down must never fail a request
+        log.warning("could not publish %d plan messages", len(jobs), exc_info=True)
+        return [job_id for job_id, _ in jobs]
+    return []
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _redis_producer() -> Any | None:
+    """A plain Redis client for the broker when it is one kombu would reach the same way (a
+    single redis://, rediss:// or unix:// URL); None otherwise."""
+    url = get_settings().require_broker_url()
+    if not url.startswith(("redis://", "rediss://", "unix://")) or ";" in url:
+        return None
+    client = _redis_clients.get(url)
+    if client is None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = _transport_options(get_settings(), url)
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["socket_connect_timeout"],
+            # Once more on a broken connection (a pooled socket from before a Redis restart),
+            # never after a timeout: a broker that does not answer costs a request 5 s, not 20.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        _redis_clients[url] = client
+    return client
 
 
 def publish_validation(version_id: str) -> bool:

@@ -17,15 +17,21 @@ unique index, one job at a time).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import Connection
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from app.db import session_scope
-from app.dispatch import publish_job
+from app.db import get_engine, read_scope, session_scope
+from app.dispatch import publish_jobs
 from app.metrics import JOBS_SUBMITTED
 from app.models import Job
 from app.services import jobs as job_service
@@ -34,12 +40,16 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  #: submissions written by one transaction at most
 
+Prepare = Callable[[Session], job_service.Submission]
 
-@dataclass
+
+@dataclass(eq=False)
 class _Waiting:
-    submission: job_service.Submission
-    done: threading.Event = field(default_factory=threading.Event)
+    submission: job_service.Submission | None
+    prepare: Prepare | None = None  # run by the committer first, with a session for reads
     error: BaseException | None = None
+    done: threading.Event | None = None  # a thread waits on this, or
+    future: asyncio.Future[None] | None = None  # a request on its event loop awaits this
 
 
 class GroupCommit:
@@ -51,12 +61,31 @@ class GroupCommit:
     def submit(self, submission: job_service.Submission) -> None:
         """Write and publish one submission; returns once it is committed (raises what the
         database raised when it could not be)."""
-        waiting = _Waiting(submission)
+        waiting = _Waiting(submission, done=threading.Event())
         self._start()
         self._queue.put(waiting)
+        assert waiting.done is not None
         waiting.done.wait()
         if waiting.error is not None:
             raise waiting.error
+
+    async def submit_async(self, prepare: Prepare) -> job_service.Submission:
+        """Prepare (`prepare(session)`: its checks and reads), write and publish one
+        submission, all in the committer thread; returns once it is committed.
+
+        From an event loop, with no hop to a worker thread: that hop (and the GIL passed back
+        and forth for it) cost a request more CPU than FastAPI itself. What `prepare` raises
+        is raised here, as is what the database raised when the rows could not be written.
+        """
+        waiting = _Waiting(None, prepare, future=asyncio.get_running_loop().create_future())
+        self._start()
+        self._queue.put(waiting)
+        assert waiting.future is not None
+        await waiting.future
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.submission is not None
+        return waiting.submission
 
     def _start(self) -> None:
         with self._lock:
@@ -73,12 +102,52 @@ class GroupCommit:
                 except queue.Empty:
                     break
             try:
-                outcomes = write_batch([w.submission for w in batch])
+                _prepare(batch)
+                ready = [w for w in batch if w.error is None]
+                outcomes = write_batch([w.submission for w in ready if w.submission])
+                for waiting, error in zip(ready, outcomes, strict=True):
+                    waiting.error = error
             except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
-                outcomes = [exc] * len(batch)
-            for waiting, error in zip(batch, outcomes, strict=True):
-                waiting.error = error
-                waiting.done.set()
+                for waiting in batch:
+                    waiting.error = waiting.error or exc
+            _wake(batch)
+
+
+def _prepare(batch: list[_Waiting]) -> None:
+    """Run the submissions' own checks and reads, all on one session (and one connection)."""
+    pending = [w for w in batch if w.prepare is not None]
+    if not pending:
+        return
+    with read_scope() as session:
+        for waiting in pending:
+            assert waiting.prepare is not None
+            try:
+                waiting.submission = waiting.prepare(session)
+            except Exception as exc:  # its own answer (404, 422, 429...), the others go on
+                waiting.error = exc
+                if isinstance(exc, SQLAlchemyError):
+                    session.rollback()
+
+
+def _wake(batch: list[_Waiting]) -> None:
+    """Tell every waiting request: threads at once, and each event loop once for all its own."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiting in batch:
+        if waiting.done is not None:
+            waiting.done.set()
+        if waiting.future is not None:
+            by_loop.setdefault(waiting.future.get_loop(), []).append(waiting.future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a request cancelled meanwhile (its client went away)
+            future.set_result(None)
 
 
 def write_batch(submissions: list[job_service.Submission]) -> list[BaseException | None]:
@@ -87,6 +156,8 @@ def write_batch(submissions: list[job_service.Submission]) -> list[BaseException
     Raises what the database raised when it could write none of them (it is down, say).
     """
     outcomes: list[BaseException | None] = [None] * len(submissions)
+    if not submissions:
+        return outcomes
     try:
         _commit(submissions)
     except (IntegrityError, DataError):
@@ -104,16 +175,64 @@ def write_batch(submissions: list[job_service.Submission]) -> list[BaseException
 
 
 def _commit(submissions: list[job_service.Submission]) -> None:
-    with session_scope() as session:
-        job_service.insert_submissions(session, submissions)
+    with _held.begin() as connection:
+        job_service.insert_submissions(connection, submissions)
+
+
+class _HeldConnection:
+    """The committer's connection, kept from one batch to the next.
+
+    Taken from the pool for every batch, it was pinged every time (the API's engine pings at
+    checkout, so a restarted PostgreSQL costs no request a 503): a round trip and a statement
+    in every batch. Kept, it is pinged only after it sat unused for IDLE_SECONDS, when the pool
+    lends it again; a connection lost under load fails its batch (as a checkout-time ping
+    could not have prevented either) and is replaced for the next.
+    """
+
+    IDLE_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._connection: Connection | None = None
+        self._used_at = 0.0
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        connection = self._connection
+        stale = time.monotonic() - self._used_at > self.IDLE_SECONDS
+        if connection is not None and (
+            stale or connection.invalidated or connection.engine is not get_engine()
+        ):
+            self._release()
+        if self._connection is None:
+            self._connection = get_engine().connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                yield connection
+        except BaseException:
+            if connection.invalidated or connection.closed:
+                self._release()
+            raise
+        finally:
+            self._used_at = time.monotonic()
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # already broken: the pool discards it
+                log.debug("closing the committer's connection failed", exc_info=True)
+            self._connection = None
+
+
+_held = _HeldConnection()
 
 
 def _publish(jobs: list[Job]) -> None:
-    refused = []
     for job in jobs:
         JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-        if not publish_job(job.id, job.queue):
-            refused.append(job)
+    refused_ids = set(publish_jobs([(job.id, job.queue) for job in jobs]))
+    refused = [job for job in jobs if job.id in refused_ids]
     if refused:
         try:
             with session_scope() as session:
