@@ -208,6 +208,14 @@ def _columns(cls: type[Base]) -> tuple[tuple[str, str], ...]:
     return tuple((attr.key, attr.columns[0].key) for attr in inspect(cls).column_attrs)
 
 
+def submission_rows(submissions: Sequence[Submission]) -> list[tuple[Table, list[dict[str, Any]]]]:
+    """The rows of several submissions by table, parents first (as `one_statement` takes them)."""
+    return [
+        (cast(Table, cls.__table__), [row for s in submissions for c, row in s.rows if c is cls])
+        for cls in sorted(_INSERT_ORDER, key=_INSERT_ORDER.__getitem__)
+    ]
+
+
 def insert_submissions(session: Session | Connection, submissions: Sequence[Submission]) -> None:
     """Write the rows of several submissions: one multi-row INSERT per table and shape of row.
 
