@@ -1,11 +1,15 @@
 """Group commit: submissions that arrive together are written in one transaction.
 
-A submission's own checks and reads run in its request thread (`jobs.prepare_submission`); its
-rows then wait here for one committer thread per API process, which writes every submission
-waiting at that moment with one INSERT per table and one COMMIT, publishes their messages, and
-only then lets each request answer 202. Under load the next batch gathers while one commits, so
-a commit, its round trips and its flush are shared by many jobs (they were half of what a
-submission cost the API); a lone request waits for nothing but its own commit.
+`POST /v1/jobs` hands its parsed request to the committer threads of its API process (two,
+COMMITTERS) and waits on its event loop. A committer takes every submission waiting at that
+moment, runs each one's checks and reads (`jobs.prepare_submission`, which also writes an inline
+input's file), writes all their rows with one statement (app/services/one_statement.py),
+publishes their plan messages in one Redis round trip (`dispatch.publish_jobs`), and only then
+lets each request answer 202. Under load the next batch gathers while one is written, so a
+commit and its round trips are shared by many jobs; a lone request waits for nothing but its
+own commit. The request itself never leaves its event loop: a hop to a worker thread and back
+(the GIL handed over twice) had cost it more CPU than FastAPI. Other callers (the OpenAI
+surface) prepare in their own thread and hand over the rows with `submit`.
 
 Every guarantee of a single submission holds: the answer comes after the commit (a job id a
 client holds exists), publishing comes after the commit (a message never names a missing job),
@@ -40,11 +44,12 @@ from app.services import one_statement
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  #: submissions written by one transaction at most
-# Committer threads per API process, each writing its own batch: while one waits for its
-# commit's round trips (and the disk), the next batch is gathered and sent by another. With one,
-# a process had one transaction in flight at a time and, on a busy machine, sat idle between
-# round trips with requests waiting (its CPU at 60% while the answers slowed down).
-COMMITTERS = 4
+# Committer threads per API process. With one, a process had a single transaction in flight:
+# on a busy machine, where every round trip also waits for PostgreSQL's process to be scheduled,
+# it sat idle between round trips with requests waiting. With two, one batch is written while
+# the next gathers and starts on the other; more split the requests in flight (a few per
+# process) into batches of one, and each thread's wake-ups cost CPU of their own.
+COMMITTERS = 2
 
 Prepare = Callable[[Session], job_service.Submission]
 
@@ -114,8 +119,8 @@ class GroupCommit:
                     break
             try:
                 _prepare(batch)
-                ready = [w for w in batch if w.error is None]
-                outcomes = write_batch([w.submission for w in ready if w.submission])
+                ready = [w for w in batch if w.error is None and w.submission is not None]
+                outcomes = write_batch([w.submission for w in ready if w.submission is not None])
                 for waiting, error in zip(ready, outcomes, strict=True):
                     waiting.error = error
             except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
