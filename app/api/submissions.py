@@ -25,16 +25,13 @@ import asyncio
 import logging
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.db import get_engine, read_scope, session_scope
+from app.db import HeldConnection, read_scope, session_scope
 from app.dispatch import publish_jobs
 from app.metrics import JOBS_SUBMITTED
 from app.models import Job
@@ -198,60 +195,13 @@ def _commit(submissions: list[job_service.Submission]) -> None:
         return
     held = getattr(_held, "connection", None)
     if held is None:
-        held = _held.connection = _HeldConnection()
+        held = _held.connection = HeldConnection()
     with held.use() as connection:
         one_statement.insert_all(connection, tables)
 
 
-class _HeldConnection:
-    """A committer thread's connection, in autocommit, kept from one batch to the next.
-
-    Taken from the pool for every batch, it was pinged every time (the API's engine pings at
-    checkout, so a restarted PostgreSQL costs no request a 503): a round trip and a statement
-    in every batch. Kept, it is pinged only after it sat unused for IDLE_SECONDS, when the pool
-    lends it again; a connection lost under load fails its batch (as a checkout-time ping
-    could not have prevented either) and is replaced for the next. Autocommit: a batch is one
-    statement (app/services/one_statement.py), its own transaction.
-    """
-
-    IDLE_SECONDS = 1.0
-
-    def __init__(self) -> None:
-        self._connection: Connection | None = None
-        self._used_at = 0.0
-
-    @contextmanager
-    def use(self) -> Iterator[Connection]:
-        connection = self._connection
-        stale = time.monotonic() - self._used_at > self.IDLE_SECONDS
-        if connection is not None and (
-            stale or connection.invalidated or connection.engine is not get_engine()
-        ):
-            self._release()
-        if self._connection is None:
-            self._connection = (
-                get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
-            )
-        connection = self._connection
-        try:
-            yield connection
-        except BaseException:
-            if connection.invalidated or connection.closed:
-                self._release()
-            raise
-        finally:
-            self._used_at = time.monotonic()
-
-    def _release(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except Exception:  # already broken: the pool discards it
-                log.debug("closing the committer's connection failed", exc_info=True)
-            self._connection = None
-
-
-_held = threading.local()  # a _HeldConnection per committer thread
+# Each committer keeps its own connection between batches (app/db.py says why).
+_held = threading.local()
 
 
 def _publish(jobs: list[Job]) -> None:
