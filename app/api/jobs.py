@@ -213,7 +213,8 @@ def _delivery(delivery: Delivery) -> DeliveryPublic:
         webhook_id=delivery.webhook_id,
         status=delivery.status,
         attempts=[
-            DeliveryAttemptPublic.model_validate(a, from_attributes=True) for a in delivery.attempts
+            DeliveryAttemptPublic.model_validate(a, from_attributes=True)
+            for a in delivery.attempts
         ],
         next_attempt_at=delivery.next_attempt_at,
         last_status_code=delivery.last_status_code,
