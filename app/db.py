@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -9,13 +10,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import JSON, MetaData, create_engine, text
+from sqlalchemy import JSON, Connection, MetaData, create_engine, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import get_settings
+
+log = logging.getLogger(__name__)
 
 # Stable constraint names from the first migration on, so autogenerate never churns them.
 NAMING_CONVENTION = {
@@ -126,6 +129,55 @@ def read_scope() -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+class HeldConnection:
+    """A connection in autocommit, kept from one use to the next: each group commit thread of
+    the API keeps one (app/api/submissions.py), a batch being one statement, its own
+    transaction (app/services/one_statement.py).
+
+    Taken from the pool for every batch, it was pinged every time (the API's engine pings at
+    checkout, so a restarted PostgreSQL costs no request a 503): a round trip and a statement
+    per batch. Kept, it is handed back and taken again (so pinged) only after IDLE_SECONDS
+    unused; a connection lost under load fails the statement it was running (as a
+    checkout-time ping could not have prevented either) and is replaced for the next.
+    """
+
+    IDLE_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._connection: Connection | None = None
+        self._used_at = 0.0
+
+    @contextmanager
+    def use(self) -> Iterator[Connection]:
+        connection = self._connection
+        stale = time.monotonic() - self._used_at > self.IDLE_SECONDS
+        if connection is not None and (
+            stale or connection.invalidated or connection.engine is not get_engine()
+        ):
+            self._release()
+        if self._connection is None:
+            self._connection = (
+                get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
+            )
+        connection = self._connection
+        try:
+            yield connection
+        except BaseException:
+            if connection.invalidated or connection.closed:
+                self._release()
+            raise
+        finally:
+            self._used_at = time.monotonic()
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # already broken: the pool discards it
+                log.debug("closing a held connection failed", exc_info=True)
+            self._connection = None
 
 
 def skip_commit_wait(session: Session) -> None:

@@ -7,6 +7,7 @@ The API publishes after the job is committed. A failed publish loses nothing: th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,7 @@ from celery import Celery
 from app import broker_scan
 from app.broker_scan import TaskKey as TaskKey  # the sweeper names it through here
 from app.config import Settings, get_settings
+from app.task_messages import task_message
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +122,78 @@ def _broker_priority(priority: str | None) -> int | None:
     return REDIS_PRIORITY[str(priority)]
 
 
-def publish_job(job_id: str, queue: str, job_priority: str = "normal") -> bool:
+def _plan_priority(job_priority: str) -> str:
     """A job's plan message: `high` for a high job, else `normal`."""
-    priority = "high" if job_priority == "high" else "normal"
-    return publish(TASK_PLAN_JOB, [job_id], queue, priority=priority)
+    return "high" if job_priority == "high" else "normal"
+
+
+def publish_job(job_id: str, queue: str, job_priority: str = "normal") -> bool:
+    return publish(TASK_PLAN_JOB, [job_id], queue, priority=_plan_priority(job_priority))
 
 
 def publish_shard(job_id: str, index: int, queue: str, priority: str = "normal") -> bool:
     """A shard message; `priority` is the message's (scheduler.Released), not the job's."""
     return publish(TASK_RUN_SHARD, [job_id, index], queue, priority=priority)
+
+
+def publish_jobs(jobs: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Plan messages for many jobs, (job id, queue, job priority); answers the ids of those the
+    broker may not have taken (logged), so the sweeper sends them.
+
+    On Redis they are built here (app/task_messages.py) and pushed in one round trip, a
+    command per queue; on any other broker they go through Celery one at a time.
+    """
+    if not jobs:
+        return []
+    client = _redis_producer()
+    if client is None:
+        return [job[0] for job in jobs if not publish_job(*job)]
+    by_list: dict[str, list[str]] = {}
+    for job_id, queue, job_priority in jobs:
+        step = REDIS_PRIORITY[_plan_priority(job_priority)]
+        # kombu's list for the step: the queue's own for 0, "<queue>\x06\x16<step>" else.
+        key = f"{queue}{broker_scan.PRIORITY_SEP}{step}" if step else queue
+        message = task_message(TASK_PLAN_JOB, [job_id], queue, step)
+        by_list.setdefault(key, []).append(message)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for key, messages in by_list.items():
+                # LPUSH of several puts the last leftmost, and workers take from the right:
+                # they run in the order given, as separate pushes would.
+                pipe.lpush(key, *messages)
+            pipe.execute()
+    except Exception:  # the broker being down must never fail a request
+        log.warning("could not publish %d plan messages", len(jobs), exc_info=True)
+        return [job[0] for job in jobs]
+    return []
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _redis_producer() -> Any | None:
+    """A plain Redis client for the broker when it is one kombu would reach the same way (a
+    single redis://, rediss:// or unix:// URL); None otherwise."""
+    url = get_settings().require_broker_url()
+    if not url.startswith(("redis://", "rediss://", "unix://")) or ";" in url:
+        return None
+    client = _redis_clients.get(url)
+    if client is None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = _transport_options(get_settings(), url)
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["socket_connect_timeout"],
+            # Once more on a broken connection (a pooled socket from before a Redis restart),
+            # never after a timeout: a broker that does not answer costs a request 5 s, not 20.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
+        _redis_clients[url] = client
+    return client
 
 
 def publish_validation(version_id: str) -> bool:

@@ -53,8 +53,15 @@ class ArtifactStore:
         if isinstance(fs, LocalFileSystem):
             # The operating system's file, not fsspec's wrapper around it: input is read a line
             # at a time, and the wrapper's Python call per line cost 16% of a scikit-learn shard.
-            if writing:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return open(path, mode)  # noqa: SIM115 (the caller closes it)
+            except FileNotFoundError:
+                if not writing:
+                    raise
+            # The folder is made only when it is missing: most writes go to one that exists
+            # (every inline job's input goes to its tenant's files/), and a mkdir that fails
+            # with EEXIST cost each of them a system call and an exception.
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             return open(path, mode)  # noqa: SIM115 (the caller closes it)
         if writing:
             fs.makedirs(fs._parent(path), exist_ok=True)

@@ -111,7 +111,9 @@ def main() -> None:
     from bench.farm import farm_services
 
     with farm_services() as services:
-        db_url, redis_url = services.db_url, services.redis_url
+        # psycopg itself takes the plain URL, not SQLAlchemy's `postgresql+psycopg://` form.
+        db_url = services.db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        redis_url = services.redis_url
         port, key = services.port, services.api_key
         supervisor = Supervisor()
         supervisor.start("api", modelfarm_command("api"), log_file=services.tmp / "api.log")

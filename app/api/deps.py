@@ -39,7 +39,15 @@ async def get_session() -> AsyncIterator[Session]:
 
 # scope="function": commit before the answer is sent, so an id a client receives already exists.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def settings() -> Settings:
+    """The settings, as a dependency. Async: FastAPI runs a plain function dependency in a
+    worker thread, a hop that cost every request more than reading the (cached) settings."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
 
 
 async def current_tenant(

@@ -26,7 +26,7 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECA
 
 
 @router.post("", status_code=202, summary="Submit a job", responses=errors(404, 409, 413))
-def create_job(
+async def create_job(
     body: JobCreate,
     session: SessionDep,
     tenant: TenantDep,
@@ -45,14 +45,20 @@ def create_job(
     `Prefer: wait=N` to be told as soon as it ends) or give a `webhook`. 404: the input file
     or model is not this tenant's; 409: the model version is still validating."""
     if idempotency_key:  # its own transaction: the unique index decides a race of one key
-        job = job_service.submit_job(
-            session, tenant, body, idempotency_key, max_inline_items=settings.max_inline_items
+        job = await run_in_threadpool(
+            job_service.submit_job,
+            session,
+            tenant,
+            body,
+            idempotency_key,
+            max_inline_items=settings.max_inline_items,
         )
         return job_service.job_public(job)
-    submission = job_service.prepare_submission(session, tenant, body, settings.max_inline_items)
-    if session.in_transaction():
-        session.commit()  # only read: its connection goes back before the wait below
-    group_commit.submit(submission)  # committed with whatever arrived with it, then published
+    # Checked, written with whatever arrived with it, and published by the committer thread
+    # (app/api/submissions.py); this request waits on its event loop meanwhile.
+    submission = await group_commit.submit_async(
+        lambda reads: job_service.prepare_submission(reads, tenant, body, settings.max_inline_items)
+    )
     return job_service.job_public(submission.job)
 
 

@@ -1,11 +1,15 @@
 """Group commit: submissions that arrive together are written in one transaction.
 
-A submission's own checks and reads run in its request thread (`jobs.prepare_submission`); its
-rows then wait here for one committer thread per API process, which writes every submission
-waiting at that moment with one INSERT per table and one COMMIT, publishes their messages, and
-only then lets each request answer 202. Under load the next batch gathers while one commits, so
-a commit, its round trips and its flush are shared by many jobs (they were half of what a
-submission cost the API); a lone request waits for nothing but its own commit.
+`POST /v1/jobs` hands its parsed request to the committer threads of its API process (two,
+COMMITTERS) and waits on its event loop. A committer takes every submission waiting at that
+moment, runs each one's checks and reads (`jobs.prepare_submission`, which also writes an inline
+input's file), writes all their rows with one statement (app/services/one_statement.py),
+publishes their plan messages in one Redis round trip (`dispatch.publish_jobs`), and only then
+lets each request answer 202. Under load the next batch gathers while one is written, so a
+commit and its round trips are shared by many jobs; a lone request waits for nothing but its
+own commit. The request itself never leaves its event loop: a hop to a worker thread and back
+(the GIL handed over twice) had cost it more CPU than FastAPI. Other callers (the OpenAI
+surface) prepare in their own thread and hand over the rows with `submit`.
 
 Every guarantee of a single submission holds: the answer comes after the commit (a job id a
 client holds exists), publishing comes after the commit (a message never names a missing job),
@@ -17,52 +21,90 @@ unique index, one job at a time).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from app.db import session_scope
-from app.dispatch import publish_job
+from app.db import HeldConnection, read_scope, session_scope
+from app.dispatch import publish_jobs
 from app.metrics import JOBS_SUBMITTED
 from app.models import Job
 from app.services import jobs as job_service
+from app.services import one_statement
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  #: submissions written by one transaction at most
+# Committer threads per API process. With one, a process had a single transaction in flight:
+# on a busy machine, where every round trip also waits for PostgreSQL's process to be scheduled,
+# it sat idle between round trips with requests waiting. With two, one batch is written while
+# the next gathers and starts on the other; more split the requests in flight (a few per
+# process) into batches of one, and each thread's wake-ups cost CPU of their own.
+COMMITTERS = 2
+
+Prepare = Callable[[Session], job_service.Submission]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiting:
-    submission: job_service.Submission
-    done: threading.Event = field(default_factory=threading.Event)
+    submission: job_service.Submission | None
+    prepare: Prepare | None = None  # run by the committer first, with a session for reads
     error: BaseException | None = None
+    done: threading.Event | None = None  # a thread waits on this, or
+    future: asyncio.Future[None] | None = None  # a request on its event loop awaits this
 
 
 class GroupCommit:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def submit(self, submission: job_service.Submission) -> None:
         """Write and publish one submission; returns once it is committed (raises what the
         database raised when it could not be)."""
-        waiting = _Waiting(submission)
+        waiting = _Waiting(submission, done=threading.Event())
         self._start()
         self._queue.put(waiting)
+        assert waiting.done is not None
         waiting.done.wait()
         if waiting.error is not None:
             raise waiting.error
 
+    async def submit_async(self, prepare: Prepare) -> job_service.Submission:
+        """Prepare (`prepare(session)`: its checks and reads), write and publish one
+        submission, all in the committer thread; returns once it is committed.
+
+        From an event loop, with no hop to a worker thread: that hop (and the GIL passed back
+        and forth for it) cost a request more CPU than FastAPI itself. What `prepare` raises
+        is raised here, as is what the database raised when the rows could not be written.
+        """
+        waiting = _Waiting(None, prepare, future=asyncio.get_running_loop().create_future())
+        self._start()
+        self._queue.put(waiting)
+        assert waiting.future is not None
+        await waiting.future
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.submission is not None
+        return waiting.submission
+
     def _start(self) -> None:
+        if len(self._threads) == COMMITTERS and all(t.is_alive() for t in self._threads):
+            return
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < COMMITTERS:
+                name = f"group-commit-{len(self._threads)}"
+                thread = threading.Thread(target=self._run, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def _run(self) -> None:
         while True:
@@ -73,12 +115,52 @@ class GroupCommit:
                 except queue.Empty:
                     break
             try:
-                outcomes = write_batch([w.submission for w in batch])
+                _prepare(batch)
+                ready = [w for w in batch if w.error is None and w.submission is not None]
+                outcomes = write_batch([w.submission for w in ready if w.submission is not None])
+                for waiting, error in zip(ready, outcomes, strict=True):
+                    waiting.error = error
             except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
-                outcomes = [exc] * len(batch)
-            for waiting, error in zip(batch, outcomes, strict=True):
-                waiting.error = error
-                waiting.done.set()
+                for waiting in batch:
+                    waiting.error = waiting.error or exc
+            _wake(batch)
+
+
+def _prepare(batch: list[_Waiting]) -> None:
+    """Run the submissions' own checks and reads, all on one session (and one connection)."""
+    pending = [w for w in batch if w.prepare is not None]
+    if not pending:
+        return
+    with read_scope() as session:
+        for waiting in pending:
+            assert waiting.prepare is not None
+            try:
+                waiting.submission = waiting.prepare(session)
+            except Exception as exc:  # its own answer (404, 422, 429...), the others go on
+                waiting.error = exc
+                if isinstance(exc, SQLAlchemyError):
+                    session.rollback()
+
+
+def _wake(batch: list[_Waiting]) -> None:
+    """Tell every waiting request: threads at once, and each event loop once for all its own."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiting in batch:
+        if waiting.done is not None:
+            waiting.done.set()
+        if waiting.future is not None:
+            by_loop.setdefault(waiting.future.get_loop(), []).append(waiting.future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a request cancelled meanwhile (its client went away)
+            future.set_result(None)
 
 
 def write_batch(submissions: list[job_service.Submission]) -> list[BaseException | None]:
@@ -87,6 +169,8 @@ def write_batch(submissions: list[job_service.Submission]) -> list[BaseException
     Raises what the database raised when it could write none of them (it is down, say).
     """
     outcomes: list[BaseException | None] = [None] * len(submissions)
+    if not submissions:
+        return outcomes
     try:
         _commit(submissions)
     except (IntegrityError, DataError):
@@ -104,16 +188,27 @@ def write_batch(submissions: list[job_service.Submission]) -> list[BaseException
 
 
 def _commit(submissions: list[job_service.Submission]) -> None:
-    with session_scope() as session:
-        job_service.insert_submissions(session, submissions)
+    tables = job_service.submission_rows(submissions)
+    if not one_statement.uniform(tables):  # a row left to a default: one INSERT per shape
+        with session_scope() as session:
+            job_service.insert_submissions(session, submissions)
+        return
+    held = getattr(_held, "connection", None)
+    if held is None:
+        held = _held.connection = HeldConnection()
+    with held.use() as connection:
+        one_statement.insert_all(connection, tables)
+
+
+# Each committer keeps its own connection between batches (app/db.py says why).
+_held = threading.local()
 
 
 def _publish(jobs: list[Job]) -> None:
-    refused = []
     for job in jobs:
         JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-        if not publish_job(job.id, job.queue, job.priority):
-            refused.append(job)
+    refused_ids = set(publish_jobs([(job.id, job.queue, job.priority) for job in jobs]))
+    refused = [job for job in jobs if job.id in refused_ids]
     if refused:
         try:
             with session_scope() as session:

@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, insert, inspect, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -185,20 +196,40 @@ _INSERT_ORDER = {File: 0, Job: 1, JobEvent: 2}
 
 
 def _column_values(obj: Base) -> dict[str, Any]:
-    """The column attributes set on a new ORM object, by attribute name."""
+    """The columns set on a new ORM object, by column name (as a Core INSERT takes them)."""
     return {
-        attr.key: obj.__dict__[attr.key]
-        for attr in inspect(type(obj)).column_attrs
-        if attr.key in obj.__dict__
+        column: obj.__dict__[attr] for attr, column in _columns(type(obj)) if attr in obj.__dict__
     }
 
 
-def insert_submissions(session: Session, submissions: Sequence[Submission]) -> None:
-    """Write the rows of several submissions: one multi-row INSERT per table."""
-    for table in sorted(_INSERT_ORDER, key=_INSERT_ORDER.__getitem__):
-        rows = [row for s in submissions for cls, row in s.rows if cls is table]
-        if rows:
-            session.execute(insert(table), rows)
+@lru_cache
+def _columns(cls: type[Base]) -> tuple[tuple[str, str], ...]:
+    """(attribute, column name) of each column attribute of an ORM class."""
+    return tuple((attr.key, attr.columns[0].key) for attr in inspect(cls).column_attrs)
+
+
+def submission_rows(submissions: Sequence[Submission]) -> list[tuple[Table, list[dict[str, Any]]]]:
+    """The rows of several submissions by table, parents first (as `one_statement` takes them)."""
+    return [
+        (cast(Table, cls.__table__), [row for s in submissions for c, row in s.rows if c is cls])
+        for cls in sorted(_INSERT_ORDER, key=_INSERT_ORDER.__getitem__)
+    ]
+
+
+def insert_submissions(session: Session | Connection, submissions: Sequence[Submission]) -> None:
+    """Write the rows of several submissions: one multi-row INSERT per table and shape of row.
+
+    Core statements on the table, not the ORM's bulk insert: the rows are whole already, and
+    the ORM's per-row bookkeeping cost more than the statement.
+    """
+    for cls in sorted(_INSERT_ORDER, key=_INSERT_ORDER.__getitem__):
+        by_shape: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for submission in submissions:
+            for row_cls, row in submission.rows:
+                if row_cls is cls:
+                    by_shape.setdefault(frozenset(row), []).append(row)
+        for rows in by_shape.values():
+            session.execute(insert(cast(Table, cls.__table__)), rows)
 
 
 def unpublished(session: Session, jobs: Sequence[Job]) -> None:

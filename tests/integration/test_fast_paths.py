@@ -156,3 +156,59 @@ def test_a_row_the_database_refuses_fails_only_its_own_submission(
         assert wait_done(client, submission.job.id)["status"] == "succeeded"
     missing = client.get(f"/v1/jobs/{bad.job.id}")
     assert missing.status_code == 404
+
+
+def test_submissions_refused_by_their_checks_fail_alone_under_load(
+    client: httpx.Client, api_url: str
+) -> None:
+    """Checks run in the committer thread, a batch at a time: one submission's refusal (an
+    unknown model, too many items) is its own answer, in the error shape, and the submissions
+    that arrived with it are written."""
+    from app.config import get_settings
+
+    too_many = [{"input": "x"}] * (get_settings().max_inline_items + 1)
+    bodies: list[tuple[str, dict[str, Any]]] = []
+    for i in range(24):
+        if i % 3 == 1:
+            bodies.append(
+                ("no_model", {"model": "no-such-model", "input": {"items": [{"input": "x"}]}})
+            )
+        elif i % 3 == 2:
+            bodies.append(("too_many", {"model": "minilm", "input": {"items": too_many}}))
+        else:
+            bodies.append(("good", {"model": "minilm", "input": {"items": [{"input": f"g{i}"}]}}))
+    answers: list[tuple[str, httpx.Response]] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(8)
+    headers = dict(client.headers)
+
+    def one(mine: list[tuple[str, dict[str, Any]]]) -> None:
+        try:
+            with httpx.Client(base_url=api_url, headers=headers, timeout=60) as c:
+                start.wait()
+                for kind, body in mine:
+                    answers.append((kind, c.post("/v1/jobs", json=body)))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one, args=(bodies[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len(answers) == 24
+    for kind, response in answers:
+        if kind == "good":
+            assert response.status_code == 202, response.text
+            assert client.get(f"/v1/jobs/{response.json()['id']}").status_code == 200
+        elif kind == "no_model":
+            assert response.status_code == 404, response.text
+            assert set(response.json()) == {"error"}
+            assert set(response.json()["error"]) >= {"code", "message"}
+        else:
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "too_many_items"
+    for kind, response in answers:
+        if kind == "good":
+            assert wait_done(client, response.json()["id"])["status"] == "succeeded"
