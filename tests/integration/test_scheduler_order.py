@@ -162,6 +162,8 @@ def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
     services: dict[str, str],
 ) -> None:
     """On Redis, what a worker's BRPOP takes first: kombu's list for the lowest step."""
+    import redis
+
     from app.dispatch import TASK_ASSEMBLE_JOB, producer, publish, publish_job, publish_shard
 
     queue = f"q-{secrets.token_hex(4)}"
@@ -182,6 +184,10 @@ def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
         finally:
             waiting.queue.delete()
             waiting.close()
+    # The queue's declaration left binding keys: they go too.
+    broker = redis.Redis.from_url(services["MODELFARM_REDIS_URL"])
+    broker.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    broker.close()
     assert taken == [
         ("modelfarm.plan_job", ("job-high",)),
         ("modelfarm.run_shard", ("job-high", 0)),
