@@ -25,6 +25,7 @@ JSON = dict[str, Any]
 InputFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, show_default=False)
 ]
+PRIORITIES = ("high", "normal", "low")  # a job's `priority` (API.md)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
@@ -136,15 +137,22 @@ def submit(
     file: InputFile,
     model: Annotated[str, typer.Option(help="name or name@version")],
     device: Annotated[str, typer.Option(help="cpu, gpu or auto")] = "auto",
+    priority: Annotated[
+        str, typer.Option(help="high, normal or low: its place among your own jobs.")
+    ] = "normal",
     wait: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
 ) -> None:
     """Upload FILE (JSONL) and run a batch inference job over it.
 
     Prints the job id; with --wait, the finished job as JSON, and exits 1 if the job failed or
     was cancelled, 4 if some of its items failed."""
+    if priority not in PRIORITIES:  # before the upload, so a typo leaves no file behind
+        raise CliError(
+            f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}", USAGE
+        )
     with connect() as client:
         uploaded = client.upload(file, "batch")
-        body = {"type": "inference", "model": model, "device": device}
+        body = {"type": "inference", "model": model, "device": device, "priority": priority}
         job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
         say(f"job {job['id']} {job['status']}")
         if not wait:

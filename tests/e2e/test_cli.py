@@ -100,11 +100,13 @@ def test_jobs_list_events_and_cancel(
 ) -> None:
     env = _client_env(api_url, tenant_key, services)
     # Long enough (10 shards) to be cancelled while it runs or waits.
-    submitted = modelfarm(
-        ["submit", str(_sentences(tmp_path / "big.jsonl", 2000)), "--model", "minilm"], env
-    )
+    big = str(_sentences(tmp_path / "big.jsonl", 2000))
+    submitted = modelfarm(["submit", big, "--model", "minilm", "--priority", "low"], env)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
+    assert json.loads(modelfarm(["status", job_id, "--json"], env).stdout)["priority"] == "low"
+    refused = modelfarm(["submit", big, "--model", "minilm", "--priority", "urgent"], env)
+    assert refused.returncode == 2 and "--priority must be one of" in refused.stderr
 
     listed = modelfarm(["jobs", "list", "--json", "--limit", "5"], env)
     assert listed.returncode == 0, listed.stderr
