@@ -100,7 +100,8 @@ def publish(
     priority: str | None = None,
 ) -> bool:
     """True when the broker took the message; False (logged) when it did not. `priority` is
-    the job's (`high`, `normal`, `low`) for a job's plan and shards; None for other tasks."""
+    the message's (`high` or `normal`, REDIS_PRIORITY) for a job's plan and shards; None for
+    other tasks."""
     try:
         producer().send_task(
             task,
