@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +26,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Sync routes run in anyio's thread pool: as many threads as the process has database
     # connections (app/db.py), so a request never waits inside the pool for a connection.
     to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
+    # scikit-learn (the training parameters' checks) takes a second or more to import: in the
+    # background once the API serves, not in the first training submission that needs it.
+    threading.Thread(
+        target=importlib.import_module, args=("app.training_params",), name="warm", daemon=True
+    ).start()
     yield
 
 

@@ -287,7 +287,8 @@ def _training_model(
     session: Session, tenant: Tenant, body: JobCreate
 ) -> tuple[str | None, str | None, dict[str, Any]]:
     """(base model ref, its version id, normalised params); what can be known now is checked."""
-    # Imported on call: scikit-learn costs the API a second at startup that most never need.
+    # Imported on call: scikit-learn costs a second; the API imports it in the background
+    # after startup (app/api/main.py), and a request that comes first waits for that import.
     from app.training_params import check_finetune_params, check_sklearn_params
 
     assert body.output_model is not None

@@ -239,10 +239,16 @@ def test_the_sweeper_sends_a_held_job_whose_releaser_died(
 
 def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) -> None:
     _, client = capped
-    big = upload(client, _rows(1200, "big"))
-    first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
+    # The training file first, so that nothing slow comes between the first job's start and
+    # the training job's submission: the first job must still run when the training is planned.
     rows = [{"input": [float(i), float(i % 3)], "label": "ab"[i % 2]} for i in range(40)]
     training_file = upload(client, jsonl(rows), purpose="training")
+    big = upload(client, _rows(3000, "big"))
+    first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{first['id']}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the first job never started"
+        time.sleep(0.05)
     training = submit(
         client,
         {
