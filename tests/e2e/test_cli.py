@@ -99,8 +99,9 @@ def test_jobs_list_events_and_cancel(
     api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
 ) -> None:
     env = _client_env(api_url, tenant_key, services)
-    # Long enough (10 shards) to be cancelled while it runs or waits.
-    big = str(_sentences(tmp_path / "big.jsonl", 2000))
+    # Long enough (100 shards, half a minute or more) to be cancelled while it runs or waits:
+    # 2,000 short sentences could end during the CLI calls that come before the cancel.
+    big = str(_sentences(tmp_path / "big.jsonl", 20_000))
     submitted = modelfarm(["submit", big, "--model", "minilm", "--priority", "low"], env)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
