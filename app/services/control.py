@@ -12,6 +12,7 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobStatus, JobType, Tenant
 from app.services.errors import Conflict
 from app.services.jobs import add_event, get_job, transition
+from app.services.openai import is_batch
 from app.services.results import ResultFile
 from app.services.shards import DEADLINE_ERROR, request_stop
 from app.services.tenants import check_job_quota
@@ -35,8 +36,26 @@ def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, 
 
 
 def expire_deadline(session: Session, job: Job) -> bool:
-    """Stop a job past its deadline; True when it must be assembled now (nothing running)."""
-    if transition(
+    """Stop a job past its deadline; True when it must be assembled now (nothing running).
+
+    A queued job ends `cancelled` at once, except an OpenAI batch: its requests must still
+    reach its error file as `batch_expired`, so it is stopped with no shards to run and its
+    assembly (a worker's, from the file) writes them."""
+    if is_batch(job):
+        if transition(
+            session,
+            job.id,
+            [JobStatus.QUEUED],
+            JobStatus.CANCELLING,
+            error=DEADLINE_ERROR,
+            event_data={"reason": "deadline_exceeded"},
+            cancel_requested_at=utcnow(),
+            shards_total=0,
+            held_at=None,
+            notice=None,
+        ):
+            return True
+    elif transition(
         session,
         job.id,
         [JobStatus.QUEUED],

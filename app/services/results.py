@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,9 @@ from app.services.shards import (
     held_by,
     lease_until,
 )
+
+#: the end of a range of input lines read up to the end of the file (its count unknown)
+TO_THE_END = sys.maxsize
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ def claim_assembly(
     )
     expired = is_expired_batch(job)
     parts: list[str | ShardRange] = []
+    if expired and not shards:  # it expired before it started: every request is unrun
+        parts.append(ShardRange(0, TO_THE_END, 0, 1))
     for shard in shards:
         if shard.parts_attempt is not None:
             # Shards closed before migration 0015 named their parts `<index>-<attempt>`.
@@ -79,7 +85,7 @@ def claim_assembly(
     return Assembly(
         tenant_id=job.tenant_id,
         parts=parts,
-        all_succeeded=all(s.status == ShardStatus.SUCCEEDED for s in shards),
+        all_succeeded=not unrun and all(s.status == ShardStatus.SUCCEEDED for s in shards),
         input_uri=session.scalar(select(File.uri).where(File.id == job.input_file_id))
         if unrun
         else None,

@@ -437,6 +437,53 @@ def test_a_batch_whose_deadline_passes_while_it_runs_expires(
     )
 
 
+def test_a_batch_whose_deadline_passes_before_it_starts_expires_with_every_request(
+    oai: OpenAI, client: Any
+) -> None:
+    """A batch still `validating` when its deadline passes (here: held by its tenant's running
+    cap) ends `expired` with every request in the error file as `batch_expired`, in input order:
+    none is lost because none ran."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job, Tenant
+    from app.sweeper import sweep_once
+
+    gpu_job = {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}
+    blocker = client.post("/v1/jobs", json=gpu_job).json()  # no GPU worker: it never runs
+    with session_scope() as session:  # it takes the tenant's one slot
+        tenant_id = session.get_one(Job, blocker["id"]).tenant_id
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(max_running_jobs=1))
+        session.execute(update(Job).where(Job.id == blocker["id"]).values(status="running"))
+    texts = [f"request {i}" for i in range(7)]
+    batch = oai.batches.create(
+        input_file_id=_upload_requests(oai, texts),
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        extra_body={"deadline_seconds": 1},
+    )
+    end = time.monotonic() + 60
+    while "held" not in [
+        e["type"] for e in client.get(f"/v1/jobs/{batch.id}/events").json()["data"]
+    ]:
+        assert time.monotonic() < end, "the batch was not held"
+        time.sleep(0.05)
+    assert oai.batches.retrieve(batch.id).status == "validating"
+    time.sleep(max(0.0, (batch.expires_at or 0) - time.time()) + 0.5)
+    assert sweep_once()["deadlines"] >= 1
+    done = _wait(oai, batch.id)
+    assert done.status == "expired", done
+    assert done.in_progress_at is None and done.expired_at is not None
+    assert done.error_file_id is not None, "the unrun requests went nowhere"
+    errors = [json.loads(x) for x in oai.files.content(done.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == [f"r{i}" for i in range(len(texts))]
+    assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, len(texts))
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == blocker["id"]).values(status="cancelled"))
+
+
 @pytest.mark.usefixtures("webhook_worker")
 def test_a_cancelled_batch_sends_batch_cancelled(
     oai: OpenAI, api_url: str, tenant_key: str
