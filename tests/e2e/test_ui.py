@@ -22,8 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = os.environ.get("MODELFARM_TEST_CHROMIUM") or next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None
 )
-# Long enough that the page sees the job running (on two shared cores: several seconds).
-ITEMS = 1000
+# Long enough that the page, which polls every 2 s, sees the job running: several seconds
+# on two idle cores (1,000 of these took under two seconds there).
+ITEMS = 3000
 SENTENCE = "a sentence long enough that the model spends some time on every item " * 4
 
 
@@ -79,11 +80,13 @@ def test_the_dashboard_shows_a_running_job_then_its_end(
     rows = [{"custom_id": str(i), "input": f"{i} {SENTENCE}"} for i in range(ITEMS)]
     rows[7]["input"] = 12  # not text: one error line
     file = upload(client, jsonl(rows))
-    job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
 
     context = browser.new_context(viewport={"width": 1366, "height": 800})
     page = context.new_page()
+    # Logged in before the job is sent: the browser's start is not part of the job's run.
     _log_in(page, api_url, tenant_key)
+    job = submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})
+    page.goto(f"{api_url}/ui")
     row = page.locator(f"tr[data-job='{job['id']}']")
     assert row.count() == 1
     row.locator("a").click()

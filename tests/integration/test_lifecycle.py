@@ -82,14 +82,17 @@ def test_a_queued_job_past_its_deadline_is_cancelled(client: httpx.Client) -> No
 
 def test_a_running_job_past_its_deadline_keeps_its_finished_items(client: httpx.Client) -> None:
     # The worker's model loaded first, so the deadline times items, not the model's loading
-    # (its first export takes seconds on a loaded machine). 4,000 long items outlast 8 s, and
-    # 8 s leaves a loaded machine time to finish the first chunks, which the job keeps.
+    # (its first export takes seconds on a loaded machine). 40,000 long items outlast 8 s on
+    # any machine (two idle cores run about 400 a second; 4,000 no longer did), and 8 s leaves
+    # a loaded machine time to finish the first chunks, which the job keeps. The deadline
+    # stops the work, so the size costs only the upload.
     assert run_job(client, "minilm", [{"input": "warm"}])["status"] == "succeeded"
-    rows = [{"custom_id": i, "input": "a sentence to embed " * 20} for i in range(4000)]
+    total = 40_000
+    rows = [{"custom_id": i, "input": "a sentence to embed " * 20} for i in range(total)]
     job = run_job(client, "minilm", rows, deadline_seconds=8)
     assert job["status"] == "cancelled" and job["error"]["code"] == "deadline_exceeded"
     done = read_lines(client, job["output_file_id"])
-    assert 0 < len(done) < 4000 and len(done) == job["counts"]["succeeded"]
+    assert 0 < len(done) < total and len(done) == job["counts"]["succeeded"]
     assert [d["custom_id"] for d in done] == list(range(len(done)))
 
 
@@ -145,10 +148,13 @@ def test_prefer_wait_answers_when_the_job_ends_not_at_the_next_poll(
     client: httpx.Client,
 ) -> None:
     """The waiting request is woken by the job's end (NOTIFY). Its fallback re-read runs once
-    a second, so five answers all within 150 ms of `finished_at` cannot come from polling."""
+    a second, so its answers would lag `finished_at` by anything up to a second, evenly: five
+    answers all within 0.5 s, four of them within 150 ms, come from polling about once in a
+    thousand tries. One slower answer of a loaded machine (the worker and the API share its
+    cores) is allowed; a first, untimed wait starts the API process's listener."""
     rows = [{"custom_id": i, "input": f"sentence number {i} " * 8} for i in range(150)]
     lags = []
-    for _ in range(5):
+    for _ in range(6):
         job = submit(client, {"model": "minilm", "input": {"items": rows}})
         done = client.get(f"/v1/jobs/{job['id']}", headers={"Prefer": "wait=60"})
         answered = datetime.now(UTC)
@@ -156,7 +162,8 @@ def test_prefer_wait_answers_when_the_job_ends_not_at_the_next_poll(
         assert body["status"] == "succeeded", body
         assert done.headers["Preference-Applied"] == "wait=60"
         lags.append((answered - datetime.fromisoformat(body["finished_at"])).total_seconds())
-    assert max(lags) < 0.15, lags
+    timed = sorted(lags[1:])
+    assert timed[-1] < 0.5 and timed[-2] < 0.15, lags
 
 
 def test_a_finished_job_can_be_deleted_with_its_results(

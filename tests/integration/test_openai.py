@@ -381,9 +381,10 @@ def test_a_batch_whose_deadline_passes_while_it_runs_expires(
     file as `batch_expired`, and a `batch.expired` webhook is sent."""
     from tests.receiver import receiver, verify
 
-    # More than a worker of this machine runs in the 15 s (about 6,000 of these on 2 idle
-    # cores), and a deadline long enough for a loaded machine to finish some of them.
-    total = 20000
+    # Far more than a worker runs in the 15 s (about 6,000 of these on 2 idle cores, and a
+    # faster machine must not finish them all), and a deadline long enough for a loaded
+    # machine to finish some of them. The deadline stops the work: the size costs the upload.
+    total = 60_000
     texts = _long_texts(total)
     input_file_id = _upload_requests(oai, texts)
     with pytest.raises(openai.UnprocessableEntityError):  # longer than the window: refused

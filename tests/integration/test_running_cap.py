@@ -110,10 +110,14 @@ def test_a_capped_tenant_runs_one_job_at_a_time_and_others_are_not_held(
     capped: tuple[str, httpx.Client], other_client: httpx.Client
 ) -> None:
     _, client = capped
+    # The first job (15 shards) must still run when the high-priority job comes, five
+    # submissions later: were it to end before, the normal jobs could all start first.
+    first = upload(client, _rows(3000, "first"))
     big = upload(client, _rows(800, "big"))
     free_file = upload(other_client, _rows(600, "free"))
     with StatusWatch(client) as watch, StatusWatch(other_client) as free_watch:
-        jobs = [(submit(client, {"model": "minilm", "input": {"file_id": big["id"]}}), "big", 800)]
+        body = {"model": "minilm", "input": {"file_id": first["id"]}}
+        jobs = [(submit(client, body), "first", 3000)]
         jobs += [(submit(client, _inline(5, f"s{i}")), f"s{i}", 5) for i in range(3)]
         jobs.append(
             (submit(client, {"model": "minilm", "input": {"file_id": big["id"]}}), "big", 800)
@@ -162,7 +166,9 @@ def test_a_held_job_says_why_and_tenants_set_takes_effect(
     capped: tuple[str, httpx.Client], api_url: str
 ) -> None:
     name, client = capped
-    first_file = upload(client, _rows(3000, "first"))
+    # 100 shards: it must still run after two CLI calls (a second or more each) and the held
+    # jobs' runs; it is cancelled once that is shown.
+    first_file = upload(client, _rows(20_000, "first"))
     first = submit(client, {"model": "minilm", "input": {"file_id": first_file["id"]}})
     deadline = time.monotonic() + 60
     while client.get(f"/v1/jobs/{first['id']}").json()["status"] != "running":
@@ -194,7 +200,8 @@ def test_a_held_job_says_why_and_tenants_set_takes_effect(
         assert view["started_at"] is not None
     still = client.get(f"/v1/jobs/{first['id']}").json()
     assert still["status"] == "running", "the first job ended before: nothing was shown"
-    assert wait_done(client, first["id"], 240)["status"] == "succeeded"
+    client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert wait_done(client, first["id"], 120)["status"] == "cancelled"
 
 
 def test_the_sweeper_sends_a_held_job_whose_releaser_died(
@@ -276,7 +283,8 @@ def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) 
 
 def test_cancelling_the_running_job_starts_the_held_one(capped: tuple[str, httpx.Client]) -> None:
     _, client = capped
-    big = upload(client, _rows(3000, "big"))
+    # 100 shards, so it still runs when it is cancelled (it is never run to its end).
+    big = upload(client, _rows(20_000, "big"))
     first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
     held = submit(client, _inline(2, "next"))
     also_held = submit(client, _inline(2, "later"))

@@ -118,7 +118,9 @@ def test_a_small_job_of_another_tenant_does_not_wait_for_a_big_backlog(
 def test_high_priority_goes_before_the_tenants_normal_backlog(
     client: httpx.Client, window_watch: WindowWatch
 ) -> None:
-    backlog_file = upload(client, _rows(3000, "n"))
+    # 30 shards: the backlog must outlast the urgent job's upload, plan and two shards, and
+    # 15 short shards (two seconds or so on two idle cores) left little to spare.
+    backlog_file = upload(client, _rows(6000, "n"))
     backlog = submit(client, {"model": "minilm", "input": {"file_id": backlog_file["id"]}})
     _wait_started(client, backlog["id"])
     urgent_file = upload(client, _rows(400, "h"))
@@ -137,7 +139,7 @@ def test_high_priority_goes_before_the_tenants_normal_backlog(
     done = wait_done(client, backlog["id"], timeout=120)
     assert done["status"] == "succeeded"
     starts = [e for e in _events(client, backlog["id"]) if e["type"] == "shard_started"]
-    assert len(starts) == 15
+    assert len(starts) == 30
     # The backlog's shards that started between the submission and the urgent job's first
     # shard. Its plan message goes before the normal messages in the broker, and its first
     # shard takes the place of the backlog's released, unstarted one (the window is full):

@@ -140,7 +140,9 @@ def test_event_filter_and_progress(client: httpx.Client) -> None:
     progress = [r.event for r in hook.requests if r.event["type"] == "job.progress"]
     assert all(p["data"]["counts"]["total"] == 600 for p in progress)
     stamps = sorted(datetime.fromisoformat(p["timestamp"]).timestamp() for p in progress)
-    assert all(b - a >= 0.99 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    # At most one a second: the throttle reads the clock a few database round trips before the
+    # body's timestamp is taken, and on a loaded machine those vary by more than 10 ms.
+    assert all(b - a >= 0.9 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
 
 
 @pytest.mark.parametrize(
