@@ -12,7 +12,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import files, health, jobs, models, openai, usage, webhooks
+from app.api import files, health, jobs, models, openai, usage, waits, webhooks
 from app.api.docs import DESCRIPTION, install_docs
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
@@ -31,6 +31,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threading.Thread(
         target=importlib.import_module, args=("app.training_params",), name="warm", daemon=True
     ).start()
+    waits.start_listening()
     yield
 
 

@@ -2,7 +2,7 @@
 
 `transition()` sends `NOTIFY modelfarm_job_ended, '<job id>'` in the transaction that ends a
 job, so PostgreSQL delivers it exactly when that commit is visible. Each API process keeps one
-connection listening on that channel (a daemon thread, started on first use) and wakes the
+connection listening on that channel (a daemon thread, started with the API) and wakes the
 requests waiting for that job. A waiter still re-reads the job every SAFETY_POLL_SECONDS, so a
 notification missed while the listener reconnects costs at most that long, never a hang.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -33,16 +34,25 @@ class _Listener:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Listen from now on (the API's startup): a first waiter that came before the LISTEN
+        was in place would miss its job's end and wait for the safety poll."""
+        with self._lock:
+            self._start()
+
     def add(
         self, job_id: str, event: asyncio.Event
     ) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
         waiter = (asyncio.get_running_loop(), event)
         with self._lock:
             self._waiters[job_id].add(waiter)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._listen, name="job-ends", daemon=True)
-                self._thread.start()
+            self._start()  # again, if the thread died
         return waiter
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._listen, name="job-ends", daemon=True)
+            self._thread.start()
 
     def remove(self, job_id: str, waiter: Waiter) -> None:
         with self._lock:
@@ -67,7 +77,9 @@ class _Listener:
         backoff = 0.5
         while True:
             try:
-                with psycopg.connect(url, autocommit=True) as conn:
+                # Named, so that pg_stat_activity says whose LISTEN it is.
+                name = f"modelfarm job-ends {os.getpid()}"
+                with psycopg.connect(url, autocommit=True, application_name=name) as conn:
                     conn.execute(f"LISTEN {JOB_ENDED_CHANNEL}")
                     backoff = 0.5
                     while True:
@@ -80,6 +92,12 @@ class _Listener:
 
 
 _listener = _Listener()
+
+
+def start_listening() -> None:
+    """At the API's startup, where it has a database."""
+    if get_settings().database_url:
+        _listener.start()
 
 
 @asynccontextmanager

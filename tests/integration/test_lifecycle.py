@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.helpers import (
     all_pages,
+    api_process,
     assert_error,
     jsonl,
     read_lines,
@@ -142,6 +144,34 @@ def test_only_one_sweeper_acts(sweeper: object, services: dict[str, str]) -> Non
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SWEEPER_LOCK})
             time.sleep(0.2)
     raise AssertionError("the sweeper never held its lock")
+
+
+def test_every_api_process_listens_for_job_ends_from_its_start(
+    services: dict[str, str], tmp_path: Path
+) -> None:
+    """Each process of a new `modelfarm api` LISTENs before any `Prefer: wait` asks: a first
+    waiter whose job ended while the listener was still connecting would wait for the poll."""
+    import psycopg
+
+    from app.services.jobs import JOB_ENDED_CHANNEL
+
+    db_url = services["MODELFARM_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+
+    def listeners() -> set[str]:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE 'modelfarm job-ends %%' AND query = %s",
+                (f"LISTEN {JOB_ENDED_CHANNEL}",),
+            ).fetchall()
+        return {name for (name,) in rows}
+
+    before = listeners()
+    with api_process({**services, "MODELFARM_API_WORKERS": "2"}, tmp_path / "api.log"):
+        deadline = time.monotonic() + 30
+        while len(listeners() - before) < 2:
+            assert time.monotonic() < deadline, (before, listeners())
+            time.sleep(0.1)
 
 
 def test_prefer_wait_answers_when_the_job_ends_not_at_the_next_poll(
