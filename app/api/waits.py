@@ -85,10 +85,12 @@ class _Listener:
                     while True:
                         for note in conn.notifies(timeout=5.0):
                             self._wake(note.payload)
-            except Exception:  # the database is away: waiters fall back to the safety poll
-                log.warning("job-end listener lost its connection; retrying", exc_info=True)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+            except psycopg.OperationalError as exc:  # the database is away: the safety poll
+                log.warning("job-end listener has no connection (%s); retrying", exc)
+            except Exception:
+                log.warning("job-end listener failed; retrying", exc_info=True)
+            time.sleep(backoff)  # only an error leaves the loop above
+            backoff = min(backoff * 2, 10.0)
 
 
 _listener = _Listener()
