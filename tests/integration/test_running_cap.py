@@ -101,6 +101,13 @@ def _gauge(metrics: str, family: str, tenant: str) -> float:
     raise AssertionError(f"no {family} sample for tenant {tenant}")
 
 
+def _wait_running(client: httpx.Client, job_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, f"job {job_id} never started"
+        time.sleep(0.05)
+
+
 def _all_once(client: httpx.Client, job: dict[str, Any], ids: list[str]) -> None:
     assert job["status"] == "succeeded", job
     assert [line["custom_id"] for line in read_lines(client, job["output_file_id"])] == ids
@@ -170,10 +177,7 @@ def test_a_held_job_says_why_and_tenants_set_takes_effect(
     # jobs' runs; it is cancelled once that is shown.
     first_file = upload(client, _rows(20_000, "first"))
     first = submit(client, {"model": "minilm", "input": {"file_id": first_file["id"]}})
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{first['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline, "the first job never started"
-        time.sleep(0.05)
+    _wait_running(client, first["id"])
     waiting = [submit(client, _inline(4, f"w{i}")) for i in range(2)]
     deadline = time.monotonic() + 60
     while True:
@@ -252,10 +256,7 @@ def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) 
     training_file = upload(client, jsonl(rows), purpose="training")
     big = upload(client, _rows(3000, "big"))
     first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{first['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline, "the first job never started"
-        time.sleep(0.05)
+    _wait_running(client, first["id"])
     training = submit(
         client,
         {
