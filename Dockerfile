@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
+COPY modelfarm_client ./modelfarm_client
 RUN pip install --no-cache-dir .
 # Not root: a process of the farm has no business owning the container. /data is created and
 # owned here, so a named volume mounted on it starts out writable by this user.

@@ -238,6 +238,15 @@ def broker_reachable() -> bool:
         return False
 
 
+def worker_answers(name: str, timeout: float = 5.0) -> bool:
+    """Whether the Celery worker called `name` (cpu@host) answers a ping over the broker."""
+    try:
+        replies = producer().control.ping(destination=[name], timeout=timeout)
+    except Exception:
+        return False
+    return any(name in reply for reply in replies)
+
+
 def queue_depths(queues: tuple[str, ...] = QUEUES) -> dict[str, int] | None:
     """Messages waiting in each queue (not those a worker holds), asked of the broker through
     kombu so it works for any transport; None when the broker does not answer. A queue the

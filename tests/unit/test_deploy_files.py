@@ -103,6 +103,26 @@ def test_compose_health_checks_and_start_order() -> None:
         assert services[name]["restart"] == "unless-stopped"
 
 
+def test_every_long_running_compose_service_checks_its_health_and_restarts() -> None:
+    """Only the one-shot `migrate` goes without: it ends by design. A worker's check pings the
+    worker of its own pool in its own container (compose turns `$$` into `$`)."""
+    services = compose()["services"]
+    for name, service in services.items():
+        if name == "migrate":
+            continue
+        assert service["restart"] == "unless-stopped", name
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) >= 2, name
+        if name in farm_services() and test[0] == "CMD-SHELL":
+            argv = shlex.split(test[1].replace("$$", "$"))
+            _check(argv)
+            command = service["command"]
+            if command[1] == "worker":
+                pool = command[command.index("--pool") + 1]
+                worker = argv[argv.index("--worker") + 1]
+                assert worker.startswith(pool) and worker.endswith("@$HOSTNAME"), name
+
+
 def test_compose_keeps_its_data_in_volumes() -> None:
     document = compose()
     services = document["services"]
