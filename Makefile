@@ -3,42 +3,51 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The test toolchain (pytest, mypy, playwright, moto, ...) on top: only what tests and lint use.
+DEV    := $(VENV)/.installed-dev
 # The CPU build of torch is pinned and installed before anything that depends on torch;
 # a GPU host installs its CUDA build of the same version first and keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install up test test-unit test-integration lint typecheck bench bench-scale clean
+.PHONY: install install-dev up test test-unit test-integration lint typecheck bench bench-scale clean
 
+# `make up` needs only what the farm runs on.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e .
 	touch $(STAMP)
+
+install-dev: $(DEV)
+
+$(DEV): $(STAMP)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(DEV)
 
 up: install
 	$(BIN)/modelfarm up
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest
 
-test-unit: install
+test-unit: install-dev
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: install
+test-integration: install-dev
 	$(BIN)/python -m pytest tests/integration tests/e2e
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/run_all.py
 
 # One worker host, then two (network namespaces: needs root), each pinned to one core.
-bench-scale: install
+bench-scale: install-dev
 	$(BIN)/python bench/scale.py
 
 clean:

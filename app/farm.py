@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 
 from app.config import Settings, get_settings
+from app.farm_lock import FarmRunning, hold
 from app.procs import (
     Supervisor,
     install_stop_handlers,
@@ -53,12 +54,24 @@ def _embedded(settings: Settings, stack: ExitStack) -> dict[str, str]:
     return urls
 
 
-def _default_key() -> str:
+def default_key(kept: str | None) -> tuple[str, bool]:
+    """The `default` tenant's key of this data directory: the one farm.json kept from an
+    earlier start while it still works (not revoked or expired, still the default tenant's),
+    else a new one. Returns (key, whether it is new): each start used to mint another."""
     from app.db import session_scope
+    from app.services.errors import ServiceError
+    from app.services.keys import look_up
     from app.services.tenants import create_api_key, get_or_create_tenant
 
     with session_scope() as session:
-        return create_api_key(session, get_or_create_tenant(session, "default"))
+        entry = look_up(session, kept) if kept else None  # read now, not from a cache
+        if kept and entry is not None:
+            try:
+                if entry.check().name == "default":
+                    return kept, False
+            except ServiceError:  # revoked, expired, or its tenant disabled
+                pass
+        return create_api_key(session, get_or_create_tenant(session, "default")), True
 
 
 def _processes(settings: Settings, with_flower: bool) -> dict[str, list[str]]:
@@ -85,13 +98,19 @@ def _processes(settings: Settings, with_flower: bool) -> dict[str, list[str]]:
 def run_farm(with_flower: bool = True) -> int:
     """Start everything, supervise it until Ctrl-C, then stop all of it."""
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Before anything else: a second `up` here must not touch the farm that runs.
+        lock = hold(settings.data_dir, settings.read_state().get("api_url"))
+    except FarmRunning as exc:
+        console.print(f"[red]{exc}")
+        return 1
     install_stop_handlers()
     # platformdirs (under pgserver) warns about a missing XDG_RUNTIME_DIR on every start as
     # root or in a container; nothing depends on that directory here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     supervisor = Supervisor()
     with ExitStack() as stack:
+        stack.callback(lock.close)  # the last thing let go: after every process stopped
         try:
             urls = _embedded(settings, stack)
             for key, value in urls.items():
@@ -103,7 +122,7 @@ def run_farm(with_flower: bool = True) -> int:
             from app.migrate import upgrade_locked
 
             upgrade_locked()
-            api_key = _default_key()
+            api_key, minted = default_key(settings.read_state().get("api_key"))
             settings.write_state({**urls, "api_url": settings.client_api_url, "api_key": api_key})
 
             logs = settings.data_dir / "logs"
@@ -116,7 +135,7 @@ def run_farm(with_flower: bool = True) -> int:
             pools = [n.removeprefix("worker-") for n in processes if n.startswith("worker-")]
             if not _wait_ready(settings, supervisor, pools, since):
                 return 1
-            _banner(settings, api_key, logs, list(processes))
+            _banner(settings, api_key, minted, logs, list(processes))
             gave_up = supervisor.supervise()
             console.print(f"[red]{gave_up or 'every process'} was given up on; stopping the farm")
             return 1
@@ -179,7 +198,7 @@ def _beating_pools(since: datetime) -> set[str]:
         return set(rows)
 
 
-def _banner(settings: Settings, api_key: str, logs: Path, names: list[str]) -> None:
+def _banner(settings: Settings, api_key: str, minted: bool, logs: Path, names: list[str]) -> None:
     from app.flower import flower_url
 
     console.rule("[bold]modelfarm is up")
@@ -187,7 +206,11 @@ def _banner(settings: Settings, api_key: str, logs: Path, names: list[str]) -> N
     if "flower" in names:
         auth = "  (basic auth)" if settings.flower_basic_auth else ""
         console.print(f"[bold]Flower[/bold]   {flower_url(settings)}{auth}")
-    console.print(f"[bold]API key[/bold]  {api_key}  (tenant 'default')")
+    made = "new" if minted else "kept from the last start"
+    console.print(
+        f"[bold]API key[/bold]  {api_key}  (tenant 'default', {made}; "
+        "`modelfarm keys create` makes another)"
+    )
     console.print(f"[bold]Logs[/bold]     {logs}/ ({', '.join(f'{n}.log' for n in names)})")
     console.print("Ctrl-C stops the farm.")
 

@@ -157,12 +157,50 @@ def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[s
     )
     proc = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
     try:
-        wait_for_http(f"http://127.0.0.1:{env['MODELFARM_API_PORT']}/readyz", proc, timeout=60)
+        api = f"http://127.0.0.1:{env['MODELFARM_API_PORT']}"
+        wait_for_http(f"{api}/readyz", proc, timeout=60)
         assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()
         assert "embedded" not in proc.output()
+
+        # A second `up` on the same directory (another port even) says at once who runs there
+        # and ends, touching nothing: not farm.json, not the key, not the running farm.
+        state = (data_dir / "farm.json").read_text()
+        again = subprocess.run(
+            [sys.executable, "-m", "app.cli", "up", "--no-flower"],
+            env={**env, "MODELFARM_API_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1, again.stdout + again.stderr
+        said = " ".join((again.stdout + again.stderr).split())
+        assert "already running" in said and api in said and f"PID {proc.proc.pid}" in said
+        assert (data_dir / "farm.json").read_text() == state
+        assert not (data_dir / "logs" / "api.log").read_text().count("Address already in use")
+        assert httpx.get(f"{api}/readyz", timeout=10).status_code == 200
+        assert proc.proc.poll() is None
     finally:
         proc.stop()
     assert proc.proc.returncode == 0, proc.output()[-3000:]
+
+
+def test_the_default_key_is_kept_across_starts(services: dict[str, str]) -> None:
+    """`up` mints the `default` tenant's key once; a later start shows the same one, and a
+    key that no longer works (revoked) is replaced rather than shown."""
+    from app.db import session_scope
+    from app.farm import default_key
+    from app.services.keys import list_keys, revoke_key
+
+    first, minted = default_key(None)
+    assert minted
+    with session_scope() as session:
+        count = len(list_keys(session, "default"))
+    assert default_key(first) == (first, False)
+    with session_scope() as session:
+        assert len(list_keys(session, "default")) == count  # nothing minted
+        revoke_key(session, first)
+    replaced, minted = default_key(first)
+    assert minted and replaced != first
 
 
 def _worker_main(up: subprocess.Popen[bytes], pool: str) -> psutil.Process:
