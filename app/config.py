@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     preload_models: str = "minilm"  # comma separated builtin models loaded at process start
     gpu_count: int | None = None  # GPU processes to start; default: GPUs visible to the host
     device_override: str | None = None  # e.g. "cpu": run the GPU pool's code on the CPU
+    # The pools this farm runs, comma separated (`up` sets it for its processes: no GPU pool
+    # on a host without one). /readyz reports a pool left out as absent by choice, not as
+    # missing its workers. Unset: every pool is expected.
+    pools: str | None = None
     visibility_timeout_seconds: int = 4200  # > task_time_limit: see the check below
     shard_items: int = 4096  # input items per shard: the unit of work that a crash repeats
     sklearn_shard_items: int = 65536  # ... for scikit-learn models, whose items are cheap
@@ -195,6 +199,11 @@ class Settings(BaseSettings):
     @property
     def client_api_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def expected_pools(self, known: tuple[str, ...]) -> set[str]:
+        if self.pools is None:
+            return set(known)
+        return {p.strip() for p in self.pools.split(",") if p.strip()}
 
     def require_database_url(self) -> str:
         if not self.database_url:

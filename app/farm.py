@@ -129,10 +129,13 @@ def run_farm(with_flower: bool = True) -> int:
             stack.callback(supervisor.stop_all)
             since = datetime.now(UTC)
             processes = _processes(settings, with_flower)
+            # Every process learns which pools this farm runs: /readyz reports the others
+            # (the GPU pool on a host without a GPU) as absent by choice, not as missing.
+            pools = [n.removeprefix("worker-") for n in processes if n.startswith("worker-")]
+            os.environ["MODELFARM_POOLS"] = ",".join(pools)
             for name, argv in processes.items():
                 supervisor.start(name, argv, log_file=logs / f"{name}.log", essential=name == "api")
             console.print(f"starting {', '.join(processes)} (logs in {logs})...")
-            pools = [n.removeprefix("worker-") for n in processes if n.startswith("worker-")]
             if not _wait_ready(settings, supervisor, pools, since):
                 return 1
             _banner(settings, api_key, minted, logs, list(processes))

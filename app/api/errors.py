@@ -68,7 +68,43 @@ def error_response_for(path: str) -> Callable[[int, str, str], JSONResponse]:
     return openai_error if path.startswith(OPENAI_PREFIX) else error_response
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def json_body_error(exc: RequestValidationError) -> str | None:
+    """'the body is not valid JSON: Expecting value at line 2, column 7' for a body that does
+    not parse (FastAPI says `18: JSON decode error`, a character offset); else None."""
+    for err in exc.errors():
+        if err.get("type") != "json_invalid":
+            continue
+        loc = err.get("loc", ())
+        reason = (err.get("ctx") or {}).get("error") or "JSON decode error"
+        body = exc.body if isinstance(exc.body, str) else ""
+        if len(loc) < 2 or not isinstance(loc[1], int):
+            return f"the body is not valid JSON: {reason}"
+        offset = loc[1]
+        line = body.count("\n", 0, offset) + 1
+        column = offset - (body.rfind("\n", 0, offset) + 1) + 1
+        return f"the body is not valid JSON: {reason} at line {line}, column {column}"
+    return None
+
+
+def not_json_hint(request: Request, exc: RequestValidationError) -> str | None:
+    """A JSON body sent under another content type (curl -d sends a form's) is never parsed:
+    say which header is missing instead of 'Input should be a valid dictionary'."""
+    content_type = request.headers.get("content-type", "")
+    if "json" in content_type or "multipart" in content_type:
+        return None
+    if not any(tuple(err.get("loc", ())) == ("body",) for err in exc.errors()):
+        return None
+    sent = f"as {content_type.split(';')[0]}" if content_type else "without a content type"
+    return (
+        f"the body was sent {sent}, so it was not read as JSON: send it with the header "
+        "Content-Type: application/json (curl: -H 'Content-Type: application/json')"
+    )
+
+
+def _validation_message(exc: RequestValidationError, request: Request) -> str:
+    said = json_body_error(exc) or not_json_hint(request, exc)
+    if said:
+        return said
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -89,8 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _validation_message(exc))
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc, request))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

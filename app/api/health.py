@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
+from app.config import get_settings
 from app.db import database_reachable, session_scope
 from app.dispatch import broker_reachable
 from app.metrics import exposition
@@ -23,12 +24,15 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None, summary="Readiness", responses=errors(503))
 async def readyz() -> dict[str, object] | Response:
-    """200 when PostgreSQL and the broker answer, with the live workers of each pool and
-    the pools that have none (reported, not a failure); 503 naming what is down."""
+    """200 when PostgreSQL and the broker answer, with the live workers of each pool, the
+    pools this farm runs that have none (reported, not a failure) and the pools it does not
+    run by choice (MODELFARM_POOLS: no GPU pool on a host without a GPU); 503 naming what
+    is down."""
     database = await run_in_threadpool(database_reachable)
     broker = await run_in_threadpool(broker_reachable)
     if database and broker:
         workers = await run_in_threadpool(_live_workers)
+        expected = get_settings().expected_pools(tuple(workers))
         return {
             "status": "ready",
             "database": "ok",
@@ -36,7 +40,10 @@ async def readyz() -> dict[str, object] | Response:
             # Reported, never a failure: jobs wait safely in PostgreSQL for a worker, and a
             # farm without a GPU has no GPU pool at all.
             "workers": workers,
-            "pools_without_workers": [pool for pool, n in workers.items() if n == 0],
+            "pools_without_workers": [
+                pool for pool, n in workers.items() if n == 0 and pool in expected
+            ],
+            "pools_absent": [pool for pool in workers if pool not in expected],
         }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
     return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")

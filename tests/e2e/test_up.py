@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from app.embedded import free_port
+from app.procs import visible_gpus
 from tests.helpers import FarmProcess, submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -161,6 +162,11 @@ def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[s
         wait_for_http(f"{api}/readyz", proc, timeout=60)
         assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()
         assert "embedded" not in proc.output()
+        # No GPU here, so `up` runs no GPU pool: absent by choice, not a pool missing workers.
+        if not visible_gpus():
+            ready = httpx.get(f"{api}/readyz", timeout=10).json()
+            assert ready["pools_absent"] == ["gpu"], ready
+            assert "gpu" not in ready["pools_without_workers"], ready
 
         # A second `up` on the same directory (another port even) says at once who runs there
         # and ends, touching nothing: not farm.json, not the key, not the running farm.

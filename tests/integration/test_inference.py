@@ -93,6 +93,10 @@ def test_every_bad_line_is_explained_and_the_job_goes_on(client: httpx.Client) -
         (None, "invalid_item", 7),
     ]
     assert all(e["error"]["message"] for e in errors)
+    # Where the JSON broke, in words: the line of the file and the column in it.
+    assert errors[0]["error"]["message"] == (
+        "line 2, column 2: not valid JSON (unexpected character, expected a string key)"
+    )
 
 
 def test_many_items_keep_input_order_across_chunks(client: httpx.Client) -> None:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import FarmProcess, submit, wait_done
+from tests.helpers import FarmProcess, api_process, submit, wait_done
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,7 @@ def test_queue_depth_counts_a_job_no_worker_takes(api_url: str, client: httpx.Cl
     assert _value(text, "modelfarm_workers", pool="gpu") == 0
     ready = httpx.get(f"{api_url}/readyz").json()
     assert ready["status"] == "ready" and "gpu" in ready["pools_without_workers"]
+    assert ready["pools_absent"] == []  # MODELFARM_POOLS unset: every pool is expected
     client.post(f"/v1/jobs/{job['id']}/cancel")
 
 
@@ -81,3 +82,15 @@ def test_a_finished_job_moves_workers_items_and_durations(
     assert "# TYPE modelfarm_job_duration_seconds histogram" in after
     assert "modelfarm_webhook_backlog " in after
     assert "modelfarm_webhook_failures_total " in after
+
+
+def test_readyz_names_the_pools_a_farm_does_not_run_as_absent(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A farm that runs no GPU pool by choice (MODELFARM_POOLS, which `up` sets) says so,
+    instead of listing the pool as one whose workers are missing."""
+    env = {**services, "MODELFARM_POOLS": "cpu,webhooks"}
+    with api_process(env, tmp_path_factory.mktemp("logs") / "api.log") as url:
+        ready = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert ready["pools_absent"] == ["gpu"], ready
+    assert "gpu" not in ready["pools_without_workers"]

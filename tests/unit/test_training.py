@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ GOOD_TEXT = '{"input": "hello", "label": "a"}'
 @pytest.mark.parametrize(
     ("first", "bad", "kind", "words"),
     [
-        (GOOD_FEATURES, '{"input": [1, 2], "label": "a"', "features", "invalid JSON"),
+        (GOOD_FEATURES, '{"input": [1, 2], "label": "a"', "features", "not valid JSON"),
         (GOOD_FEATURES, "[1, 2]", "features", "JSON object"),
         (GOOD_FEATURES, '{"label": "a"}', "features", 'missing "input"'),
         (GOOD_FEATURES, '{"input": [1, 2]}', "features", 'missing "label"'),
@@ -174,7 +175,8 @@ def test_bad_lines_are_reported_with_their_number(
     with pytest.raises(TrainingError) as info:
         read_examples([first, "", bad, first], kind)
     assert info.value.code == "invalid_training_data"
-    assert info.value.message.startswith("line 3: ")
+    # The line of the file, and for a line that does not parse the column where it broke.
+    assert re.match(r"line 3(: |, column \d+: )", info.value.message), info.value.message
     assert words in info.value.message
 
 

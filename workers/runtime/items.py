@@ -131,6 +131,17 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def json_error_words(number: int, exc: ValueError) -> str:
+    """Where a line's JSON broke, in words a person can act on: 'line 3, column 7: not valid
+    JSON (unexpected end of data)'. The decoder's own `line 1 column 7 (char 6)` counted
+    within the one line, which read as a second, contradicting line number."""
+    msg, column = getattr(exc, "msg", None), getattr(exc, "colno", None)
+    if not isinstance(msg, str) or not isinstance(column, int):
+        return f"line {number}: {_short(exc)}"
+    what = "not valid UTF-8 text" if "UTF-8" in msg else "not valid JSON"
+    return f"line {number}, column {column}: {what} ({msg[:200]})"
+
+
 def error_line(custom_id: Any, code: str, message: str, line: int) -> bytes:
     # `line` (1-based) lets a user find the item even when it had no usable custom_id.
     return dump_line(
@@ -179,7 +190,7 @@ def _read_item(runner: Runner, number: int, raw: bytes | None, options: RunOptio
     try:
         item = parse_line(raw)
     except ValueError as exc:  # not JSON, not UTF-8, NaN, nested over 1024 deep, ...
-        raise ItemError("invalid_json", f"line {number}: {_short(exc)}") from None
+        raise ItemError("invalid_json", json_error_words(number, exc)) from None
     if not isinstance(item, dict):
         raise ItemError("invalid_item", f"line {number}: not a JSON object")
     custom_id = item.get("custom_id")

@@ -26,6 +26,7 @@ from workers.runtime.items import (
     Line,
     check_custom_id,
     dump_line,
+    json_error_words,
     parse_line,
     run_isolated,
 )
@@ -129,8 +130,7 @@ class OpenAIRequests:
         try:
             item = parse_line(raw)
         except ValueError as exc:
-            message = f"line {number} is not valid JSON: {exc}"[:300]
-            raise RequestError(400, "invalid_json", message) from None
+            raise RequestError(400, "invalid_json", json_error_words(number, exc)) from None
         if not isinstance(item, dict):
             raise RequestError(400, "invalid_request", f"line {number} is not a JSON object")
         custom_id = item.get("custom_id")

@@ -22,6 +22,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
+from workers.runtime.items import json_error_words
+
 
 class TrainingError(Exception):
     """A training job that cannot run; code and message go on the job as its error."""
@@ -68,6 +70,8 @@ def read_examples(lines: Iterable[bytes | str | None], kind: str) -> Examples:
             record = json.loads(line, parse_constant=_refuse_constant)
         except RecursionError:
             raise _bad_line(number, "invalid JSON: nested too deeply") from None
+        except json.JSONDecodeError as exc:  # where it broke, in words
+            raise TrainingError("invalid_training_data", json_error_words(number, exc)) from None
         except ValueError as exc:
             raise _bad_line(number, f"invalid JSON: {str(exc)[:200]}") from None
         if not isinstance(record, dict):

@@ -18,20 +18,28 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
-from app.api.errors import HTTP_CODES, count_rejection, openai_error
+from app.api.errors import (
+    HTTP_CODES,
+    count_rejection,
+    json_body_error,
+    not_json_hint,
+    openai_error,
+)
 from app.api.guards import GuardedRoute
 from app.services.errors import ServiceError
 
 
-def _validation(exc: RequestValidationError) -> JSONResponse:
+def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
     param = ".".join(loc) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request"))
-    if first.get("type") == "json_invalid":
-        return openai_error(400, "invalid_json", "the body is not valid JSON")
-    return openai_error(422, "invalid_request", message, param)
+    broken = json_body_error(exc)
+    if broken:
+        return openai_error(400, "invalid_json", broken)
+    hint = not_json_hint(request, exc)
+    return openai_error(422, "invalid_request", hint or message, None if hint else param)
 
 
 def _headers(exc: Exception) -> dict[str, str] | None:
@@ -52,7 +60,7 @@ class OpenAIRoute(GuardedRoute):
                 count_rejection(exc)
                 return openai_error(exc.status_code, exc.code, exc.message, None, _headers(exc))
             except RequestValidationError as exc:
-                return _validation(exc)
+                return _validation(request, exc)
             except HTTPException as exc:
                 code = HTTP_CODES.get(exc.status_code, "error")
                 return openai_error(exc.status_code, code, str(exc.detail), None, _headers(exc))
