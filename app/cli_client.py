@@ -25,7 +25,7 @@ JSON = dict[str, Any]
 InputFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, show_default=False)
 ]
-PRIORITIES = ("high", "normal", "low")  # a job's `priority` (API.md)
+PRIORITIES = ("high", "normal", "low")  # a job's `priority` (docs/api.md)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 

@@ -1,7 +1,7 @@
 """How the `modelfarm` command fails: one or two lines on stderr and an exit code, never a
 traceback for a failure a user can cause (no farm, a wrong file, a bad argument, an error answer).
 
-Exit codes (README, "Command line"):
+Exit codes (docs/api.md, "Command line"):
   0  done
   1  the API answered with an error, or the job failed or was cancelled
   2  usage: a bad argument, a missing file, no API key or no database configured

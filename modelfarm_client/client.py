@@ -1,6 +1,6 @@
 """A synchronous client of the farm's `/v1` API: files, jobs, models, webhooks and usage.
 
-Answers are the API's JSON as plain dicts (the shapes API.md documents), so the client never
+Answers are the API's JSON as plain dicts (the shapes docs/api.md documents), so the client never
 lags behind a field the server adds. Every failure is an ApiError or a FarmUnreachable.
 """
 

@@ -37,7 +37,8 @@ def upload_file(
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
         raise InvalidRequest(f"purpose must be one of: {allowed}")
     # What the tenant may still store caps this upload as the upload limit does (413 either
-    # way); uploads that run at the same time may each see the same room (README).
+    # way); uploads that run at the same time may each see the same room
+    # (docs/operations.md, Storage).
     room = tenants.storage_room(session, tenant)
     limit = settings.max_upload_bytes if room is None else min(room, settings.max_upload_bytes)
     # Starlette spools the part to a temporary file, so it is copied to the store in chunks.

@@ -121,7 +121,7 @@ class JobCreate(BaseModel):
         "worker is running).",
         examples=["auto"],
     )
-    # Orders this tenant's own jobs in its share of the pool (README, "Sharing the farm").
+    # Orders this tenant's own jobs in its share of the pool (docs/operations.md).
     priority: Priority = Field(
         default="normal",
         description="`high`, `normal` or `low`: which of this tenant's jobs go first in its "

@@ -44,7 +44,7 @@ PRIORITY_RANK = case(
 
 def in_flight(queue: str) -> tuple[ColumnElement[bool], ...]:
     """Released and not finished: a message in the broker, or a shard on a worker. A job of
-    one shard run by its planner has no message and is not counted (README, fast path)."""
+    one shard run by its planner has no message and is not counted (docs/operations.md)."""
     return (
         Job.queue == queue,
         Job.status.in_(OCCUPYING),

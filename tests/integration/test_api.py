@@ -1,4 +1,4 @@
-"""The HTTP contract of API.md: auth, errors, files, jobs, pagination, idempotency, isolation."""
+"""The HTTP contract of docs/api.md: auth, errors, files, jobs, pages, idempotency, isolation."""
 
 from __future__ import annotations
 

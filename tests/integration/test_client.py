@@ -113,7 +113,7 @@ def test_models_webhooks_and_usage(farm: Client, tmp_path: Path) -> None:
     assert farm.webhook_secret().startswith("whsec_")
     try:
         usage = farm.usage(group_by="model")
-    except ApiError as exc:  # GET /v1/usage is not on every farm yet (API.md, step 8)
+    except ApiError as exc:  # GET /v1/usage is not on every farm yet (docs/api.md, step 8)
         assert exc.status == 404
     else:
         assert isinstance(usage["data"], list)

@@ -1,4 +1,4 @@
-"""The layering DESIGN.md describes, checked on every import statement of the source.
+"""The layering docs/development.md describes, checked on every import statement of the source.
 
 - `workers/runtime` is model code only: no Celery, no database, nothing of `app`.
 - `app/api` reaches the database only through services: of SQLAlchemy it may name the session
