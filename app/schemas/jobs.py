@@ -88,6 +88,8 @@ class InferenceParams(BaseModel):
     format: Literal["native", "openai"] | None = None
     endpoint: Literal["/v1/embeddings", "/v1/predictions"] | None = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
+    top_k: int | None = Field(default=None, ge=1, le=1000)  # image-classification: labels scored
+    normalize: bool | None = None  # image-feature-extraction: L2-normalise the embedding
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:
