@@ -116,6 +116,13 @@ class JobCreate(BaseModel):
         description="Training only: `sklearn` or `transformers`.",
         examples=["sklearn"],
     )
+    task: Literal["image-classification"] | None = Field(
+        default=None,
+        description="Training only: `image-classification` trains an image classifier from an "
+        "archive with one folder per class (docs/images.md); left out, a `transformers` job "
+        "fine-tunes a text classifier.",
+        examples=["image-classification"],
+    )
     input: JobInput = Field(description="Where the items come from: `file_id` or `items`.")
     device: Device = Field(
         default="auto",
@@ -166,6 +173,8 @@ class JobCreate(BaseModel):
                 raise ValueError("an inference job needs `model`")
             if self.framework is not None or self.output_model is not None:
                 raise ValueError("`framework` and `output_model` are for training jobs")
+            if self.task is not None:
+                raise ValueError("`task` is for training jobs (the model decides an inference's)")
             InferenceParams.model_validate(self.params)
         else:
             if self.framework not in TRAINING_FRAMEWORKS:
@@ -179,6 +188,8 @@ class JobCreate(BaseModel):
                 )
             if self.model is not None:
                 raise ValueError("a training job names its base model in `params.base_model`")
+            if self.task is not None and self.framework != "transformers":
+                raise ValueError("`task: image-classification` trains with framework transformers")
             if self.input.file_id is None:
                 raise ValueError("training input is an uploaded file (purpose `training`)")
         if len(self.metadata) > 16:

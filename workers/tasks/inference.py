@@ -42,6 +42,7 @@ from workers.runtime.items import (
     run_chunk,
 )
 from workers.runtime.openai_lines import OpenAIRequests, expired_line
+from workers.tasks import image_inputs
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -107,7 +108,14 @@ def plan_job(job_id: str, worker: str) -> None:
                 input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
                 if input_uri is None:
                     return
+            elif image_inputs.is_archive(input_uri):  # images: made into JSONL items first
+                input_uri = image_inputs.items_from_archive(job_id, owner, input_uri)
+                if input_uri is None:
+                    return
             ranges = split_input(input_uri, shard_items(start.cheap_items))
+    except image_inputs.InputRefused as exc:
+        db_retry(fail_job, job_id, exc.code, exc.message, owner)
+        return
     except (OSError, ValueError, KeyError) as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
         db_retry(fail_job, job_id, "input_unreadable", message, owner)
