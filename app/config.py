@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     s3_block_size: int = 16 * 1024 * 1024
     max_item_chars: int = 20000
     max_line_bytes: int = 1024 * 1024  # a longer input line is that item's error, never read whole
+    # Images (docs/images.md): a larger picture is an `image_too_large` error line; an image
+    # item's line (base64) may be this long; an image job reads this many items per chunk.
+    max_image_pixels: int = 40_000_000
+    max_image_bytes: int = 16 * 1024 * 1024
+    image_chunk_items: int = 64
+    image_batch_pixels: int = 16_000_000
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
     chunk_items: int = 2048

@@ -88,6 +88,8 @@ class InferenceParams(BaseModel):
     format: Literal["native", "openai"] | None = None
     endpoint: Literal["/v1/embeddings", "/v1/predictions"] | None = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
+    top_k: int | None = Field(default=None, ge=1, le=1000)  # image-classification: labels scored
+    normalize: bool | None = None  # image-feature-extraction: L2-normalise the embedding
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:
@@ -113,6 +115,13 @@ class JobCreate(BaseModel):
         default=None,
         description="Training only: `sklearn` or `transformers`.",
         examples=["sklearn"],
+    )
+    task: Literal["image-classification"] | None = Field(
+        default=None,
+        description="Training only: `image-classification` trains an image classifier from an "
+        "archive with one folder per class (docs/images.md); left out, a `transformers` job "
+        "fine-tunes a text classifier.",
+        examples=["image-classification"],
     )
     input: JobInput = Field(description="Where the items come from: `file_id` or `items`.")
     device: Device = Field(
@@ -164,6 +173,8 @@ class JobCreate(BaseModel):
                 raise ValueError("an inference job needs `model`")
             if self.framework is not None or self.output_model is not None:
                 raise ValueError("`framework` and `output_model` are for training jobs")
+            if self.task is not None:
+                raise ValueError("`task` is for training jobs (the model decides an inference's)")
             InferenceParams.model_validate(self.params)
         else:
             if self.framework not in TRAINING_FRAMEWORKS:
@@ -177,6 +188,8 @@ class JobCreate(BaseModel):
                 )
             if self.model is not None:
                 raise ValueError("a training job names its base model in `params.base_model`")
+            if self.task is not None and self.framework != "transformers":
+                raise ValueError("`task: image-classification` trains with framework transformers")
             if self.input.file_id is None:
                 raise ValueError("training input is an uploaded file (purpose `training`)")
         if len(self.metadata) > 16:

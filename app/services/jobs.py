@@ -298,12 +298,32 @@ def _training_model(
         )
     if body.framework == "sklearn":
         return None, None, check_sklearn_params(body.params)
+    if body.task == "image-classification":
+        return _image_training_model(session, tenant, body)
     params = check_finetune_params(body.params)
     base = resolve_model(session, tenant, params["base_model"])
     if base.framework not in ("transformers", "sentence-transformers"):
         raise InvalidRequest(
             f"base model {base.ref} is a {base.framework} model; fine-tuning needs a "
             "transformers model (or minilm)",
+            code="invalid_params",
+        )
+    return base.ref, base.version_id, params
+
+
+def _image_training_model(
+    session: Session, tenant: Tenant, body: JobCreate
+) -> tuple[str | None, str | None, dict[str, Any]]:
+    from app.image_training_params import check_image_params
+
+    params = check_image_params(body.params)
+    if params["base_model"] is None:
+        return None, None, params
+    base = resolve_model(session, tenant, params["base_model"])
+    if base.framework != "transformers" or not base.task.startswith("image-"):
+        raise InvalidRequest(
+            f"base model {base.ref} is a {base.framework} {base.task} model; an image "
+            "classifier fine-tunes a transformers image model",
             code="invalid_params",
         )
     return base.ref, base.version_id, params

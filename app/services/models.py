@@ -22,7 +22,12 @@ from app.services.files import get_file
 
 TASKS_BY_FRAMEWORK = {
     "sklearn": {"classification", "regression"},
-    "transformers": {"text-classification", "feature-extraction"},
+    "transformers": {
+        "text-classification",
+        "feature-extraction",
+        "image-classification",
+        "image-feature-extraction",
+    },
     "sentence-transformers": {"feature-extraction"},
 }
 

@@ -12,12 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
+from app.db import utcnow
+from app.ids import new_id
+from app.models import (
+    File,
+    FilePurpose,
+    Job,
+    JobShard,
+    JobStatus,
+    JobType,
+    ModelVersion,
+    ShardStatus,
+)
 from app.services import admission, control, webhooks
 from app.services import shards as shard_service
+from app.services.jobs import add_event
+from app.services.results import ResultFile
 
 
 @dataclass(frozen=True)
@@ -131,3 +144,42 @@ def is_cheap(session: Session, job: Job) -> bool:
     if job.model_version_id is None:
         return False  # the builtin models are text models
     return session.get_one(ModelVersion, job.model_version_id).framework == "sklearn"
+
+
+def model_task(session: Session, job: Job) -> str | None:
+    """The task of the model version a job runs (None for a builtin: text models)."""
+    if job.model_version_id is None:
+        return None
+    return session.get_one(ModelVersion, job.model_version_id).task
+
+
+def attach_archive_input(
+    session: Session, job_id: str, owner: str, source_file_id: str, made: ResultFile
+) -> bool:
+    """Register the item file a planner made from an archive of images and point the job at
+    it, while that planner holds the job's lease (False, with nothing written, otherwise).
+    The uploaded archive stays as it was; the event names both files."""
+    job = session.execute(
+        select(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.input_file_id == source_file_id)
+        .with_for_update(key_share=True)
+    ).scalar_one_or_none()
+    if job is None:
+        return False
+    file = File(
+        id=new_id("file"),
+        tenant_id=job.tenant_id,
+        purpose=FilePurpose.BATCH,
+        filename=f"{job_id}_images.jsonl",
+        uri=made.uri,
+        bytes=made.size,
+        sha256=made.sha256,
+        items=made.lines,
+        created_at=utcnow(),
+    )
+    session.add(file)
+    session.flush()
+    session.execute(update(Job).where(Job.id == job_id).values(input_file_id=file.id))
+    data = {"from_file_id": source_file_id, "file_id": file.id, "items": made.lines}
+    add_event(session, job_id, "archive_input", data)
+    return True

@@ -170,3 +170,73 @@ def _write(dest: Path, name: str, source: IO[bytes], declared: int, budget: _Bud
                 raise ArchiveRefused(f"archive member {name!r} is larger than its header says")
             budget.add(len(chunk))
             out.write(chunk)
+
+
+# -- reading members without unpacking (image archives as job input) ---------------------------
+
+
+def iter_archive_files(
+    archive: Path, max_bytes: int, max_members: int, max_file_bytes: int
+) -> Iterator[tuple[str, bytes | None, int]]:
+    """Every regular file of a .zip or .tar as (name, bytes, size), in archive order, after the
+    same checks as extract_archive (every header first, then the bytes as they are read); the
+    bytes are None for a file over max_file_bytes, which is never read. Directories are not
+    yielded. Raises ArchiveRefused."""
+    try:
+        if zipfile.is_zipfile(archive):
+            yield from _read_zip(archive, max_bytes, max_members, max_file_bytes)
+            return
+        if tarfile.is_tarfile(archive):
+            yield from _read_tar(archive, max_bytes, max_members, max_file_bytes)
+            return
+    except ArchiveRefused:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise ArchiveRefused(f"the archive cannot be read ({type(exc).__name__})") from None
+    raise ArchiveRefused("an archive must be a .zip or a .tar (optionally compressed)")
+
+
+def _read_member(source: IO[bytes], name: str, declared: int, budget: _Budget) -> bytes:
+    data = source.read(declared + 1)  # one byte past the header's size: a lie is caught
+    if len(data) > declared:
+        raise ArchiveRefused(f"archive member {name!r} is larger than its header says")
+    budget.add(len(data))
+    return data
+
+
+def _read_zip(
+    archive: Path, max_bytes: int, max_members: int, max_file_bytes: int
+) -> Iterator[tuple[str, bytes | None, int]]:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        headers = _Budget(max_bytes, max_members)
+        names = [headers.admit(i.filename, _zip_is_dir(i), i.file_size) for i in infos]
+        read = _Budget(max_bytes, max_members)
+        for info, name in zip(infos, names, strict=True):
+            if _zip_is_dir(info):
+                continue
+            if info.file_size > max_file_bytes:
+                yield name, None, info.file_size
+                continue
+            with zf.open(info) as source:
+                yield name, _read_member(source, name, info.file_size, read), info.file_size
+
+
+def _read_tar(
+    archive: Path, max_bytes: int, max_members: int, max_file_bytes: int
+) -> Iterator[tuple[str, bytes | None, int]]:
+    headers = _Budget(max_bytes, max_members)
+    for _, member in _tar_members(archive):
+        _check_tar_member(member, headers)
+    read = _Budget(max_bytes, max_members)
+    for tf, member in _tar_members(archive):
+        name = _check_tar_member(member, read, declared=False)
+        if member.isdir():
+            continue
+        if member.size > max_file_bytes:
+            yield name, None, member.size
+            continue
+        source = tf.extractfile(member)
+        if source is None:
+            raise ArchiveRefused(f"archive member {name!r} cannot be read")
+        yield name, _read_member(source, name, member.size, read), member.size

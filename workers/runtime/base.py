@@ -75,6 +75,11 @@ class RunOptions:
     #: told each text's token count (what the model reads, special tokens included) when a
     #: text runner tokenizes a call's values, so tokens are counted where they are made
     on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
+    # Image models (workers/runtime/vision.py).
+    top_k: int = 5  #: image-classification: the labels an output scores
+    normalize: bool = False  #: image-feature-extraction: L2-normalise the embedding
+    max_image_pixels: int = 40_000_000  #: a larger image is ItemError("image_too_large", ...)
+    batch_pixels: int = 16_000_000  #: source pixels per micro-batch of images
 
 
 @runtime_checkable

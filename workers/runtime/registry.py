@@ -34,6 +34,8 @@ _LOADERS = {
     ("transformers", "feature-extraction"): "embedding",
     ("transformers", "text-classification"): "text-classification",
     ("sklearn", "classification"): "sklearn",
+    ("transformers", "image-classification"): "image",
+    ("transformers", "image-feature-extraction"): "image",
     ("sklearn", "regression"): "sklearn",
 }
 
@@ -52,6 +54,10 @@ def load_runner(spec: ModelSpec) -> Runner:
             from workers.runtime.sklearn import load_sklearn_runner
 
             return load_sklearn_runner(spec.path, spec.task)
+        if kind == "image":
+            from workers.runtime.vision import load_image_runner
+
+            return load_image_runner(spec.path, spec.task, spec.device, spec.precision)
         from transformers.utils import logging as hf_logging
 
         from workers.runtime import text

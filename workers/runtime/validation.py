@@ -24,6 +24,22 @@ REFUSED_SUFFIXES = (".py", ".pyc", ".so", ".pkl", ".pickle", ".bin", ".pt", ".pt
 PROBE_TEXTS = ["a probe sentence", "and a second, longer one to make a batch of two"]
 
 
+def probe_images() -> list[dict[str, str]]:
+    """Two small pictures of different sizes, as data URLs (what a job's items hold)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    items = []
+    for size, colour in (((32, 24), (200, 30, 30)), ((17, 40), (20, 90, 220))):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, colour).save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        items.append({"image": "data:image/png;base64," + encoded})
+    return items
+
+
 class ModelRefused(Exception):
     """The upload cannot become a ready version; code and message go on its `error`."""
 
@@ -89,6 +105,8 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         raise ModelRefused("invalid_model", str(exc)) from None
     if spec.framework == "sklearn":
         items: list[Any] = [[0.0] * int(info["n_features"])]
+    elif spec.task.startswith("image-"):
+        items = probe_images()
     else:
         items = list(PROBE_TEXTS)
     options = RunOptions(batch_tokens=256, batch_size=2)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import chain, islice
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,7 @@ from workers.runtime.items import (
     run_chunk,
 )
 from workers.runtime.openai_lines import OpenAIRequests, expired_line
+from workers.tasks import image_inputs
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
 
@@ -107,7 +108,14 @@ def plan_job(job_id: str, worker: str) -> None:
                 input_uri = _make_retry_input(job_id, owner, retry, settings.max_line_bytes)
                 if input_uri is None:
                     return
+            elif image_inputs.is_archive(input_uri):  # images: made into JSONL items first
+                input_uri = image_inputs.items_from_archive(job_id, owner, input_uri)
+                if input_uri is None:
+                    return
             ranges = split_input(input_uri, shard_items(start.cheap_items))
+    except image_inputs.InputRefused as exc:
+        db_retry(fail_job, job_id, exc.code, exc.message, owner)
+        return
     except (OSError, ValueError, KeyError) as exc:
         message = f"the input file cannot be read: {without_paths(str(exc))}"
         db_retry(fail_job, job_id, "input_unreadable", message, owner)
@@ -410,11 +418,29 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
     )
+    if spec.task.startswith("image-"):
+        options = image_options(options, job.params)
     requests = None
     if job.params.get("format") == "openai":
         requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
     return ShardPlan(
         shard, job.shards_total or 1, job.tenant_id, job.queue, input_uri, spec, options, requests
+    )
+
+
+def image_options(options: RunOptions, params: dict[str, Any]) -> RunOptions:
+    """An image job's knobs: its lines carry base64 pictures (longer than text lines), and
+    its micro-batches are cut by pixels (workers/runtime/images.py)."""
+    settings = get_settings()
+    # base64 is 4 bytes for every 3, and the JSON around a picture is short.
+    line_bytes = settings.max_image_bytes * 4 // 3 + 64 * 1024
+    return replace(
+        options,
+        max_line_bytes=max(options.max_line_bytes, line_bytes),
+        top_k=int(params.get("top_k") or 5),
+        normalize=bool(params.get("normalize") or False),
+        max_image_pixels=settings.max_image_pixels,
+        batch_pixels=settings.image_batch_pixels,
     )
 
 
@@ -440,7 +466,8 @@ def _run_items(
             iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
             shard.end_item - shard.start_item,
         )
-        chunks = iter_chunks(lines, settings.chunk_items)
+        image = plan.model.task.startswith("image-")
+        chunks = iter_chunks(lines, settings.image_chunk_items if image else settings.chunk_items)
         chunk = next(chunks, None)
         done = (0, 0)  # (succeeded, failed) written to the part files but not recorded yet
         recorded_at = time.monotonic() - settings.progress_seconds  # the first chunk records

@@ -67,14 +67,7 @@ def train_job(job_id: str, owner: str) -> None:
             JobWatch(job_id, owner, settings.lease_seconds) as watch,
             tempfile.TemporaryDirectory(prefix="modelfarm-train-") as tmp,
         ):
-            with store.open(setup.input_uri, "rb") as f:
-                kind = "features" if setup.framework == "sklearn" else "text"
-                lines = read_lines(f, max_bytes=settings.max_line_bytes)
-                examples = read_examples((raw for _, raw, _ in lines), kind)
-            if setup.framework == "sklearn":
-                trained = _fit_sklearn(job_id, setup, examples, Path(tmp), store)
-            else:
-                trained = _finetune(job_id, owner, setup, examples, Path(tmp), store, device, watch)
+            trained = _train(job_id, owner, setup, Path(tmp), store, device, watch)
             if watch.should_stop():
                 raise Stopped
     except Stopped:
@@ -110,11 +103,33 @@ def train_job(job_id: str, owner: str) -> None:
     store.delete(_checkpoints_uri(store, setup.tenant_id, job_id), recursive=True)
 
 
+def _train(
+    job_id: str,
+    owner: str,
+    setup: TrainingSetup,
+    tmp: Path,
+    store: ArtifactStore,
+    device: str,
+    watch: JobWatch,
+) -> Trained:
+    if setup.params.get("task") == "image-classification":  # an archive of class folders
+        from workers.tasks.image_training import train_images
+
+        return train_images(job_id, owner, setup, tmp, store, device, watch)
+    with store.open(setup.input_uri, "rb") as f:
+        kind = "features" if setup.framework == "sklearn" else "text"
+        lines = read_lines(f, max_bytes=get_settings().max_line_bytes)
+        examples = read_examples((raw for _, raw, _ in lines), kind)
+    if setup.framework == "sklearn":
+        return _fit_sklearn(job_id, setup, examples, tmp, store)
+    return _finetune(job_id, owner, setup, examples, tmp, store, device, watch)
+
+
 def _load(job_id: str, owner: str) -> TrainingSetup:
     with session_scope() as session:
         job = session.get_one(Job, job_id)
         base_path = None
-        if job.framework == "transformers":
+        if job.framework == "transformers" and job.model is not None:
             if job.model_version_id is None:
                 base_path = builtin_path((job.model or "").partition("@")[0])
             else:

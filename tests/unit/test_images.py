@@ -1,0 +1,160 @@
+"""Image items: decoding bounds, archives of images, pixel-budget batches, the image runners."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.images import bad_images, data_url, noise, png, tar_of_members, zip_of
+from workers.runtime.archives import ArchiveRefused
+from workers.runtime.base import ItemError
+from workers.runtime.image_archive import archive_items, labelled_images, looks_like_archive
+from workers.runtime.images import decode, image_bytes, pixel_batches, prepare_image
+from workers.runtime.training import TrainingError
+
+LIMIT = 40_000_000
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        ("bomb", "image_too_large"),
+        ("huge", "image_too_large"),
+        ("truncated", "invalid_image"),
+        ("text", "invalid_image"),
+    ],
+)
+def test_hostile_images_are_item_errors(kind: str, code: str) -> None:
+    with pytest.raises(ItemError) as caught:
+        prepare_image({"image": data_url(bad_images()[kind])}, LIMIT)
+    assert caught.value.code == code, caught.value
+    if kind == "truncated":
+        assert "truncated" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ({"image": "https://example.com/cat.png"}, "invalid_image"),
+        ({"image": "data:image/png,notbase64"}, "invalid_image"),
+        ({"image": "%%% not base64 %%%"}, "invalid_image"),
+        ({"image": ""}, "empty_input"),
+        ({"picture": "x"}, "invalid_input_type"),
+        (42, "invalid_input_type"),
+    ],
+)
+def test_inputs_that_are_not_image_data(value: object, code: str) -> None:
+    with pytest.raises(ItemError) as caught:
+        image_bytes(value)
+    assert caught.value.code == code
+    if "https" in str(value):
+        assert "not fetched" in caught.value.message
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_every_supported_format_decodes_to_rgb(fmt: str) -> None:
+    data = png(noise(20, 10).convert("RGB"), format=fmt)
+    for value in ({"image": data_url(data)}, base64.b64encode(data).decode()):
+        prepared = prepare_image(value, LIMIT)
+        assert (prepared.width, prepared.height) == (20, 10)
+        assert prepared.rgb(LIMIT).mode == "RGB"
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = png(noise(30, 10), format="JPEG", exif=exif)
+    assert decode(data, LIMIT).size == (10, 30)
+
+
+def test_a_limit_below_the_picture_refuses_it_and_large_pictures_are_kept_encoded() -> None:
+    data = png(noise(1200, 1000))
+    with pytest.raises(ItemError, match="1200 x 1000"):
+        decode(data, 1_000_000)
+    prepared = prepare_image(base64.b64encode(data).decode(), LIMIT)
+    assert prepared.image is None and prepared.data == data  # decoded again in its batch
+    assert prepared.rgb(LIMIT).size == (1200, 1000)
+
+
+def test_pixel_batches_keep_order_and_the_budget() -> None:
+    assert pixel_batches([10, 10, 10, 50, 5], batch_pixels=30, batch_size=8) == [
+        [0, 1, 2],
+        [3],
+        [4],
+    ]
+    assert pixel_batches([1] * 5, batch_pixels=100, batch_size=2) == [[0, 1], [2, 3], [4]]
+
+
+def test_an_archive_becomes_one_item_per_image_in_archive_order(tmp_path: Path) -> None:
+    members = [
+        ("b/2.png", png(noise(4, 4))),
+        ("a/1.png", b"not an image"),
+        ("__MACOSX/a/._1.png", b"junk"),
+        (".DS_Store", b"junk"),
+        ("big.png", b"x" * 1000),
+    ]
+    for name, content in (("in.zip", zip_of(members)), ("in.tgz", tar_of_members(members))):
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert looks_like_archive(content[:512])
+        lines = [json.loads(line) for line in archive_items(path, 10**6, 100, 500)]
+        assert [line["custom_id"] for line in lines] == ["b/2.png", "a/1.png", "big.png"]
+        assert base64.b64decode(lines[1]["input"]["image"]) == b"not an image"
+        with pytest.raises(ItemError) as caught:
+            image_bytes(lines[2]["input"])
+        assert caught.value.code == "image_too_large"
+    assert not looks_like_archive(b'{"custom_id": 1, "input": {"image": "..."}}\n')
+
+
+def test_archive_members_pass_the_model_archive_checks(tmp_path: Path) -> None:
+    for name in ("../escape.png", "/abs.png"):
+        path = tmp_path / "bad.zip"
+        path.write_bytes(zip_of([(name, b"x")]))
+        with pytest.raises(ArchiveRefused):
+            list(archive_items(path, 10**6, 100, 10**6))
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as archive:
+        info = zipfile.ZipInfo("cat.png")
+        info.external_attr = 0o120777 << 16  # a symlink
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(ArchiveRefused, match="link"):
+        list(archive_items(link, 10**6, 100, 10**6))
+    many = tmp_path / "many.zip"
+    many.write_bytes(zip_of([(f"{i}.png", b"x") for i in range(5)]))
+    with pytest.raises(ArchiveRefused, match="more than 3 members"):
+        list(archive_items(many, 10**6, 3, 10**6))
+
+
+def test_a_training_archive_is_one_folder_per_class(tmp_path: Path) -> None:
+    path = tmp_path / "train.zip"
+    picture = png(noise(4, 4))
+    path.write_bytes(zip_of([("set/cat/1.png", picture), ("set/dog/1.png", picture)]))
+    labels, images = labelled_images(path, 10**6, 100, 10**6)
+    assert labels == ["cat", "dog"] and images == [picture, picture]
+    path.write_bytes(zip_of([("cat/1.png", picture), ("loose.png", picture)]))
+    with pytest.raises(TrainingError, match="one folder per class"):
+        labelled_images(path, 10**6, 100, 10**6)
+
+
+def test_mixed_precision_on_cpu_stays_close_to_fp32(tmp_path: Path) -> None:
+    """The GPU pool's half precision path, on the CPU (bf16 autocast there)."""
+    from tests.images import make_tiny_vit_classifier
+    from workers.runtime.base import RunOptions
+    from workers.runtime.vision import load_image_runner
+
+    path = make_tiny_vit_classifier(tmp_path / "vit", ["a", "b", "c"])
+    options = RunOptions(top_k=3)
+    items = [{"image": data_url(png(noise(30 + i, 20, seed=i)))} for i in range(3)]
+    outputs = {}
+    for precision in ("fp32", "mixed"):
+        runner = load_image_runner(str(path), "image-classification", "cpu", precision)
+        outputs[precision] = runner.run([runner.prepare(i, options) for i in items], options)
+    for full, half in zip(outputs["fp32"], outputs["mixed"], strict=True):
+        assert set(full["scores"]) == {"a", "b", "c"}
+        for label, score in full["scores"].items():
+            assert half["scores"][label] == pytest.approx(score, abs=0.03)

@@ -1,0 +1,136 @@
+"""Image models on torch: classification (label and top-k scores) and pooled embeddings.
+
+The preprocessing is the model's own image processor from its preprocessor_config.json (resize,
+crop, rescale, normalise as the model was trained), in its PIL implementation: transformers 5
+also has torchvision ones, which the farm does not install, and the PIL one is what gives the
+same numbers as in-process transformers without it. Only classes transformers implements
+itself are loaded (trust_remote_code is off), weights from safetensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+from workers.runtime.base import ModelLoadError, Runner, RunOptions, Stopped
+from workers.runtime.images import PreparedImage, pixel_batches, prepare_image
+from workers.runtime.text import label_info
+from workers.runtime.tokens import scores
+
+
+class _ImageRunner:
+    backend = "torch"
+
+    def __init__(self, model: Any, processor: Any, device: str, precision: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = torch.device(device)
+        self.precision = precision
+
+    def prepare(self, value: Any, options: RunOptions) -> PreparedImage:
+        return prepare_image(value, options.max_image_pixels)
+
+    def _computing(self) -> contextlib.ExitStack:
+        """No autograd; in the GPU pool, half precision (fp16 autocast on CUDA, bf16 on a CPU
+        standing in for a GPU), as text models run there."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.precision == "mixed":
+            half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=half))
+        return stack
+
+    def batches(
+        self, values: list[PreparedImage], options: RunOptions
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices, pixel_values) per micro-batch, cut by source pixels (images.pixel_batches)."""
+        cuts = pixel_batches([v.pixels for v in values], options.batch_pixels, options.batch_size)
+        for indices in cuts:
+            if options.should_stop is not None and options.should_stop():
+                raise Stopped()
+            pictures = [values[i].rgb(options.max_image_pixels) for i in indices]
+            inputs = self.processor(images=pictures, return_tensors="pt")
+            yield indices, inputs["pixel_values"].to(self.device)
+
+
+class ImageClassificationRunner(_ImageRunner):
+    """{"label": the top label, "scores": {label: probability} for the top_k labels}."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.labels, self.multi_label = label_info(self.model.config)
+
+    def run(self, values: list[PreparedImage], options: RunOptions) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = [{} for _ in values]
+        top_k = max(1, min(options.top_k, len(self.labels)))
+        with self._computing():
+            for indices, pixel_values in self.batches(values, options):
+                logits = self.model(pixel_values=pixel_values).logits.float()
+                probs = torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
+                top = probs.topk(top_k, dim=-1)
+                for index, ids, row in zip(
+                    indices, top.indices.cpu().tolist(), top.values.cpu().tolist(), strict=True
+                ):
+                    picked = scores([self.labels[i] for i in ids], row)
+                    results[index] = picked
+        return results
+
+
+class ImageEmbeddingRunner(_ImageRunner):
+    """The model's pooled output as a list of floats; L2-normalised when params.normalize."""
+
+    def run(self, values: list[PreparedImage], options: RunOptions) -> list[list[float]]:
+        results: list[list[float]] = [[] for _ in values]
+        with self._computing():
+            for indices, pixel_values in self.batches(values, options):
+                vectors = pooled(self.model(pixel_values=pixel_values)).float()
+                if options.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                for index, vector in zip(indices, vectors.cpu().tolist(), strict=True):
+                    results[index] = vector
+        return results
+
+
+def pooled(outputs: Any) -> torch.Tensor:
+    """One vector per image: the model's pooler output (ResNet's is (n, c, 1, 1))."""
+    value = getattr(outputs, "pooler_output", None)
+    if value is None:
+        raise ModelLoadError("the model has no pooled output (pooler_output)")
+    return value.flatten(start_dim=1)
+
+
+def load_image_runner(path: str, task: str, device: str, precision: str = "fp32") -> Runner:
+    root = Path(path)
+    if not (root / "preprocessor_config.json").is_file():
+        raise ModelLoadError("an image model needs its preprocessor_config.json")
+    if not any(root.glob("*.safetensors")):
+        raise ModelLoadError("the model has no *.safetensors weights; pickled weights are refused")
+    processor = AutoImageProcessor.from_pretrained(
+        root, backend="pil", local_files_only=True, trust_remote_code=False
+    )
+    auto_class = AutoModelForImageClassification if task == "image-classification" else AutoModel
+    model, info = auto_class.from_pretrained(
+        root,
+        use_safetensors=True,
+        local_files_only=True,
+        trust_remote_code=False,
+        output_loading_info=True,
+    )
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        # Randomly initialised weights would answer differently on every load.
+        raise ModelLoadError(
+            f"the weights lack {len(missing)} tensor(s) the {task} model needs "
+            f"(e.g. {missing[0]}); was it saved as another kind of model?"
+        )
+    model = model.to(device).eval()
+    if task == "image-classification":
+        if int(getattr(model.config, "num_labels", 0) or 0) < 2:
+            raise ModelLoadError("image-classification needs a model with at least 2 labels")
+        return ImageClassificationRunner(model, processor, device, precision)
+    return ImageEmbeddingRunner(model, processor, device, precision)
