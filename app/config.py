@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     model_max_unpacked_bytes: int = 4 * 1024**3
     model_max_archive_members: int = 10_000
     max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
+    # The HTTP edge (app/api/serve.py): a request head larger than this, or with more headers,
+    # is a 431; a head not complete this long after the connection (or the last answer) is a
+    # 408, as is a body that stops arriving for this long.
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    http_max_headers: int = Field(default=100, ge=8)
+    http_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_idle_seconds: float = Field(default=30.0, gt=0)
     api_workers: int | None = None  # API processes; default one per core
     # Requests one API process works on at once; its PostgreSQL pool holds as many connections
     # (so api_workers x api_threads must fit the server's max_connections).
@@ -116,6 +123,16 @@ class Settings(BaseSettings):
     # One attempt at validating an uploaded model (unpack, check, probe) stops past this; its
     # lease lasts this long plus a margin, so the sweeper gives a dead attempt's version again.
     model_validation_seconds: int = 900
+    # An uploaded model is measured from its config before it is built (issue 25): at most
+    # this many parameters and bytes of weights, and a validation may grow its process by at
+    # most this much memory (an address-space limit while it checks and probes).
+    model_max_parameters: int = 2_000_000_000
+    model_max_bytes: int = 8 * 1024**3
+    model_validation_memory_bytes: int = 16 * 1024**3
+    # A scikit-learn model's widths: features per item, outputs (or classes) per item, parts.
+    model_max_features: int = 100_000
+    model_max_outputs: int = 10_000
+    model_max_estimators: int = 10_000
     task_soft_time_limit: int = 3600  # a shard task past this stops and is tried again
     task_time_limit: int = 3900  # ... and is killed past this
     db_retry_seconds: float = 120.0  # how long workers retry writes while PostgreSQL is away

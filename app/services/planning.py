@@ -4,7 +4,8 @@ A planner claims a queued job (or takes over one whose planner died), then split
 shards. When the input's item count is already known (the farm wrote the file itself: inline
 items) and fits one shard, the plan needs no read of the input, so it is made in the claim's own
 transaction and the claimed shard is handed back to run at once: one commit where a planned job
-needs two, and no pass over the file.
+needs two, and no pass over the file. That is only while no other tenant has work waiting in the
+pool: then the one shard takes its fair-share turn in the window like any other (decision 0015).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.models import (
     ModelVersion,
     ShardStatus,
 )
-from app.services import admission, control, webhooks
+from app.services import admission, control, scheduler, webhooks
 from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
@@ -43,6 +44,8 @@ class Claim:
     cheap_items: bool  # scikit-learn items: larger shards (SKLEARN_SHARD_ITEMS)
     retry: control.RetrySource | None
     shard: JobShard | None  # planned in the claim: this planner runs it now, under its lease
+    #: planned in the claim, to wait for its turn ("run": release now) or a cancel ("assemble")
+    planned: shard_service.PlanOutcome | None = None
 
 
 def claim_job(
@@ -94,15 +97,24 @@ def claim_job(
     # The claim's event waits for the plan's rows below: one INSERT of events, not three.
     with session.no_autoflush:
         source = session.get_one(File, job.input_file_id)
-        shard = None
+        shard = planned = None
         if job.type == JobType.INFERENCE and source.items and source.items <= shard_items(cheap):
             whole = [shard_service.ShardRange(0, source.items, 0, 1)]
             started = webhooks.wants(job.webhook, "job.started")  # queued by this claim
-            _, shard = shard_service.create_shards(
-                session, job_id, owner, whole, run_here_seconds=lease_seconds, durable=started
+            here = lease_seconds if run_here(session, job) else None
+            outcome, shard = shard_service.create_shards(
+                session, job_id, owner, whole, run_here_seconds=here, durable=started
             )
+            planned = None if shard is not None else outcome
     session.flush()
-    return Claim(job, source.uri, source.bytes, cheap, None, shard)
+    return Claim(job, source.uri, source.bytes, cheap, None, shard, planned)
+
+
+def run_here(session: Session, job: Job) -> bool:
+    """Whether a job of one shard may run in its planning task now: when no other tenant waits
+    in its pool. Otherwise its shard waits for the scheduler like any other, so a tenant's
+    flood of small jobs takes turns with the others (decision 0015)."""
+    return not scheduler.others_waiting(session, job.queue, job.tenant_id)
 
 
 def claim_shard(

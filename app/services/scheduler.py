@@ -44,7 +44,7 @@ PRIORITY_RANK = case(
 
 def in_flight(queue: str) -> tuple[ColumnElement[bool], ...]:
     """Released and not finished: a message in the broker, or a shard on a worker. A job of
-    one shard run by its planner has no message and is not counted (docs/operations.md)."""
+    one shard run by its planner counts too: it is recorded released (decision 0015)."""
     return (
         Job.queue == queue,
         Job.status.in_(OCCUPYING),
@@ -77,6 +77,34 @@ def window_size(session: Session, queue: str, setting: int, processes_per_worker
         ).where(WorkerHeartbeat.pool == queue, WorkerHeartbeat.seen_at > since)
     )
     return max(2, 2 * int(live or 0))
+
+
+def others_waiting(session: Session, queue: str, tenant_id: str) -> bool:
+    """Whether another tenant has work waiting in the pool: a shard waiting for its release, or
+    a job queued and not held (its plan message is in the broker, maybe behind ours).
+
+    A job of one shard runs in its planning task only when this is false: otherwise it takes
+    its fair-share turn in the window like any shard (docs/decisions/0015), so one tenant's
+    flood of small jobs cannot keep another tenant's plan message and shards behind it. On an
+    idle farm, or with one tenant alone, it is one indexed query and the fast path is as it was.
+    """
+    shard = (
+        select(JobShard.id)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*waiting(queue), Job.tenant_id != tenant_id)
+        .exists()
+    )
+    job = (
+        select(Job.id)
+        .where(
+            Job.queue == queue,
+            Job.status == JobStatus.QUEUED,
+            Job.held_at.is_(None),
+            Job.tenant_id != tenant_id,
+        )
+        .exists()
+    )
+    return bool(session.scalar(select(shard | job)))
 
 
 def count_in_flight(session: Session, queue: str) -> int:

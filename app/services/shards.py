@@ -170,6 +170,9 @@ def create_shards(
         shard.status, shard.lease_owner = ShardStatus.RUNNING, owner
         shard.lease_expires_at, shard.attempts = lease_until(run_here_seconds), 1
         shard.succeeded = shard.failed = 0
+        # Released as the scheduler would: it holds a slot of the pool's window while it runs,
+        # so other tenants' shards see it in flight (fair share, docs/decisions/0015).
+        shard.dispatched_at = utcnow()
         add_event(session, job_id, "shard_started", {"shard": 0, "attempt": 1, "owner": owner})
         if not durable:
             skip_commit_wait(session)

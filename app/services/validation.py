@@ -154,15 +154,6 @@ def fail_validation(session: Session, version_id: str, code: str, message: str) 
     return row is not None
 
 
-def give_back(session: Session, version_id: str) -> None:
-    """An attempt that stopped without a verdict (a time limit) lets the next one start now."""
-    session.execute(
-        update(ModelVersion)
-        .where(ModelVersion.id == version_id, ModelVersion.status == VersionStatus.VALIDATING)
-        .values(lease_owner=None, lease_expires_at=None, dispatched_at=None)
-    )
-
-
 def undispatch(session: Session, version_id: str) -> None:
     """The broker refused the message: no dispatch time, so the sweeper publishes it."""
     session.execute(

@@ -175,11 +175,12 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
     assert not left.parent.exists()  # what the dead attempts stored is gone, and the name's folder
 
 
-def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
+def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
     client: httpx.Client, services: dict[str, str], skops_file: str, lost: object
 ) -> None:
-    """A pool child killed mid-validation gives its message back at once (acks_late): the
-    next attempt sees the lease's process is gone and takes it, without waiting it out."""
+    """A pool child killed mid-validation (the OOM killer, most often) gives its message back at
+    once (acks_late): the next attempt sees the lease's process is gone and, without waiting it
+    out, refuses the version (issue 25: a hostile upload restarted its validation twice)."""
     import subprocess
     import sys
 
@@ -206,9 +207,8 @@ def test_a_validation_held_by_a_killed_process_is_taken_over_at_once(
             )
         )
     assert publish_validation(version_id)  # the message the broker gave back
-    ready = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
-    assert ready["status"] == "ready", ready
+    failed = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "validation_killed", failed
     assert _version(version_id)["attempts"] == 2
     assert not left.exists()  # the killed attempt's half-written folder
-    job = run_job(client, name, ROW)
-    assert job["status"] == "succeeded", job

@@ -16,6 +16,7 @@ import skops.io
 from sklearn.base import is_classifier, is_regressor
 
 from workers.runtime.base import ItemError, ModelLoadError, RunOptions
+from workers.runtime.sklearn_bounds import WidthLimits, check_widths
 from workers.runtime.trust import UntrustedModel, audit_skops, check_structure
 
 _PLAIN_NUMBERS = frozenset({float, int})  # by exact type: bool, an int subclass, is not one
@@ -114,11 +115,16 @@ def load_sklearn_runner(
 
 
 def check_skops_file(
-    path: str, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+    path: str,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    widths: WidthLimits | None = None,
 ) -> dict[str, Any]:
-    """What registration needs to know of an upload; raises ModelLoadError if it is unusable."""
+    """What registration needs to know of an upload; raises ModelLoadError if it is unusable
+    (its widths too, before anything runs it: workers/runtime/sklearn_bounds.py)."""
     estimator = load_skops(path, max_unpacked_bytes)
     task = _task_of(estimator)
+    if widths is not None:
+        check_widths(estimator, widths)
     runner = SklearnRunner(estimator, task)
     return {"task": task, "n_features": runner.n_features, "feature_names": runner.feature_names}
 

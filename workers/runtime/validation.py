@@ -10,12 +10,17 @@ never name a path.
 
 from __future__ import annotations
 
+import contextlib
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from workers.runtime.archives import ArchiveRefused, extract_archive
 from workers.runtime.base import ItemError, ModelLoadError, ModelSpec, RunOptions
+from workers.runtime.bounds import ModelLimits, ModelTooLarge, check_model_dir
 from workers.runtime.registry import load_runner
+from workers.runtime.sklearn_bounds import WidthLimits
 
 # Weights are loaded from safetensors only and no code is ever imported from a model, so files
 # that could only be pickles or code have no use here; refusing them keeps the stored version
@@ -50,13 +55,14 @@ class ModelRefused(Exception):
 
 
 def check_sklearn(
-    path: Path, task: str | None, max_unpacked_bytes: int
+    path: Path, task: str | None, max_unpacked_bytes: int, widths: WidthLimits
 ) -> tuple[str, dict[str, Any]]:
-    """(task, info) of a skops file whose types are all trusted; ModelRefused otherwise."""
+    """(task, info) of a skops file whose types are all trusted and whose widths agree with
+    its arrays and the limits; ModelRefused otherwise."""
     from workers.runtime.sklearn import check_skops_file
 
     try:
-        info = check_skops_file(str(path), max_unpacked_bytes)
+        info = check_skops_file(str(path), max_unpacked_bytes, widths)
     except ModelLoadError as exc:
         raise ModelRefused("untrusted_model", f"not a usable scikit-learn model: {exc}") from None
     if task is not None and task != info["task"]:
@@ -97,10 +103,48 @@ def unpack_archive(
     return root, {"files": sorted(files)}
 
 
+def check_transformers(root: Path, task: str, limits: ModelLimits) -> dict[str, int]:
+    """The size of an unpacked transformers model, measured from its config on the meta device
+    and matched against its safetensors' headers before anything is built (bounds.py)."""
+    from workers.runtime.text import _sentence_transformer_layout
+
+    try:
+        directory = _sentence_transformer_layout(root)[0] if task == "feature-extraction" else root
+        size = check_model_dir(directory, task, limits)
+    except ModelTooLarge as exc:
+        raise ModelRefused("model_too_large", str(exc)) from None
+    except ModelLoadError as exc:
+        raise ModelRefused("invalid_model", str(exc)) from None
+    return {"parameters": size.parameters, "weight_bytes": size.bytes}
+
+
+@contextlib.contextmanager
+def memory_limit(extra_bytes: int) -> Iterator[None]:
+    """Let this process grow by at most `extra_bytes` of address space while the block runs
+    (RLIMIT_AS, lowered and then put back: both are allowed below the hard limit). Past it an
+    allocation fails (MemoryError, or the library's own error) instead of the kernel's OOM
+    killer taking the whole worker; the caller refuses the model."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:  # in pages; the first figure is the address space
+        current = int(f.read().split()[0]) * resource.getpagesize()
+    limit = current + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
     """Load the model as a job would and run one or two items; ModelRefused if it cannot."""
     try:
         runner = load_runner(spec)
+    except MemoryError:
+        raise ModelRefused(
+            "model_too_large", "loading the model exceeded the memory limit"
+        ) from None
     except ModelLoadError as exc:
         raise ModelRefused("invalid_model", str(exc)) from None
     if spec.framework == "sklearn":
@@ -114,6 +158,8 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         outputs = runner.run([runner.prepare(item, options) for item in items], options)
     except ItemError as exc:
         raise ModelRefused("invalid_model", f"the probe item was refused: {exc.message}") from None
+    except MemoryError:
+        raise ModelRefused("model_too_large", "the probe exceeded the memory limit") from None
     except Exception as exc:  # whatever a broken model raises, the version fails with it
         raise ModelRefused(
             "invalid_model", f"the model fails on a probe item ({type(exc).__name__})"

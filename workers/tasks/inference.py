@@ -84,6 +84,12 @@ def plan_job(job_id: str, worker: str) -> None:
     if here is not None:  # planned in the claim: a job of one shard, run here
         _run_claimed(here, owner)
         return
+    if start.planned == "run":  # planned in the claim, its shard waits for its turn
+        release_shards(start.job.queue)
+        return
+    if start.planned == "assemble":
+        assemble_job(job_id)
+        return
     if start.job.type == JobType.TRAINING:  # one task, holding the job's lease, no shards
         from workers.tasks.training import train_job
 
@@ -128,9 +134,15 @@ def plan_job(job_id: str, worker: str) -> None:
         with session_scope() as session:
             # A job of one shard runs it here: the shard is recorded already claimed by this
             # task, sparing a trip through the broker and a claim. It keeps its own lease,
-            # attempts and part files, so a crash is recovered as any shard's.
+            # attempts and part files, so a crash is recovered as any shard's. Not while
+            # another tenant waits in the pool: then it takes its turn (decision 0015).
+            alone = len(ranges) == 1 and planning.run_here(session, start.job)
             outcome, shard = shard_service.create_shards(
-                session, job_id, owner, ranges, run_here_seconds=settings.lease_seconds
+                session,
+                job_id,
+                owner,
+                ranges,
+                run_here_seconds=settings.lease_seconds if alone else None,
             )
             return outcome, None if shard is None else _shard_plan(session, shard)
 
@@ -293,8 +305,7 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
         runner = state.current().cache.get(spec)
     except ModelLoadError as exc:
         db_retry(fail_job, job_id, "model_load_failed", str(exc))
-        if plan.shards_total > 1:  # its shards in flight are closed: the window has room
-            release_shards(plan.queue)
+        release_shards(plan.queue)  # its shards in flight are closed: the window has room
         return
     stem = shard_service.parts_stem(index, plan.shard.attempts, owner)
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, stem)
@@ -344,8 +355,9 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
             )
 
     assemble = db_retry(finish)
-    if plan.shards_total > 1:  # this shard left the window: the next one goes (before the
-        release_shards(plan.queue)  # assembly, which may take a while)
+    # This shard left the window (a job's only shard too: it held a slot), so the next one
+    # goes, before the assembly, which may take a while.
+    release_shards(plan.queue)
     if assemble:
         assemble_job(job_id)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
 from workers.reliability import db_retry, new_owner, owner_is_dead
 from workers.runtime.base import ModelSpec, without_paths
-from workers.runtime.validation import ModelRefused, check_sklearn, probe, unpack_archive
+from workers.runtime.bounds import ModelLimits
+from workers.runtime.sklearn_bounds import WidthLimits
+from workers.runtime.validation import (
+    ModelRefused,
+    check_sklearn,
+    check_transformers,
+    memory_limit,
+    probe,
+    unpack_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +55,20 @@ def validate_version(version_id: str) -> None:
         return
     folder = _attempt_folder(store, claim, claim.attempt)
     try:
-        task, uri, info = _check_and_store(claim, folder, store)
+        with memory_limit(settings.model_validation_memory_bytes):
+            task, uri, info = _check_and_store(claim, folder, store)
     except ModelRefused as exc:
         _remove(store, folder)
         db_retry(_fail, version_id, exc.code, without_paths(exc.message))
         log.info("model version %s refused: %s", version_id, exc)
         return
     except SoftTimeLimitExceeded:
-        # Past MODEL_VALIDATION_SECONDS: the next attempt (within MAX_ATTEMPTS) starts at once.
+        # Past MODEL_VALIDATION_SECONDS: not tried again, another try would only take as long
+        # (a hostile config kept a worker busy for minutes, three times over).
         _remove(store, folder)
-        log.warning("validating model version %s ran out of time; giving it back", version_id)
-        db_retry(_give_back, version_id)
+        log.warning("validating model version %s ran out of time; refused", version_id)
+        message = f"validating the model took over {settings.model_validation_seconds}s"
+        db_retry(_fail, version_id, "validation_timeout", message)
         return
     except BaseException:
         _remove(store, folder)  # a crash (or a stop) leaves no half-stored version behind
@@ -72,7 +85,10 @@ def _check_and_store(
     assert claim.upload_uri is not None  # a claim that is not `ended` has its upload
     upload = store.local_path(claim.upload_uri)
     if claim.framework == "sklearn":
-        task, info = check_sklearn(upload, claim.task, settings.model_max_unpacked_bytes)
+        widths = WidthLimits(
+            settings.model_max_features, settings.model_max_outputs, settings.model_max_estimators
+        )
+        task, info = check_sklearn(upload, claim.task, settings.model_max_unpacked_bytes, widths)
         uri = f"{folder}/model.skops"
         with open(upload, "rb") as f:
             store.write_file(uri, f)
@@ -87,6 +103,8 @@ def _check_and_store(
                 settings.model_max_unpacked_bytes,
                 settings.model_max_archive_members,
             )
+            limits = ModelLimits(settings.model_max_parameters, settings.model_max_bytes)
+            info.update(check_transformers(root, task, limits))  # before anything is built
             if uri.startswith("file:"):
                 shutil.copytree(root, store.local_path(uri), dirs_exist_ok=True)
             else:
@@ -126,9 +144,16 @@ def _claim(
         # once: the next child takes the dead one's lease instead of waiting for it to lapse.
         holder = validation.lease_owner(session, version_id)
         dead = holder if owner_is_dead(holder) else None
-        return validation.claim_validation(
+        claim = validation.claim_validation(
             session, version_id, owner, lease_seconds, max_attempts, take_over=dead
         )
+        if claim is not None and dead is not None and not claim.ended:
+            # A validation that killed its process (out of memory, most often) is not tried
+            # again: the same upload would kill the next one too.
+            message = "the validation's worker process died (most often: out of memory)"
+            validation.fail_validation(session, version_id, "validation_killed", message)
+            return replace(claim, ended=True)
+        return claim
 
 
 def _finish(version_id: str, task: str, uri: str, info: dict[str, Any]) -> bool:
@@ -139,8 +164,3 @@ def _finish(version_id: str, task: str, uri: str, info: dict[str, Any]) -> bool:
 def _fail(version_id: str, code: str, message: str) -> bool:
     with session_scope() as session:
         return validation.fail_validation(session, version_id, code, message)
-
-
-def _give_back(version_id: str) -> None:
-    with session_scope() as session:
-        validation.give_back(session, version_id)
