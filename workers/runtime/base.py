@@ -8,7 +8,7 @@ prepared items at once, which is where batching pays.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,6 +75,8 @@ class RunOptions:
     #: told each text's token count (what the model reads, special tokens included) when a
     #: text runner tokenizes a call's values, so tokens are counted where they are made
     on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
+    #: the job's params, for what a task reads beside its items (zero-shot labels, say)
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @runtime_checkable
