@@ -6,7 +6,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Framework = Literal["sklearn", "transformers", "sentence-transformers"]
-Task = Literal["classification", "regression", "text-classification", "feature-extraction"]
+Task = Literal[
+    "classification",
+    "regression",
+    "text-classification",
+    "feature-extraction",
+    "text-ranking",
+    "token-classification",
+    "zero-shot-classification",
+]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 

@@ -22,7 +22,13 @@ from app.services.files import get_file
 
 TASKS_BY_FRAMEWORK = {
     "sklearn": {"classification", "regression"},
-    "transformers": {"text-classification", "feature-extraction"},
+    "transformers": {
+        "text-classification",
+        "feature-extraction",
+        "text-ranking",
+        "token-classification",
+        "zero-shot-classification",
+    },
     "sentence-transformers": {"feature-extraction"},
 }
 
