@@ -45,6 +45,33 @@ def make_tiny_feature_extractor(path: str | Path, seed: int = 0) -> Path:
     return _save(BertModel(_tiny_bert_config()), path)
 
 
+def make_tiny_cross_encoder(path: str | Path, seed: int = 0) -> Path:
+    """A BertForSequenceClassification with one output: a cross-encoder for "text-ranking"."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return _save(BertForSequenceClassification(_tiny_bert_config(num_labels=1)), path)
+
+
+def make_tiny_token_classifier(path: str | Path, seed: int = 0) -> Path:
+    """A BertForTokenClassification over BIO tags of PER and LOC, for "token-classification"."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(seed)
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    config = _tiny_bert_config(
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
+    )
+    return _save(BertForTokenClassification(config), path)
+
+
+def make_tiny_nli_model(path: str | Path, seed: int = 0) -> Path:
+    """A 3-way NLI classifier (contradiction, neutral, entailment): "zero-shot-classification"."""
+    return make_tiny_text_classifier(path, ["contradiction", "neutral", "entailment"], seed)
+
+
 def train_sklearn_classifier(
     path: str | Path, feature_names: list[str] | None = None, seed: int = 0
 ) -> tuple[Any, np.ndarray]:

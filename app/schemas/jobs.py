@@ -86,10 +86,14 @@ class InferenceParams(BaseModel):
     # Input and output lines in OpenAI's Batch API format (workers/runtime/openai_lines.py),
     # every line a request to `endpoint`; set by /openai/v1, usable from /v1 as well.
     format: Literal["native", "openai"] | None = None
-    endpoint: Literal["/v1/embeddings", "/v1/predictions"] | None = None
+    endpoint: Literal["/v1/embeddings", "/v1/predictions", "/v1/rerank"] | None = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
     top_k: int | None = Field(default=None, ge=1, le=1000)  # image-classification: labels scored
     normalize: bool | None = None  # image-feature-extraction: L2-normalise the embedding
+    # zero-shot-classification: the candidate labels of every line that names none itself
+    labels: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    multi_label: bool | None = None
+    hypothesis_template: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

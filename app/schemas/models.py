@@ -13,6 +13,9 @@ Task = Literal[
     "feature-extraction",
     "image-classification",
     "image-feature-extraction",
+    "text-ranking",
+    "token-classification",
+    "zero-shot-classification",
 ]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"

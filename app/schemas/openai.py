@@ -18,7 +18,7 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
-Endpoint = Literal["/v1/embeddings", "/v1/predictions"]
+Endpoint = Literal["/v1/embeddings", "/v1/predictions", "/v1/rerank"]
 BatchEvent = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
 BATCH_EVENTS: tuple[BatchEvent, ...] = (
     "batch.completed",
@@ -151,6 +151,19 @@ class EmbeddingCreate(BaseModel):
     model: str = Field(max_length=140)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+
+    def request_body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class RerankCreate(BaseModel):
+    """A rerank request, as TEI, Cohere and Jina take it (OpenAI has no rerank endpoint)."""
+
+    model_config = ConfigDict(extra="ignore")  # `return_documents` and what other clients add
+    model: str = Field(max_length=140)
+    query: str
+    documents: list[str] = Field(min_length=1, max_length=1000)
+    top_n: int | None = Field(default=None, ge=1)
 
     def request_body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

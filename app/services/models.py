@@ -27,6 +27,9 @@ TASKS_BY_FRAMEWORK = {
         "feature-extraction",
         "image-classification",
         "image-feature-extraction",
+        "text-ranking",
+        "token-classification",
+        "zero-shot-classification",
     },
     "sentence-transformers": {"feature-extraction"},
 }

@@ -48,7 +48,7 @@ PURPOSES_OUT = {
     FilePurpose.MODEL: "user_data",
 }
 PURPOSES_IN = {"batch": FilePurpose.BATCH, "fine-tune": FilePurpose.TRAINING}
-_SYNC_ID = "embeddings"
+_SYNC_ID = "embeddings"  #: the custom_id of a synchronous request's one line
 #: how far into an input file the API looks for the first request's model (bytes)
 _MODEL_PROBE_BYTES = 1024 * 1024
 
@@ -217,12 +217,21 @@ def batch_event(job: Job, job_event: str) -> tuple[str, dict[str, Any]] | None:
     return event, body
 
 
+#: which model tasks answer an endpoint (/v1/predictions: any model)
+ENDPOINT_TASKS = {
+    "/v1/embeddings": ("feature-extraction",),
+    "/v1/rerank": ("text-ranking", "feature-extraction"),  # a cross-encoder, or cosine
+}
+
+
 def _check_endpoint(session: Session, tenant: Tenant, model: str, endpoint: str) -> None:
-    """Embeddings come from embedding models only; a classifier's answers are predictions."""
+    """Embeddings come from embedding models only, reranks from cross-encoders or embedding
+    models; any model's answers are predictions."""
     task = resolve_model(session, tenant, model).task
-    if endpoint == "/v1/embeddings" and task != "feature-extraction":
+    if task not in ENDPOINT_TASKS.get(endpoint, (task,)):
+        kind = "make embeddings" if endpoint == "/v1/embeddings" else "rerank"
         raise BadRequest(
-            f"model {model!r} ({task}) does not make embeddings; use /v1/predictions",
+            f"model {model!r} ({task}) does not {kind}; use /v1/predictions",
             code="model_not_supported",
         )
 
@@ -254,19 +263,18 @@ def prepare_batch(
 # -- synchronous embeddings -------------------------------------------------------------------
 
 
-def prepare_embeddings(
-    session: Session, tenant: Tenant, body: oa.EmbeddingCreate
+def prepare_sync(
+    session: Session, tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]
 ) -> job_service.Submission:
     """A job of one request line in the batch format: the workers answer it as they answer a
     batch's line (micro-batched, tokens counted by the model's tokenizer)."""
-    _check_endpoint(session, tenant, body.model, "/v1/embeddings")
+    _check_endpoint(session, tenant, model, endpoint)
     create = JobCreate(
-        model=body.model,
+        model=model,
         input=JobInput(items=[InlineItem(custom_id=_SYNC_ID, input=None)]),
-        params={"format": "openai", "endpoint": "/v1/embeddings"},
+        params={"format": "openai", "endpoint": endpoint},
     )
-    line = {"custom_id": _SYNC_ID, "method": "POST", "url": "/v1/embeddings"}
-    line["body"] = body.request_body()  # type: ignore[assignment]
+    line = {"custom_id": _SYNC_ID, "method": "POST", "url": endpoint, "body": body}
     return job_service.prepare_submission(session, tenant, create, lines=[line])
 
 

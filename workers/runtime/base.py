@@ -8,7 +8,7 @@ prepared items at once, which is where batching pays.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,6 +80,8 @@ class RunOptions:
     normalize: bool = False  #: image-feature-extraction: L2-normalise the embedding
     max_image_pixels: int = 40_000_000  #: a larger image is ItemError("image_too_large", ...)
     batch_pixels: int = 16_000_000  #: source pixels per micro-batch of images
+    #: the job's params, for what a task reads beside its items (zero-shot labels, say)
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @runtime_checkable

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.runtime import ranking
 from workers.runtime.base import ModelLoadError, ModelSpec, Runner, RunOptions
 from workers.runtime.tokens import INPUT_NAMES, TextInputs, scores
 
@@ -215,7 +216,14 @@ class _OnnxRunner(TextInputs):
 
 
 class OnnxEmbeddingRunner(_OnnxRunner):
-    def run(self, values: list[str], options: RunOptions) -> list[Any]:
+    def prepare(self, value: Any, options: RunOptions) -> Any:
+        return ranking.prepare_embedding_item(value, options, super().prepare)
+
+    def run(self, values: list[Any], options: RunOptions) -> list[Any]:
+        """Vectors for texts; rank items scored by cosine (workers/runtime/ranking.py)."""
+        return ranking.run_embedding_items(values, options, self.embed_texts)
+
+    def embed_texts(self, values: list[str], options: RunOptions) -> list[Any]:
         results: list[Any] = [[] for _ in values]
         for indices, vectors in self._outputs(values, options):
             for index, vector in zip(indices, vectors.tolist(), strict=True):

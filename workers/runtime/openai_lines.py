@@ -30,10 +30,13 @@ from workers.runtime.items import (
     parse_line,
     run_isolated,
 )
+from workers.runtime.tokens import json_type
 
 EMBEDDINGS = "/v1/embeddings"
 PREDICTIONS = "/v1/predictions"  #: the farm's own endpoint: one model input, its output
-ENDPOINTS = (EMBEDDINGS, PREDICTIONS)
+RERANK = "/v1/rerank"  #: TEI's, Cohere's and Jina's shape: a query, documents, top_n
+ENDPOINTS = (EMBEDDINGS, PREDICTIONS, RERANK)
+_RERANK_FIELDS = ("query", "documents", "top_n")
 #: texts per request; OpenAI's own limit for one embeddings request
 MAX_INPUTS = 2048
 
@@ -158,6 +161,9 @@ class OpenAIRequests:
         if not self._model_ok(body.get("model")):
             message = f"`body.model` must be this batch's model, {self.model}"
             raise RequestError(400, "model_mismatch", message, "model")
+        if self.endpoint == RERANK:  # a rerank body is the runner's rank item, model aside
+            item = {k: body[k] for k in _RERANK_FIELDS if body.get(k) is not None}
+            return _Request(number, custom_id, [_prepare(runner, item, options)], "", None)
         if "input" not in body:
             raise RequestError(400, "missing_input", "`body.input` is required", "input")
         if self.endpoint == PREDICTIONS:
@@ -175,6 +181,10 @@ class OpenAIRequests:
         dimensions = body.get("dimensions")
         if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
             raise RequestError(400, "invalid_dimensions", "`dimensions` must be a positive integer")
+        for text in texts:  # an embedding model also takes rank items; this endpoint does not
+            if not isinstance(text, str):
+                message = f"input must be a string, not {json_type(text)}"
+                raise RequestError(400, "invalid_input_type", message, "input")
         values = [_prepare(runner, text, options) for text in texts]
         return _Request(number, custom_id, values, encoding, dimensions)
 
@@ -224,6 +234,10 @@ class OpenAIRequests:
                 raise RequestError(500, output.code, output.message)
         if self.endpoint == PREDICTIONS:
             return {"object": "prediction", "model": self.model, "output": outputs[0]}
+        if self.endpoint == RERANK:
+            used = sum(tokens)
+            usage = {"prompt_tokens": used, "total_tokens": used}
+            return {"model": self.model, "results": outputs[0]["results"], "usage": usage}
         data = []
         for index, vector in enumerate(outputs):
             if request.dimensions is not None and request.dimensions != len(vector):

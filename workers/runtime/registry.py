@@ -33,11 +33,18 @@ _LOADERS = {
     ("sentence-transformers", "feature-extraction"): "embedding",
     ("transformers", "feature-extraction"): "embedding",
     ("transformers", "text-classification"): "text-classification",
+    # workers/runtime/pair_tasks.py and entities.py, on torch
+    ("transformers", "text-ranking"): "text-ranking",
+    ("transformers", "token-classification"): "token-classification",
+    ("transformers", "zero-shot-classification"): "zero-shot-classification",
     ("sklearn", "classification"): "sklearn",
     ("transformers", "image-classification"): "image",
     ("transformers", "image-feature-extraction"): "image",
     ("sklearn", "regression"): "sklearn",
 }
+
+#: kinds that ONNX Runtime does not run: the graph export covers embeddings and classifiers
+_TORCH_ONLY = {"text-ranking", "token-classification", "zero-shot-classification"}
 
 
 def load_runner(spec: ModelSpec) -> Runner:
@@ -66,11 +73,15 @@ def load_runner(spec: ModelSpec) -> Runner:
         hf_logging.disable_progress_bar()
 
         def load_torch() -> Runner:
+            if kind in _TORCH_ONLY:
+                from workers.runtime import pair_tasks
+
+                return pair_tasks.load(kind, spec.path, spec.device, spec.precision)
             if kind == "embedding":
                 return text.load_embedding_runner(spec.path, spec.device, spec.precision)
             return text.load_text_classifier(spec.path, spec.device, spec.precision)
 
-        if spec.backend == "onnx" and spec.graph_dir:
+        if spec.backend == "onnx" and spec.graph_dir and kind not in _TORCH_ONLY:
             from workers.runtime import onnx
 
             return onnx.load(kind, spec, load_torch)

@@ -20,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from workers.runtime import ranking
 from workers.runtime.base import ModelLoadError, RunOptions
 from workers.runtime.tokens import TextInputs, scores
 
@@ -85,7 +86,14 @@ class EmbeddingRunner(_TextRunner):
         pooled = _pool(hidden, inputs["attention_mask"], self.pooling)
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
 
-    def run(self, values: list[str], options: RunOptions) -> list[list[float]]:
+    def prepare(self, value: Any, options: RunOptions) -> Any:
+        return ranking.prepare_embedding_item(value, options, super().prepare)
+
+    def run(self, values: list[Any], options: RunOptions) -> list[Any]:
+        """Vectors for texts; rank items scored by cosine (workers/runtime/ranking.py)."""
+        return ranking.run_embedding_items(values, options, self.embed_texts)
+
+    def embed_texts(self, values: list[str], options: RunOptions) -> list[list[float]]:
         results: list[list[float]] = [[] for _ in values]
         if not values:
             return results

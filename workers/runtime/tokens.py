@@ -54,14 +54,22 @@ class TextInputs:
         return value.lower() if self.lowercase else value
 
     def padded_batches(
-        self, texts: list[str], options: RunOptions
+        self, texts: list[str], options: RunOptions, pairs: list[str] | None = None
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Yield (input indices, int64 arrays by input name) per micro-batch, longest first.
 
-        Asks `options.should_stop` before each micro-batch and raises Stopped when it says so.
+        `pairs` makes each input a (text, pair) couple, as a cross-encoder reads a query and a
+        document. Asks `options.should_stop` before each micro-batch and raises Stopped when
+        it says so.
         """
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         columns = {k: encoded[k] for k in encoded.keys() if k in self._pad_values}
+        yield from self.batches(columns, options)
+
+    def batches(
+        self, columns: dict[str, list[list[int]]], options: RunOptions
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """padded_batches of inputs already tokenized (`columns` by input name, unpadded)."""
         lengths = [len(ids) for ids in columns["input_ids"]]
         if options.on_tokens is not None:
             options.on_tokens(lengths)
@@ -71,6 +79,8 @@ class TextInputs:
             width = lengths[indices[0]]  # batches come longest first
             arrays: dict[str, np.ndarray] = {}
             for key, rows in columns.items():
+                if key not in self._pad_values:
+                    continue
                 array = np.full((len(indices), width), self._pad_values[key], dtype=np.int64)
                 for row, index in enumerate(indices):
                     array[row, : lengths[index]] = rows[index]

@@ -27,6 +27,11 @@ from workers.runtime.sklearn_bounds import WidthLimits
 # plain data that anyone can audit.
 REFUSED_SUFFIXES = (".py", ".pyc", ".so", ".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
 PROBE_TEXTS = ["a probe sentence", "and a second, longer one to make a batch of two"]
+#: the probe of a task whose items are not plain texts
+PROBE_ITEMS: dict[str, list[Any]] = {
+    "text-ranking": [{"query": PROBE_TEXTS[0], "documents": PROBE_TEXTS}],
+    "zero-shot-classification": [{"text": t, "labels": ["one", "two"]} for t in PROBE_TEXTS],
+}
 
 
 def probe_images() -> list[dict[str, str]]:
@@ -152,7 +157,7 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
     elif spec.task.startswith("image-"):
         items = probe_images()
     else:
-        items = list(PROBE_TEXTS)
+        items = list(PROBE_ITEMS.get(spec.task, PROBE_TEXTS))
     options = RunOptions(batch_tokens=256, batch_size=2)
     try:
         outputs = runner.run([runner.prepare(item, options) for item in items], options)

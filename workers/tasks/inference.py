@@ -429,6 +429,7 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         batch_size=int(job.params.get("batch_size") or process.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
+        params=dict(job.params),
     )
     if spec.task.startswith("image-"):
         options = image_options(options, job.params)

@@ -1,0 +1,59 @@
+"""A synchronous request (embeddings, rerank) answered by the workers, never by a model in the
+API process: it is submitted as a job of one request line (the batch format), and the answer
+waits for that job's end as `Prefer: wait` does (woken by PostgreSQL's notification,
+app/api/waits.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api import waits
+from app.api.openai.errors import openai_error
+from app.api.submissions import group_commit
+from app.db import session_scope
+from app.models import Job, Tenant
+from app.services import jobs as job_service
+from app.services import openai as service
+
+#: how long a synchronous request waits for its job (a queue full of batches may hold it)
+WAIT_SECONDS = 300.0
+
+
+def _prepare(tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]) -> Any:
+    with session_scope() as session:
+        return service.prepare_sync(session, tenant, model, endpoint, body)
+
+
+def _load(tenant: Tenant, job_id: str) -> Job:
+    with session_scope() as session:
+        return job_service.get_job(session, tenant, job_id)
+
+
+def _answer(tenant: Tenant, job: Job) -> tuple[int, dict[str, object]]:
+    with session_scope() as session:
+        return service.sync_answer(session, tenant, job)
+
+
+async def answer(tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]) -> JSONResponse:
+    """Submit `body` to `endpoint` as a one-line job and answer with its line's response."""
+    submission = await run_in_threadpool(_prepare, tenant, model, endpoint, body)
+    job_id = submission.job.id
+    deadline = time.monotonic() + WAIT_SECONDS
+    # Registered before the submission: an end that comes before the first read still wakes.
+    async with waits.job_end(job_id) as ended:
+        await run_in_threadpool(group_commit.submit, submission)
+        job = await run_in_threadpool(_load, tenant, job_id)
+        while not job.is_terminal and time.monotonic() < deadline:
+            await waits.until(ended, deadline)
+            job = await run_in_threadpool(_load, tenant, job_id)
+    if not job.is_terminal:
+        message = f"no worker answered within {WAIT_SECONDS:g} s (job {job_id})"
+        return openai_error(503, "timeout", message, headers={"Retry-After": "10"})
+    status, result = await run_in_threadpool(_answer, tenant, job)
+    if status == 200:
+        result["model"] = model  # the name asked for, as OpenAI answers
+    return JSONResponse(result, status_code=status)
