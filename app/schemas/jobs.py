@@ -86,8 +86,14 @@ class InferenceParams(BaseModel):
     # Input and output lines in OpenAI's Batch API format (workers/runtime/openai_lines.py),
     # every line a request to `endpoint`; set by /openai/v1, usable from /v1 as well.
     format: Literal["native", "openai"] | None = None
-    endpoint: Literal["/v1/embeddings", "/v1/predictions"] | None = None
+    endpoint: (
+        Literal["/v1/embeddings", "/v1/predictions", "/v1/chat/completions", "/v1/completions"]
+        | None
+    ) = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
+    # A synchronous generation request's `stream: true`: its worker publishes the text as it
+    # is decoded (app/api/openai/streams.py), on a channel named after the job.
+    stream: bool | None = None
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.runtime import openai_generation as generation
 from workers.runtime.base import ItemError, Runner, RunOptions, Stopped
 from workers.runtime.items import (
     ChunkResult,
@@ -29,24 +30,15 @@ from workers.runtime.items import (
     parse_line,
     run_isolated,
 )
+from workers.runtime.openai_errors import RequestError, error_body
+
+__all__ = ["ENDPOINTS", "OpenAIRequests", "RequestError", "error_body", "expired_line"]
 
 EMBEDDINGS = "/v1/embeddings"
 PREDICTIONS = "/v1/predictions"  #: the farm's own endpoint: one model input, its output
-ENDPOINTS = (EMBEDDINGS, PREDICTIONS)
+ENDPOINTS = (EMBEDDINGS, PREDICTIONS, *generation.ENDPOINTS)
 #: texts per request; OpenAI's own limit for one embeddings request
 MAX_INPUTS = 2048
-
-
-class RequestError(ItemError):
-    """A request line that fails, with the HTTP status it answers and the field at fault."""
-
-    def __init__(
-        self, status: int, code: str, message: str, param: str | None = None, custom_id: Any = None
-    ) -> None:
-        super().__init__(code, message)
-        self.status = status
-        self.param = param
-        self.custom_id = custom_id
 
 
 @dataclass
@@ -64,11 +56,6 @@ def request_id() -> str:
 
 def _ids() -> tuple[str, str]:
     return "batch_req_" + uuid.uuid4().hex, request_id()
-
-
-def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_line(number: int, exc: RequestError) -> bytes:
@@ -158,6 +145,10 @@ class OpenAIRequests:
         if not self._model_ok(body.get("model")):
             message = f"`body.model` must be this batch's model, {self.model}"
             raise RequestError(400, "model_mismatch", message, "model")
+        if self.endpoint in generation.ENDPOINTS:
+            inputs = generation.runner_inputs(self.endpoint, body)
+            values = [_prepare(runner, value, options, self.endpoint) for value in inputs]
+            return _Request(number, custom_id, values, "", None)
         if "input" not in body:
             raise RequestError(400, "missing_input", "`body.input` is required", "input")
         if self.endpoint == PREDICTIONS:
@@ -189,6 +180,8 @@ class OpenAIRequests:
                 errors.append((number, error_line(number, exc)))
         values = [value for request in good for value in request.values]
         results, tokens = run_isolated(runner, values, options)
+        if self.endpoint in generation.ENDPOINTS:  # what was read and what was written
+            tokens = [_generated_tokens(result) for result in results]
         outputs: list[bytes] = []
         start = 0
         for request in good:
@@ -224,6 +217,8 @@ class OpenAIRequests:
                 raise RequestError(500, output.code, output.message)
         if self.endpoint == PREDICTIONS:
             return {"object": "prediction", "model": self.model, "output": outputs[0]}
+        if self.endpoint in generation.ENDPOINTS:
+            return generation.response_body(self.endpoint, self.model, outputs)
         data = []
         for index, vector in enumerate(outputs):
             if request.dimensions is not None and request.dimensions != len(vector):
@@ -245,11 +240,19 @@ class OpenAIRequests:
         }
 
 
-def _prepare(runner: Runner, value: Any, options: RunOptions) -> Any:
+def _generated_tokens(result: Any) -> int:
+    if isinstance(result, ItemError):
+        return 0
+    used = result["usage"]
+    return int(used["prompt_tokens"]) + int(used["completion_tokens"])
+
+
+def _prepare(runner: Runner, value: Any, options: RunOptions, endpoint: str = "") -> Any:
     try:
         return runner.prepare(value, options)
     except ItemError as exc:
-        raise RequestError(400, exc.code, exc.message, "input") from None
+        param = generation.param_of(endpoint, exc.code) if endpoint else "input"
+        raise RequestError(400, exc.code, exc.message, param) from None
     except Stopped:
         raise
     except Exception as exc:  # a runner's check that broke: this request's fault

@@ -2,23 +2,20 @@
 
 An embeddings request is answered by the workers, never by a model in the API process: it is
 submitted as a job of one request line (the batch format), and the answer waits for that job's
-end as `Prefer: wait` does (woken by PostgreSQL's notification, app/api/waits.py).
+end as `Prefer: wait` does (app/api/openai/sync.py).
 """
 
 from __future__ import annotations
-
-import time
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api import waits
-from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.openai.errors import OpenAIRoute, openai_error
-from app.api.submissions import group_commit
+from app.api.deps import SessionDep, TenantDep
+from app.api.openai import sync
+from app.api.openai.errors import OpenAIRoute
 from app.db import session_scope
-from app.models import Job, Tenant
+from app.models import Tenant
 from app.schemas.openai import EmbeddingCreate, OpenAIModel, OpenAIModelList
 from app.services import jobs as job_service
 from app.services import openai as service
@@ -26,48 +23,18 @@ from app.services import openai_models
 
 router = APIRouter(route_class=OpenAIRoute)
 
-#: how long an embeddings request waits for its job (a queue full of batches may hold it)
-WAIT_SECONDS = 300.0
-
 
 def _prepare(tenant: Tenant, body: EmbeddingCreate) -> job_service.Submission:
     with session_scope() as session:
         return service.prepare_embeddings(session, tenant, body)
 
 
-def _load(tenant: Tenant, job_id: str) -> Job:
-    with session_scope() as session:
-        return job_service.get_job(session, tenant, job_id)
-
-
-def _answer(tenant: Tenant, job: Job) -> tuple[int, dict[str, object]]:
-    with session_scope() as session:
-        return service.sync_answer(session, tenant, job)
-
-
 @router.post("/embeddings", response_model=None, summary="Create embeddings")
-async def create_embeddings(
-    body: EmbeddingCreate, tenant: TenantDep, settings: SettingsDep
-) -> JSONResponse:
+async def create_embeddings(body: EmbeddingCreate, tenant: TenantDep) -> JSONResponse:
     """Embed a string or a list of strings now: a one-line job on the workers, answered when
     it ends; `encoding_format` float or base64 (little-endian float32)."""
     submission = await run_in_threadpool(_prepare, tenant, body)
-    job_id = submission.job.id
-    deadline = time.monotonic() + WAIT_SECONDS
-    # Registered before the submission: an end that comes before the first read still wakes.
-    async with waits.job_end(job_id) as ended:
-        await run_in_threadpool(group_commit.submit, submission)
-        job = await run_in_threadpool(_load, tenant, job_id)
-        while not job.is_terminal and time.monotonic() < deadline:
-            await waits.until(ended, deadline)
-            job = await run_in_threadpool(_load, tenant, job_id)
-    if not job.is_terminal:
-        message = f"no worker answered within {WAIT_SECONDS:g} s (job {job_id})"
-        return openai_error(503, "timeout", message, headers={"Retry-After": "10"})
-    status, answer = await run_in_threadpool(_answer, tenant, job)
-    if status == 200:
-        answer["model"] = body.model  # the name asked for, as OpenAI answers
-    return JSONResponse(answer, status_code=status)
+    return await sync.respond(tenant, submission, body.model)
 
 
 @router.get("/models", summary="List models")
