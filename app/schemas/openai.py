@@ -162,6 +162,10 @@ class OpenAIModel(BaseModel):
     created: int
     owned_by: str
     shutdown_date: str | None = None  # the farm announces none
+    #: the farm's own: what the model does, and how many tokens it reads at once (prompt and
+    #: answer together; null for a model without such a limit)
+    task: str | None = None
+    context_length: int | None = None
 
 
 class OpenAIModelList(BaseModel):
