@@ -11,6 +11,8 @@ deltas missed (a listener is never sure to hear them all) is sent from it, then 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,14 +22,21 @@ from typing import Any
 import orjson
 from fastapi import Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import waits
 from app.api.openai import sync
 from app.api.submissions import group_commit
+from app.db import run_retrying
+from app.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.models import Job, Tenant
+from app.services import control
 from app.services import jobs as job_service
+from app.services.errors import Conflict
 from app.streams import Subscription
+
+log = logging.getLogger(__name__)
 
 CHAT = "/v1/chat/completions"
 #: how long one wait for a delta lasts before the job's end is looked at again
@@ -104,6 +113,24 @@ def _error(status: int, code: str, message: str) -> bytes:
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
+def _cancel(tenant: Tenant, job_id: str) -> None:
+    """Nobody reads the answer any more: its worker stops at its next decode step."""
+
+    def cancel(session: Session) -> str | None:
+        job, assemble_now = control.request_cancel(session, tenant, job_id)
+        return job.queue if assemble_now else None
+
+    try:
+        assemble_in = run_retrying(cancel)
+    except Conflict:  # it ended meanwhile
+        return
+    except Exception:
+        log.warning("could not cancel the abandoned stream's job %s", job_id, exc_info=True)
+        return
+    if assemble_in is not None:  # as the native cancel does
+        publish(TASK_ASSEMBLE_JOB, [job_id], assemble_in)
+
+
 async def _next(
     tenant: Tenant, job_id: str, subscription: Subscription, ended: Any, deadline: float
 ) -> Event:
@@ -150,11 +177,15 @@ async def respond(
     stream = _Stream(tenant, endpoint, model, include_usage)
 
     async def events() -> AsyncIterator[bytes]:
+        event: Event = first
         async with stack:
-            event: Event = first
-            while isinstance(event, tuple):
-                yield stream.text(*event)
-                event = await _next(tenant, job_id, subscription, ended, deadline)
+            try:
+                while isinstance(event, tuple):
+                    yield stream.text(*event)
+                    event = await _next(tenant, job_id, subscription, ended, deadline)
+            finally:
+                if not isinstance(event, Job):  # the client left, or the wait ran out
+                    asyncio.get_running_loop().run_in_executor(None, _cancel, tenant, job_id)
             if event is None:
                 yield _error(503, "timeout", f"no worker finished within {sync.WAIT_SECONDS:g} s")
         if isinstance(event, Job):
