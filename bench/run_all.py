@@ -3,11 +3,11 @@ baseline, then a summary.
 
     .venv/bin/python bench/run_all.py
 
-Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py and
-bench/fairness.py one after the other (each starts and stops its own farm, so they never share
-the cores), shows their output as it comes, and ends with one table of the figures against the
-targets. Exits non-zero if a benchmark fails; a figure short of its target is reported, not an
-error.
+Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py,
+bench/fairness.py and bench/generation.py one after the other (each starts and stops its own
+farm, so they never share the cores), shows their output as it comes, and ends with one table
+of the figures against the targets. Exits non-zero if a benchmark fails; a figure short of its
+target is reported, not an error.
 """
 
 from __future__ import annotations
@@ -102,6 +102,34 @@ FIGURES = [
         r"longest wait / one shard: ([\d.]+)",
         "none",
         "",  # shown, not judged: the shard running when the job came is never interrupted
+    ),
+    Figure(
+        "generation.py",
+        "smollm2 chat tokens/s, farm / generate one at a time",
+        r"ratio farm / one at a time: ([\d.]+)",
+        ">= 3.0x",
+        "ge:3.0",
+    ),
+    Figure(
+        "generation.py",
+        "  farm / generate, padded batches of 16",
+        r"ratio farm / padded batches: ([\d.]+)",
+        ">= 1.2x",
+        "ge:1.2",
+    ),
+    Figure(
+        "generation.py",
+        "  farm / llama.cpp one at a time (nan: not installed)",
+        r"ratio farm / llama.cpp: ([\d.]+)",
+        ">= 1.5x",
+        "ge:1.5",
+    ),
+    Figure(
+        "generation.py",
+        "  farm texts identical to its engine in-process (%)",
+        r"identical to the engine in-process: ([\d.]+) %",
+        ">= 95 %",
+        "ge:95",
     ),
 ]
 

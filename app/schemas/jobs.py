@@ -86,7 +86,16 @@ class InferenceParams(BaseModel):
     # Input and output lines in OpenAI's Batch API format (workers/runtime/openai_lines.py),
     # every line a request to `endpoint`; set by /openai/v1, usable from /v1 as well.
     format: Literal["native", "openai"] | None = None
-    endpoint: Literal["/v1/embeddings", "/v1/predictions", "/v1/rerank"] | None = None
+    endpoint: (
+        Literal[
+            "/v1/embeddings",
+            "/v1/predictions",
+            "/v1/rerank",
+            "/v1/chat/completions",
+            "/v1/completions",
+        ]
+        | None
+    ) = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
     top_k: int | None = Field(default=None, ge=1, le=1000)  # image-classification: labels scored
     normalize: bool | None = None  # image-feature-extraction: L2-normalise the embedding
@@ -94,6 +103,9 @@ class InferenceParams(BaseModel):
     labels: list[str] | None = Field(default=None, min_length=1, max_length=100)
     multi_label: bool | None = None
     hypothesis_template: str | None = Field(default=None, max_length=500)
+    # A synchronous generation request's `stream: true`: its worker publishes the text as it
+    # is decoded (app/api/openai/streams.py), on a channel named after the job.
+    stream: bool | None = None
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

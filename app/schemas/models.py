@@ -79,6 +79,17 @@ class ModelPublic(BaseModel):
         examples=[1],
     )
     versions: list[ModelVersionPublic] = Field(description="Every version, oldest first.")
+    task: str | None = Field(
+        default=None,
+        description="What the latest ready version does (null while none is ready).",
+        examples=["text-generation"],
+    )
+    context_length: int | None = Field(
+        default=None,
+        description="Tokens the latest ready version reads at once, prompt and answer "
+        "together, for a model that has such a limit (text models).",
+        examples=[8192],
+    )
 
 
 class ModelList(BaseModel):

@@ -18,7 +18,9 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
-Endpoint = Literal["/v1/embeddings", "/v1/predictions", "/v1/rerank"]
+Endpoint = Literal[
+    "/v1/embeddings", "/v1/predictions", "/v1/rerank", "/v1/chat/completions", "/v1/completions"
+]
 BatchEvent = Literal["batch.completed", "batch.failed", "batch.cancelled", "batch.expired"]
 BATCH_EVENTS: tuple[BatchEvent, ...] = (
     "batch.completed",
@@ -175,6 +177,10 @@ class OpenAIModel(BaseModel):
     created: int
     owned_by: str
     shutdown_date: str | None = None  # the farm announces none
+    #: the farm's own: what the model does, and how many tokens it reads at once (prompt and
+    #: answer together; null for a model without such a limit)
+    task: str | None = None
+    context_length: int | None = None
 
 
 class OpenAIModelList(BaseModel):
@@ -194,3 +200,32 @@ class OpenAIErrorResponse(BaseModel):
     exception class for the status code."""
 
     error: OpenAIErrorDetail
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class GenerationCreate(BaseModel):
+    """A chat completion or completion request. Only what the API itself acts on is read here;
+    every other field goes to the worker as sent, which passes each on to the model, accepts it
+    at the value that changes nothing, or refuses it naming it (workers/runtime/
+    openai_generation.py): nothing is silently ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(max_length=140)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        body = self.model_dump(exclude={"stream", "stream_options"})
+        return body
+
+
+class ChatCompletionCreate(GenerationCreate):
+    messages: list[Any] = Field(description="`{role, content}` objects; text content only.")
+
+
+class CompletionCreate(GenerationCreate):
+    prompt: str | list[Any] = Field(description="A string, or a list of strings.")

@@ -188,6 +188,17 @@ def version_public(name: str, mv: ModelVersion) -> ModelVersionPublic:
     )
 
 
+def context_length(info: dict[str, Any] | None) -> int | None:
+    """A version's context length, as its validation recorded it in `info`."""
+    value = (info or {}).get("context_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def builtin_context_length(name: str) -> int | None:
+    value = getattr(BUILTIN_MODELS[name], "context_length", None)
+    return value if isinstance(value, int) else None
+
+
 def _builtin_public(name: str) -> ModelPublic:
     builtin = BUILTIN_MODELS[name]
     version = ModelVersionPublic(
@@ -203,17 +214,27 @@ def _builtin_public(name: str) -> ModelPublic:
         error=None,
         created_at=None,
     )
-    return ModelPublic(name=name, builtin=True, latest_version=builtin.version, versions=[version])
+    return ModelPublic(
+        name=name,
+        builtin=True,
+        latest_version=builtin.version,
+        versions=[version],
+        task=builtin.task,
+        context_length=builtin_context_length(name),
+    )
 
 
 def _model_public(model: Model) -> ModelPublic:
     versions = [version_public(model.name, v) for v in model.versions]
-    ready = [v.version for v in versions if v.status == VersionStatus.READY]
+    ready = [v for v in versions if v.status == VersionStatus.READY]
+    latest = ready[-1] if ready else None
     return ModelPublic(
         name=model.name,
         builtin=False,
-        latest_version=ready[-1] if ready else 0,  # what `name` alone runs (0: none ready)
+        latest_version=latest.version if latest else 0,  # what `name` alone runs (0: none)
         versions=versions,
+        task=latest.task if latest else None,
+        context_length=context_length(latest.info) if latest else None,
     )
 
 

@@ -48,7 +48,7 @@ PURPOSES_OUT = {
     FilePurpose.MODEL: "user_data",
 }
 PURPOSES_IN = {"batch": FilePurpose.BATCH, "fine-tune": FilePurpose.TRAINING}
-_SYNC_ID = "embeddings"  #: the custom_id of a synchronous request's one line
+_SYNC_ID = "sync"  #: the custom_id of a synchronous request's one line
 #: how far into an input file the API looks for the first request's model (bytes)
 _MODEL_PROBE_BYTES = 1024 * 1024
 
@@ -221,17 +221,20 @@ def batch_event(job: Job, job_event: str) -> tuple[str, dict[str, Any]] | None:
 ENDPOINT_TASKS = {
     "/v1/embeddings": ("feature-extraction",),
     "/v1/rerank": ("text-ranking", "feature-extraction"),  # a cross-encoder, or cosine
+    "/v1/chat/completions": ("text-generation",),
+    "/v1/completions": ("text-generation",),
 }
 
 
 def _check_endpoint(session: Session, tenant: Tenant, model: str, endpoint: str) -> None:
     """Embeddings come from embedding models only, reranks from cross-encoders or embedding
-    models; any model's answers are predictions."""
+    models, completions from generation models; any model's answers are predictions."""
     task = resolve_model(session, tenant, model).task
-    if task not in ENDPOINT_TASKS.get(endpoint, (task,)):
-        kind = "make embeddings" if endpoint == "/v1/embeddings" else "rerank"
+    wanted = ENDPOINT_TASKS.get(endpoint, (task,))
+    if task not in wanted:
         raise BadRequest(
-            f"model {model!r} ({task}) does not {kind}; use /v1/predictions",
+            f"model {model!r} ({task}) does not answer {endpoint}; it is not a "
+            f"{' or '.join(wanted)} model (any model answers /v1/predictions)",
             code="model_not_supported",
         )
 
@@ -273,6 +276,27 @@ def prepare_sync(
         model=model,
         input=JobInput(items=[InlineItem(custom_id=_SYNC_ID, input=None)]),
         params={"format": "openai", "endpoint": endpoint},
+    )
+    line = {"custom_id": _SYNC_ID, "method": "POST", "url": endpoint, "body": body}
+    return job_service.prepare_submission(session, tenant, create, lines=[line])
+
+
+def prepare_generation(
+    session: Session, tenant: Tenant, endpoint: str, body: dict[str, Any], stream: bool
+) -> job_service.Submission:
+    """A chat or completion request as a job of one request line, as embeddings are; with
+    `stream`, its worker publishes the text as it decodes (app/streams.py)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("`model` is required", code="invalid_request")
+    _check_endpoint(session, tenant, model, endpoint)
+    params: dict[str, Any] = {"format": "openai", "endpoint": endpoint}
+    if stream:
+        params["stream"] = True
+    create = JobCreate(
+        model=model,
+        input=JobInput(items=[InlineItem(custom_id=_SYNC_ID, input=None)]),
+        params=params,
     )
     line = {"custom_id": _SYNC_ID, "method": "POST", "url": endpoint, "body": body}
     return job_service.prepare_submission(session, tenant, create, lines=[line])

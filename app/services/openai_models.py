@@ -9,12 +9,21 @@ from app.catalogue import BUILTIN_MODELS
 from app.models import Model, Tenant, VersionStatus
 from app.schemas import openai as oa
 from app.services.errors import Conflict, InvalidRequest, NotFound
-from app.services.models import resolve_model
+from app.services.models import builtin_context_length, context_length, resolve_model
 
 
 def list_models(session: Session, tenant: Tenant) -> list[oa.OpenAIModel]:
     """Builtins, then each of the tenant's models that has a ready version (what `name` runs)."""
-    found = [oa.OpenAIModel(id=name, created=0, owned_by="modelfarm") for name in BUILTIN_MODELS]
+    found = [
+        oa.OpenAIModel(
+            id=name,
+            created=0,
+            owned_by="modelfarm",
+            task=builtin.task,
+            context_length=builtin_context_length(name),
+        )
+        for name, builtin in BUILTIN_MODELS.items()
+    ]
     models = session.scalars(
         select(Model)
         .where(Model.tenant_id == tenant.id)
@@ -25,7 +34,16 @@ def list_models(session: Session, tenant: Tenant) -> list[oa.OpenAIModel]:
         ready = [v for v in model.versions if v.status == VersionStatus.READY]
         if ready:
             created = int(ready[0].created_at.timestamp())
-            found.append(oa.OpenAIModel(id=model.name, created=created, owned_by=tenant.name))
+            latest = max(ready, key=lambda v: v.version)  # what `name` alone runs
+            found.append(
+                oa.OpenAIModel(
+                    id=model.name,
+                    created=created,
+                    owned_by=tenant.name,
+                    task=latest.task,
+                    context_length=context_length(latest.info),
+                )
+            )
     return found
 
 

@@ -202,13 +202,16 @@ def test_errors_raise_the_clients_classes(oai: OpenAI, api_url: str) -> None:
         oai.batches.retrieve("job_does_not_exist")
     with pytest.raises(openai.NotFoundError):
         oai.files.retrieve("file_does_not_exist")
-    with pytest.raises(openai.NotFoundError) as unknown:
+    with pytest.raises(openai.BadRequestError) as not_generation:
         oai.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "x"}])
+    assert not_generation.value.code == "model_not_supported"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        oai.audio.speech.create(model="minilm", voice="alloy", input="x")
     assert unknown.value.body is not None
     with pytest.raises(openai.UnprocessableEntityError):
         oai.batches.create(
             input_file_id="file_x",
-            endpoint="/v1/completions",
+            endpoint="/v1/responses",
             completion_window="24h",
         )
 

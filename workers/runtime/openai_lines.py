@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.runtime import openai_generation as generation
 from workers.runtime.base import ItemError, Runner, RunOptions, Stopped
 from workers.runtime.items import (
     ChunkResult,
@@ -30,27 +31,18 @@ from workers.runtime.items import (
     parse_line,
     run_isolated,
 )
+from workers.runtime.openai_errors import RequestError, error_body
 from workers.runtime.tokens import json_type
+
+__all__ = ["ENDPOINTS", "OpenAIRequests", "RequestError", "error_body", "expired_line"]
 
 EMBEDDINGS = "/v1/embeddings"
 PREDICTIONS = "/v1/predictions"  #: the farm's own endpoint: one model input, its output
 RERANK = "/v1/rerank"  #: TEI's, Cohere's and Jina's shape: a query, documents, top_n
-ENDPOINTS = (EMBEDDINGS, PREDICTIONS, RERANK)
+ENDPOINTS = (EMBEDDINGS, PREDICTIONS, RERANK, *generation.ENDPOINTS)
 _RERANK_FIELDS = ("query", "documents", "top_n")
 #: texts per request; OpenAI's own limit for one embeddings request
 MAX_INPUTS = 2048
-
-
-class RequestError(ItemError):
-    """A request line that fails, with the HTTP status it answers and the field at fault."""
-
-    def __init__(
-        self, status: int, code: str, message: str, param: str | None = None, custom_id: Any = None
-    ) -> None:
-        super().__init__(code, message)
-        self.status = status
-        self.param = param
-        self.custom_id = custom_id
 
 
 @dataclass
@@ -68,11 +60,6 @@ def request_id() -> str:
 
 def _ids() -> tuple[str, str]:
     return "batch_req_" + uuid.uuid4().hex, request_id()
-
-
-def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_line(number: int, exc: RequestError) -> bytes:
@@ -164,6 +151,10 @@ class OpenAIRequests:
         if self.endpoint == RERANK:  # a rerank body is the runner's rank item, model aside
             item = {k: body[k] for k in _RERANK_FIELDS if body.get(k) is not None}
             return _Request(number, custom_id, [_prepare(runner, item, options)], "", None)
+        if self.endpoint in generation.ENDPOINTS:
+            inputs = generation.runner_inputs(self.endpoint, body)
+            values = [_prepare(runner, value, options, self.endpoint) for value in inputs]
+            return _Request(number, custom_id, values, "", None)
         if "input" not in body:
             raise RequestError(400, "missing_input", "`body.input` is required", "input")
         if self.endpoint == PREDICTIONS:
@@ -199,6 +190,8 @@ class OpenAIRequests:
                 errors.append((number, error_line(number, exc)))
         values = [value for request in good for value in request.values]
         results, tokens = run_isolated(runner, values, options)
+        if self.endpoint in generation.ENDPOINTS:  # what was read and what was written
+            tokens = [_generated_tokens(result) for result in results]
         outputs: list[bytes] = []
         start = 0
         for request in good:
@@ -238,6 +231,8 @@ class OpenAIRequests:
             used = sum(tokens)
             usage = {"prompt_tokens": used, "total_tokens": used}
             return {"model": self.model, "results": outputs[0]["results"], "usage": usage}
+        if self.endpoint in generation.ENDPOINTS:
+            return generation.response_body(self.endpoint, self.model, outputs)
         data = []
         for index, vector in enumerate(outputs):
             if request.dimensions is not None and request.dimensions != len(vector):
@@ -259,11 +254,19 @@ class OpenAIRequests:
         }
 
 
-def _prepare(runner: Runner, value: Any, options: RunOptions) -> Any:
+def _generated_tokens(result: Any) -> int:
+    if isinstance(result, ItemError):
+        return 0
+    used = result["usage"]
+    return int(used["prompt_tokens"]) + int(used["completion_tokens"])
+
+
+def _prepare(runner: Runner, value: Any, options: RunOptions, endpoint: str = "") -> Any:
     try:
         return runner.prepare(value, options)
     except ItemError as exc:
-        raise RequestError(400, exc.code, exc.message, "input") from None
+        param = generation.param_of(endpoint, exc.code) if endpoint else "input"
+        raise RequestError(400, exc.code, exc.message, param) from None
     except Stopped:
         raise
     except Exception as exc:  # a runner's check that broke: this request's fault

@@ -1,12 +1,12 @@
-"""The OpenAI-compatible surface: files, batches, embeddings and models under /openai/v1,
-routers over the same services as the native /v1 (docs/decisions/0007)."""
+"""The OpenAI-compatible surface under /openai/v1: files, batches, embeddings, chat completions,
+completions and models, routers over the same services as the native /v1 (docs/decisions/0007)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.openai import batches, embeddings, files, rerank
+from app.api.openai import batches, completions, embeddings, files, rerank
 from app.api.openai.errors import openai_error
 from app.schemas.openai import OpenAIErrorResponse
 
@@ -24,7 +24,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 router = APIRouter(prefix="/openai/v1", tags=["openai"], responses=ERRORS)
-for module in (files, batches, embeddings, rerank):
+for module in (files, batches, embeddings, completions, rerank):
     router.include_router(module.router)
 
 

@@ -19,7 +19,7 @@ router = APIRouter(route_class=OpenAIRoute)
 async def create_embeddings(body: EmbeddingCreate, tenant: TenantDep) -> JSONResponse:
     """Embed a string or a list of strings now: a one-line job on the workers, answered when
     it ends; `encoding_format` float or base64 (little-endian float32)."""
-    return await sync.answer(tenant, body.model, "/v1/embeddings", body.request_body())
+    return await sync.request(tenant, body.model, "/v1/embeddings", body.request_body())
 
 
 @router.get("/models", summary="List models")

@@ -18,4 +18,4 @@ router = APIRouter(route_class=OpenAIRoute)
 async def rerank(body: RerankCreate, tenant: TenantDep) -> JSONResponse:
     """Score each document against the query now (a one-line job on the workers): `results`
     of `{index, relevance_score}`, best first, at most `top_n`."""
-    return await sync.answer(tenant, body.model, "/v1/rerank", body.request_body())
+    return await sync.request(tenant, body.model, "/v1/rerank", body.request_body())

