@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 TaskKey = tuple[str, tuple[Any, ...]]  # (task name, args)
@@ -71,7 +70,10 @@ def live_task_keys(
                     take([_loads(raw) for raw in page])
                     start += PAGE
         # Held too long means its consumer is gone (a live worker claims work at once).
-        cutoff = time.time() - held_fresh_seconds
+        # Redis's clock, not this host's: every sweeper judges by the same one, whatever its
+        # host's drift (kombu scores a message by its consumer's clock: that one is not ours).
+        seconds, micros = client.time()
+        cutoff = seconds + micros / 1e6 - held_fresh_seconds
         start = 0
         while True:
             tags: list[Any] = list(

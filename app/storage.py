@@ -92,6 +92,21 @@ class ArtifactStore:
     def write_file(self, uri: str, source: BinaryIO, limit: int | None = None) -> tuple[int, str]:
         return self.write_stream(uri, iter(lambda: source.read(CHUNK), b""), limit)
 
+    def is_local(self, uri: str) -> bool:
+        return isinstance(self._fs(uri)[0], LocalFileSystem)
+
+    def sync_folder(self, uri: str) -> None:
+        """On a local store, make the entry of the file `uri` in its folder durable (after the
+        file's own fsync): a crash after the commit that records the file cannot lose it. An
+        object store's write is durable once its upload completes."""
+        fs, path = self._fs(uri)
+        if isinstance(fs, LocalFileSystem):
+            folder = os.open(Path(path).parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
     def size(self, uri: str) -> int:
         fs, path = self._fs(uri)
         return int(fs.size(path))

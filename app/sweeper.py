@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from app.config import get_settings
-from app.db import get_engine, session_scope, utcnow
+from app.db import get_engine, session_scope
 from app.dispatch import (
     TASK_ASSEMBLE_JOB,
     TASK_DELIVER_WEBHOOK,
@@ -155,7 +155,7 @@ def _deliveries(session: Any, live: set[TaskKey] | None, recent: float | None) -
 def _stuck_validations(session: Any, live: set[TaskKey] | None, visibility: float) -> list[Send]:
     """Versions validating with no attempt that will finish them: never published, message
     lost, or an attempt whose lease ran out. The next attempt counts itself (MAX_ATTEMPTS)."""
-    now = utcnow()
+    now = sweeping.db_now(session)
     grace = now - GRACE
     stale = now - timedelta(seconds=visibility)
     sends: list[Send] = []
@@ -175,8 +175,9 @@ def _stuck_validations(session: Any, live: set[TaskKey] | None, visibility: floa
 
 
 def _lost_messages(session: Any, live: set[TaskKey] | None, visibility: float) -> list[Send]:
-    """Queued work whose message the broker no longer holds."""
-    now = utcnow()
+    """Queued work whose message the broker no longer holds (ages by the database's clock,
+    which wrote them)."""
+    now = sweeping.db_now(session)
     grace = now - GRACE
     # Without a view into the broker, only work published `visibility` seconds ago is resent
     # (the visibility timeout on Redis, BROKER_REDELIVER_SECONDS on RabbitMQ).
@@ -203,7 +204,7 @@ def _dead_planners(
     session: Any, max_attempts: int, live: set[TaskKey] | None, recent: float | None = None
 ) -> list[Send]:
     """Jobs whose planner's lease ran out before it recorded any shard, with no message."""
-    sent_after = None if recent is None else utcnow() - timedelta(seconds=recent)
+    sent_after = None if recent is None else sweeping.db_now(session) - timedelta(seconds=recent)
     return [
         (TASK_PLAN_JOB, [job_id], queue)
         for job_id, queue in sweeping.dead_planners(session, max_attempts, sent_after, BATCH)
@@ -212,8 +213,8 @@ def _dead_planners(
 
 
 def _mark_dispatched(sends: list[Send]) -> None:
-    now = utcnow()
     with session_scope() as session:
+        now = sweeping.db_now(session)
         for task, args, _ in sends:
             if task == TASK_PLAN_JOB:
                 sweeping.mark_job_redispatched(session, args[0], now)

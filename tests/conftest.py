@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -18,6 +20,21 @@ from sqlalchemy.orm import Session
 
 from tests.farms import fresh_database
 from tests.helpers import FarmProcess, api_process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI runner's cancel, `kill`, a closed terminal's supervisor) interrupts the
+    suite as Ctrl-C does: pytest then tears the fixtures down, so the farm's processes and the
+    throwaway PostgreSQL and Redis stop instead of running on as orphans."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut the teardown short (SIGKILL still ends everything;
+    # the farm's children then end too, tests/helpers.py `die_with_parent`).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")

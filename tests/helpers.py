@@ -18,6 +18,22 @@ from typing import Any
 
 import httpx
 
+# PR_SET_PDEATHSIG (linux/prctl.h): the kernel sends the child a signal when its parent dies.
+_PR_SET_PDEATHSIG = 1
+_LIBC = None
+if sys.platform.startswith("linux"):
+    import ctypes
+
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """For `preexec_fn`: the child gets SIGTERM when the test process dies, even by SIGKILL
+    (which runs no teardown), so no farm process outlives its suite. Loaded before the fork,
+    so the child only makes one system call."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 @dataclass
 class FarmProcess:
@@ -39,6 +55,7 @@ class FarmProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return cls(proc, log)
 

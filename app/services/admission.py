@@ -129,7 +129,7 @@ def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
     released = session.execute(
         update(Job)
         .where(Job.id.in_(picks), Job.status == JobStatus.QUEUED, Job.held_at.is_not(None))
-        .values(held_at=None, dispatched_at=utcnow())
+        .values(held_at=None, dispatched_at=func.now())
         .returning(Job.id, Job.queue, Job.priority)
     ).all()
     for job_id, queue, _ in released:
@@ -139,11 +139,13 @@ def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
 
 
 def holding_tenants(session: Session, limit: int) -> list[str]:
-    """Tenants with held jobs: the sweeper releases what may start of theirs."""
+    """Tenants with held jobs, the one held longest first: the sweeper releases what may start
+    of theirs."""
     rows = session.scalars(
         select(Job.tenant_id)
         .where(Job.status == JobStatus.QUEUED, Job.held_at.is_not(None))
-        .distinct()
+        .group_by(Job.tenant_id)
+        .order_by(func.min(Job.held_at))  # the tenant held longest first
         .limit(limit)
     )
     return list(rows)

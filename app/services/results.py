@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -26,6 +26,8 @@ from app.services.shards import (
     closed_values,
     held_by,
     lease_until,
+    past,
+    whole_if_succeeded,
 )
 
 #: the end of a range of input lines read up to the end of the file (its count unknown)
@@ -33,16 +35,28 @@ TO_THE_END = sys.maxsize
 
 
 @dataclass(frozen=True)
+class Part:
+    """A closed shard's part files (`parts_stem`) and the lines its close recorded in each:
+    the assembly checks that it finds exactly these, or the shard's results were lost."""
+
+    index: int
+    stem: str
+    outputs: int
+    errors: int
+
+
+@dataclass(frozen=True)
 class Assembly:
     """What assembling a job's result files needs, read when its lease was taken."""
 
     tenant_id: str
-    #: in input order, the stems of the part files that are whole (`parts_stem`), and for an
-    #: expired batch the ranges of the shards that never ran: their lines go to the error file
-    #: as `batch_expired` (the shards that ran wrote their own unrun lines so)
-    parts: list[str | ShardRange]
+    #: in input order, the part files of closed shards, and for an expired batch the ranges of
+    #: the shards that never ran: their lines go to the error file as `batch_expired` (the
+    #: shards that ran wrote their own unrun lines so)
+    parts: list[Part | ShardRange]
     all_succeeded: bool
     input_uri: str | None = None  #: where an expired batch's unrun lines are read
+    counts_total: int = 0  #: items of the input: the lines of a succeeded job's two files
 
 
 def claim_assembly(
@@ -50,33 +64,39 @@ def claim_assembly(
 ) -> Assembly | None:
     """Take the job's lease to assemble it, once no shard of it is left to run; None when it
     is not ready, already ended, or someone else is assembling it right now."""
-    job = session.scalar(
-        select(Job).where(Job.id == job_id).with_for_update(key_share=True),
+    row = session.execute(
+        # A lease held by someone else is judged by the database's clock, as it was written.
+        select(Job, func.coalesce(past(Job.lease_expires_at), True))
+        .where(Job.id == job_id)
+        .with_for_update(key_share=True, of=Job),
         execution_options={"populate_existing": True},
-    )
+    ).one_or_none()
+    if row is None:
+        return None
+    job, lapsed = row
     if (
-        job is None
-        or job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
+        job.status not in (JobStatus.RUNNING, JobStatus.CANCELLING)
         or job.shards_total is None
         or active_shards(session, job_id) > 0
     ):
         return None
-    if job.lease_owner is not None and job.lease_expires_at and job.lease_expires_at > utcnow():
+    if job.lease_owner is not None and not lapsed:
         return None
     job.lease_owner = owner
-    job.lease_expires_at = lease_until(lease_seconds)
+    job.lease_expires_at = lease_until(lease_seconds)  # type: ignore[assignment]
     job.assembling_at = job.assembling_at or utcnow()  # the first claim: a batch `finalizing`
     shards = list(
         session.scalars(select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.index))
     )
     expired = is_expired_batch(job)
-    parts: list[str | ShardRange] = []
+    parts: list[Part | ShardRange] = []
     if expired and not shards:  # it expired before it started: every request is unrun
         parts.append(ShardRange(0, TO_THE_END, 0, 1))
     for shard in shards:
         if shard.parts_attempt is not None:
             # Shards closed before migration 0015 named their parts `<index>-<attempt>`.
-            parts.append(shard.parts_stem or f"{shard.index:06d}-{shard.parts_attempt}")
+            stem = shard.parts_stem or f"{shard.index:06d}-{shard.parts_attempt}"
+            parts.append(Part(shard.index, stem, shard.succeeded, shard.failed))
         elif expired:
             parts.append(
                 ShardRange(shard.start_item, shard.end_item, shard.start_offset, shard.start_line)
@@ -89,6 +109,7 @@ def claim_assembly(
         input_uri=session.scalar(select(File.uri).where(File.id == job.input_file_id))
         if unrun
         else None,
+        counts_total=job.counts_total or 0,
     )
 
 
@@ -124,7 +145,7 @@ def complete_job(
     answer holds until commit.
     """
     row = session.execute(
-        select(Job.status, Job.lease_owner, Job.output_file_id)
+        select(Job.status, Job.lease_owner, Job.output_file_id, Job.counts_total)
         .where(Job.id == job_id)
         .with_for_update(key_share=True)  # as lock_job: the job row first
     ).one_or_none()
@@ -141,6 +162,8 @@ def complete_job(
         return False
     if not all_succeeded and row.status != JobStatus.CANCELLING:
         return False
+    if all_succeeded and outputs.lines + errors.lines != row.counts_total:
+        return False  # never `succeeded` with a line missing (the caller checked already)
     out_file = register_file(
         session,
         tenant_id,
@@ -224,7 +247,9 @@ def end_with_only_shard(
             return done_uri == outputs.uri
         closed = session.execute(
             update(JobShard)
-            .where(*held_by(shard.id, owner))
+            .where(
+                *held_by(shard.id, owner), *whole_if_succeeded(status, outputs.lines + errors.lines)
+            )
             .values(
                 **closed_values(shard, status, owner, tokens),
                 succeeded=outputs.lines,

@@ -53,8 +53,16 @@ def lock_job(session: Session, job_id: str, skip_locked: bool = False) -> bool:
     return locked is not None
 
 
-def lease_until(seconds: float) -> datetime:
-    return utcnow() + timedelta(seconds=seconds)
+def lease_until(seconds: float) -> ColumnElement[datetime]:
+    """A lease's end by the database's clock (`now()`), never a host's: every lease is written
+    and compared in SQL, so a worker whose clock is minutes off neither loses its lease early
+    nor keeps a dead one late (docs/decisions/0014-integrity.md)."""
+    return func.now() + timedelta(seconds=seconds)
+
+
+def past(column: Any) -> ColumnElement[bool]:
+    """`column` (a lease's end, a deadline) has passed, by the database's clock."""
+    return column < func.now()
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,8 @@ def claim_for_planning(
 
     A queued job starts here only if its tenant has no running cap, unless `admitted` (the
     caller checked the cap under the tenant's lock: app/services/admission.py)."""
-    now = utcnow()
-    lapsed = Job.lease_expires_at < now
+    now = func.now()
+    lapsed = past(Job.lease_expires_at)
     if takeover_of is not None:
         lapsed = or_(lapsed, Job.lease_owner == takeover_of)
     queued, unplanned = Job.status == JobStatus.QUEUED, Job.shards_total.is_(None)
@@ -233,7 +241,7 @@ def claim_shard(
         session,
         update(Job)
         .where(Job.id == job_id)
-        .values(attempts=func.greatest(Job.attempts, shard.attempts), **_count_sums(job_id)),
+        .values(attempts=func.greatest(Job.attempts, shard.attempts), **count_sums(job_id)),
     )
     add_event(
         session,
@@ -244,7 +252,7 @@ def claim_shard(
     return shard
 
 
-def _count_sums(job_id: str) -> dict[str, Any]:
+def count_sums(job_id: str) -> dict[str, Any]:
     # Job counts are the sums over its shards, so a repeated shard never counts twice.
     def total(column: Any) -> Any:
         return (
@@ -272,7 +280,10 @@ def record_shard_progress(
     failed: int,
     lease_seconds: float,
 ) -> Progress:
-    """Add a chunk's counts and renew the lease in one round trip per table."""
+    """Set the counts of this attempt so far (absolute: what its part files hold now) and renew
+    the lease, in one round trip per table. Absolute values, guarded by the attempt's lease
+    owner, make the write idempotent: `db_retry` running it again after a commit whose answer
+    was lost writes the same numbers, never adds them twice."""
     lock_job(session, job_id)
     held = (
         _execute(
@@ -280,26 +291,24 @@ def record_shard_progress(
             update(JobShard)
             .where(*held_by(shard_id, owner))
             .values(
-                succeeded=JobShard.succeeded + succeeded,
-                failed=JobShard.failed + failed,
-                lease_expires_at=lease_until(lease_seconds),
+                succeeded=succeeded, failed=failed, lease_expires_at=lease_until(lease_seconds)
             ),
         ).rowcount
         == 1
     )
     if not held:  # the shard is someone else's now: touch nothing of the job
         return Progress(False, JobStatus.RUNNING, False)
-    status, deadline, webhook = _execute(
+    status, past_deadline, webhook = _execute(
         session,
         update(Job)
         .where(Job.id == job_id)
-        .values(**_count_sums(job_id))
-        .returning(Job.status, Job.deadline_at, Job.webhook),
+        .values(**count_sums(job_id))
+        .returning(Job.status, func.coalesce(past(Job.deadline_at), False), Job.webhook),
     ).one()
     # Only jobs that asked for job.progress pay for the throttle's UPDATE on this hot path.
     if status == JobStatus.RUNNING and webhooks.wants(webhook, "job.progress"):
         notify_progress(session, job_id)
-    return Progress(True, JobStatus(status), deadline is not None and deadline < utcnow())
+    return Progress(True, JobStatus(status), bool(past_deadline))
 
 
 def renew_shard_lease(session: Session, shard_id: int, owner: str, lease_seconds: float) -> bool:
@@ -332,9 +341,17 @@ def renew_job_lease(session: Session, job_id: str, owner: str, lease_seconds: fl
 
 def job_should_stop(session: Session, job_id: str) -> bool:
     """The job is not running any more (cancelling, failed) or is past its deadline."""
-    row = session.execute(select(Job.status, Job.deadline_at).where(Job.id == job_id)).one()
-    status, deadline = row
-    return status != JobStatus.RUNNING or (deadline is not None and deadline < utcnow())
+    status, past_deadline = session.execute(
+        select(Job.status, func.coalesce(past(Job.deadline_at), False)).where(Job.id == job_id)
+    ).one()
+    return status != JobStatus.RUNNING or bool(past_deadline)
+
+
+def past_deadline(session: Session, job_id: str) -> bool:
+    """The job's deadline has passed, by the database's clock."""
+    return bool(
+        session.scalar(select(func.coalesce(past(Job.deadline_at), False)).where(Job.id == job_id))
+    )
 
 
 def parts_stem(index: int, attempt: int, owner: str) -> str:
@@ -381,30 +398,25 @@ def finish_shard(
     failed: int = 0,
     tokens: int = 0,
 ) -> bool:
-    """Close a shard, adding the counts of its last chunk (not recorded on their own) and
-    writing the tokens of all its items; True when no shard of its job is left to run (time to
-    assemble)."""
+    """Close a shard with the counts of this attempt's part files (absolute: a retried finish
+    writes the same) and the tokens of all its items; True when no shard of its job is left to
+    run (time to assemble). A shard closes `succeeded` only with a line for each of its items."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
     lock_job(session, shard.job_id)
     done = (
         _execute(
             session,
             update(JobShard)
-            .where(*held_by(shard.id, owner))
+            .where(*held_by(shard.id, owner), *whole_if_succeeded(status, succeeded + failed))
             .values(
-                **closed_values(shard, status, owner, tokens),
-                succeeded=JobShard.succeeded + succeeded,
-                failed=JobShard.failed + failed,
+                **closed_values(shard, status, owner, tokens), succeeded=succeeded, failed=failed
             ),
         ).rowcount
         == 1
     )
     if not done:
         return False
-    if succeeded or failed:
-        _execute(
-            session, update(Job).where(Job.id == shard.job_id).values(**_count_sums(shard.job_id))
-        )
+    _execute(session, update(Job).where(Job.id == shard.job_id).values(**count_sums(shard.job_id)))
     job = session.get_one(Job, shard.job_id, populate_existing=True)
     job_tokens = session.scalar(
         select(func.coalesce(func.sum(JobShard.tokens), 0)).where(JobShard.job_id == shard.job_id)
@@ -417,6 +429,13 @@ def finish_shard(
     if job.status == JobStatus.RUNNING and webhooks.wants(job.webhook, "job.progress"):
         notify_progress(session, shard.job_id)
     return False
+
+
+def whole_if_succeeded(status: ShardStatus, lines: int) -> tuple[ColumnElement[bool], ...]:
+    """A shard succeeds only with one output or error line per item of its range."""
+    if status != ShardStatus.SUCCEEDED:
+        return ()
+    return (JobShard.end_item - JobShard.start_item == lines,)
 
 
 def active_shards(session: Session, job_id: str) -> int:
@@ -460,10 +479,11 @@ def request_stop(session: Session, job_id: str, error: dict[str, str] | None = N
     return job.shards_total is not None and active_shards(session, job_id) == 0
 
 
-def release_shard(session: Session, shard: JobShard, owner: str, reason: str) -> None:
-    """Give a shard back for another attempt (its task broke or ran out of time)."""
+def release_shard(session: Session, shard: JobShard, owner: str, reason: str) -> bool:
+    """Give a shard back for another attempt (its task broke or ran out of time); False, with
+    nothing written, unless `owner` still holds it (a stale attempt gives back nothing)."""
     lock_job(session, shard.job_id)
-    _execute(
+    released = _execute(
         session,
         update(JobShard)
         .where(*held_by(shard.id, owner))
@@ -472,15 +492,23 @@ def release_shard(session: Session, shard: JobShard, owner: str, reason: str) ->
             lease_owner=None,
             lease_expires_at=None,
             last_error=reason[:1000],
-            dispatched_at=utcnow(),
+            dispatched_at=func.now(),
         ),
-    )
+    ).rowcount
+    if released != 1:
+        return False
     add_event(
         session,
         shard.job_id,
         "shard_released",
         {"shard": shard.index, "attempt": shard.attempts, "reason": reason[:200]},
     )
+    return True
+
+
+def holds_shard(shard_id: int, owner: str) -> ColumnElement[bool]:
+    """`owner` holds the shard's lease now: the guard of what an attempt decides for its job."""
+    return select(JobShard.id).where(*held_by(shard_id, owner)).exists()
 
 
 def fail_job(

@@ -2,7 +2,10 @@
 
 `app/sweeper.py` decides what to publish again (with what the broker still holds, asked through
 `app/dispatch.py`); every query it needs is here. Each function takes the session of one sweep
-step and at most `limit` rows, so a sweep stays bounded however large the backlog.
+step and at most `limit` rows, so a sweep stays bounded however large the backlog: every
+condition is in the SQL, before the LIMIT (never a Python filter after it, which would let 500
+healthy rows hide a stuck one), the oldest first. Leases and grace periods are judged by the
+database's clock (`now()`), as they are written (docs/decisions/0014-integrity.md).
 """
 
 from __future__ import annotations
@@ -11,18 +14,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import Job, JobShard, JobStatus, JobType, ShardStatus
 from app.services.jobs import NO_GPU_WORKER, add_event, transition
 from app.services.shards import (
-    active_shards,
+    ACTIVE_SHARD,
     cancel_queued_shards,
     fail_job,
     give_up_shard,
     lock_job,
+    past,
 )
 
 OCCUPIED = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds (or held) the job
@@ -36,6 +39,11 @@ def try_lock(conn: Connection, key: int) -> bool:
     return bool(held)
 
 
+def db_now(session: Session) -> datetime:
+    """The database's clock: the one every lease, grace period and staleness is judged by."""
+    return session.execute(select(func.now())).scalar_one()
+
+
 def close_shards_of_stopping_jobs(session: Session, limit: int) -> None:
     """A stopping job runs nothing more: its waiting shards close, so it can be assembled.
     Job rows first, then their shards (the lock order of app/services/shards.py); a job whose
@@ -44,8 +52,9 @@ def close_shards_of_stopping_jobs(session: Session, limit: int) -> None:
         select(Job.id)
         .where(
             Job.status == JobStatus.CANCELLING,
-            Job.id.in_(select(JobShard.job_id).where(JobShard.status == ShardStatus.QUEUED)),
+            exists().where(JobShard.job_id == Job.id, JobShard.status == ShardStatus.QUEUED),
         )
+        .order_by(Job.created_at)
         .limit(limit)
     ).all()
     for job_id in stopping:
@@ -65,7 +74,7 @@ def _lapsed_shard(*where: Any) -> Any:
         .join(Job, Job.id == JobShard.job_id)
         .where(
             JobShard.status == ShardStatus.RUNNING,
-            JobShard.lease_expires_at < utcnow(),
+            past(JobShard.lease_expires_at),
             Job.status.in_(OCCUPIED),
         )
     )
@@ -75,7 +84,9 @@ def expire_shard_leases(session: Session, max_attempts: int, limit: int) -> Expi
     """Shards whose lease ran out (their worker died or hung): queued again for another attempt
     (marked released, to be sent at once), closed if their job is stopping, or their job failed
     once they used up `max_attempts`. Job row first, then the shard, as everywhere."""
-    candidates = session.execute(_lapsed_shard(JobShard.id, JobShard.job_id).limit(limit)).all()
+    candidates = session.execute(
+        _lapsed_shard(JobShard.id, JobShard.job_id).order_by(JobShard.lease_expires_at).limit(limit)
+    ).all()
     expired = []
     for shard_id, job_id in candidates:
         if not lock_job(session, job_id, skip_locked=True):
@@ -93,7 +104,7 @@ def expire_shard_leases(session: Session, max_attempts: int, limit: int) -> Expi
         add_event(session, shard.job_id, "lease_expired", info)
         if job_status == JobStatus.CANCELLING:
             # The dead attempt's part files may end mid-line: they are left out.
-            shard.status, shard.finished_at = ShardStatus.CANCELLED, utcnow()
+            shard.status, shard.finished_at = ShardStatus.CANCELLED, func.now()
             shard.succeeded = shard.failed = 0  # its items are in neither result file
             shard.lease_owner = shard.lease_expires_at = None
             continue
@@ -104,7 +115,7 @@ def expire_shard_leases(session: Session, max_attempts: int, limit: int) -> Expi
         shard.status, shard.lease_owner, shard.lease_expires_at = ShardStatus.QUEUED, None, None
         # Sent again at once, inside the window it already held (a fast-path shard, which had
         # no message, joins it): marked released here, so no releaser sends it a second time.
-        shard.last_error, shard.dispatched_at = "lease expired", utcnow()
+        shard.last_error, shard.dispatched_at = "lease expired", func.now()
         outcome.resend.append((shard.job_id, shard.index, queue))
     return outcome
 
@@ -118,6 +129,7 @@ def queued_jobs(
         select(Job.id, Job.queue, Job.dispatched_at)
         .where(Job.status == JobStatus.QUEUED, Job.created_at < created_before)
         .where(Job.held_at.is_(None))
+        .order_by(Job.created_at)
         .limit(limit)
     ).all()
     return [(job_id, queue, dispatched) for job_id, queue, dispatched in rows]
@@ -134,6 +146,7 @@ def released_shards(session: Session, limit: int) -> list[tuple[str, int, str, d
             JobShard.dispatched_at.is_not(None),
             Job.status == JobStatus.RUNNING,
         )
+        .order_by(JobShard.dispatched_at)
         .limit(limit)
     ).all()
     return [(job_id, index, queue, dispatched) for job_id, index, queue, dispatched in rows]
@@ -150,8 +163,9 @@ def dead_planners(
         .where(
             Job.status.in_(OCCUPIED),
             Job.shards_total.is_(None),
-            Job.lease_expires_at < utcnow(),
+            past(Job.lease_expires_at),
         )
+        .order_by(Job.lease_expires_at)
         .limit(limit)
     ).all()
     again = []
@@ -181,17 +195,22 @@ def dead_planners(
 
 
 def unassembled_jobs(session: Session, limit: int) -> list[tuple[str, str]]:
-    """(job id, queue) of jobs whose shards are all closed and that nobody is assembling."""
+    """(job id, queue) of jobs whose shards are all closed and that nobody is assembling, the
+    oldest first. One statement: the active shards are looked for in it (their partial index),
+    not counted per row afterwards."""
+    active = exists().where(JobShard.job_id == Job.id, JobShard.status.in_(ACTIVE_SHARD))
     rows = session.execute(
         select(Job.id, Job.queue)
         .where(
             Job.status.in_(OCCUPIED),
             Job.shards_total.is_not(None),
-            (Job.lease_owner.is_(None)) | (Job.lease_expires_at < utcnow()),
+            Job.lease_owner.is_(None) | past(Job.lease_expires_at),
+            ~active,
         )
+        .order_by(Job.created_at)
         .limit(limit)
     ).all()
-    return [(job_id, queue) for job_id, queue in rows if active_shards(session, job_id) == 0]
+    return [(job_id, queue) for job_id, queue in rows]
 
 
 def note_no_gpu_worker(session: Session, limit: int) -> None:
@@ -199,6 +218,7 @@ def note_no_gpu_worker(session: Session, limit: int) -> None:
     waiting = session.scalars(
         select(Job.id)
         .where(Job.status == JobStatus.QUEUED, Job.queue == "gpu", Job.notice.is_(None))
+        .order_by(Job.created_at)
         .limit(limit)
     ).all()
     for job_id in waiting:

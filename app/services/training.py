@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import Job, JobEvent, JobStatus
 from app.services import shards as shard_service
 from app.services.jobs import add_event, notify_progress, transition
@@ -95,7 +94,7 @@ def succeed(
 
 def give_back(session: Session, job_id: str, owner: str) -> None:
     """Past the task's time limit: the lease lapses now, so the sweeper dispatches it again."""
-    session.execute(update(Job).where(_held(job_id, owner)).values(lease_expires_at=utcnow()))
+    session.execute(update(Job).where(_held(job_id, owner)).values(lease_expires_at=func.now()))
     add_event(session, job_id, "time_limit", {"owner": owner})
 
 
@@ -106,7 +105,7 @@ def fail(session: Session, job_id: str, owner: str, code: str, message: str) -> 
 def stop(session: Session, job_id: str, owner: str) -> None:
     """Cancelled, or past its deadline: the job ends `cancelled`; no version is registered."""
     job = session.get_one(Job, job_id)
-    if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
+    if job.status == JobStatus.RUNNING and shard_service.past_deadline(session, job_id):
         shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
     transition(
         session,

@@ -69,20 +69,26 @@ def _finished_shards_job() -> tuple[str, str]:
         )
         session.add(job)
         session.flush()
+        start = 0
         for index, (out, err) in enumerate(PARTS):
+            # Its close recorded the lines of its part files, one per item of its range.
+            lines = (out.count(b"\n"), err.count(b"\n"))
             session.add(
                 JobShard(
                     job_id=job.id,
                     index=index,
-                    start_item=index,
-                    end_item=index + 1,
+                    start_item=start,
+                    end_item=start + sum(lines),
                     start_offset=0,
                     start_line=1,
                     status=ShardStatus.SUCCEEDED,
+                    succeeded=lines[0],
+                    failed=lines[1],
                     attempts=1,
                     parts_attempt=1,  # no parts_stem: named as before migration 0015
                 )
             )
+            start += sum(lines)
             out_uri, err_uri = part_uris(store, tenant.id, job.id, f"{index:06d}-1")
             for uri, data in ((out_uri, out), (err_uri, err)):
                 with store.open(uri, "wb") as f:
@@ -263,7 +269,7 @@ def test_a_shard_run_twice_counts_its_tokens_once(services: dict[str, str]) -> N
             shard = session.get_one(JobShard, shard_id)
             usage = {"cpu_seconds": 1.0}
             return shards.finish_shard(
-                session, shard, owner, ShardStatus.SUCCEEDED, usage, 1, 0, tokens=tokens
+                session, shard, owner, ShardStatus.SUCCEEDED, usage, 2, 0, tokens=tokens
             )
 
     def job_tokens() -> tuple[int, int]:

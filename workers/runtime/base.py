@@ -35,7 +35,15 @@ class Stopped(Exception):
 
 
 class ModelLoadError(Exception):
-    """The model cannot be loaded or used at all, so the job fails with this message."""
+    """The model cannot be loaded or used at all, so the job fails with this message.
+
+    `transient`: the trouble is this worker's, not the model's (it ran out of memory, on the
+    GPU say): the shard is given back for another attempt, and the job is not failed while
+    other workers may load the model."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,20 @@ def load_runner(spec: ModelSpec) -> Runner:
             return onnx.load(kind, spec, load_torch)
         return load_torch()
     except ModelLoadError as exc:
-        raise ModelLoadError(f"cannot load model {spec.key}: {exc}") from exc
+        raise ModelLoadError(f"cannot load model {spec.key}: {exc}", exc.transient) from exc
     except Exception as exc:  # transformers/torch raise anything from OSError to KeyError
         raise ModelLoadError(
-            f"cannot load model {spec.key}: {type(exc).__name__}: {without_paths(str(exc))}"
+            f"cannot load model {spec.key}: {type(exc).__name__}: {without_paths(str(exc))}",
+            transient=out_of_memory(exc),
         ) from exc
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """The load failed for want of memory (host or GPU: torch.cuda.OutOfMemoryError, or the
+    RuntimeError "CUDA out of memory" of older builds), not because of the model."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 class ModelCache:

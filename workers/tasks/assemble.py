@@ -10,13 +10,15 @@ from itertools import islice
 
 from app.config import get_settings
 from app.db import session_scope
-from app.services.results import Assembly, claim_assembly, complete_job
-from app.services.shards import ShardRange, renew_job_lease
+from app.models import Job
+from app.services import lost_results
+from app.services.results import Assembly, Part, claim_assembly, complete_job
+from app.services.shards import ShardRange, fail_job, renew_job_lease
 from app.storage import get_store
 from workers.reliability import db_retry, new_owner
 from workers.runtime.items import iter_chunks, iter_lines
 from workers.runtime.openai_lines import expired_line
-from workers.tasks.results import ResultWriter, append_part, final_uris, part_uris
+from workers.tasks.results import PartLost, ResultWriter, append_part, final_uris, part_uris
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,14 @@ def assemble_job(job_id: str) -> None:
 def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
     """Write this attempt's own result files, renewing the lease as it goes, and end the job
     with them. An attempt that lost its lease on the way writes nothing to the database and
-    removes its files: the files the job points at are never touched."""
+    removes its files: the files the job points at are never touched. A shard whose part
+    files are missing or short is run again (`lost_results`): the job never ends short."""
     store = get_store()
     out_uri, err_uri = final_uris(store, claimed.tenant_id, job_id, secrets.token_hex(6))
     settings = get_settings()
     renewed_at = time.monotonic()
     held = True
+    lost: list[int] = []
     with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
         for part in claimed.parts:
             if time.monotonic() - renewed_at > settings.lease_seconds:
@@ -50,16 +54,66 @@ def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
                     break
             if isinstance(part, ShardRange):  # an expired batch's shard that never ran
                 _write_expired(claimed, part, errors)
-                continue
-            part_out, part_err = part_uris(store, claimed.tenant_id, job_id, part)
-            append_part(store, part_out, outputs)
-            append_part(store, part_err, errors)
+            elif not _append(claimed, job_id, part, outputs, errors):
+                lost.append(part.index)
+    if held and lost:
+        log.warning("job %s: the results of shards %s are lost; they run again", job_id, lost)
+        held = False  # nothing of this attempt is used
+        _redo(job_id, owner, lost)
+    elif held and claimed.all_succeeded and outputs.lines + errors.lines != claimed.counts_total:
+        message = (
+            f"{outputs.lines + errors.lines} result lines were assembled "
+            f"for {claimed.counts_total} items"
+        )
+        log.error("job %s: %s", job_id, message)
+        held = False
+        db_retry(_fail, job_id, owner, message)
     if held and db_retry(_complete, job_id, owner, claimed, outputs, errors):
         _remove_parts(claimed.tenant_id, job_id)
         return True
-    log.warning("assembly of job %s lost its lease; another attempt finishes it", job_id)
+    if not lost:
+        log.warning("assembly of job %s lost its lease; another attempt finishes it", job_id)
     store.delete(out_uri.rsplit("/", 1)[0], recursive=True)  # this attempt's own folder
     return False
+
+
+def _append(
+    claimed: Assembly, job_id: str, part: Part, outputs: ResultWriter, errors: ResultWriter
+) -> bool:
+    """Copy a shard's part files; False when they are not exactly what its close recorded."""
+    store = get_store()
+    part_out, part_err = part_uris(store, claimed.tenant_id, job_id, part.stem)
+    try:
+        return (
+            append_part(store, part_out, outputs) == part.outputs
+            and append_part(store, part_err, errors) == part.errors
+        )
+    except PartLost:
+        return False
+
+
+def _redo(job_id: str, owner: str, lost: list[int]) -> None:
+    """Run the lost shards again (the scheduler releases them), or, on a stopping job, assemble
+    again without them."""
+    from workers.tasks.inference import release_shards
+
+    def redo() -> tuple[lost_results.Redo, str]:
+        with session_scope() as session:
+            outcome = lost_results.redo_lost_parts(
+                session, job_id, owner, lost, get_settings().max_attempts
+            )
+            return outcome, session.get_one(Job, job_id).queue
+
+    outcome, queue = db_retry(redo)
+    if outcome == "run":
+        release_shards(queue)
+    elif outcome == "assemble":
+        assemble_job(job_id)
+
+
+def _fail(job_id: str, owner: str, message: str) -> bool:
+    with session_scope() as session:
+        return fail_job(session, job_id, lost_results.RESULTS_LOST, message, lease_owner=owner)
 
 
 def _write_expired(claimed: Assembly, shard: ShardRange, errors: ResultWriter) -> None:

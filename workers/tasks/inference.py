@@ -237,12 +237,24 @@ def release_shards(queue: str) -> None:
         publish_shard(job_id, index, queue, priority)
 
 
-def fail_job(job_id: str, code: str, message: str, owner: str | None = None) -> None:
-    """The job fails with the reason; with `owner`, only while that planner holds its lease
-    (a planner that lost it decides nothing)."""
-    log.warning("job %s failed: %s: %s", job_id, code, message)
+def fail_job(
+    job_id: str,
+    code: str,
+    message: str,
+    owner: str | None = None,
+    shard: tuple[int, str] | None = None,
+) -> bool:
+    """The job fails with the reason; with `owner`, only while that planner holds its lease,
+    with `shard` (shard id, owner), only while that attempt holds the shard's (an attempt that
+    lost it decides nothing)."""
+    where = () if shard is None else (shard_service.holds_shard(*shard),)
     with session_scope() as session:
-        shard_service.fail_job(session, job_id, code, message, lease_owner=owner)
+        failed = shard_service.fail_job(
+            session, job_id, code, message, where=where, lease_owner=owner
+        )
+    if failed:
+        log.warning("job %s failed: %s: %s", job_id, code, message)
+    return failed
 
 
 # -- one shard --------------------------------------------------------------------------------
@@ -304,8 +316,13 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
     try:
         runner = state.current().cache.get(spec)
     except ModelLoadError as exc:
-        db_retry(fail_job, job_id, "model_load_failed", str(exc))
-        release_shards(plan.queue)  # its shards in flight are closed: the window has room
+        if exc.transient:  # this worker's trouble (out of memory): another attempt may load it
+            _give_back(plan, owner, str(exc))
+            return
+        held = (plan.shard.id, owner)
+        failed = db_retry(fail_job, job_id, "model_load_failed", str(exc), shard=held)
+        if failed:  # its shards in flight are closed (a one-shard job's too): room to fill
+            release_shards(plan.queue)
         return
     stem = shard_service.parts_stem(index, plan.shard.attempts, owner)
     out_uri, err_uri = part_uris(get_store(), plan.tenant_id, job_id, stem)
@@ -315,13 +332,20 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
             ResultWriter(get_store(), out_uri) as outputs,
             ResultWriter(get_store(), err_uri) as errors,
         ):
-            outcome, last, tokens = _run_items(plan, runner, owner, watch, outputs, errors)
+            outcome, tokens = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try
         log.exception("shard %s/%d broke", job_id, index)
         _give_back(plan, owner, f"{type(exc).__name__}: {without_paths(str(exc))}")
         return
     if outcome == "lost":
         log.warning("shard %s/%d lost its lease; another attempt will redo it", job_id, index)
+        return
+    items = plan.shard.end_item - plan.shard.start_item
+    if outcome == "done" and outputs.lines + errors.lines != items:
+        # Never closed short: its lines would be missing from the job's results.
+        reason = f"{outputs.lines + errors.lines} result lines were written for {items} items"
+        log.error("shard %s/%d: %s", job_id, index, reason)
+        _give_back(plan, owner, reason)
         return
     usage = _usage(state.current().device, cpu_start, wall_start)
     finish_began = utcnow()
@@ -351,7 +375,14 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
             for type_, data in backend:
                 add_event(session, job_id, type_, data, flush=False)
             return shard_service.finish_shard(
-                session, plan.shard, owner, status, usage, *last, tokens=tokens
+                session,
+                plan.shard,
+                owner,
+                status,
+                usage,
+                outputs.lines,
+                errors.lines,
+                tokens=tokens,
             )
 
     assemble = db_retry(finish)
@@ -371,23 +402,20 @@ def _backend_event(runner: object) -> tuple[str, dict[str, str]]:
 
 
 def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
-    """Another attempt, or after MAX_ATTEMPTS the job fails with the reason."""
+    """Another attempt, or after MAX_ATTEMPTS the job fails with the reason; only while this
+    attempt holds the shard (a stale one writes nothing and sends nothing)."""
     shard = plan.shard
     if shard.attempts >= get_settings().max_attempts:
-        db_retry(
-            fail_job,
-            shard.job_id,
-            "shard_failed",
-            f"shard {shard.index} failed {shard.attempts} times; last: {reason}",
-        )
+        message = f"shard {shard.index} failed {shard.attempts} times; last: {reason}"
+        db_retry(fail_job, shard.job_id, "shard_failed", message, shard=(shard.id, owner))
         return
 
-    def release() -> str:
+    def release() -> bool:
         with session_scope() as session:
-            shard_service.release_shard(session, shard, owner, reason)
-            return session.get_one(Job, shard.job_id).queue
+            return shard_service.release_shard(session, shard, owner, reason)
 
-    publish_shard(shard.job_id, shard.index, db_retry(release))
+    if db_retry(release):
+        publish_shard(shard.job_id, shard.index, plan.queue)
 
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
@@ -464,9 +492,11 @@ def _run_items(
     watch: ShardWatch,
     outputs: ResultWriter,
     errors: ResultWriter,
-) -> tuple[Literal["done", "stopped", "lost"], tuple[int, int], int]:
-    """How the shard ended, the counts of what it wrote but has not recorded yet, and the
-    tokens of all its items (recorded only with its finish, so once)."""
+) -> tuple[Literal["done", "stopped", "lost"], int]:
+    """How the shard ended, and the tokens of all its items (recorded only with its finish, so
+    once). What it wrote is counted by `outputs` and `errors`: the counts recorded as it goes
+    and at its finish are theirs, absolute, so a write retried after a lost answer never adds
+    twice."""
     settings = get_settings()
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
@@ -482,53 +512,46 @@ def _run_items(
         image = plan.model.task.startswith("image-")
         chunks = iter_chunks(lines, settings.image_chunk_items if image else settings.chunk_items)
         chunk = next(chunks, None)
-        done = (0, 0)  # (succeeded, failed) written to the part files but not recorded yet
         recorded_at = time.monotonic() - settings.progress_seconds  # the first chunk records
         while chunk is not None:
             try:
                 result = run(runner, chunk, options)  # type: ignore[arg-type]
             except Stopped:  # the unfinished chunk is dropped; finished chunks are kept
                 if watch.lost:
-                    return "lost", done, tokens
-                return "stopped", _stopped(plan, chunk, chunks, errors, done), tokens
+                    return "lost", tokens
+                _stopped(plan, chunk, chunks, errors)
+                return "stopped", tokens
             outputs.write(result.outputs)
             errors.write(result.errors)
-            done = (done[0] + len(result.outputs), done[1] + len(result.errors))
             tokens += result.tokens
             chunk = next(chunks, None)
             if chunk is None:  # what is left goes with the shard's finish
-                return "done", done, tokens
+                return "done", tokens
             # Counts are recorded about once a PROGRESS_SECONDS, not per chunk: a chunk of
             # scikit-learn items takes milliseconds, a commit about as long. The watch thread
             # renews the lease and sees a cancel meanwhile.
             if time.monotonic() - recorded_at < settings.progress_seconds:
                 continue
-            progress = db_retry(_record, shard, owner, *done)
-            done, recorded_at = (0, 0), time.monotonic()
+            progress = db_retry(_record, shard, owner, outputs.lines, errors.lines)
+            recorded_at = time.monotonic()
             if not progress.held:
-                return "lost", done, tokens
+                return "lost", tokens
             if progress.past_deadline or progress.job_status != JobStatus.RUNNING:
-                return "stopped", _stopped(plan, chunk, chunks, errors, done), tokens
-    return "done", done, tokens
+                _stopped(plan, chunk, chunks, errors)
+                return "stopped", tokens
+    return "done", tokens
 
 
 def _stopped(
-    plan: ShardPlan,
-    chunk: list[Line],
-    chunks: Iterator[list[Line]],
-    errors: ResultWriter,
-    done: tuple[int, int],
-) -> tuple[int, int]:
+    plan: ShardPlan, chunk: list[Line], chunks: Iterator[list[Line]], errors: ResultWriter
+) -> None:
     """The shard stops because its job is stopping. When a batch expired (its deadline passed),
-    each request it leaves unrun gets a `batch_expired` error line, as in OpenAI's error files;
-    returns the counts to record with the finish."""
+    each request it leaves unrun gets a `batch_expired` error line, as in OpenAI's error
+    files."""
     if not _stopping(plan.shard.job_id) or plan.requests is None:
-        return done
-    unrun = 0
+        return
     for part in chain([chunk], chunks):
         errors.write([expired_line(number, raw) for number, raw in part])
-        unrun += len(part)
-    return done[0], done[1] + unrun
 
 
 def _stopping(job_id: str) -> bool:
@@ -537,7 +560,7 @@ def _stopping(job_id: str) -> bool:
     def expire_if_due() -> bool:
         with session_scope() as session:
             job = session.get_one(Job, job_id)
-            if job.status == JobStatus.RUNNING and job.deadline_at and job.deadline_at < utcnow():
+            if job.status == JobStatus.RUNNING and shard_service.past_deadline(session, job_id):
                 shard_service.request_stop(session, job_id, shard_service.DEADLINE_ERROR)
             return (job.error or {}).get("code") == shard_service.DEADLINE_ERROR["code"]
 

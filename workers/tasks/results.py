@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import IO, Any
 
 from app.services.results import ResultFile
 from app.storage import ArtifactStore
 
 
+class PartLost(Exception):
+    """A closed shard's part file is missing: its lines are lost, never an empty part."""
+
+
 class ResultWriter:
     """A JSONL file in the store, hashed and counted while written, so registering it reads
-    nothing back."""
+    nothing back. Closed, it is durable (fsync'ed with its folder on a local store): the
+    commit that records it comes after."""
 
     def __init__(self, store: ArtifactStore, uri: str) -> None:
         self.uri = uri
+        self._store = store
+        self._local = store.is_local(uri)
         self.lines = 0
         self.size = 0
         self._digest = hashlib.sha256()
@@ -31,7 +39,14 @@ class ResultWriter:
         self.lines += lines
 
     def close(self) -> None:
+        if self._file.closed:
+            return
+        if self._local:
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self._file.close()
+        if self._local:
+            self._store.sync_folder(self.uri)
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -60,12 +75,16 @@ def final_uris(store: ArtifactStore, tenant_id: str, job_id: str, attempt: str) 
     return store.uri(*base, "output.jsonl"), store.uri(*base, "errors.jsonl")
 
 
-def append_part(store: ArtifactStore, uri: str, writer: ResultWriter) -> None:
-    """Copy one part file into the final file, streaming, counting its lines."""
+def append_part(store: ArtifactStore, uri: str, writer: ResultWriter) -> int:
+    """Copy one part file into the final file, streaming; returns its lines. Every closed
+    shard wrote both its part files (empty ones too), so a missing one is lost data."""
     try:
         f = store.open(uri, "rb")
     except FileNotFoundError:
-        return  # an empty part is never written
+        raise PartLost(uri) from None
+    lines = 0
     with f:
         while chunk := f.read(1024 * 1024):
+            lines += chunk.count(b"\n")
             writer.write_bytes(chunk, chunk.count(b"\n"))
+    return lines
