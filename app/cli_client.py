@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,11 +84,25 @@ def show_job(job: JSON) -> None:
         print(f"  notice: {job['notice']}")
 
 
+def pace_words(progress: JSON | None) -> str:
+    """'412.5 items/s, ETA 0:00:09' from the job's progress while it runs; '' otherwise."""
+    if not progress or progress.get("items_per_second") is None:
+        return ""
+    words = f"{progress['items_per_second']:g} items/s"
+    eta = progress.get("eta_seconds")
+    if eta is not None:
+        words += f", ETA {timedelta(seconds=round(eta))}"
+    return words
+
+
 def follow(client: Client, job_id: str) -> JSON:
     """A progress bar on stderr until the job ends, fed by the client's long-polling wait."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True)) as progress:
-        bar = progress.add_task(job_id, total=None)
+    pace_column = TextColumn("{task.fields[pace]}")
+    with Progress(
+        *columns, TimeElapsedColumn(), pace_column, console=Console(stderr=True)
+    ) as progress:
+        bar = progress.add_task(job_id, total=None, pace="")
 
         def update(job: JSON) -> None:
             counts = job["counts"]
@@ -96,6 +111,7 @@ def follow(client: Client, job_id: str) -> JSON:
                 total=counts["total"] or None,
                 completed=counts["succeeded"] + counts["failed"],
                 description=f"{job_id} {job['status']}",
+                pace=pace_words(job.get("progress")),
             )
 
         try:
