@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.cli_errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
 from app.config import get_settings
-from modelfarm_client import Client
+from modelfarm_client import ApiError, Client, ClientError
 
 JSON = dict[str, Any]
 
@@ -169,7 +170,14 @@ def submit(
     with connect() as client:
         uploaded = client.upload(file, "batch")
         body = {"type": "inference", "model": model, "device": device, "priority": priority}
-        job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
+        try:
+            job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
+        except ApiError:
+            # Refused (no such model, a quota, a bad field): the upload would only be left
+            # behind, counted against the tenant's storage. Take it back, then say why.
+            with suppress(ClientError):
+                client.delete_file(uploaded["id"])
+            raise
         say(f"job {job['id']} {job['status']}")
         if not wait:
             print(job["id"])

@@ -96,6 +96,17 @@ class Client:
 
     # -- files -----------------------------------------------------------------------------
 
+    def files(self, purpose: str | None = None, limit: int = 20, after: str | None = None) -> JSON:
+        """One page of the tenant's files, newest first: `{"data", "has_more", "last_id"}`."""
+        params = {"purpose": purpose, "limit": limit, "after": after}
+        return self._json(
+            "GET", "/v1/files", params={k: v for k, v in params.items() if v is not None}
+        )
+
+    def iter_files(self, purpose: str | None = None, page_size: int = 100) -> Iterator[JSON]:
+        """Every file of the tenant (of one purpose), newest first, page after page."""
+        return self._pages("/v1/files", {"purpose": purpose}, page_size)
+
     def upload(
         self, source: str | Path | bytes, purpose: str = "batch", filename: str | None = None
     ) -> JSON:

@@ -42,4 +42,4 @@ def test_the_cli_bar_and_the_console_say_rate_and_eta() -> None:
 
 def test_counts_are_recorded_every_few_hundred_items_by_default() -> None:
     fields = Settings.model_fields  # the defaults, whatever this process's environment says
-    assert fields["chunk_items"].default <= 300 and fields["progress_seconds"].default <= 1.0
+    assert fields["chunk_items"].default <= 512 and fields["progress_seconds"].default <= 1.0
