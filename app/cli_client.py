@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.cli_errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
 from app.config import get_settings
-from modelfarm_client import Client
+from modelfarm_client import ApiError, Client, ClientError
 
 JSON = dict[str, Any]
 
@@ -83,11 +85,25 @@ def show_job(job: JSON) -> None:
         print(f"  notice: {job['notice']}")
 
 
+def pace_words(progress: JSON | None) -> str:
+    """'412.5 items/s, ETA 0:00:09' from the job's progress while it runs; '' otherwise."""
+    if not progress or progress.get("items_per_second") is None:
+        return ""
+    words = f"{progress['items_per_second']:g} items/s"
+    eta = progress.get("eta_seconds")
+    if eta is not None:
+        words += f", ETA {timedelta(seconds=round(eta))}"
+    return words
+
+
 def follow(client: Client, job_id: str) -> JSON:
     """A progress bar on stderr until the job ends, fed by the client's long-polling wait."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True)) as progress:
-        bar = progress.add_task(job_id, total=None)
+    pace_column = TextColumn("{task.fields[pace]}")
+    with Progress(
+        *columns, TimeElapsedColumn(), pace_column, console=Console(stderr=True)
+    ) as progress:
+        bar = progress.add_task(job_id, total=None, pace="")
 
         def update(job: JSON) -> None:
             counts = job["counts"]
@@ -96,6 +112,7 @@ def follow(client: Client, job_id: str) -> JSON:
                 total=counts["total"] or None,
                 completed=counts["succeeded"] + counts["failed"],
                 description=f"{job_id} {job['status']}",
+                pace=pace_words(job.get("progress")),
             )
 
         try:
@@ -153,7 +170,14 @@ def submit(
     with connect() as client:
         uploaded = client.upload(file, "batch")
         body = {"type": "inference", "model": model, "device": device, "priority": priority}
-        job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
+        try:
+            job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
+        except ApiError:
+            # Refused (no such model, a quota, a bad field): the upload would only be left
+            # behind, counted against the tenant's storage. Take it back, then say why.
+            with suppress(ClientError):
+                client.delete_file(uploaded["id"])
+            raise
         say(f"job {job['id']} {job['status']}")
         if not wait:
             print(job["id"])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Annotated
 
 import typer
 
-from app.cli_client import JSON, InputFile, JsonFlag, connect, job_line, print_json
-from app.cli_errors import API_ERROR, CliError, say
+from app.cli_client import JSON, JsonFlag, connect, job_line, print_json
+from app.cli_errors import API_ERROR, USAGE, CliError, say
+from app.cli_pack import pack_folder
 
 jobs_cli = typer.Typer(help="List and control jobs.", no_args_is_help=True)
 models_cli = typer.Typer(help="Models this tenant can name.", no_args_is_help=True)
@@ -111,24 +115,57 @@ def list_models(as_json: JsonFlag = False) -> None:
 
 @models_cli.command("register")
 def register_model(
-    file: InputFile,
-    name: Annotated[str, typer.Option(help="The model's name; each upload is a new version.")],
-    framework: Annotated[str, typer.Option(help="sklearn, transformers or sentence-transformers.")],
+    first: Annotated[
+        str,
+        typer.Argument(
+            metavar="[NAME] SOURCE",
+            help="SOURCE: a .skops file, an archive, or a folder (packed here); NAME first, or "
+            "with --name.",
+            show_default=False,
+        ),
+    ],
+    second: Annotated[str | None, typer.Argument(hidden=True, show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The model's name; each upload is a new version.")
+    ] = None,
+    framework: Annotated[
+        str | None,
+        typer.Option(
+            help="sklearn, transformers or sentence-transformers (a folder: transformers)."
+        ),
+    ] = None,
     task: Annotated[
-        str | None, typer.Option(help="e.g. classification; sklearn infers it.")
+        str | None, typer.Option(help="e.g. text-classification; sklearn infers it.")
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until a worker has validated it.")
     ] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Upload FILE (a .skops file, or an archive of safetensors weights) and register it as the
-    next version of NAME; prints what a job names, e.g. `churn@2`. A worker validates the
-    upload first: by default this waits for it and exits 1 if the version failed."""
-    with connect() as client:
-        version = client.register_model(file, name=name, framework=framework, task=task)
-        if wait and version.get("status") == "validating":
-            version = client.wait_model(name, int(version["version"]))
+    """Upload SOURCE and register it as the next version of NAME: `models register NAME ./dir
+    --task text-classification` packs a folder of config, safetensors weights and tokenizer
+    files into an archive first. Prints what a job names, e.g. `churn@2`. A worker validates
+    the upload first: by default this waits for it and exits 1 if the version failed."""
+    if second is not None:
+        if name is not None and name != first:
+            raise CliError(f"two names given: {first!r} and --name {name!r}", USAGE)
+        name, source = first, Path(second)
+    else:
+        source = Path(first)
+    if name is None:
+        raise CliError("name the model: `models register NAME SOURCE` or --name NAME", USAGE)
+    if not source.exists():
+        raise CliError(f"{source} does not exist", USAGE)
+    with ExitStack() as stack:
+        if source.is_dir():
+            framework = framework or "transformers"
+            source = pack_folder(source, Path(stack.enter_context(TemporaryDirectory())))
+        if framework is None:
+            raise CliError("--framework is needed for a file: sklearn, transformers, ...", USAGE)
+        with connect() as client:
+            version = client.register_model(source, name=name, framework=framework, task=task)
+            if wait and version.get("status") == "validating":
+                version = client.wait_model(name, int(version["version"]))
     if as_json:
         print_json(version)
     else:

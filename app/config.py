@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     image_batch_pixels: int = 16_000_000
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
-    chunk_items: int = 2048
+    # Items read and run together; a shard records its counts after a chunk (at most once per
+    # PROGRESS_SECONDS), so a few hundred keeps progress moving every second or so.
+    chunk_items: int = 512
     batch_tokens: int = 1024  # measured best on a 2-core CPU (workers/runtime/base.py)
     batch_size: int = 64
     # The GPU pool: larger micro-batches (a GPU is idle between small ones), and torch under

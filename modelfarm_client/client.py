@@ -24,6 +24,7 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 #: the API answers `Prefer: wait=N` for at most this long (its MAX_WAIT_SECONDS default)
 MAX_SERVER_WAIT = 60.0
+PROGRESS_EVERY = 1.0  # seconds: how often wait() calls on_progress at least
 
 
 class Client:
@@ -94,6 +95,17 @@ class Client:
             query["after"] = page["last_id"]
 
     # -- files -----------------------------------------------------------------------------
+
+    def files(self, purpose: str | None = None, limit: int = 20, after: str | None = None) -> JSON:
+        """One page of the tenant's files, newest first: `{"data", "has_more", "last_id"}`."""
+        params = {"purpose": purpose, "limit": limit, "after": after}
+        return self._json(
+            "GET", "/v1/files", params={k: v for k, v in params.items() if v is not None}
+        )
+
+    def iter_files(self, purpose: str | None = None, page_size: int = 100) -> Iterator[JSON]:
+        """Every file of the tenant (of one purpose), newest first, page after page."""
+        return self._pages("/v1/files", {"purpose": purpose}, page_size)
 
     def upload(
         self, source: str | Path | bytes, purpose: str = "batch", filename: str | None = None
@@ -204,9 +216,13 @@ class Client:
         """Block until the job ends and return it; TimeoutError after `timeout` seconds.
 
         Each request long-polls (`Prefer: wait=poll`), so a job that ends is seen at once, not
-        at the next poll; `on_progress(job)` is called with every answer, the last one included.
+        at the next poll; `on_progress(job)` is called with every answer, the last one included,
+        and at least once a second (a running job's counts and `progress`, with its
+        `items_per_second` and `eta_seconds`, move that often).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if on_progress is not None:
+            poll = min(poll, PROGRESS_EVERY)
         while True:
             hold = min(poll, MAX_SERVER_WAIT)
             if deadline is not None:

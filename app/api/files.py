@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
@@ -11,7 +11,7 @@ from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.db import run_retrying
 from app.models import FilePurpose
-from app.schemas.files import FilePublic
+from app.schemas.files import FileList, FilePublic
 from app.services import files as file_service
 from app.services import tenants
 from app.services.errors import InvalidRequest, PayloadTooLarge
@@ -53,6 +53,27 @@ def upload_file(
         used = (tenant.max_storage_bytes or 0) - room
         raise tenants.storage_exceeded(tenant, used, upload=True) from None
     return FilePublic.model_validate(created, from_attributes=True)
+
+
+@router.get("", summary="List files", responses=errors(404))
+def list_files(
+    session: SessionDep,
+    tenant: TenantDep,
+    purpose: FilePurpose | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> FileList:
+    """The tenant's files (uploads and the results its jobs wrote), newest first, a page at a
+    time: pass the page's `last_id` as `after` for the next one while `has_more` is true.
+    `purpose` keeps one kind: `batch`, `training`, `model`, `batch_output`, `batch_error`."""
+    rows, has_more = file_service.list_files(
+        session, tenant, purpose=purpose, limit=limit, after=after
+    )
+    return FileList(
+        data=[FilePublic.model_validate(f, from_attributes=True) for f in rows],
+        has_more=has_more,
+        last_id=rows[-1].id if rows else None,
+    )
 
 
 @router.get("/{file_id}", summary="Get a file's metadata", responses=errors(404))

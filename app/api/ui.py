@@ -23,6 +23,7 @@ from app.models import Job, Tenant
 from app.services import dashboard, farm_stats, webhooks
 from app.services import jobs as job_service
 from app.services.errors import NotFound
+from app.services.pace import pace
 from app.services.tenants import authenticate
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -44,8 +45,20 @@ def _done_percent(job: Job) -> int:
     return 100 if job.is_terminal else 0
 
 
+def _duration(seconds: float) -> str:
+    """9 s, 2 m 05 s, 1 h 02 m: an ETA read at a glance."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
+
+
 templates.env.filters["when"] = _when
+templates.env.filters["duration"] = _duration
 templates.env.globals["done_percent"] = _done_percent
+templates.env.globals["pace"] = pace
 
 
 def install_ui(app: FastAPI) -> None:

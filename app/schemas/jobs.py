@@ -281,8 +281,10 @@ class JobPublic(BaseModel):
     )
     progress: dict[str, Any] | None = Field(
         default=None,
-        description="Training: step, steps_total, epoch, epochs, loss.",
-        examples=[{"step": 120, "steps_total": 300, "epoch": 1, "epochs": 3, "loss": 0.41}],
+        description="While the job runs: `items_per_second` (its average since a worker took "
+        "it) and `eta_seconds` (null until an item is done); training jobs add step, "
+        "steps_total, epoch, epochs and loss (their items are steps).",
+        examples=[{"items_per_second": 412.5, "eta_seconds": 9.7}],
     )
     notice: str | None = Field(
         default=None,

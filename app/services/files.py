@@ -94,6 +94,26 @@ def get_file(session: Session, tenant: Tenant, file_id: str) -> File:
     return file
 
 
+def list_files(
+    session: Session,
+    tenant: Tenant,
+    *,
+    purpose: str | None = None,
+    limit: int = 20,
+    after: str | None = None,
+) -> tuple[list[File], bool]:
+    """The tenant's files newest first, `limit` at a time; ids are time-ordered, so `after`
+    (the last id of the page before) is an id comparison."""
+    query = select(File).where(File.tenant_id == tenant.id)
+    if purpose is not None:
+        query = query.where(File.purpose == purpose)
+    if after:
+        get_file(session, tenant, after)  # an unknown cursor is a 404, not an empty page
+        query = query.where(File.id < after)
+    rows = list(session.scalars(query.order_by(File.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
 def delete_file(session: Session, tenant: Tenant, file_id: str) -> str:
     """Remove a file's row; returns its store URI, for the caller to remove once this has
     committed. Refused (409) while a job that has not ended reads it. Finished jobs that named

@@ -34,6 +34,7 @@ from app.services import heartbeats, webhooks
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model
+from app.services.pace import pace
 from app.services.tenants import check_job_quota, tenant_cap
 from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
@@ -543,6 +544,14 @@ def list_events(
     return rows[:limit], len(rows) > limit
 
 
+def _progress(job: Job) -> dict[str, Any] | None:
+    """A training job's own progress, and while any job runs its rate and ETA."""
+    moving = pace(job)
+    if moving is None:
+        return job.progress
+    return {**(job.progress or {}), **moving}
+
+
 def job_public(job: Job) -> JobPublic:
     return JobPublic(
         id=job.id,
@@ -569,7 +578,7 @@ def job_public(job: Job) -> JobPublic:
         webhook=job.webhook,
         metadata=job.meta,
         usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, "tokens": 0, **(job.usage or {})},
-        progress=job.progress,
+        progress=_progress(job),
         notice=job.notice,
         created_at=job.created_at,
         started_at=job.started_at,

@@ -209,3 +209,33 @@ def test_models_register_exits_1_when_validation_fails(
     assert result.returncode == 1, result.stderr
     assert "failed validation: untrusted_model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_refused_submission_leaves_no_upload_behind(
+    api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
+) -> None:
+    """The upload of a job the API refuses would count against the tenant's storage: the CLI
+    deletes it, and GET /v1/files (newest first, by purpose) shows none."""
+    env = _client_env(api_url, tenant_key, services)
+    refused = modelfarm(
+        ["submit", str(_sentences(tmp_path / "in.jsonl", 3)), "--model", "nope"], env
+    )
+    assert refused.returncode == 1 and "nope" in refused.stderr, refused.stderr
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"}) as c:
+        assert c.get("/v1/files", params={"purpose": "batch"}).json()["data"] == []
+
+
+def test_models_register_packs_a_folder(
+    api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
+) -> None:
+    from tests.factories import make_tiny_text_classifier
+
+    env = _client_env(api_url, tenant_key, services)
+    folder = make_tiny_text_classifier(tmp_path / "clf", ["no", "yes"])
+    args = ["models", "register", "cli-folder", str(folder), "--task", "text-classification"]
+    registered = modelfarm(args, env)
+    assert registered.returncode == 0, registered.stderr
+    assert registered.stdout.strip() == "cli-folder@1" and "ready" in registered.stderr
+    (folder / "escape").symlink_to("/etc/passwd")
+    linked = modelfarm(args, env)
+    assert linked.returncode == 2 and "not a plain file" in linked.stderr, linked.stderr
