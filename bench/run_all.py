@@ -3,8 +3,8 @@ baseline, then a summary.
 
     .venv/bin/python bench/run_all.py
 
-Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py and
-bench/fairness.py one after the other (each starts and stops its own farm, so they never share
+Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py,
+bench/fairness.py and bench/images.py one after the other (each starts and stops its own farm, so they never share
 the cores), shows their output as it comes, and ends with one table of the figures against the
 targets. Exits non-zero if a benchmark fails; a figure short of its target is reported, not an
 error.
@@ -102,6 +102,20 @@ FIGURES = [
         r"longest wait / one shard: ([\d.]+)",
         "none",
         "",  # shown, not judged: the shard running when the job came is never interrupted
+    ),
+    Figure(
+        "images.py",
+        "2,000 images, ResNet-50 / in-process one at a time",
+        r"ratio farm / one at a time: ([\d.]+)",
+        ">= 2.0x",
+        "ge:2.0",
+    ),
+    Figure(
+        "images.py",
+        "  the same / in-process batches of 32",
+        r"ratio farm / batches of 32: ([\d.]+)",
+        ">= 0.9x",
+        "ge:0.9",
     ),
 ]
 
