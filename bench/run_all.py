@@ -4,10 +4,10 @@ baseline, then a summary.
     .venv/bin/python bench/run_all.py
 
 Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py,
-bench/fairness.py and bench/images.py one after the other (each starts and stops its own farm, so they never share
-the cores), shows their output as it comes, and ends with one table of the figures against the
-targets. Exits non-zero if a benchmark fails; a figure short of its target is reported, not an
-error.
+bench/fairness.py and bench/images.py one after the other (each starts and stops its own farm,
+so they never share the cores), shows their output as it comes, and ends with one table of the
+figures against the targets. Exits non-zero if a benchmark fails; a figure short of its target
+is reported, not an error.
 """
 
 from __future__ import annotations
