@@ -52,7 +52,7 @@ SMALL_IMAGE_VALUES = 3 * 64 * 64
 
 
 def small_resnet(names: list[str]) -> ResNetForImageClassification:
-    """A ResNet of four basic blocks (about 0.7M parameters): enough for small pictures, and
+    """A ResNet of four basic blocks (about 1.2M parameters): enough for small pictures, and
     quick to train on a CPU."""
     config = ResNetConfig(
         num_channels=3,
