@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app import cli_client, cli_health, cli_jobs, cli_keys
+from app import cli_client, cli_health, cli_jobs, cli_keys, cli_train
 from app.cli_errors import USAGE, CliError, run
 from app.config import Settings, get_settings
 
@@ -244,6 +244,7 @@ cli_client.register(cli)
 cli_jobs.register(cli)
 cli_keys.register(cli)
 cli_health.register(cli)
+cli_train.register(cli)
 
 
 def main() -> None:

@@ -4,10 +4,10 @@ baseline, then a summary.
     .venv/bin/python bench/run_all.py
 
 Runs bench/embeddings.py, bench/latency.py, bench/submit.py, bench/memory.py,
-bench/fairness.py and bench/generation.py one after the other (each starts and stops its own
-farm, so they never share the cores), shows their output as it comes, and ends with one table
-of the figures against the targets. Exits non-zero if a benchmark fails; a figure short of its
-target is reported, not an error.
+bench/fairness.py, bench/generation.py and bench/images.py one after the other (each starts
+and stops its own farm, so they never share the cores), shows their output as it comes, and
+ends with one table of the figures against the targets. Exits non-zero if a benchmark fails; a
+figure short of its target is reported, not an error.
 """
 
 from __future__ import annotations
@@ -130,6 +130,20 @@ FIGURES = [
         r"identical to the engine in-process: ([\d.]+) %",
         ">= 95 %",
         "ge:95",
+    ),
+    Figure(
+        "images.py",
+        "2,000 images, ResNet-50 / in-process one at a time",
+        r"ratio farm / one at a time: ([\d.]+)",
+        ">= 2.0x",
+        "ge:2.0",
+    ),
+    Figure(
+        "images.py",
+        "  the same / in-process batches of 32",
+        r"ratio farm / batches of 32: ([\d.]+)",
+        ">= 0.9x",
+        "ge:0.9",
     ),
 ]
 

@@ -453,3 +453,37 @@ def test_training_resumes_from_its_checkpoint_after_a_crash(
         hook.wait_for(2)
         time.sleep(1)
         assert sorted(hook.events()) == ["job.started", "job.succeeded"]  # one start, not two
+
+
+def test_image_training_resumes_from_its_checkpoint_after_a_crash(farm: ChaosFarm) -> None:
+    from tests.images import digits_pngs, zip_of
+
+    pictures, labels = digits_pngs()
+    members = [(f"{labels[i]}/{i}.png", pictures[i]) for i in range(400)]
+    with farm.client() as client:
+        file = upload(client, zip_of(members), purpose="training", name="digits.zip")
+        body = {
+            "type": "training",
+            "framework": "transformers",
+            "task": "image-classification",
+            "input": {"file_id": file["id"]},
+            "params": {"image_size": 16, "epochs": 4, "batch_size": 16},
+            "output_model": "digits-resumed",
+        }
+        job_id = submit(client, body)["id"]
+
+        def events() -> list[dict[str, Any]]:
+            return list(all_pages(client, f"/v1/jobs/{job_id}/events"))
+
+        _wait_for(lambda: any(e["type"] == "checkpoint" for e in events()), what="no checkpoint")
+        for child in _pool_children(farm.procs["worker"]):
+            child.send_signal(signal.SIGKILL)
+        job = wait_done(client, job_id, timeout=300)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2 and job["result"]["model"] == "digits-resumed@1"
+        log = events()
+        resumed = [e["data"]["epoch"] for e in log if e["type"] == "resumed_from_checkpoint"]
+        saved = [e["data"]["epoch"] for e in log if e["type"] == "checkpoint"]
+        assert len(resumed) == 1 and 1 <= resumed[0] < 4, log
+        assert sorted(saved) == [1, 2, 3, 4], saved  # no epoch trained twice
+        assert job["result"]["metrics"]["validation_examples"] == 80
