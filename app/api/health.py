@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from app import ratelimit
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
@@ -37,6 +38,8 @@ async def readyz() -> dict[str, object] | Response:
             # farm without a GPU has no GPU pool at all.
             "workers": workers,
             "pools_without_workers": [pool for pool, n in workers.items() if n == 0],
+            # "in-process" while Redis is away: limits hold per API process (app/ratelimit.py).
+            "rate_limits": ratelimit.mode(),
         }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
     return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")
