@@ -421,6 +421,7 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         batch_size=int(job.params.get("batch_size") or process.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
+        max_output_bytes=settings.max_output_line_bytes,
     )
     requests = None
     if job.params.get("format") == "openai":
