@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
@@ -8,6 +10,7 @@ from app import ratelimit
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
+from app.config import get_settings
 from app.db import database_reachable, session_scope
 from app.dispatch import broker_reachable
 from app.metrics import exposition
@@ -55,7 +58,13 @@ def _live_workers() -> dict[str, int]:
     summary="Prometheus metrics",
     responses={200: {"content": {"text/plain": {}}}},
 )
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
     """The farm's Prometheus text: queue depths, live workers, items, job durations, webhook
-    backlog, read at scrape time. No key needed."""
+    backlog, read at scrape time. No tenant key; with METRICS_TOKEN set, that token as a bearer
+    token (the figures name tenants)."""
+    token = get_settings().metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+            return error_response(401, "unauthorized", "/metrics needs the METRICS_TOKEN")
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
