@@ -47,8 +47,19 @@ class Settings(BaseSettings):
     # A model archive or skops file may unpack to this much: a checkpoint as large as the
     # upload limit unpacks to about its own size (safetensors barely compress), with room.
     model_max_unpacked_bytes: int = 4 * 1024**3
+    max_model_versions: int = 100  # versions one model name keeps; more: delete old ones first
+    # An output line longer than this is that item's error line instead (a model answering
+    # 20 million numbers an item turned 2 items into 160 MB).
+    max_output_line_bytes: int = 1024 * 1024
     model_max_archive_members: int = 10_000
     max_wait_seconds: float = 60.0  # ceiling for `Prefer: wait=N`
+    # The dashboard's login form: attempts per client address, and logins per tenant, a minute.
+    ui_login_attempts_per_minute: int = Field(default=10, ge=1)
+    ui_logins_per_tenant_per_minute: int = Field(default=30, ge=1)
+    # /metrics: with a token, a scrape must send `Authorization: Bearer <token>`. Model names
+    # of tenants' own models are shown only with metrics_model_names (builtins always are).
+    metrics_token: SecretStr | None = None
+    metrics_model_names: bool = False
     # The HTTP edge (app/api/serve.py): a request head larger than this, or with more headers,
     # is a 431; a head not complete this long after the connection (or the last answer) is a
     # 408, as is a body that stops arriving for this long.

@@ -16,6 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from app import dispatch
+from app.config import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _database_families() -> list[Metric]:
             farm_stats.cap_time(session)
             statuses = farm_stats.jobs_by_status(session)
             workers = farm_stats.live_workers(session)
-            items = farm_stats.items_processed(session)
+            items = farm_stats.items_processed(session, get_settings().metrics_model_names)
             durations = farm_stats.job_durations(session)
             backlog = farm_stats.webhook_backlog(session)
             failures = farm_stats.webhook_failures(session)

@@ -7,9 +7,11 @@ that `modelfarm keys revoke`, `tenants set` and `tenants disable` raise after th
 process that sees the generation move reads the key again from PostgreSQL before it answers,
 so those commands take effect at once on every API process, not after AUTH_CACHE_SECONDS.
 
-Redis down (or a broker that is not Redis) never refuses traffic: the request is let through,
-a warning is logged once per outage, and Redis is not tried again for a few seconds, so an
-outage costs requests no timeouts. Keys then fall back to AUTH_CACHE_SECONDS.
+Redis down (or no Redis at all) never fails open: each API process then keeps the buckets in
+its own memory (so the farm-wide rate is the tenant's rate times the API processes), a warning
+is logged once per outage, `/readyz` says `rate_limits: in-process`, and Redis is not tried
+again for a few seconds, so an outage costs requests no timeouts. Keys then fall back to
+AUTH_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -121,10 +123,10 @@ async def take(
     generation, in one round trip; Decision OPEN when Redis cannot answer."""
     global _down_until
     if time.monotonic() < _down_until:
-        return OPEN
+        return _take_here(tenant_id, rate, burst)
     script = _script()
     if script is None:
-        return OPEN
+        return _take_here(tenant_id, rate, burst)
     args = ["" if rate is None else repr(float(rate)), burst_of(rate or 1.0, burst)]
     try:
         allowed, wait_ms, generation = await script(
@@ -133,13 +135,43 @@ async def take(
         )
     except (redis.RedisError, OSError):
         if time.monotonic() >= _down_until + RETRY_DOWN_SECONDS:
-            log.warning("Redis is not reachable: rate limits are not enforced", exc_info=True)
+            log.warning(
+                "Redis is not reachable: rate limits are enforced by each API process alone",
+                exc_info=True,
+            )
         _down_until = time.monotonic() + RETRY_DOWN_SECONDS
-        return OPEN
+        return _take_here(tenant_id, rate, burst)
     generation = generation.decode() if isinstance(generation, bytes) else str(generation)
     if allowed:
         return Decision(True, 0, generation)
     return Decision(False, retry_after_seconds(int(wait_ms)), generation)
+
+
+#: tenant id -> (tokens, when: time.monotonic()): the buckets of this process, used while
+#: Redis cannot answer. One entry per tenant that sent a request with a key: bounded.
+_here: dict[str, tuple[float, float]] = {}
+
+
+def _take_here(tenant_id: str, rate: float | None, burst: int | None) -> Decision:
+    """The Lua script's bucket, in this process's memory."""
+    if rate is None:
+        return OPEN
+    capacity, now = burst_of(rate, burst), time.monotonic()
+    tokens, at = _here.get(tenant_id, (float(capacity), now))
+    tokens = min(capacity, tokens + max(0.0, now - at) * rate)
+    if tokens >= 1:
+        _here[tenant_id] = (tokens - 1, now)
+        return OPEN
+    _here[tenant_id] = (tokens, now)
+    return Decision(False, retry_after_seconds(math.ceil((1 - tokens) * 1000 / rate)), None)
+
+
+def mode() -> str:
+    """Where this process's rate limits are kept now: "redis", or "in-process" (no Redis
+    configured, or it did not answer lately), for /readyz."""
+    if _redis_url() is None or time.monotonic() < _down_until:
+        return "in-process"
+    return "redis"
 
 
 def bump_generation() -> bool:

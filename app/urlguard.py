@@ -94,9 +94,13 @@ def check_url(url: str, allowlist: Allowlist) -> CheckedURL:
     if parts.username or parts.password:
         raise RefusedURL("webhook URL may not carry credentials")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError as exc:
         raise RefusedURL(f"webhook URL has a bad port: {exc}") from None
+    # Port 0 is not "the default": it was delivered to port 80 (issue 25).
+    if given is not None and not 1 <= given <= 65535:
+        raise RefusedURL(f"webhook URL has a bad port: {given} (1 to 65535)")
+    port = given if given is not None else (443 if parts.scheme == "https" else 80)
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError) as exc:

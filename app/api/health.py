@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from app import ratelimit
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
@@ -44,6 +47,8 @@ async def readyz() -> dict[str, object] | Response:
                 pool for pool, n in workers.items() if n == 0 and pool in expected
             ],
             "pools_absent": [pool for pool in workers if pool not in expected],
+            # "in-process" while Redis is away: limits hold per API process (app/ratelimit.py).
+            "rate_limits": ratelimit.mode(),
         }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
     return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")
@@ -59,7 +64,13 @@ def _live_workers() -> dict[str, int]:
     summary="Prometheus metrics",
     responses={200: {"content": {"text/plain": {}}}},
 )
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
     """The farm's Prometheus text: queue depths, live workers, items, job durations, webhook
-    backlog, read at scrape time. No key needed."""
+    backlog, read at scrape time. No tenant key; with METRICS_TOKEN set, that token as a bearer
+    token (the figures name tenants)."""
+    token = get_settings().metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+            return error_response(401, "unauthorized", "/metrics needs the METRICS_TOKEN")
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

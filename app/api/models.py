@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.api.deps import SessionDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
+from app.config import get_settings
 from app.dispatch import publish_validation
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
@@ -19,7 +20,8 @@ router = APIRouter(
 def register_model(body: ModelCreate, session: SessionDep, tenant: TenantDep) -> ModelVersionPublic:
     """The version answers `validating`; a worker checks and probes the upload and moves it to
     `ready` or `failed` (GET /v1/models/{name} shows which)."""
-    version = model_service.register_model(session, tenant, body)
+    max_versions = get_settings().max_model_versions
+    version = model_service.register_model(session, tenant, body, max_versions)
     public = model_service.version_public(body.name, version)
     # Commit first, publish second, as for jobs: a message never names a version that is not
     # in PostgreSQL, and one the broker refused is published by the sweeper.

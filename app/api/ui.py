@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+from anyio import from_thread
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -19,6 +20,8 @@ from fastapi.templating import Jinja2Templates
 
 from app import dispatch
 from app.api.deps import SessionDep
+from app.api.ui_security import DashboardGuard, login_wait
+from app.config import get_settings
 from app.models import Job, Tenant
 from app.services import dashboard, farm_stats, webhooks
 from app.services import jobs as job_service
@@ -62,6 +65,7 @@ templates.env.globals["pace"] = pace
 
 
 def install_ui(app: FastAPI) -> None:
+    app.add_middleware(DashboardGuard)  # CSP, no framing, same-origin forms (ui_security.py)
     app.mount("/ui/static", StaticFiles(directory=UI_DIR / "static"), name="ui-static")
     app.include_router(router)
 
@@ -107,11 +111,20 @@ def login_form(request: Request) -> HTMLResponse:
 def login(
     request: Request, session: SessionDep, key: Annotated[str, Form(max_length=200)] = ""
 ) -> Response:
+    settings = get_settings()
+    client = request.client.host if request.client else "unknown"
+    # Attempts per client address first (guessing keys), then logins per tenant.
+    wait = from_thread.run(login_wait, client, None, settings.ui_login_attempts_per_minute)
+    if wait:
+        return _too_many(request, wait)
     tenant = authenticate(session, key.strip()) if key.strip() else None
     if tenant is None:
         return templates.TemplateResponse(
             request, "login.html", {"error": "That API key is not valid."}, status_code=401
         )
+    wait = from_thread.run(login_wait, client, tenant.id, settings.ui_logins_per_tenant_per_minute)
+    if wait:
+        return _too_many(request, wait)
     response = RedirectResponse("/ui", status_code=303)
     response.set_cookie(
         COOKIE,
@@ -122,6 +135,13 @@ def login(
         path="/ui",
         max_age=12 * 3600,
     )
+    return response
+
+
+def _too_many(request: Request, wait: int) -> Response:
+    error = f"Too many login attempts; try again in {wait} s."
+    response = templates.TemplateResponse(request, "login.html", {"error": error}, status_code=429)
+    response.headers["Retry-After"] = str(wait)
     return response
 
 

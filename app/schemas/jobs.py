@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from app.schemas.metadata import Metadata
 from app.schemas.models import MODEL_NAME_PATTERN
 
 JobTypeName = Literal["inference", "training"]
@@ -162,9 +163,10 @@ class JobCreate(BaseModel):
     webhook: WebhookSpec | None = Field(
         default=None, description="Optional: where to send signed job events."
     )
-    metadata: dict[str, str] = Field(
+    metadata: Metadata = Field(
         default_factory=dict,
-        description="Up to 16 string keys and values of your own, returned on the job.",
+        description="Up to 16 pairs of your own (keys of at most 64 characters, values of at "
+        "most 512, as OpenAI's), returned on the job.",
         examples=[{"project": "search-index"}],
     )
     output_model: str | None = Field(
@@ -208,8 +210,6 @@ class JobCreate(BaseModel):
                 raise ValueError("`task: image-classification` trains with framework transformers")
             if self.input.file_id is None:
                 raise ValueError("training input is an uploaded file (purpose `training`)")
-        if len(self.metadata) > 16:
-            raise ValueError("metadata holds at most 16 keys")
         return self
 
 

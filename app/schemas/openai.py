@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from app.schemas.metadata import Metadata
+
 BatchStatus = Literal[
     "validating",
     "failed",
@@ -71,7 +73,7 @@ class BatchCreate(BaseModel):
     input_file_id: str = Field(max_length=100)
     endpoint: Endpoint
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata | None = None  # OpenAI's limits: 16 pairs, 64/512 characters
     webhook: BatchWebhook | None = None
     #: the farm's own (`extra_body={"deadline_seconds": 600}`): a deadline shorter than the
     #: completion window, which OpenAI only accepts as `24h`; past it the batch is `expired`

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, literal, select, text
+from sqlalchemy import ColumnElement, and_, case, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -59,22 +59,31 @@ def live_workers(session: Session) -> dict[str, int]:
     return counts
 
 
-def items_processed(session: Session) -> dict[tuple[str, str], int]:
+#: The `model` label of a tenant's own model unless the operator shows names (a scrape is
+#: not a tenant's: its model names are that tenant's business).
+TENANT_MODEL = "tenant-model"
+
+
+def items_processed(session: Session, names: bool = False) -> dict[tuple[str, str], int]:
     """Items with an output line and with an error line, per model, running jobs included
-    (their counts are recorded about once a second), so the rate moves while a job works."""
+    (their counts are recorded about once a second), so the rate moves while a job works.
+    Tenants' own models are one `tenant-model` unless `names`; builtins are always named."""
+    model: ColumnElement[str] = func.coalesce(Job.model, literal("unknown"))
+    if not names:
+        model = case((Job.model_version_id.is_(None), model), else_=literal(TENANT_MODEL))
     rows = session.execute(
         select(
-            func.coalesce(Job.model, literal("unknown")),
+            model,
             func.coalesce(func.sum(Job.counts_succeeded), 0),
             func.coalesce(func.sum(Job.counts_failed), 0),
         )
         .where(Job.type == "inference")
-        .group_by(Job.model)
+        .group_by(model)
     )
     found: dict[tuple[str, str], int] = {}
-    for model, succeeded, failed in rows:
-        found[(model, "succeeded")] = int(succeeded)
-        found[(model, "failed")] = int(failed)
+    for name, succeeded, failed in rows:
+        found[(name, "succeeded")] = int(succeeded)
+        found[(name, "failed")] = int(failed)
     return found
 
 

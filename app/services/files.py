@@ -12,6 +12,7 @@ from app.db import utcnow
 from app.ids import new_id
 from app.models import File, FilePurpose, Job, ModelVersion, Tenant, VersionStatus
 from app.models.job import TERMINAL_STATUSES
+from app.services import tenants
 from app.services.errors import Conflict, NotFound, PayloadTooLarge
 from app.storage import TooLarge, get_store
 
@@ -57,6 +58,11 @@ def create_items_file(session: Session, tenant: Tenant, items: Iterable[dict[str
     """Inline items become a JSONL input file, so every job reads its input the same way."""
     lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in items]
     body = "".join(lines).encode()
+    # Stored like an upload, so counted like one (issue 25: inline items passed the quota).
+    room = tenants.storage_room(session, tenant)
+    if room is not None and len(body) > room:
+        used = (tenant.max_storage_bytes or 0) - room
+        raise tenants.storage_exceeded(tenant, used, upload=True)
     file = create_file(session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None)
     file.items = len(lines)  # a JSON object a line: never blank, so every line is an item
     return file

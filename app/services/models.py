@@ -97,7 +97,9 @@ def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
     return ResolvedModel(found_ref, found.framework, found.task, found.id)
 
 
-def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> ModelVersion:
+def register_model(
+    session: Session, tenant: Tenant, body: ModelCreate, max_versions: int = 100
+) -> ModelVersion:
     """A new version, `validating`: only what is cheap is checked here. Reading, unpacking and
     probing the upload is a worker's (workers/tasks/validation.py), so a hostile file costs the
     API nothing; the route commits, then publishes the validation."""
@@ -112,6 +114,15 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
     if task is not None and task not in TASKS_BY_FRAMEWORK[body.framework]:
         raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
     model, version = _next_version(session, tenant.id, body.name)
+    kept = session.scalar(
+        select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model.id)
+    )
+    if (kept or 0) >= max_versions:
+        raise Conflict(
+            f"model {body.name!r} keeps {kept} versions; the limit is {max_versions} "
+            "(MAX_MODEL_VERSIONS): delete old ones first",
+            code="too_many_versions",
+        )
     mv = ModelVersion(
         model_id=model.id,
         version=version,

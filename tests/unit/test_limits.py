@@ -85,24 +85,33 @@ def test_usage_groups_and_dates() -> None:
         date_range(date(2026, 2, 1), date(2026, 1, 1))
 
 
-def test_without_redis_requests_are_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_redis_each_process_limits_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never fail open (issue 25): with Redis away the bucket is kept in this process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MODELFARM_REDIS_URL", f"redis://127.0.0.1:{port}/0")
     monkeypatch.setattr(ratelimit, "_down_until", 0.0)
+    monkeypatch.setattr(ratelimit, "_here", {})
     get_settings.cache_clear()
     try:
+        assert ratelimit.mode() == "redis"
         decision = asyncio.run(ratelimit.take("ten_x", 1.0, 1))
-        assert decision == ratelimit.OPEN
-        # Redis is left alone for a while: the next requests cost no connection attempt.
+        assert decision == ratelimit.OPEN  # the burst's one token
+        assert ratelimit.mode() == "in-process"
+        # Redis is left alone for a while: the next requests cost no connection attempt, and
+        # the tenant's bucket, empty now, refuses.
         started = time.monotonic()
-        assert asyncio.run(ratelimit.take("ten_x", 1.0, 1)) == ratelimit.OPEN
+        refused = asyncio.run(ratelimit.take("ten_x", 1.0, 1))
         assert time.monotonic() - started < 0.05
+        assert not refused.allowed and refused.retry_after == 1
+        assert asyncio.run(ratelimit.take("ten_y", 1.0, 1)).allowed  # another tenant's own
+        assert asyncio.run(ratelimit.take("ten_x", None, None)) == ratelimit.OPEN  # no limit
         assert ratelimit.bump_generation() is False
         monkeypatch.setenv("MODELFARM_REDIS_URL", "amqp://guest@127.0.0.1//")
         monkeypatch.setattr(ratelimit, "_down_until", 0.0)
         get_settings.cache_clear()
-        assert asyncio.run(ratelimit.take("ten_x", 1.0, 1)) == ratelimit.OPEN
+        assert not asyncio.run(ratelimit.take("ten_x", 1.0, 1)).allowed
+        assert ratelimit.mode() == "in-process"
     finally:
         get_settings.cache_clear()

@@ -16,7 +16,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from app.api.serve import HTTP_PROTOCOL, NoDelayHTTPProtocol
+from app.api.serve import HTTP_PROTOCOL, BoundedHTTPProtocol
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:  # never called: no request is sent
@@ -52,7 +52,7 @@ async def _accepted_nodelay(protocol_class: type[asyncio.Protocol]) -> int:
 
 
 @pytest.mark.parametrize(
-    ("protocol_class", "nodelay"), [(NoDelayHTTPProtocol, True), (H11Protocol, False)]
+    ("protocol_class", "nodelay"), [(BoundedHTTPProtocol, True), (H11Protocol, False)]
 )
 def test_accepted_sockets_send_without_waiting(
     protocol_class: type[asyncio.Protocol], nodelay: bool
@@ -63,4 +63,4 @@ def test_accepted_sockets_send_without_waiting(
 def test_the_cli_serves_with_it() -> None:
     from uvicorn.importer import import_from_string
 
-    assert import_from_string(HTTP_PROTOCOL) is NoDelayHTTPProtocol
+    assert import_from_string(HTTP_PROTOCOL) is BoundedHTTPProtocol

@@ -98,3 +98,12 @@ def test_schedule_setting_is_checked() -> None:
     assert len(delays) == 7 and sum(delays) == 27 * 3600 + 35 * 60 + 5
     with pytest.raises(ValueError, match="WEBHOOK_RETRY_SCHEDULE"):
         Settings(webhook_retry_schedule="5,soon")
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_a_webhook_port_that_is_no_port_is_refused(port: int) -> None:
+    from app.urlguard import Allowlist, RefusedURL, check_url
+
+    with pytest.raises(RefusedURL, match="bad port"):
+        check_url(f"http://127.0.0.1:{port}/hook", Allowlist.parse("127.0.0.1"))
+    assert check_url("http://127.0.0.1:1/hook", Allowlist.parse("127.0.0.1")).port == 1

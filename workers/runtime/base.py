@@ -78,6 +78,8 @@ class RunOptions:
     batch_size: int = 64  #: max items per micro-batch
     max_chars: int = 20000  #: longer text inputs are ItemError("input_too_long", ...)
     max_line_bytes: int = 1024 * 1024  #: longer input lines are ItemError("line_too_long", ...)
+    #: a longer output line is that item's error line ("output_too_large") instead
+    max_output_bytes: int = 1024 * 1024
     #: asked before every micro-batch; True makes run() raise Stopped (a cancel, a lost lease)
     should_stop: Callable[[], bool] | None = field(default=None, compare=False)
     #: told each text's token count (what the model reads, special tokens included) when a

@@ -126,6 +126,12 @@ def output_line(custom_id: Any, output: Any) -> bytes:
     return b'{"custom_id":' + head + b',"output":' + dump_json(output) + b"}\n"
 
 
+def too_large(size: int, options: RunOptions) -> tuple[str, str]:
+    """(code, message) of an output line over the limit."""
+    limit = options.max_output_bytes
+    return "output_too_large", f"the output line is {size} bytes; the limit is {limit}"
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) <= 200 else text[:200] + "..."
@@ -269,10 +275,17 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             line = error_line(item.custom_id, output.code, output.message, item.number)
         else:
             try:
-                outputs.append(output_line(item.custom_id, output))
+                written = output_line(item.custom_id, output)
             except (ValueError, TypeError):
                 message = "the model produced a value that is not valid JSON (NaN or infinity)"
                 line = error_line(item.custom_id, "invalid_output", message, item.number)
+            else:
+                if len(written) <= options.max_output_bytes:
+                    outputs.append(written)
+                else:  # one item's answer must not make a result file of any size
+                    line = error_line(
+                        item.custom_id, *too_large(len(written), options), item.number
+                    )
         if line is not None:
             errors.append((item.number, line))
     errors.sort(key=lambda pair: pair[0])  # the error file keeps input order too

@@ -30,6 +30,7 @@ from workers.runtime.items import (
     json_error_words,
     parse_line,
     run_isolated,
+    too_large,
 )
 from workers.runtime.openai_errors import RequestError, error_body
 from workers.runtime.tokens import json_type
@@ -200,16 +201,17 @@ class OpenAIRequests:
                 body = self._body(request, results[start:end], tokens[start:end])
                 line_id, req_id = _ids()
                 response = {"status_code": 200, "request_id": req_id, "body": body}
-                outputs.append(
-                    dump_line(
-                        {
-                            "id": line_id,
-                            "custom_id": request.custom_id,
-                            "response": response,
-                            "error": None,
-                        }
-                    )
+                written = dump_line(
+                    {
+                        "id": line_id,
+                        "custom_id": request.custom_id,
+                        "response": response,
+                        "error": None,
+                    }
                 )
+                if len(written) > options.max_output_bytes:
+                    raise RequestError(500, *too_large(len(written), options))
+                outputs.append(written)
             except RequestError as exc:
                 exc.custom_id = request.custom_id
                 errors.append((request.number, error_line(request.number, exc)))

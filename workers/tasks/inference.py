@@ -458,6 +458,7 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
         params=dict(job.params),
+        max_output_bytes=settings.max_output_line_bytes,
     )
     if spec.task.startswith("image-"):
         options = image_options(options, job.params)

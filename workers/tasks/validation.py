@@ -90,6 +90,7 @@ def _check_and_store(
         )
         task, info = check_sklearn(upload, claim.task, settings.model_max_unpacked_bytes, widths)
         uri = f"{folder}/model.skops"
+        info["stored_bytes"] = upload.stat().st_size  # its copy counts against the quota
         with open(upload, "rb") as f:
             store.write_file(uri, f)
     else:
@@ -105,6 +106,8 @@ def _check_and_store(
             )
             limits = ModelLimits(settings.model_max_parameters, settings.model_max_bytes)
             info.update(check_transformers(root, task, limits))  # before anything is built
+            # The unpacked copy is what the tenant stores: counted against its quota.
+            info["stored_bytes"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
             if uri.startswith("file:"):
                 shutil.copytree(root, store.local_path(uri), dirs_exist_ok=True)
             else:
