@@ -92,6 +92,8 @@ class InferenceParams(BaseModel):
     labels: list[str] | None = Field(default=None, min_length=1, max_length=100)
     multi_label: bool | None = None
     hypothesis_template: str | None = Field(default=None, max_length=500)
+    # fp32 (the default), bf16 or int8, where the model offers it (docs/decisions/0017)
+    precision: Literal["fp32", "bf16", "int8"] | None = None
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

@@ -10,6 +10,7 @@ never name a path.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,32 @@ def unpack_archive(
     if not any(n.endswith(".safetensors") for n in names):
         raise ModelRefused("invalid_archive", "the model archive has no .safetensors weights")
     return root, {"files": sorted(files)}
+
+
+def precisions(spec: ModelSpec, scratch: Path, default: str) -> dict[str, Any]:
+    """Each precision's fidelity to fp32 on a probe set (workers/runtime/precision.py), and
+    the version's default precision, which must be one offered."""
+    measured: dict[str, Any] = {"fp32": {"offered": True}}
+    kind = {"feature-extraction": "embedding", "text-classification": "text-classification"}
+    if spec.framework != "sklearn" and spec.task in kind:
+        from workers.runtime.precision import measure
+
+        try:
+            measured = measure(
+                kind[spec.task],
+                lambda: load_runner(spec),
+                lambda: load_runner(replace(spec, precision="bf16")),
+                scratch,
+            )
+        except (ModelLoadError, ItemError) as exc:
+            raise ModelRefused("invalid_model", f"measuring precisions failed: {exc}") from None
+    if not measured.get(default, {}).get("offered"):
+        raise ModelRefused(
+            "invalid_model",
+            f"precision {default!r} is not offered for this model: "
+            f"{measured.get(default, 'it serves fp32 only')}",
+        )
+    return {"precisions": measured, "default_precision": default}
 
 
 def probe(spec: ModelSpec, info: dict[str, Any]) -> None:

@@ -23,7 +23,13 @@ from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
 from workers.reliability import db_retry, new_owner, owner_is_dead
 from workers.runtime.base import ModelSpec, without_paths
-from workers.runtime.validation import ModelRefused, check_sklearn, probe, unpack_archive
+from workers.runtime.validation import (
+    ModelRefused,
+    check_sklearn,
+    precisions,
+    probe,
+    unpack_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,9 @@ def _check_and_store(
         path=str(store.local_path(uri)),
     )
     probe(spec, info)
+    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.data_dir / "tmp", prefix="precision-") as tmp:
+        info.update(precisions(spec, Path(tmp), claim.default_precision))
     return task, uri, info
 
 
