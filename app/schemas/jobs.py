@@ -107,6 +107,8 @@ class InferenceParams(BaseModel):
     # A synchronous generation request's `stream: true`: its worker publishes the text as it
     # is decoded (app/api/openai/streams.py), on a channel named after the job.
     stream: bool | None = None
+    # fp32 (the default), bf16 or int8, where the model offers it (docs/decisions/0017)
+    precision: Literal["fp32", "bf16", "int8"] | None = None
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

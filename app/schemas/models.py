@@ -37,6 +37,12 @@ class ModelCreate(BaseModel):
         description="The uploaded file (purpose `model`): a skops file or an archive.",
         examples=["file_8f2c1e0a9b7d4c3e"],
     )
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        default="fp32",
+        description="What jobs that name no `params.precision` run at; validation refuses "
+        "the version if this precision is not offered (too far from fp32).",
+        examples=["int8"],
+    )
 
 
 class ErrorBody(BaseModel):

@@ -33,7 +33,7 @@ from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import heartbeats, webhooks
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
-from app.services.models import resolve_model
+from app.services.models import resolve_model, with_precision
 from app.services.pace import pace
 from app.services.tenants import check_job_quota, tenant_cap
 from app.storage import get_store
@@ -95,7 +95,8 @@ def create_job(
     else:
         assert body.model is not None  # JobCreate guarantees it for inference
         resolved = resolve_model(session, tenant, body.model)
-        model_ref, version_id, params = resolved.ref, resolved.version_id, body.params
+        params = with_precision(resolved, body.params)
+        model_ref, version_id = resolved.ref, resolved.version_id
         input_file = _inference_input(session, tenant, body, max_inline_items, lines)
     queue, notice = pick_queue(session, body.device)
     job = Job(

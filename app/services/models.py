@@ -49,6 +49,8 @@ class ResolvedModel:
     framework: str
     task: str
     version_id: str | None  # None for a builtin model
+    precisions: tuple[str, ...] = ("fp32",)  #: what a job may choose
+    default_precision: str = "fp32"  #: what a job that chooses none runs at
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -68,7 +70,9 @@ def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
         if version not in (None, BUILTIN_MODELS[name].version):
             raise NotFound(f"no model {ref!r}: builtin {name!r} has one version")
         builtin = BUILTIN_MODELS[name]
-        return ResolvedModel(builtin.ref(name), builtin.framework, builtin.task, None)
+        return ResolvedModel(
+            builtin.ref(name), builtin.framework, builtin.task, None, builtin.precisions
+        )
     query = (
         select(ModelVersion)
         .join(Model)
@@ -94,7 +98,30 @@ def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
         reason = (found.error or {}).get("message", "validation failed")
         raise ModelFailed(f"model {found_ref} failed validation and cannot serve jobs: {reason}")
     assert found.task is not None  # a ready version always knows its task
-    return ResolvedModel(found_ref, found.framework, found.task, found.id)
+    measured = (found.info or {}).get("precisions") or {}
+    offered = tuple(p for p, m in measured.items() if m.get("offered")) or ("fp32",)
+    default = (found.info or {}).get("default_precision", "fp32")
+    return ResolvedModel(found_ref, found.framework, found.task, found.id, offered, default)
+
+
+class PrecisionNotOffered(InvalidRequest):
+    code = "precision_not_offered"
+
+
+def with_precision(resolved: ResolvedModel, params: dict[str, Any]) -> dict[str, Any]:
+    """The job's params with the precision it runs at: its own choice, which the model must
+    offer, or the version's default (written into the params, so the job records it)."""
+    chosen = params.get("precision")
+    if chosen is None:
+        if resolved.default_precision == "fp32":
+            return params
+        return {**params, "precision": resolved.default_precision}
+    if chosen not in resolved.precisions:
+        raise PrecisionNotOffered(
+            f"model {resolved.ref} does not offer precision {chosen!r} (offered: "
+            f"{', '.join(resolved.precisions)}; GET /v1/models shows each one's fidelity)"
+        )
+    return params
 
 
 def register_model(
@@ -130,7 +157,8 @@ def register_model(
         task=task,  # a scikit-learn task left out is read from the estimator
         file_id=file.id,
         uri=None,
-        info={},
+        # read by the validation, which replaces the info with what it measured
+        info={"default_precision": body.precision},
         status=VersionStatus.VALIDATING,
         attempts=0,
         dispatched_at=utcnow(),  # taken back by the route when the broker refuses the message
@@ -220,7 +248,7 @@ def _builtin_public(name: str) -> ModelPublic:
         framework=builtin.framework,
         task=builtin.task,
         file_id=None,
-        info={},
+        info={"precisions": {p: {"offered": True} for p in builtin.precisions}},
         status=VersionStatus.READY,
         error=None,
         created_at=None,

@@ -37,6 +37,8 @@ class ValidationClaim:
     #: the version has just failed (attempts spent, upload gone): nothing to check, only the
     #: folders of earlier attempts (dead ones: their leases are gone) to clear away
     ended: bool = False
+    #: what the version's jobs run at unless they choose; it must be offered to be ready
+    default_precision: str = "fp32"
 
 
 def lease_owner(session: Session, version_id: str) -> str | None:
@@ -115,6 +117,7 @@ def claim_validation(
         upload_uri=upload_uri,
         attempt=attempts,
         ended=ended,
+        default_precision=str((mv.info or {}).get("default_precision", "fp32")),
     )
 
 

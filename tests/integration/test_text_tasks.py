@@ -136,3 +136,59 @@ def test_rerank_ner_and_zero_shot_jobs_equal_transformers(
     (err,) = read_lines(client, batch["error_file_id"])
     assert err["response"]["status_code"] == 400 and err["error"]["code"] == "empty_input"
     oai.close()
+
+
+def test_precision_is_measured_at_validation_shown_and_chosen_per_job(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests.factories import make_tiny_feature_extractor
+    from workers.runtime.precision import PROBE
+
+    path = make_tiny_feature_extractor(tmp_path / "fe", seed=6)
+    archive = upload(client, tar_of(path), purpose="model", name="fe.tar.gz")
+    body = {"name": "fe", "framework": "transformers", "task": "feature-extraction"}
+    version = register_model(client, {**body, "file_id": archive["id"], "precision": "int8"})
+    # fp32 reference in-process: the model called directly, mean-pooled and normalised.
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    import torch
+
+    with torch.inference_mode():
+        batch = tokenizer(PROBE, padding=True, truncation=True, max_length=512, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    version = wait_model(client, version)
+    measured = version["info"]["precisions"]
+    assert version["status"] == "ready", version  # this seed's model quantises well
+    assert measured["int8"]["offered"] and measured["fp32"] == {"offered": True}
+    assert version["info"]["default_precision"] == "int8"
+    assert version["status"] == "ready" and version["info"]["default_precision"] == "int8"
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed["fe"]["versions"][0]["info"]["precisions"] == measured
+
+    rows = [{"custom_id": i, "input": text} for i, text in enumerate(PROBE)]
+    runs = {}
+    for chosen in (None, "int8", "bf16", "fp32"):
+        params = {} if chosen is None else {"precision": chosen}
+        if chosen is not None and not measured[chosen]["offered"]:
+            refused = client.post(
+                "/v1/jobs", json={"model": "fe", "input": {"items": rows[:2]}, "params": params}
+            )
+            assert (
+                refused.status_code == 422
+                and refused.json()["error"]["code"] == "precision_not_offered"
+            )
+            continue
+        job = run_job(client, "fe", rows, params=params)
+        assert job["params"]["precision"] == (chosen or "int8"), job  # the default is recorded
+        lines = sorted(read_lines(client, job["output_file_id"]), key=lambda r: r["custom_id"])
+        vectors = np.asarray([line["output"] for line in lines], dtype=np.float64)
+        runs[chosen] = float((vectors * reference.numpy()).sum(1).mean())
+    # What validation recorded is what the farm's jobs give, measured again here.
+    assert runs["int8"] == pytest.approx(measured["int8"]["mean_cosine"], abs=1e-3)
+    assert runs[None] == runs["int8"]
+    assert runs["fp32"] == pytest.approx(1.0, abs=1e-5)
+    if "bf16" in runs:
+        assert runs["bf16"] == pytest.approx(measured["bf16"]["mean_cosine"], abs=1e-3)

@@ -118,8 +118,8 @@ def test_a_published_graph_is_reused_without_exporting(
 
 def test_two_workers_publishing_one_graph_keep_the_first(tmp_path: Path) -> None:
     folder = tmp_path / "graph"
-    onnx_backend._publish(folder, lambda tmp: (tmp / "runner.json").write_text("first"))
-    onnx_backend._publish(folder, lambda tmp: (tmp / "runner.json").write_text("second"))
+    onnx_backend.publish(folder, lambda tmp: (tmp / "runner.json").write_text("first"))
+    onnx_backend.publish(folder, lambda tmp: (tmp / "runner.json").write_text("second"))
     assert (folder / "runner.json").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["graph"]  # no temporary folder left
 

@@ -59,7 +59,8 @@ class ModelSpec:
     #: text models on ONNX Runtime: the local folder of this version's graph (made if absent)
     graph_dir: str | None = None
     #: text models on torch: "fp32", or "mixed" (autocast: fp16 on CUDA, bf16 on a CPU that
-    #: stands in for a GPU through the device override); the GPU pool runs mixed
+    #: stands in for a GPU through the device override); the GPU pool runs mixed. A job may
+    #: choose "fp32", "bf16" (torch autocast) or "int8" (ONNX Runtime): runtime/precision.py
     precision: str = "fp32"
 
 

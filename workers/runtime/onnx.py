@@ -89,7 +89,7 @@ def load(kind: str, spec: ModelSpec, load_torch: Callable[[], Any]) -> Runner:
     except ExportRefused as exc:
         log.warning("ONNX graph for %s refused, using torch: %s", spec.key, exc)
         refusal = json.dumps({"reason": str(exc)})
-        _publish(folder, lambda tmp: (tmp / "refused.json").write_text(refusal))
+        publish(folder, lambda tmp: (tmp / "refused.json").write_text(refusal))
         return _fallback(torch_runner, str(exc))
     log.info("ONNX graph for %s exported and checked: %s", spec.key, report)
     return open_runner(folder, spec.device)
@@ -141,7 +141,7 @@ def export(torch_runner: Any, kind: str, folder: Path) -> dict[str, Any]:
         report.update(_compare(torch_runner, _runner(tmp, report, "cpu"), options))
         (tmp / "runner.json").write_text(json.dumps(report, indent=2))
 
-    _publish(folder, write)
+    publish(folder, write)
     return report
 
 
@@ -178,7 +178,7 @@ def _as_matrix(outputs: list[Any]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _publish(folder: Path, write: Callable[[Path], Any]) -> None:
+def publish(folder: Path, write: Callable[[Path], Any]) -> None:
     """Write a graph folder under a temporary name, then rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

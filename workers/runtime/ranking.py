@@ -103,8 +103,13 @@ def pair_scores(
 
 def prepare_embedding_item(value: Any, options: RunOptions, check_text: CheckText) -> Any:
     """An embedding model's item: a text, or a rank item scored by cosine."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) and ("query" in value or "documents" in value):
         return read_rank_item(value, options, check_text)
+    if isinstance(value, dict):
+        raise ItemError(
+            "invalid_input_type",
+            "input must be a string, or {query, documents, top_n} to rank, not another object",
+        )
     return check_text(value, options)
 
 

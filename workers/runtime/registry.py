@@ -81,7 +81,12 @@ def load_runner(spec: ModelSpec) -> Runner:
                 return text.load_embedding_runner(spec.path, spec.device, spec.precision)
             return text.load_text_classifier(spec.path, spec.device, spec.precision)
 
-        if spec.backend == "onnx" and spec.graph_dir and kind not in _TORCH_ONLY:
+        if spec.precision == "int8":  # workers/runtime/precision.py
+            from workers.runtime import precision
+
+            return precision.load_int8(kind, spec, load_torch)  # type: ignore[no-any-return]
+        onnx_runs = kind not in _TORCH_ONLY and spec.precision != "bf16"  # bf16: torch's
+        if spec.backend == "onnx" and spec.graph_dir and onnx_runs:
             from workers.runtime import onnx
 
             return onnx.load(kind, spec, load_torch)

@@ -67,6 +67,8 @@ class _TextRunner(TextInputs):
         if self.precision == "mixed":
             half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
             stack.enter_context(torch.autocast(device_type=self.device.type, dtype=half))
+        elif self.precision == "bf16":  # chosen by the user (workers/runtime/precision.py)
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
         return stack
 
     def _tensors(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:

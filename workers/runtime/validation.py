@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import resource
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,30 @@ def memory_limit(extra_bytes: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+def precisions(spec: ModelSpec, scratch: Path, default: str) -> dict[str, Any]:
+    """Each precision's fidelity to fp32 on a probe set (workers/runtime/precision.py), and
+    the version's default precision, which must be one offered."""
+    measured: dict[str, Any] = {"fp32": {"offered": True}}
+    kind = {"feature-extraction": "embedding", "text-classification": "text-classification"}
+    if spec.framework != "sklearn" and spec.task in kind:
+        from workers.runtime.precision import measure
+
+        try:
+            measured = measure(
+                kind[spec.task],
+                lambda: load_runner(spec),
+                lambda: load_runner(replace(spec, precision="bf16")),
+                scratch,
+            )
+        except (ModelLoadError, ItemError) as exc:
+            raise ModelRefused("invalid_model", f"measuring precisions failed: {exc}") from None
+    if not measured.get(default, {}).get("offered"):
+        raise ModelRefused(
+            "invalid_model",
+            f"precision {default!r} is not offered for this model: "
+            f"{measured.get(default, 'it serves fp32 only')}",
+        )
+    return {"precisions": measured, "default_precision": default}
 
 
 def probe(spec: ModelSpec, info: dict[str, Any]) -> None:

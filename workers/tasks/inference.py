@@ -268,6 +268,7 @@ class VersionRef:
     framework: str
     task: str
     uri: str
+    precision: str | None = None  #: the job's params.precision (None: the process's own)
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,8 @@ class ShardPlan:
         if isinstance(self.model, ModelSpec):
             return self.model
         ref = self.model
-        return state.current().version(ref.key, ref.framework, ref.task, ref.uri)
+        spec = state.current().version(ref.key, ref.framework, ref.task, ref.uri)
+        return spec if ref.precision is None else replace(spec, precision=ref.precision)
 
 
 def run_shard(job_id: str, index: int, worker: str) -> None:
@@ -443,6 +445,8 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     process = state.current()
     if job.model_version_id is None:
         spec: ModelSpec | VersionRef = process.builtin((job.model or "").partition("@")[0])
+        if job.params.get("precision"):  # chosen by the job (docs/decisions/0017)
+            spec = replace(spec, precision=job.params["precision"])
     else:
         # Only named here: fetching it from the store (S3, say) waits until the claim's
         # transaction has ended, so no row lock is held over network I/O.
@@ -450,7 +454,11 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         # A job is only ever created against a ready version, which has both.
         assert version.task is not None and version.uri is not None
         spec = VersionRef(
-            f"{job.tenant_id}/{job.model}", version.framework, version.task, version.uri
+            f"{job.tenant_id}/{job.model}",
+            version.framework,
+            version.task,
+            version.uri,
+            job.params.get("precision"),
         )
     options = RunOptions(
         batch_tokens=int(job.params.get("batch_tokens") or process.batch_tokens),

@@ -31,6 +31,7 @@ from workers.runtime.validation import (
     check_sklearn,
     check_transformers,
     memory_limit,
+    precisions,
     probe,
     unpack_archive,
 )
@@ -120,6 +121,9 @@ def _check_and_store(
         path=str(store.local_path(uri)),
     )
     probe(spec, info)
+    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.data_dir / "tmp", prefix="precision-") as tmp:
+        info.update(precisions(spec, Path(tmp), claim.default_precision))
     return task, uri, info
 
 

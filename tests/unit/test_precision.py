@@ -1,0 +1,98 @@
+"""Precisions a user chooses: int8 (ONNX Runtime dynamic quantisation) and bf16 (torch
+autocast), each measured against fp32 and refused below its floor."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from tests.factories import make_tiny_text_classifier
+from workers.builtins import builtin_spec
+from workers.runtime import ModelLoadError, ModelSpec, load_runner, precision
+from workers.runtime.onnx import GRAPH_NAME
+from workers.runtime.validation import ModelRefused, precisions
+
+
+def _mean_cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
+
+
+def test_minilm_int8_is_close_to_encode_and_records_what_it_measured(tmp_path: Path) -> None:
+    graph = tmp_path / "minilm-onnx" / GRAPH_NAME
+    spec = replace(builtin_spec("minilm"), backend="onnx", graph_dir=str(graph), precision="int8")
+    runner = load_runner(spec)
+    assert runner.backend == "onnx"  # type: ignore[attr-defined]
+    report = json.loads((precision.int8_folder(str(graph)) / "runner.json").read_text())
+    assert report["precision"] == "int8" and report["fidelity"]["offered"] is True
+    # Measured again here, against sentence-transformers rather than the farm's own fp32 graph.
+    reference = SentenceTransformer(spec.path, device="cpu").encode(
+        precision.PROBE, normalize_embeddings=True
+    )
+    again = _mean_cosine(precision.outputs(runner), reference)
+    assert again >= precision.MIN_COSINE
+    assert again == pytest.approx(report["fidelity"]["mean_cosine"], abs=1e-3)
+    # The next load reuses the published graph rather than quantising again.
+    assert load_runner(spec).session is not None  # type: ignore[attr-defined]
+
+
+def test_a_quantised_graph_below_its_floor_is_refused_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_tiny_text_classifier(tmp_path / "clf", ["neg", "pos", "mid"], seed=2)
+    graph = tmp_path / "clf-onnx" / GRAPH_NAME
+    spec = ModelSpec(
+        key="clf",
+        framework="transformers",
+        task="text-classification",
+        path=str(model),
+        backend="onnx",
+        graph_dir=str(graph),
+        precision="int8",
+    )
+    monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)  # no graph can reach it
+    with pytest.raises(ModelLoadError, match="int8 is not offered"):
+        load_runner(spec)
+    assert (precision.int8_folder(str(graph)) / "refused.json").is_file()
+    monkeypatch.setattr(precision, "MIN_AGREEMENT", 0.0)  # the refusal stands: not redone
+    with pytest.raises(ModelLoadError, match="int8 is not offered"):
+        load_runner(spec)
+    # fp32 on the same version is untouched by the refusal.
+    assert load_runner(replace(spec, precision="fp32")).backend == "onnx"  # type: ignore[attr-defined]
+
+
+def test_validation_measures_each_precision_and_refuses_a_default_not_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_tiny_text_classifier(tmp_path / "clf", ["neg", "pos"], seed=1)
+    spec = ModelSpec(key="v", framework="transformers", task="text-classification", path=str(model))
+    (tmp_path / "a").mkdir()
+    info = precisions(spec, tmp_path / "a", "fp32")
+    measured = info["precisions"]
+    assert set(measured) == {"fp32", "bf16", "int8"}
+    for name in ("bf16", "int8"):
+        agreement = measured[name]["label_agreement"]
+        assert 0.0 <= agreement <= 1.0
+        assert measured[name]["offered"] is (agreement >= precision.MIN_AGREEMENT)
+    # bf16 measured again: the same runner kinds on the same probe give the same figure.
+    fp32 = precision.outputs(load_runner(spec))
+    bf16 = precision.outputs(load_runner(replace(spec, precision="bf16")))
+    assert precision.fidelity("text-classification", fp32, bf16) == measured["bf16"]
+
+    monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ModelRefused, match="precision 'int8' is not offered"):
+        precisions(spec, tmp_path / "b", "int8")
+
+
+def test_other_tasks_and_sklearn_serve_fp32_only(tmp_path: Path) -> None:
+    spec = ModelSpec(key="s", framework="sklearn", task="classification", path="unused")
+    assert precisions(spec, tmp_path, "fp32")["precisions"] == {"fp32": {"offered": True}}
+    with pytest.raises(ModelRefused):
+        precisions(spec, tmp_path, "bf16")

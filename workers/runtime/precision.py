@@ -1,0 +1,176 @@
+"""Precisions a user may choose for a text encoder or classifier, and what each costs.
+
+- `fp32`: the default, equal to in-process transformers (within 1e-4).
+- `bf16`: torch with its matrix products autocast to bfloat16 (AMX / AVX-512 BF16 on CPUs that
+  have them; a CPU without them emulates it, slowly).
+- `int8`: ONNX Runtime's dynamic quantisation of the version's fp32 graph (weights int8,
+  activations quantised per batch at run time: VNNI's integer products on this CPU).
+
+A precision is only offered when it stays close to fp32 on PROBE (docs/decisions/0017):
+embeddings' mean cosine to fp32's vectors >= MIN_COSINE, a classifier's labels equal to fp32's
+on >= MIN_AGREEMENT of the probe. The worker that quantises a graph checks it the same way
+before publishing it (as workers/runtime/onnx.py checks an fp32 export), and validation
+records each precision's figures in the version's info.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.runtime.base import ModelLoadError, ModelSpec, RunOptions
+
+PRECISIONS = ("fp32", "bf16", "int8")
+#: the model kinds (workers/runtime/registry.py) that may run at another precision than fp32
+KINDS = ("embedding", "text-classification")
+MIN_COSINE = 0.99
+MIN_AGREEMENT = 0.98
+INT8_SUFFIX = "-int8"  #: the int8 graph's folder: the fp32 graph's name with this added
+
+_WORDS = (
+    "the a model farm batch job worker queue embedding vector sentence token cluster data "
+    "server request result answer question river mountain city night morning coffee table "
+    "quickly slowly carefully around between under over through system process memory cache "
+    "great terrible happy sad price quality delivery broken excellent refund love hate"
+).split()
+
+
+def _probe() -> list[str]:
+    rng = random.Random(17)
+    lengths = [3, 5, 8, 12, 20, 40, 90] * 7 + [250]
+    texts = [" ".join(rng.choice(_WORDS) for _ in range(k)).capitalize() + "." for k in lengths]
+    return texts + [
+        "Une phrase en français, avec des accents: é, è, à, ç.",
+        "数字 123 and symbols #@! mixed in one line",
+        "ok",
+    ]
+
+
+#: 53 texts: mixed lengths (one past every model's limit), non-ASCII, very short
+PROBE = _probe()
+
+
+def fidelity(kind: str, reference: list[Any], outputs: list[Any]) -> dict[str, Any]:
+    """How close `outputs` are to fp32's `reference` on the same texts, and whether that is
+    close enough to offer."""
+    if kind == "embedding":
+        a = np.asarray(reference, dtype=np.float64)
+        b = np.asarray(outputs, dtype=np.float64)
+        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        cosines = (a * b).sum(axis=1) / norms
+        mean = round(float(cosines.mean()), 6)
+        return {
+            "mean_cosine": mean,
+            "min_cosine": round(float(cosines.min()), 6),
+            "offered": mean >= MIN_COSINE,
+        }
+    same = [r["label"] == o["label"] for r, o in zip(reference, outputs, strict=True)]
+    agreement = round(sum(same) / len(same), 6)
+    return {"label_agreement": agreement, "offered": agreement >= MIN_AGREEMENT}
+
+
+def outputs(runner: Any) -> list[Any]:
+    options = RunOptions()
+    return list(runner.run([runner.prepare(t, options) for t in PROBE], options))
+
+
+def int8_folder(graph_dir: str) -> Path:
+    folder = Path(graph_dir)
+    return folder.with_name(folder.name + INT8_SUFFIX)
+
+
+def load_int8(kind: str, spec: ModelSpec, load_torch: Callable[[], Any]) -> Any:
+    """The int8 runner of a version: its fp32 graph (exported first if no worker has),
+    quantised and checked by the first worker that needs it, then reused. ModelLoadError when
+    the graph or its quantisation was refused."""
+    from workers.runtime import onnx
+
+    if kind not in KINDS or spec.graph_dir is None or spec.device != "cpu":
+        raise ModelLoadError(
+            "int8 serves text encoders and classifiers on CPU workers (ONNX Runtime) only"
+        )
+    fp32 = onnx.load(kind, replace(spec, precision="fp32"), load_torch)
+    if getattr(fp32, "backend", None) != "onnx":
+        reason = getattr(fp32, "fallback_reason", None)
+        raise ModelLoadError(f"int8 needs the model's ONNX graph: {reason}")
+    del fp32
+    fp32_folder, folder = Path(spec.graph_dir), int8_folder(spec.graph_dir)
+
+    if (folder / "model.onnx").is_file():
+        return onnx.open_runner(folder, spec.device)
+    if (folder / "refused.json").is_file():
+        reason = json.loads((folder / "refused.json").read_text())["reason"]
+        raise ModelLoadError(f"int8 is not offered for this model: {reason}")
+    reference = outputs(onnx.open_runner(fp32_folder, "cpu"))
+    refusal: list[str] = []
+
+    def write(tmp: Path) -> None:
+        report = quantize(kind, fp32_folder, tmp, reference)
+        if not report["fidelity"]["offered"]:
+            refusal.append(f"too far from fp32 on the probe: {report['fidelity']}")
+            for name in list(tmp.iterdir()):
+                name.unlink()
+            (tmp / "refused.json").write_text(json.dumps({"reason": refusal[0]}))
+
+    onnx.publish(folder, write)
+    if refusal:
+        raise ModelLoadError(f"int8 is not offered for this model: {refusal[0]}")
+    return onnx.open_runner(folder, spec.device)
+
+
+def quantize(kind: str, fp32_folder: Path, tmp: Path, reference: list[Any]) -> dict[str, Any]:
+    """Write the int8 graph of `fp32_folder` into `tmp` (with its tokenizer and a runner.json
+    holding its fidelity to fp32 on PROBE) and return that report."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from workers.runtime import onnx
+
+    for path in fp32_folder.iterdir():
+        if path.is_file() and path.name != "model.onnx":
+            shutil.copyfile(path, tmp / path.name)
+    quantize_dynamic(
+        str(fp32_folder / "model.onnx"),
+        str(tmp / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        # MatMuls only, weights per output channel: measured on all-MiniLM-L6-v2 (decision
+        # 0017), all quantised ops per tensor kept a mean cosine of 0.96, this 0.993
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+    )
+    report = json.loads((tmp / "runner.json").read_text())
+    report["precision"] = "int8"
+    report["fidelity"] = fidelity(kind, reference, outputs(onnx.open_runner(tmp, "cpu")))
+    (tmp / "runner.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def measure(
+    kind: str, load_fp32: Callable[[], Any], load_bf16: Callable[[], Any], scratch: Path
+) -> dict[str, Any]:
+    """Every precision's fidelity to fp32 on PROBE, as validation records it in a version's
+    info: {"fp32": {...}, "bf16": {...}, "int8": {...}}, each with `offered`."""
+    from workers.runtime import onnx
+
+    torch_fp32 = load_fp32()
+    reference = outputs(torch_fp32)
+    report: dict[str, Any] = {"fp32": {"offered": True}}
+    if kind not in KINDS:
+        return report
+    report["bf16"] = fidelity(kind, reference, outputs(load_bf16()))
+    graph = scratch / "fp32"
+    try:
+        onnx.export(torch_fp32, kind, graph)
+    except onnx.ExportRefused as exc:
+        report["int8"] = {"offered": False, "reason": f"no ONNX graph: {exc}"}
+        return report
+    int8 = scratch / "int8"
+    int8.mkdir()
+    report["int8"] = quantize(kind, graph, int8, reference)["fidelity"]
+    return report
