@@ -169,14 +169,37 @@ def run_generate(
 # -- (d) llama.cpp ----------------------------------------------------------------------------
 
 
+def no_repack() -> None:
+    """llama.cpp's weight repacking for AMX crashes its first decode on this machine's CPU (a
+    segmentation fault in llama_decode, high-level API or not); its `use_extra_bufts` model
+    parameter turns it off, and `Llama` does not expose it, so its defaults are wrapped."""
+    import llama_cpp
+
+    low = llama_cpp.llama_cpp
+    if getattr(low, "_bench_no_repack", False):
+        return
+    original = low.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = defaults
+    low._bench_no_repack = True
+
+
 def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
     """llama-cpp-python's chat completion, one prompt at a time; None when it is not installed
     (an optional extra: docs/generation.md says how to add it)."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    no_repack()
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False
+    )
     llm.create_chat_completion(messages=prompts[0].messages, max_tokens=4)  # warm-up
     tokens = 0
     start = time.perf_counter()
