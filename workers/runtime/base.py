@@ -8,7 +8,7 @@ prepared items at once, which is where batching pays.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,8 +43,10 @@ class ModelSpec:
     """Everything needed to load one model version in a worker process."""
 
     key: str  #: cache key, e.g. "minilm@1" or "ten_x/my-clf@2"
-    framework: str  #: "sentence-transformers" | "transformers" | "sklearn"
-    task: str  #: "feature-extraction" | "text-classification" | "classification" | "regression"
+    framework: str  #: "sentence-transformers" | "transformers" | "sklearn" | "gguf"
+    #: "feature-extraction" | "text-classification" | "classification" | "regression" |
+    #: "text-generation"
+    task: str
     path: str  #: a model directory (transformers / sentence-transformers) or a .skops file
     device: str = "cpu"  #: "cpu" | "cuda" | "cuda:0" ...
     backend: str = "torch"  #: text models: "torch" | "onnx" (workers/runtime/onnx.py)
@@ -53,6 +55,9 @@ class ModelSpec:
     #: text models on torch: "fp32", or "mixed" (autocast: fp16 on CUDA, bf16 on a CPU that
     #: stands in for a GPU through the device override); the GPU pool runs mixed
     precision: str = "fp32"
+    #: a GGUF model's path is the .gguf file; this local folder holds its transformers copy
+    #: (converted on first use when absent: workers/runtime/gguf_models.py)
+    converted_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,17 @@ class RunOptions:
     #: told each text's token count (what the model reads, special tokens included) when a
     #: text runner tokenizes a call's values, so tokens are counted where they are made
     on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
+    #: text generation: most tokens (prompt + completion) the sequences decoding together
+    #: may hold in the KV cache; batch_size caps how many decode together
+    kv_tokens: int = 32768
+    #: text generation: `max_tokens` above this is lowered to it (MAX_GENERATION_TOKENS)
+    max_new_tokens: int = 4096
+    #: the job's `params` (text generation reads its sampling defaults here; a line's own
+    #: values in its `input` override them)
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: text generation: told (index of the value in that run() call, a text delta) as text is
+    #: decoded; the deltas of one value concatenate to its final text
+    on_text: Callable[[int, str], None] | None = field(default=None, compare=False)
 
 
 @runtime_checkable
