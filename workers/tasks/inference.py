@@ -29,6 +29,7 @@ from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
 from app.storage import get_store
+from app.streams import Publisher
 from workers import state
 from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
@@ -249,6 +250,8 @@ class ShardPlan:
     options: RunOptions
     #: lines in OpenAI's Batch API format (params `format: openai`); None: the native format
     requests: OpenAIRequests | None = None
+    #: a synchronous request's `stream: true`: text deltas go out as they are decoded
+    stream: bool = False
 
     @property
     def spec(self) -> ModelSpec:
@@ -413,8 +416,17 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     requests = None
     if job.params.get("format") == "openai":
         requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
+    stream = requests is not None and bool(job.params.get("stream"))
     return ShardPlan(
-        shard, job.shards_total or 1, job.tenant_id, job.queue, input_uri, spec, options, requests
+        shard,
+        job.shards_total or 1,
+        job.tenant_id,
+        job.queue,
+        input_uri,
+        spec,
+        options,
+        requests,
+        stream,
     )
 
 
@@ -432,6 +444,8 @@ def _run_items(
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
     options = replace(plan.options, should_stop=watch.should_stop)
+    if plan.stream:  # the API process answering the request forwards them (app/streams.py)
+        options = replace(options, on_text=Publisher(shard.job_id))
     run = run_chunk if plan.requests is None else plan.requests.run_chunk
     tokens = 0
     with get_store().open(plan.input_uri, "rb") as f:
