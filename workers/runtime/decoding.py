@@ -176,7 +176,7 @@ class _Loop:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -192,7 +192,7 @@ class _Loop:
             input_ids=self.last[:, None],
             attention_mask=self.mask,
             position_ids=self.positions[:, None],
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
         self.positions = self.positions + 1
