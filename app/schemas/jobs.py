@@ -94,6 +94,15 @@ class InferenceParams(BaseModel):
     # A synchronous generation request's `stream: true`: its worker publishes the text as it
     # is decoded (app/api/openai/streams.py), on a channel named after the job.
     stream: bool | None = None
+    # Text generation's defaults for every line (a line's `input` may override each one);
+    # the same bounds as workers/runtime/gen_params.py, which checks a line's own values.
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=-(2**63) + 1, le=2**63 - 1)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:
@@ -136,7 +145,9 @@ class JobCreate(BaseModel):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="Inference: `batch_size`, `batch_tokens`. Training: `estimator`, "
+        description="Inference: `batch_size`, `batch_tokens`; text generation's defaults "
+        "`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `repetition_penalty`. "
+        "Training: `estimator`, "
         "`hyperparameters`, `validation_split`, or `base_model`, `epochs`, `learning_rate`.",
         examples=[{"batch_size": 64}],
     )

@@ -5,8 +5,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Framework = Literal["sklearn", "transformers", "sentence-transformers"]
-Task = Literal["classification", "regression", "text-classification", "feature-extraction"]
+Framework = Literal["sklearn", "transformers", "sentence-transformers", "gguf"]
+Task = Literal[
+    "classification", "regression", "text-classification", "feature-extraction", "text-generation"
+]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 

@@ -22,8 +22,9 @@ from app.services.files import get_file
 
 TASKS_BY_FRAMEWORK = {
     "sklearn": {"classification", "regression"},
-    "transformers": {"text-classification", "feature-extraction"},
+    "transformers": {"text-classification", "feature-extraction", "text-generation"},
     "sentence-transformers": {"feature-extraction"},
+    "gguf": {"text-generation"},  # one .gguf file (docs/generation.md)
 }
 
 
@@ -99,7 +100,9 @@ def register_model(session: Session, tenant: Tenant, body: ModelCreate) -> Model
     if file.purpose != FilePurpose.MODEL:
         raise InvalidRequest(f"file {file.id} was uploaded for {file.purpose!r}, not 'model'")
     task = body.task
-    if body.framework != "sklearn":
+    if body.framework == "gguf":
+        task = task or "text-generation"
+    elif body.framework != "sklearn":
         task = task or "feature-extraction"
     if task is not None and task not in TASKS_BY_FRAMEWORK[body.framework]:
         raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")

@@ -140,7 +140,10 @@ class _Loop:
             used = mask.any(dim=0).nonzero()
             drop = int(used[0]) if len(used) else mask.shape[1]
         mask, positions, last = mask[:, drop:], self.positions[rows], self.last[rows]
-        if self.cache is not None:
+        if not keep:  # nothing left to keep: the joining rows start a cache of their own
+            self.cache = None
+            mask = mask[:, :0]
+        elif self.cache is not None:
             regroup(self.cache, rows, drop, None)
         self.rows = [self.rows[i] for i in keep]
         start = 0
@@ -176,7 +179,7 @@ class _Loop:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -192,7 +195,7 @@ class _Loop:
             input_ids=self.last[:, None],
             attention_mask=self.mask,
             position_ids=self.positions[:, None],
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
         self.positions = self.positions + 1

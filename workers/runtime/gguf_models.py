@@ -136,9 +136,15 @@ def check_gguf(path: Path) -> dict[str, Any]:
                 raise GGUFRefused(f"tensor {name!r}'s size is not whole blocks of its type")
             spans.append((name, offset, count // per_block * block_bytes))
         data_start = -(-f.tell() // alignment) * alignment
-    for name, offset, nbytes in spans:
+    end = 0
+    # Sorted by offset, each tensor must start after the previous one ends: tensors that share
+    # bytes would let a small file declare (and make a reader dequantize) any number of them.
+    for name, offset, nbytes in sorted(spans, key=lambda span: span[1]):
         if offset % alignment or data_start + offset + nbytes > size:
             raise GGUFRefused(f"tensor {name!r} lies past the end of the file")
+        if offset < end:
+            raise GGUFRefused(f"tensor {name!r} overlaps another tensor")
+        end = offset + nbytes
     architecture = meta.get("general.architecture")
     if not isinstance(architecture, str):
         raise GGUFRefused("general.architecture is missing")

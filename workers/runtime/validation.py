@@ -10,6 +10,7 @@ never name a path.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,43 @@ def unpack_archive(
         raise ModelRefused("invalid_archive", "the model archive has no config.json")
     if not any(n.endswith(".safetensors") for n in names):
         raise ModelRefused("invalid_archive", "the model archive has no .safetensors weights")
+    refuse_custom_code(root)
     return root, {"files": sorted(files)}
+
+
+def refuse_custom_code(root: Path) -> None:
+    """A config that names code to import (`auto_map`, as `trust_remote_code` would follow) is
+    refused, even though loading never trusts remote code: the version must be plain data."""
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json"):
+        path = root / name
+        if not path.is_file() or path.stat().st_size > 16 * 1024 * 1024:
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ModelRefused("invalid_model", f"{name} is not valid JSON") from None
+        if isinstance(config, dict) and ("auto_map" in config or config.get("trust_remote_code")):
+            raise ModelRefused(
+                "invalid_model",
+                f"{name} asks for custom code (auto_map / trust_remote_code); only "
+                "architectures transformers implements itself are accepted",
+            )
+
+
+def check_gguf_upload(upload: Path, dest: Path) -> dict[str, Any]:
+    """Check a .gguf upload's header, then convert it into `dest` (a transformers folder)."""
+    from workers.runtime.gguf_models import GGUFRefused, check_gguf, convert_gguf
+
+    try:
+        info = check_gguf(upload)
+        convert_gguf(upload, dest)
+    except GGUFRefused as exc:
+        raise ModelRefused("invalid_model", f"not a usable GGUF file: {exc}") from None
+    except Exception as exc:  # what transformers raises reading a file it cannot use
+        raise ModelRefused(
+            "invalid_model", f"the GGUF file cannot be converted ({type(exc).__name__})"
+        ) from None
+    return {"gguf": info}
 
 
 def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
@@ -87,11 +124,15 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         runner = load_runner(spec)
     except ModelLoadError as exc:
         raise ModelRefused("invalid_model", str(exc)) from None
+    options = RunOptions(batch_tokens=256, batch_size=2)
     if spec.framework == "sklearn":
         items: list[Any] = [[0.0] * int(info["n_features"])]
+    elif spec.task == "text-generation":  # a few greedy tokens: the loop runs end to end
+        items = list(PROBE_TEXTS)
+        options = RunOptions(batch_size=2, params={"max_tokens": 2, "temperature": 0})
+        info["context_length"] = int(getattr(runner, "context_length", 0))
     else:
         items = list(PROBE_TEXTS)
-    options = RunOptions(batch_tokens=256, batch_size=2)
     try:
         outputs = runner.run([runner.prepare(item, options) for item in items], options)
     except ItemError as exc:

@@ -412,6 +412,11 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         batch_size=int(job.params.get("batch_size") or process.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
+        kv_tokens=settings.gpu_generation_kv_tokens
+        if process.pool == "gpu"
+        else settings.generation_kv_tokens,
+        max_new_tokens=settings.generation_max_tokens,
+        params=dict(job.params),
     )
     requests = None
     if job.params.get("format") == "openai":

@@ -23,7 +23,13 @@ from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
 from workers.reliability import db_retry, new_owner, owner_is_dead
 from workers.runtime.base import ModelSpec, without_paths
-from workers.runtime.validation import ModelRefused, check_sklearn, probe, unpack_archive
+from workers.runtime.validation import (
+    ModelRefused,
+    check_gguf_upload,
+    check_sklearn,
+    probe,
+    unpack_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +87,16 @@ def _check_and_store(
         scratch = settings.data_dir / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix="model-") as tmp:
-            root, info = unpack_archive(
-                upload,
-                Path(tmp),
-                settings.model_max_unpacked_bytes,
-                settings.model_max_archive_members,
-            )
+            if claim.framework == "gguf":  # stored converted: jobs load it in seconds
+                root = Path(tmp) / "model"
+                info = check_gguf_upload(upload, root)
+            else:
+                root, info = unpack_archive(
+                    upload,
+                    Path(tmp),
+                    settings.model_max_unpacked_bytes,
+                    settings.model_max_archive_members,
+                )
             if uri.startswith("file:"):
                 shutil.copytree(root, store.local_path(uri), dirs_exist_ok=True)
             else:
