@@ -228,6 +228,10 @@ def run_engine(runner: Any, prompts: list[Prompt]) -> tuple[float, int, list[str
     return elapsed, tokens, [o["text"] for o in outputs]
 
 
+def _progress(name: str, seconds: float, tokens: int) -> None:
+    print(f"  done: {name}: {tokens} tokens in {seconds:.1f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
@@ -238,12 +242,16 @@ def main() -> None:
     sample = prompts[::step][: args.sample]
 
     farm_s, farm_tokens, farm_texts = run_farm(prompts)
+    _progress("(a) farm", farm_s, farm_tokens)
     runner = load_engine()
     engine_s, engine_tokens, engine_texts = run_engine(runner, prompts)
+    _progress("the farm's engine in-process", engine_s, engine_tokens)
     same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
     # The same weights as the engine's: transformers' own loading of the converted folder.
     one_s, one_tokens = run_generate(runner.model, runner.tokenizer, sample, 1)
+    _progress("(b) generate one at a time", one_s, one_tokens)
     padded_s, padded_tokens = run_generate(runner.model, runner.tokenizer, prompts, 16)
+    _progress("(c) generate padded 16", padded_s, padded_tokens)
     del runner
     llama = run_llama_cpp(prompts)
 
