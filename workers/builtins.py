@@ -13,6 +13,7 @@ def builtin_spec(
     backend: str = "torch",
     graph_dir: str | None = None,
     precision: str = "fp32",
+    converted_dir: str | None = None,
 ) -> ModelSpec:
     """The spec of a builtin model; KeyError if there is no such builtin."""
     model = BUILTIN_MODELS[name]
@@ -25,4 +26,5 @@ def builtin_spec(
         backend=backend,
         graph_dir=graph_dir,
         precision=precision,
+        converted_dir=converted_dir,
     )

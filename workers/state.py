@@ -31,7 +31,15 @@ class ProcessState:
 
     def builtin(self, name: str) -> ModelSpec:
         model = BUILTIN_MODELS[name]
-        graph = _graph_dir(get_store().uri("builtin", model.ref(name)))
+        base = get_store().uri("builtin", model.ref(name))
+        if model.task == "text-generation":  # torch only; its GGUF converted once per version
+            return builtin_spec(
+                name,
+                device=self.device,
+                precision=self.precision,
+                converted_dir=_converted_dir(base),
+            )
+        graph = _graph_dir(base)
         return builtin_spec(
             name,
             device=self.device,
@@ -43,7 +51,7 @@ class ProcessState:
     def version(self, key: str, framework: str, task: str, uri: str) -> ModelSpec:
         """A tenant's model version stored at `uri` (a .skops file or a model folder)."""
         store = get_store()
-        text = framework != "sklearn"
+        text = framework != "sklearn" and task != "text-generation"
         return ModelSpec(
             key=key,
             framework=framework,
@@ -52,7 +60,7 @@ class ProcessState:
             device=self.device,
             backend=self.backend if text else "torch",
             graph_dir=_graph_dir(uri) if text else None,
-            precision=self.precision if text else "fp32",
+            precision=self.precision if framework != "sklearn" else "fp32",
         )
 
 
@@ -71,6 +79,23 @@ def _graph_dir(base_uri: str) -> str | None:
     if uri.startswith("file:"):
         return str(store.local_path(uri))
     return str(store.cache_dir / "graphs" / GRAPH_NAME / uri.replace("/", "_").replace(":", ""))
+
+
+def _converted_dir(base_uri: str) -> str:
+    """The local folder of a builtin GGUF model's transformers copy.
+
+    With a local store it lies in the artifact store beside the builtin's other files
+    (`builtin/<name>@<version>-transformers/`), converted by the first worker that needs it
+    and loaded by every other in about a second. With a remote store (s3://) each machine
+    converts into its own DATA_DIR/cache, for the reason decision 0002 gives for ONNX graphs:
+    weights read back from a shared bucket would be trusted unchecked, while the GGUF they come
+    from ships inside a Python package on every machine (docs/decisions/0011).
+    """
+    store = get_store()
+    uri = f"{base_uri.rstrip('/')}-transformers"
+    if uri.startswith("file:"):
+        return str(store.local_path(uri))
+    return str(store.cache_dir / "converted" / uri.replace("/", "_").replace(":", ""))
 
 
 _state: ProcessState | None = None

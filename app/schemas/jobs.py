@@ -98,7 +98,6 @@ class InferenceParams(BaseModel):
         | None
     ) = None
     completion_window: Literal["24h"] | None = None  # an OpenAI batch's (a sync request: none)
-    top_k: int | None = Field(default=None, ge=1, le=1000)  # image-classification: labels scored
     normalize: bool | None = None  # image-feature-extraction: L2-normalise the embedding
     # zero-shot-classification: the candidate labels of every line that names none itself
     labels: list[str] | None = Field(default=None, min_length=1, max_length=100)
@@ -109,6 +108,17 @@ class InferenceParams(BaseModel):
     stream: bool | None = None
     # fp32 (the default), bf16 or int8, where the model offers it (docs/decisions/0017)
     precision: Literal["fp32", "bf16", "int8"] | None = None
+    # Text generation's defaults for every line (a line's `input` may override each one);
+    # the same bounds as workers/runtime/gen_params.py, which checks a line's own values.
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    # image-classification: the labels an output scores (at least 1); text generation: sample
+    # among the k likeliest tokens (0: all of them)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=-(2**63) + 1, le=2**63 - 1)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:
@@ -158,7 +168,9 @@ class JobCreate(BaseModel):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="Inference: `batch_size`, `batch_tokens`. Training: `estimator`, "
+        description="Inference: `batch_size`, `batch_tokens`; text generation's defaults "
+        "`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `repetition_penalty`. "
+        "Training: `estimator`, "
         "`hyperparameters`, `validation_split`, or `base_model`, `epochs`, `learning_rate`.",
         examples=[{"batch_size": 64}],
     )

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Framework = Literal["sklearn", "transformers", "sentence-transformers"]
+Framework = Literal["sklearn", "transformers", "sentence-transformers", "gguf"]
 Task = Literal[
     "classification",
     "regression",
@@ -16,6 +16,7 @@ Task = Literal[
     "text-ranking",
     "token-classification",
     "zero-shot-classification",
+    "text-generation",
 ]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"

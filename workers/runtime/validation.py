@@ -11,6 +11,7 @@ never name a path.
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 from collections.abc import Iterator
 from dataclasses import replace
@@ -106,6 +107,7 @@ def unpack_archive(
         raise ModelRefused("invalid_archive", "the model archive has no config.json")
     if not any(n.endswith(".safetensors") for n in names):
         raise ModelRefused("invalid_archive", "the model archive has no .safetensors weights")
+    refuse_custom_code(root)
     return root, {"files": sorted(files)}
 
 
@@ -141,6 +143,8 @@ def memory_limit(extra_bytes: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def precisions(spec: ModelSpec, scratch: Path, default: str) -> dict[str, Any]:
     """Each precision's fidelity to fp32 on a probe set (workers/runtime/precision.py), and
     the version's default precision, which must be one offered."""
@@ -167,6 +171,41 @@ def precisions(spec: ModelSpec, scratch: Path, default: str) -> dict[str, Any]:
     return {"precisions": measured, "default_precision": default}
 
 
+def refuse_custom_code(root: Path) -> None:
+    """A config that names code to import (`auto_map`, as `trust_remote_code` would follow) is
+    refused, even though loading never trusts remote code: the version must be plain data."""
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json"):
+        path = root / name
+        if not path.is_file() or path.stat().st_size > 16 * 1024 * 1024:
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ModelRefused("invalid_model", f"{name} is not valid JSON") from None
+        if isinstance(config, dict) and ("auto_map" in config or config.get("trust_remote_code")):
+            raise ModelRefused(
+                "invalid_model",
+                f"{name} asks for custom code (auto_map / trust_remote_code); only "
+                "architectures transformers implements itself are accepted",
+            )
+
+
+def check_gguf_upload(upload: Path, dest: Path) -> dict[str, Any]:
+    """Check a .gguf upload's header, then convert it into `dest` (a transformers folder)."""
+    from workers.runtime.gguf_models import GGUFRefused, check_gguf, convert_gguf
+
+    try:
+        info = check_gguf(upload)
+        convert_gguf(upload, dest)
+    except GGUFRefused as exc:
+        raise ModelRefused("invalid_model", f"not a usable GGUF file: {exc}") from None
+    except Exception as exc:  # what transformers raises reading a file it cannot use
+        raise ModelRefused(
+            "invalid_model", f"the GGUF file cannot be converted ({type(exc).__name__})"
+        ) from None
+    return {"gguf": info}
+
+
 def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
     """Load the model as a job would and run one or two items; ModelRefused if it cannot."""
     try:
@@ -177,13 +216,17 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         ) from None
     except ModelLoadError as exc:
         raise ModelRefused("invalid_model", str(exc)) from None
+    options = RunOptions(batch_tokens=256, batch_size=2)
     if spec.framework == "sklearn":
         items: list[Any] = [[0.0] * int(info["n_features"])]
     elif spec.task.startswith("image-"):
         items = probe_images()
+    elif spec.task == "text-generation":  # a few greedy tokens: the loop runs end to end
+        items = list(PROBE_TEXTS)
+        options = RunOptions(batch_size=2, params={"max_tokens": 2, "temperature": 0})
+        info["context_length"] = int(getattr(runner, "context_length", 0))
     else:
         items = list(PROBE_ITEMS.get(spec.task, PROBE_TEXTS))
-    options = RunOptions(batch_tokens=256, batch_size=2)
     try:
         outputs = runner.run([runner.prepare(item, options) for item in items], options)
     except ItemError as exc:

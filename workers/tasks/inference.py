@@ -29,6 +29,7 @@ from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
 from app.storage import get_store
+from app.streams import Publisher
 from workers import state
 from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
@@ -282,6 +283,8 @@ class ShardPlan:
     options: RunOptions
     #: lines in OpenAI's Batch API format (params `format: openai`); None: the native format
     requests: OpenAIRequests | None = None
+    #: a synchronous request's `stream: true`: text deltas go out as they are decoded
+    stream: bool = False
 
     @property
     def spec(self) -> ModelSpec:
@@ -465,6 +468,10 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         batch_size=int(job.params.get("batch_size") or process.batch_size),
         max_chars=settings.max_item_chars,
         max_line_bytes=settings.max_line_bytes,
+        kv_tokens=settings.gpu_generation_kv_tokens
+        if process.pool == "gpu"
+        else settings.generation_kv_tokens,
+        max_new_tokens=settings.generation_max_tokens,
         params=dict(job.params),
         max_output_bytes=settings.max_output_line_bytes,
     )
@@ -473,8 +480,17 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     requests = None
     if job.params.get("format") == "openai":
         requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
+    stream = requests is not None and bool(job.params.get("stream"))
     return ShardPlan(
-        shard, job.shards_total or 1, job.tenant_id, job.queue, input_uri, spec, options, requests
+        shard,
+        job.shards_total or 1,
+        job.tenant_id,
+        job.queue,
+        input_uri,
+        spec,
+        options,
+        requests,
+        stream,
     )
 
 
@@ -510,6 +526,8 @@ def _run_items(
     shard = plan.shard
     # The runner asks between micro-batches, so a cancel does not wait for the whole chunk.
     options = replace(plan.options, should_stop=watch.should_stop)
+    if plan.stream:  # the API process answering the request forwards them (app/streams.py)
+        options = replace(options, on_text=Publisher(shard.job_id))
     run = run_chunk if plan.requests is None else plan.requests.run_chunk
     tokens = 0
     with get_store().open(plan.input_uri, "rb") as f:

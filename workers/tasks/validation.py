@@ -28,6 +28,7 @@ from workers.runtime.bounds import ModelLimits
 from workers.runtime.sklearn_bounds import WidthLimits
 from workers.runtime.validation import (
     ModelRefused,
+    check_gguf_upload,
     check_sklearn,
     check_transformers,
     memory_limit,
@@ -99,12 +100,16 @@ def _check_and_store(
         scratch = settings.data_dir / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix="model-") as tmp:
-            root, info = unpack_archive(
-                upload,
-                Path(tmp),
-                settings.model_max_unpacked_bytes,
-                settings.model_max_archive_members,
-            )
+            if claim.framework == "gguf":  # stored converted: jobs load it in seconds
+                root = Path(tmp) / "model"
+                info = check_gguf_upload(upload, root)
+            else:
+                root, info = unpack_archive(
+                    upload,
+                    Path(tmp),
+                    settings.model_max_unpacked_bytes,
+                    settings.model_max_archive_members,
+                )
             limits = ModelLimits(settings.model_max_parameters, settings.model_max_bytes)
             info.update(check_transformers(root, task, limits))  # before anything is built
             # The unpacked copy is what the tenant stores: counted against its quota.

@@ -1,0 +1,220 @@
+"""Text generation through the farm: the builtin smollm2, an uploaded tiny causal LM, hostile
+uploads and templates, cancels and a crash mid-shard (native jobs; the OpenAI surface has its
+own tests)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.factories import make_tiny_causal_lm
+from tests.helpers import (
+    FarmProcess,
+    all_pages,
+    read_lines,
+    register_model,
+    register_ready,
+    run_job,
+    submit,
+    tar_of,
+    upload,
+    wait_done,
+    wait_model,
+)
+from workers.runtime.base import RunOptions
+from workers.runtime.generation import load_generation_runner
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
+
+LOOPING_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
+HUGE_TEMPLATE = "{{ 'x' * 10**10 }}"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"), context=1024)
+
+
+def _register_tiny(client: httpx.Client, model_dir: Path, name: str) -> dict[str, Any]:
+    archive = upload(client, tar_of(model_dir), purpose="model", name=f"{name}.tar.gz")
+    body = {"name": name, "framework": "transformers", "task": "text-generation"}
+    return register_ready(client, {**body, "file_id": archive["id"]})
+
+
+def test_smollm2_answers_a_chat_and_a_prompt(client: httpx.Client) -> None:
+    rows = [
+        {"custom_id": "chat", "input": {"messages": [
+            {"role": "user", "content": "What is the capital of France?"}]}},
+        {"custom_id": "prompt", "input": {"prompt": "The capital of Italy is", "max_tokens": 4}},
+    ]  # fmt: skip
+    # The first job converts the GGUF once (into the artifact store), then loads that.
+    file = upload(client, "".join(_line(r) for r in rows).encode())
+    body = {"model": "smollm2", "input": {"file_id": file["id"]},
+            "params": {"temperature": 0, "max_tokens": 24}}  # fmt: skip
+    job = wait_done(client, submit(client, body)["id"], timeout=600)
+    assert job["status"] == "succeeded", job
+    chat, prompt = read_lines(client, job["output_file_id"])
+    assert chat["custom_id"] == "chat" and "Paris" in chat["output"]["text"]
+    assert chat["output"]["finish_reason"] == "stop"  # it ended with <|im_end|>
+    assert prompt["output"]["finish_reason"] == "length"
+    assert prompt["output"]["usage"]["completion_tokens"] == 4
+    usage = [line["output"]["usage"] for line in (chat, prompt)]
+    assert job["usage"]["tokens"] == sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage)
+
+
+def test_uploaded_causal_lm_lines_outputs_and_error_lines(
+    client: httpx.Client, tiny_lm: Path
+) -> None:
+    version = _register_tiny(client, tiny_lm, "tiny-chat")
+    assert version["info"]["context_length"] == 1024
+    good = [
+        "the quick brown fox",
+        {"prompt": "Once upon a time", "max_tokens": 5},
+        {"messages": [{"role": "user", "content": "hello world"}], "stop": ["\n"]},
+        {"prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0.7,
+         "seed": 3},
+    ]  # fmt: skip
+    bad = [
+        ("the quick brown fox " * 300, "context_length_exceeded"),
+        ({"prompt": "hi", "top_p": 7}, "invalid_parameter"),
+        ({"messages": [{"role": "user"}]}, "invalid_messages"),
+    ]
+    rows = [{"custom_id": f"g{i}", "input": v} for i, v in enumerate(good)]
+    rows += [{"custom_id": f"b{i}", "input": v} for i, (v, _) in enumerate(bad)]
+    params = {"temperature": 0, "max_tokens": 16}
+    job = run_job(client, "tiny-chat", rows, params=params)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"total": 7, "succeeded": 4, "failed": 3}
+    outputs = read_lines(client, job["output_file_id"])
+    errors = read_lines(client, job["error_file_id"])
+    assert [e["error"]["code"] for e in errors] == [code for _, code in bad]
+    # The same engine in-process, on the same lines in one call, gives the same text.
+    runner = load_generation_runner(str(tiny_lm), "cpu")
+    options = RunOptions(params=params)
+    expected = runner.run([runner.prepare(v, options) for v in good], options)
+    assert [line["output"] for line in outputs] == expected
+    assert expected[1]["finish_reason"] == "length"
+    assert expected[1]["usage"]["completion_tokens"] == 5
+
+
+def _gguf(tensors: int, keys: int, body: bytes = b"") -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, tensors, keys) + body
+
+
+def _gguf_string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def test_hostile_generation_uploads_are_refused(client: httpx.Client, tmp_path: Path) -> None:
+    arch = _gguf_string(b"general.architecture") + struct.pack("<I", 8) + _gguf_string(b"llama")
+    huge_tensor = (
+        _gguf_string(b"w") + struct.pack("<I", 2) + struct.pack("<QQ", 4096, 4096)
+        + struct.pack("<IQ", 0, 0)
+    )  # fmt: skip
+    cases = {
+        "absurd-counts": _gguf(2**62, 2**62),
+        "past-the-end": _gguf(1, 1, arch + huge_tensor),
+        "bad-metadata": _gguf(0, 1, _gguf_string(b"k") + struct.pack("<I", 8) + b"\xff" * 8),
+        "not-utf8": _gguf(0, 1, _gguf_string(b"k") + struct.pack("<I", 8) + _gguf_string(b"\xff")),
+    }
+    versions = []
+    for name, content in cases.items():
+        file = upload(client, content, purpose="model", name=f"{name}.gguf")
+        versions.append(register_model(client, {"name": name, "framework": "gguf",
+                                                "file_id": file["id"]}))  # fmt: skip
+    custom = make_tiny_causal_lm(tmp_path / "custom", context=64)
+    config = (custom / "config.json").read_text()
+    (custom / "config.json").write_text(
+        config.replace("{", '{"auto_map": {"AutoModelForCausalLM": "evil.Model"},', 1)
+    )
+    archive = upload(client, tar_of(custom), purpose="model", name="custom.tar.gz")
+    body = {"name": "custom-code", "framework": "transformers", "task": "text-generation"}
+    versions.append(register_model(client, {**body, "file_id": archive["id"]}))
+    ended = [wait_model(client, v) for v in versions]
+    for version in ended:
+        assert version["status"] == "failed", version
+        assert version["error"]["code"] == "invalid_model", version
+    messages = [v["error"]["message"] for v in ended]
+    assert "tensors" in messages[0] and "past the end" in messages[1]
+    assert "auto_map" in messages[-1]
+
+
+def test_hostile_chat_templates_cost_an_error_line(client: httpx.Client, tmp_path: Path) -> None:
+    templates = {"loops": LOOPING_TEMPLATE, "huge": HUGE_TEMPLATE}
+    for name, template in templates.items():
+        model_dir = make_tiny_causal_lm(tmp_path / name, context=64, template=template)
+        _register_tiny(client, model_dir, f"tmpl-{name}")
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        rows = [{"custom_id": "chat", "input": chat}, {"custom_id": "plain", "input": "hi"}]
+        job = run_job(client, f"tmpl-{name}", rows, params={"max_tokens": 2})
+        assert job["status"] == "succeeded", job
+        (error,) = read_lines(client, job["error_file_id"])
+        assert error["custom_id"] == "chat" and error["error"]["code"] == "template_error"
+        (output,) = read_lines(client, job["output_file_id"])  # the worker went on
+        assert output["custom_id"] == "plain"
+
+
+def _children(worker: FarmProcess) -> list[psutil.Process]:
+    return psutil.Process(worker.proc.pid).children(recursive=True)
+
+
+def _wait_started(client: httpx.Client, job_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job_id}/events")]
+        if "shard_started" in events:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the shard never started")
+
+
+def test_cancel_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
+    _register_tiny(client, tiny_lm, "tiny-long")
+    rows = [{"custom_id": i, "input": "the quick brown fox"} for i in range(4)]
+    file = upload(client, "".join(_line(r) for r in rows).encode())
+    # About 4 x 1000 decode steps: minutes here if the stop were only seen at the chunk's end.
+    params = {"max_tokens": 1000, "temperature": 1.0, "seed": 1}
+    job = submit(client, {"model": "tiny-long", "input": {"file_id": file["id"]}, "params": params})
+    _wait_started(client, job["id"])
+    time.sleep(1.0)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    done = wait_done(client, job["id"], timeout=60)
+    assert done["status"] == "cancelled"
+    assert done["counts"]["succeeded"] == 0  # the chunk was dropped mid-generation
+
+
+def test_a_crash_mid_shard_redoes_it_with_the_same_seeded_text(
+    client: httpx.Client, tiny_lm: Path, cpu_worker: FarmProcess
+) -> None:
+    _register_tiny(client, tiny_lm, "tiny-seeded")
+    good = [{"prompt": p, "seed": 40 + i} for i, p in enumerate(["a", "the", "hello", "Once"])]
+    params = {"max_tokens": 400, "temperature": 1.0, "top_p": 0.95}
+    rows = [{"custom_id": i, "input": v} for i, v in enumerate(good)]
+    file = upload(client, "".join(_line(r) for r in rows).encode())
+    job = submit(client, {"model": "tiny-seeded", "input": {"file_id": file["id"]},
+                          "params": params})  # fmt: skip
+    _wait_started(client, job["id"])
+    time.sleep(1.0)
+    for child in _children(cpu_worker):
+        child.send_signal(signal.SIGKILL)
+    done = wait_done(client, job["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] >= 2
+    runner = load_generation_runner(str(tiny_lm), "cpu")
+    options = RunOptions(params=params)
+    expected = runner.run([runner.prepare(v, options) for v in good], options)
+    assert [line["output"] for line in read_lines(client, done["output_file_id"])] == expected
+
+
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
