@@ -16,7 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import read_lines, register_ready, submit, tar_of, upload, wait_done
+from tests.helpers import (
+    assert_error,
+    read_lines,
+    register_ready,
+    submit,
+    tar_of,
+    upload,
+    wait_done,
+)
 from tests.images import (
     bad_images,
     data_url,
@@ -172,6 +180,19 @@ def test_an_archive_input_runs_one_item_per_image_in_archive_order(
     )
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_archive", job
     file = upload(client, tar_of_members(members[:1]), name="one.tgz")
+    # `task` is for training jobs, and an image classifier does not fine-tune a text model.
+    wrong = {"model": "tiny-vit", "task": "image-classification", "input": {"file_id": file["id"]}}
+    assert_error(client.post("/v1/jobs", json=wrong), 422)
+    training = upload(client, zip_of(members[:2]), purpose="training", name="t.zip")
+    body = {
+        "type": "training",
+        "framework": "transformers",
+        "task": "image-classification",
+        "input": {"file_id": training["id"]},
+        "params": {"base_model": "minilm"},
+        "output_model": "x",
+    }
+    assert_error(client.post("/v1/jobs", json=body), 422, "invalid_params")
     job = wait_done(
         client, submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})["id"]
     )

@@ -99,3 +99,27 @@ def test_training_runs_on_the_gpu_pool(
     assert job["status"] == "succeeded" and job["queue"] == "gpu", job
     assert _worker_of(client, job["id"])["worker"].startswith("gpu0@")
     assert job["usage"]["cpu_seconds"] > 0
+
+
+def test_an_image_job_runs_in_half_precision_on_the_gpu_pool(
+    client: httpx.Client, gpu_worker: FarmProcess, cpu_worker: FarmProcess, tmp_path: Path
+) -> None:
+    from tests.helpers import register_ready, tar_of
+    from tests.images import data_url, make_tiny_vit_classifier, noise, png
+
+    model = make_tiny_vit_classifier(tmp_path / "vit", ["a", "b", "c"])
+    file = upload(client, tar_of(model), purpose="model", name="vit.tar.gz")
+    body = {"name": "vit", "framework": "transformers", "task": "image-classification"}
+    register_ready(client, {**body, "file_id": file["id"]})
+    pictures = [data_url(png(noise(20 + i, 30, i))) for i in range(4)]
+    rows = [{"custom_id": i, "input": {"image": p}} for i, p in enumerate(pictures)]
+    outputs = {}
+    for device in ("gpu", "cpu"):
+        job = run_job(client, "vit", rows, device=device)
+        assert job["status"] == "succeeded" and job["queue"] == device, job
+        outputs[device] = [r["output"]["scores"] for r in read_lines(client, job["output_file_id"])]
+    assert _worker_of(client, job["id"])["worker"].startswith("cpu@")
+    half = np.array([[s[k] for k in "abc"] for s in outputs["gpu"]])
+    full = np.array([[s[k] for k in "abc"] for s in outputs["cpu"]])
+    # bf16 autocast on this stand-in CPU (fp16 on CUDA): close to fp32, and not equal to it.
+    assert np.abs(half - full).max() < 0.03 and not np.allclose(half, full, atol=1e-7)
