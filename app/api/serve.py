@@ -127,6 +127,11 @@ class BoundedHTTPProtocol(HttpToolsProtocol):  # type: ignore[misc]
         self._timer = None
         if self.transport.is_closing():
             return
+        if self._in_body and self.flow is not None and self.flow.read_paused:
+            # Not the client's idling: the app has not taken what came (flow control paused
+            # reading), so the body is not late.
+            self._restart_timer(self._body_seconds)
+            return
         if self._in_body and self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # mid-answer: there is no status left to send
             return

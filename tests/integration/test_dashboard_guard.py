@@ -78,6 +78,15 @@ def test_login_attempts_are_limited_per_client_and_logins_per_tenant(
         assert other.post("/ui/login", data={"key": tenant_key}).status_code == 303
 
 
+def test_logins_are_limited_per_tenant(guarded_url: str, tenant_key: str) -> None:
+    # 2 logins a minute for one tenant; the client's own bucket (3) still has room for the third.
+    transport = httpx.HTTPTransport(local_address="127.0.0.5")
+    with httpx.Client(base_url=guarded_url, transport=transport) as browser:
+        answers = [browser.post("/ui/login", data={"key": tenant_key}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [303, 303, 429], answers
+    assert "set-cookie" not in answers[2].headers
+
+
 def test_metrics_need_the_token_and_hide_tenants_model_names(
     guarded_url: str, api_url: str, client: httpx.Client
 ) -> None:

@@ -25,6 +25,10 @@ class WidthLimits:
     max_estimators: int
 
 
+#: The settings' defaults (MODEL_MAX_FEATURES, MODEL_MAX_OUTPUTS, MODEL_MAX_ESTIMATORS).
+DEFAULT_WIDTHS = WidthLimits(max_features=100_000, max_outputs=10_000, max_estimators=10_000)
+
+
 def check_widths(estimator: Any, limits: WidthLimits, depth: int = 0) -> None:
     """ModelLoadError when a declared width is over a limit or disagrees with the arrays."""
     name = type(estimator).__name__

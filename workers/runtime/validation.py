@@ -22,7 +22,7 @@ from workers.runtime.archives import ArchiveRefused, extract_archive
 from workers.runtime.base import ItemError, ModelLoadError, ModelSpec, RunOptions
 from workers.runtime.bounds import ModelLimits, ModelTooLarge, check_model_dir
 from workers.runtime.registry import load_runner
-from workers.runtime.sklearn_bounds import WidthLimits
+from workers.runtime.sklearn_bounds import DEFAULT_WIDTHS, WidthLimits
 
 # Weights are loaded from safetensors only and no code is ever imported from a model, so files
 # that could only be pickles or code have no use here; refusing them keeps the stored version
@@ -62,7 +62,7 @@ class ModelRefused(Exception):
 
 
 def check_sklearn(
-    path: Path, task: str | None, max_unpacked_bytes: int, widths: WidthLimits
+    path: Path, task: str | None, max_unpacked_bytes: int, widths: WidthLimits = DEFAULT_WIDTHS
 ) -> tuple[str, dict[str, Any]]:
     """(task, info) of a skops file whose types are all trusted and whose widths agree with
     its arrays and the limits; ModelRefused otherwise."""
