@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from app import dispatch
 from app.api.deps import SessionDep
+from app.api.files import get_file_content
 from app.models import Job, Tenant
 from app.services import dashboard, farm_stats, webhooks
 from app.services import jobs as job_service
@@ -164,6 +165,19 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
         errors=dashboard.error_lines(session, tenant, job),
         deliveries=deliveries,
     )
+
+
+@router.get("/files/{file_id}", response_model=None)
+def download(file_id: str, request: Request, session: SessionDep) -> Response:
+    """A file of the logged-in tenant, as `GET /v1/files/{id}/content` sends it: the job page
+    links its input, output and error files here (the key is in the cookie, not the URL)."""
+    tenant = _tenant(request, session)
+    if tenant is None:
+        return _login_needed(request)
+    try:
+        return get_file_content(file_id, session, tenant)
+    except NotFound:
+        return Response("no such file", status_code=404)
 
 
 @router.get("/pools", response_model=None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import submit
+from tests.helpers import run_job, submit, upload
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +41,19 @@ def test_log_in_with_a_key_and_see_the_jobs(
         browser.post("/ui/logout")
         assert browser.get("/ui?partial=1").status_code == 401
     client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_the_job_page_links_its_files_for_download(
+    api_url: str, client: httpx.Client, other_client: httpx.Client, tenant_key: str
+) -> None:
+    done = run_job(client, "minilm", [{"custom_id": "a", "input": "hello"}])
+    theirs = upload(other_client, b'{"input": "theirs"}\n')
+    with httpx.Client(base_url=api_url, timeout=30) as browser:
+        assert browser.get(f"/ui/files/{done['output_file_id']}").status_code == 303  # login
+        browser.post("/ui/login", data={"key": tenant_key})
+        page = browser.get(f"/ui/jobs/{done['id']}").text
+        assert f'href="/ui/files/{done["output_file_id"]}"' in page
+        got = browser.get(f"/ui/files/{done['output_file_id']}")
+        assert got.status_code == 200 and "attachment" in got.headers["content-disposition"]
+        assert got.content == client.get(f"/v1/files/{done['output_file_id']}/content").content
+        assert browser.get(f"/ui/files/{theirs['id']}").status_code == 404  # not this tenant's
