@@ -8,7 +8,9 @@ the dashboard works without internet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,15 +19,19 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from app import dispatch
 from app.api.deps import SessionDep
 from app.api.ui_security import DashboardGuard, login_wait
 from app.config import get_settings
+from app.api.files import get_file_content
+from app.api.jobs import cancel_job, retry_job
 from app.models import Job, Tenant
+from app.schemas.jobs import JobPublic
 from app.services import dashboard, farm_stats, webhooks
 from app.services import jobs as job_service
-from app.services.errors import NotFound
+from app.services.errors import NotFound, ServiceError
 from app.services.pace import pace
 from app.services.tenants import authenticate
 
@@ -184,6 +190,46 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
         errors=dashboard.error_lines(session, tenant, job),
         deliveries=deliveries,
     )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=None)
+def cancel(job_id: str, request: Request, session: SessionDep) -> Response:
+    """The job page's Cancel button: as `POST /v1/jobs/{id}/cancel`, then back to the job."""
+    return _act(request, session, job_id, lambda tenant: cancel_job(job_id, tenant))
+
+
+@router.post("/jobs/{job_id}/retry", response_model=None)
+def retry(job_id: str, request: Request, session: SessionDep) -> Response:
+    """The job page's Retry button: a new job over the failed items, then its page."""
+    return _act(request, session, job_id, lambda tenant: retry_job(job_id, session, tenant))
+
+
+def _act(
+    request: Request, session: Session, job_id: str, action: Callable[[Tenant], JobPublic]
+) -> Response:
+    # The cookie is SameSite=Strict, so another site's form cannot post here with it.
+    tenant = _tenant(request, session)
+    if tenant is None:
+        return _login_needed(request)
+    try:
+        job = action(tenant)
+    except ServiceError as exc:
+        back = f'<p><a href="/ui/jobs/{escape(job_id)}">Back to the job</a></p>'
+        return HTMLResponse(f"<p>{escape(exc.message)}</p>{back}", status_code=exc.status_code)
+    return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+
+
+@router.get("/files/{file_id}", response_model=None)
+def download(file_id: str, request: Request, session: SessionDep) -> Response:
+    """A file of the logged-in tenant, as `GET /v1/files/{id}/content` sends it: the job page
+    links its input, output and error files here (the key is in the cookie, not the URL)."""
+    tenant = _tenant(request, session)
+    if tenant is None:
+        return _login_needed(request)
+    try:
+        return get_file_content(file_id, session, tenant)
+    except NotFound:
+        return Response("no such file", status_code=404)
 
 
 @router.get("/pools", response_model=None)

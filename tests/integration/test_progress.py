@@ -18,7 +18,7 @@ def test_a_running_job_reports_rate_and_eta_to_on_progress(
 ) -> None:
     seen: list[dict[str, Any]] = []
     rows = [
-        {"custom_id": i, "input": f"progress item {i} " + "word " * (i % 20)} for i in range(900)
+        {"custom_id": i, "input": f"progress item {i} " + "word " * (i % 20)} for i in range(600)
     ]
     with Client(api_url, tenant_key, timeout=60) as farm:
         file = farm.upload(jsonl(rows))
