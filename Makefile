@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # a GPU host installs its CUDA build of the same version first and keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install up test test-unit test-integration lint typecheck bench bench-scale clean
+.PHONY: install up test test-fast test-unit test-integration lint typecheck bench bench-scale clean
 
 install: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 up: install
 	$(BIN)/modelfarm up
 
+# Every tier; the slowest tests are listed at the end, so a slow newcomer shows.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# The unit tier without the tests that load or train real models: no services, under two
+# minutes on two cores. `make test` runs everything.
+test-fast: install
+	$(BIN)/python -m pytest tests/unit -m "not slow" --durations=10
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
