@@ -9,7 +9,7 @@ DEV    := $(VENV)/.installed-dev
 # a GPU host installs its CUDA build of the same version first and keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-dev up test test-unit test-integration lint typecheck bench bench-scale clean
+.PHONY: install install-dev up test test-fast test-unit test-integration lint typecheck bench bench-scale clean
 
 # `make up` needs only what the farm runs on.
 install: $(STAMP)
@@ -30,8 +30,14 @@ $(DEV): $(STAMP)
 up: install
 	$(BIN)/modelfarm up
 
+# Every tier; the slowest tests are listed at the end, so a slow newcomer shows.
 test: install-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
+
+# The unit tier without the tests that load or train real models: no services, under two
+# minutes on two cores. `make test` runs everything.
+test-fast: install-dev
+	$(BIN)/python -m pytest tests/unit -m "not slow" --durations=10
 
 test-unit: install-dev
 	$(BIN)/python -m pytest tests/unit

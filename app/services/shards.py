@@ -54,15 +54,17 @@ def lock_job(session: Session, job_id: str, skip_locked: bool = False) -> bool:
 
 
 def lease_until(seconds: float) -> ColumnElement[datetime]:
-    """A lease's end by the database's clock (`now()`), never a host's: every lease is written
+    """A lease's end by the database's clock, never a host's: every lease is written
     and compared in SQL, so a worker whose clock is minutes off neither loses its lease early
     nor keeps a dead one late (docs/decisions/0014-integrity.md)."""
-    return func.now() + timedelta(seconds=seconds)
+    # statement_timestamp(), not now(): now() is when the transaction began, and a claim that
+    # waited for a lock in it would write a lease shorter by the wait.
+    return func.statement_timestamp() + timedelta(seconds=seconds)
 
 
 def past(column: Any) -> ColumnElement[bool]:
     """`column` (a lease's end, a deadline) has passed, by the database's clock."""
-    return column < func.now()
+    return column < func.statement_timestamp()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def try_lock(conn: Connection, key: int) -> bool:
 
 def db_now(session: Session) -> datetime:
     """The database's clock: the one every lease, grace period and staleness is judged by."""
-    return session.execute(select(func.now())).scalar_one()
+    return session.execute(select(func.statement_timestamp())).scalar_one()
 
 
 def close_shards_of_stopping_jobs(session: Session, limit: int) -> None:

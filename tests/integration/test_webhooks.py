@@ -48,6 +48,19 @@ def _wait_delivery(
     raise AssertionError(f"no {status} delivery for {job_id}: {_deliveries(client, job_id)}")
 
 
+def _all_delivered(client: httpx.Client, job_id: str, timeout: float = 30) -> list[Any]:
+    """Wait until every delivery of a job has succeeded: what the receiver got by then is all
+    it will get. An ended job's deliveries are all written already (with its transitions, an
+    outbox), so this waits on the farm's state instead of sleeping for "nothing else comes"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deliveries = _deliveries(client, job_id)
+        if all(d["status"] == "succeeded" for d in deliveries):
+            return deliveries
+        time.sleep(0.1)
+    raise AssertionError(f"deliveries of {job_id} still pending: {_deliveries(client, job_id)}")
+
+
 def _secret(client: httpx.Client) -> str:
     response = client.get("/v1/webhooks/secret")
     assert response.status_code == 200, response.text
@@ -61,7 +74,8 @@ def test_terminal_event_is_signed_and_carries_the_job(client: httpx.Client) -> N
         job = _job(client, hook.url)
         finished = wait_done(client, job["id"])
         (request,) = hook.wait_for(1)
-        time.sleep(1)  # nothing else comes: the default events are the terminal ones
+        # Nothing else comes: the default events are the terminal ones.
+        assert len(_all_delivered(client, job["id"])) == 1
         assert len(hook.requests) == 1
     payload = verify(secret, request)
     assert payload["type"] == "job.succeeded"
@@ -108,7 +122,7 @@ def test_receiver_down_then_up_gets_every_event(client: httpx.Client) -> None:
     assert "ConnectError" in (tried[0]["attempts"][0]["error"] or "")
     with receiver(port) as hook:
         hook.wait_for(2)
-        time.sleep(1)
+        assert len(_all_delivered(client, job["id"])) == 2
         assert sorted(hook.events()) == ["job.started", "job.succeeded"]
     assert all(d["status"] == "succeeded" for d in _deliveries(client, job["id"]))
 
@@ -118,7 +132,7 @@ def test_event_filter_and_progress(client: httpx.Client) -> None:
         job = _job(client, hook.url, events=["job.started"])
         wait_done(client, job["id"])
         hook.wait_for(1)
-        time.sleep(1.5)
+        assert len(_all_delivered(client, job["id"])) == 1
         assert hook.events() == ["job.started"]
         started = hook.requests[0].event["data"]
         assert started["status"] == "running" and started["id"] == job["id"]
@@ -132,8 +146,7 @@ def test_event_filter_and_progress(client: httpx.Client) -> None:
         }
         job = submit(client, body)
         wait_done(client, job["id"])
-        _wait_delivery(client, job["id"], "succeeded")
-        time.sleep(0.5)
+        _all_delivered(client, job["id"])
         events = hook.events()
     assert events.count("job.succeeded") == 1
     assert set(events) == {"job.progress", "job.succeeded"}

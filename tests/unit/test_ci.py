@@ -39,8 +39,9 @@ def test_the_make_targets_ci_calls_run_ruff_mypy_and_every_test() -> None:
     assert [".venv/bin/ruff", "check", "."] in tools
     assert [".venv/bin/mypy"] in tools
     # pytest with no path runs `testpaths` (every tier), and nothing deselects a marker.
-    assert [".venv/bin/python", "-m", "pytest"] in tools
-    assert not [t for t in tools if "pytest" in t and len(t) > 3]
+    # (--durations only reports the slowest tests.)
+    assert [".venv/bin/python", "-m", "pytest", "--durations=25"] in tools
+    assert not [t for t in tools if "pytest" in t and t[3:] != ["--durations=25"]]
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert options["testpaths"] == ["tests"]
     assert "-m" not in shlex.split(options.get("addopts", ""))

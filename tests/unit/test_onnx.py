@@ -14,6 +14,9 @@ from workers.builtins import builtin_spec
 from workers.runtime import ModelSpec, RunOptions, load_runner
 from workers.runtime import onnx as onnx_backend
 
+# Exports and runs real graphs (seconds each): in `make test`, not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SENTENCES = [
     "The cat sat on the mat.",
     "Embeddings map text to vectors.",

@@ -244,6 +244,7 @@ def test_configure_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         configure_threads(0)
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_run_stops_between_micro_batches_when_asked(minilm: Any) -> None:
     asked = []
 
@@ -259,6 +260,7 @@ def test_run_stops_between_micro_batches_when_asked(minilm: Any) -> None:
     assert len(minilm.run(texts, RunOptions(batch_size=4))) == 40
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_mixed_precision_runs_half_and_stays_close(minilm: Any, reference: Any) -> None:
     """The GPU pool's torch path (fp16 autocast on CUDA; bf16 on a CPU standing in for the GPU
     through the device override): vectors in the same direction, yet not fp32's own."""

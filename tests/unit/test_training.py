@@ -388,6 +388,7 @@ def _params(**overrides: Any) -> dict[str, Any]:
     )
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_finetuned_model_serves_text_classification(base: str, tmp_path: Path) -> None:
     progress: list[dict[str, Any]] = []
     checkpoints: list[int] = []
@@ -428,6 +429,7 @@ def test_finetuned_model_serves_text_classification(base: str, tmp_path: Path) -
     assert metrics["accuracy"] == correct / len(validation)
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_a_base_classifier_gets_a_new_head(tmp_path: Path) -> None:
     base = make_tiny_text_classifier(tmp_path / "base", labels=["x", "y"])
     result = finetune(
@@ -442,6 +444,7 @@ def test_a_base_classifier_gets_a_new_head(tmp_path: Path) -> None:
     assert load_text_classifier(str(tmp_path / "out"), "cpu").labels == ["meh", "neg", "pos"]
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_should_stop_stops_before_the_next_step(base: str, tmp_path: Path) -> None:
     with pytest.raises(Stopped):
         finetune(
@@ -455,6 +458,7 @@ def test_should_stop_stops_before_the_next_step(base: str, tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_resumed_run_continues_and_ends_with_the_same_weights(base: str, tmp_path: Path) -> None:
     finetune(_examples(), _params(), base, str(tmp_path / "whole"), str(tmp_path / "c1"))
 
@@ -494,6 +498,7 @@ def test_resumed_run_continues_and_ends_with_the_same_weights(base: str, tmp_pat
     assert not torch.equal(changed, original["embeddings.word_embeddings.weight"])
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_a_finished_checkpoint_only_saves_the_model(base: str, tmp_path: Path) -> None:
     first = finetune(_examples(), _params(epochs=1), base, str(tmp_path / "a"), str(tmp_path / "c"))
     calls: list[Any] = []
@@ -513,6 +518,7 @@ def test_a_finished_checkpoint_only_saves_the_model(base: str, tmp_path: Path) -
     ).read_bytes()
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_a_checkpoint_of_another_job_is_not_resumed(base: str, tmp_path: Path) -> None:
     done: list[int] = []
     with pytest.raises(Stopped):
@@ -537,12 +543,14 @@ def test_a_checkpoint_of_another_job_is_not_resumed(base: str, tmp_path: Path) -
     assert checkpoints == [1]
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_one_class_cannot_be_finetuned(base: str, tmp_path: Path) -> None:
     examples = Examples(inputs=TEXTS[:4], labels=["a"] * 4)
     with pytest.raises(TrainingError, match="only one class"):
         finetune(examples, _params(), base, str(tmp_path / "out"), str(tmp_path / "c"))
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 def test_minilm_sentence_transformers_layout_is_finetuned(tmp_path: Path) -> None:
     examples = read_examples(_lines(TEXTS[:4] + TEXTS[12:16], [1] * 4 + [0] * 4), "text")
     result = finetune(

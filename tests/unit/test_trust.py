@@ -83,6 +83,7 @@ def _rewrite_array(path: Path, pick: Any, change: Any) -> None:
 # -- what the farm itself trains must load --------------------------------------------------
 
 
+@pytest.mark.slow  # loads or trains a real model: `make test`, not test-fast
 @pytest.mark.parametrize("name", sorted(SKLEARN_ESTIMATORS))
 def test_every_estimator_the_farm_trains_loads(tmp_path: Path, name: str) -> None:
     _, task = SKLEARN_ESTIMATORS[name]

@@ -45,7 +45,11 @@ def _assemble_claimed(job_id: str, owner: str, claimed: Assembly) -> bool:
     renewed_at = time.monotonic()
     held = True
     lost: list[int] = []
-    with ResultWriter(store, out_uri) as outputs, ResultWriter(store, err_uri) as errors:
+    # `errors` closes first; `outputs`, closed last, syncs the folder of both.
+    with (
+        ResultWriter(store, out_uri) as outputs,
+        ResultWriter(store, err_uri, sync_folder=False) as errors,
+    ):
         for part in claimed.parts:
             if time.monotonic() - renewed_at > settings.lease_seconds:
                 held = db_retry(_renew, job_id, owner, settings.lease_seconds * ASSEMBLY_LEASES)

@@ -335,7 +335,8 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
         with (
             ShardWatch(plan.shard.id, job_id, owner, settings.lease_seconds) as watch,
             ResultWriter(get_store(), out_uri) as outputs,
-            ResultWriter(get_store(), err_uri) as errors,
+            # Closed first (a `with` closes in reverse): `outputs` syncs their folder after it.
+            ResultWriter(get_store(), err_uri, sync_folder=False) as errors,
         ):
             outcome, tokens = _run_items(plan, runner, owner, watch, outputs, errors)
     except Exception as exc:  # SoftTimeLimitExceeded included: the shard gets another try

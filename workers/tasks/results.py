@@ -19,10 +19,13 @@ class ResultWriter:
     nothing back. Closed, it is durable (fsync'ed with its folder on a local store): the
     commit that records it comes after."""
 
-    def __init__(self, store: ArtifactStore, uri: str) -> None:
+    def __init__(self, store: ArtifactStore, uri: str, sync_folder: bool = True) -> None:
+        """`sync_folder=False` for the first-closed of two files in one folder: the folder's
+        fsync after the second one makes both entries durable (one fsync saved)."""
         self.uri = uri
         self._store = store
         self._local = store.is_local(uri)
+        self._sync_folder = self._local and sync_folder
         self.lines = 0
         self.size = 0
         self._digest = hashlib.sha256()
@@ -45,7 +48,7 @@ class ResultWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         self._file.close()
-        if self._local:
+        if self._sync_folder:
             self._store.sync_folder(self.uri)
 
     def __enter__(self) -> ResultWriter:
