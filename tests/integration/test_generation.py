@@ -29,6 +29,7 @@ from tests.helpers import (
     wait_done,
     wait_model,
 )
+from workers.runtime import builtin_path
 from workers.runtime.base import RunOptions
 from workers.runtime.generation import load_generation_runner
 
@@ -133,6 +134,8 @@ def test_hostile_generation_uploads_are_refused(client: httpx.Client, tmp_path: 
         "past-the-end": _gguf(1, 1, arch + huge_tensor),
         "bad-metadata": _gguf(0, 1, _gguf_string(b"k") + struct.pack("<I", 8) + b"\xff" * 8),
         "not-utf8": _gguf(0, 1, _gguf_string(b"k") + struct.pack("<I", 8) + _gguf_string(b"\xff")),
+        # Over MODEL_MAX_UNPACKED_BYTES (32 MiB in tests) once dequantized: the real smollm2.
+        "too-large": Path(builtin_path("smollm2")).read_bytes(),
     }
     versions = []
     for name, content in cases.items():
@@ -153,6 +156,7 @@ def test_hostile_generation_uploads_are_refused(client: httpx.Client, tmp_path: 
         assert version["error"]["code"] == "invalid_model", version
     messages = [v["error"]["message"] for v in ended]
     assert "tensors" in messages[0] and "past the end" in messages[1]
+    assert "dequantized" in messages[4]
     assert "auto_map" in messages[-1]
 
 
