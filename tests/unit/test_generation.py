@@ -38,7 +38,7 @@ def runner(model_dir: Path) -> GenerationRunner:
 
 
 def _options(**params: Any) -> RunOptions:
-    return RunOptions(params=params, batch_size=2, kv_tokens=4096)
+    return RunOptions(params=params, max_rows=2, kv_tokens=4096)
 
 
 def _reference(runner: GenerationRunner, ids: list[int], max_tokens: int) -> list[int]:
@@ -66,7 +66,7 @@ def test_greedy_text_equals_transformers_generate_while_rows_leave_and_join(
     deltas: dict[int, list[str]] = {}
     streaming = RunOptions(
         params=options.params,
-        batch_size=2,
+        max_rows=2,
         kv_tokens=4096,
         on_text=lambda i, d: deltas.setdefault(i, []).append(d),
     )

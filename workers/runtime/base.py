@@ -81,8 +81,11 @@ class RunOptions:
     #: text runner tokenizes a call's values, so tokens are counted where they are made
     on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
     #: text generation: most tokens (prompt + completion) the sequences decoding together
-    #: may hold in the KV cache; batch_size caps how many decode together
+    #: may hold in the KV cache
     kv_tokens: int = 32768
+    #: text generation: most sequences decoding together (docs/decisions/0011: on a 2-core CPU
+    #: 32 rows ran 1.4x padded batches of 16, 64 rows slower than 32)
+    max_rows: int = 32
     #: text generation: `max_tokens` above this is lowered to it (MAX_GENERATION_TOKENS)
     max_new_tokens: int = 4096
     #: the job's `params` (text generation reads its sampling defaults here; a line's own
