@@ -20,7 +20,7 @@ class BuiltinModel:
     #: what a job may choose (params.precision); a worker still checks a quantised graph
     #: against fp32 before it serves (workers/runtime/precision.py)
     precisions: tuple[str, ...] = ("fp32",)
-    #: tokens it reads at once, prompt and answer together (text-generation models)
+    #: text generation: tokens of prompt and completion together (what GET /v1/models shows)
     context_length: int | None = None
 
     def ref(self, name: str) -> str:

@@ -106,10 +106,11 @@ class Settings(BaseSettings):
     gpu_mixed_precision: bool = True
     # Text generation (docs/generation.md): `max_tokens` above this is lowered to it; the KV
     # cache of the sequences decoding together holds at most this many tokens (prompts and
-    # max_tokens reserved; 16384 is about 0.75 GB for SmolLM2-135M); batch_size / gpu_batch_size
-    # cap how many decode together.
+    # max_tokens reserved; 16384 is about 0.75 GB for SmolLM2-135M); generation_batch_size (CPU)
+    # and gpu_batch_size (GPU pool) cap how many decode together (a job's batch_size overrides).
     generation_max_tokens: int = Field(default=4096, ge=1)
     generation_kv_tokens: int = Field(default=16384, ge=1)
+    generation_batch_size: int = Field(default=32, ge=1)  # sequences decoding together (CPU)
     gpu_generation_kv_tokens: int = Field(default=262144, ge=1)
     worker_concurrency: int = 1  # processes per CPU worker; torch threads = cores / processes
     worker_threads: int | None = None  # override the torch threads per process

@@ -97,8 +97,11 @@ class RunOptions:
     max_image_pixels: int = 40_000_000  #: a larger image is ItemError("image_too_large", ...)
     batch_pixels: int = 16_000_000  #: source pixels per micro-batch of images
     #: text generation: most tokens (prompt + completion) the sequences decoding together
-    #: may hold in the KV cache; batch_size caps how many decode together
+    #: may hold in the KV cache
     kv_tokens: int = 32768
+    #: text generation: most sequences decoding together (docs/decisions/0011: on a 2-core CPU
+    #: 32 rows ran 1.4x padded batches of 16, 64 rows slower than 32)
+    max_rows: int = 32
     #: text generation: `max_tokens` above this is lowered to it (MAX_GENERATION_TOKENS)
     max_new_tokens: int = 4096
     #: the job's `params`, for what a task reads beside its items (zero-shot labels, text

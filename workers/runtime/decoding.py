@@ -99,7 +99,7 @@ class _Loop:
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=engine.device)
         self.positions = torch.zeros(0, dtype=torch.long, device=engine.device)
         self.last = torch.zeros(0, dtype=torch.long, device=engine.device)
-        self.width = max(1, options.batch_size)  #: most rows decoding together
+        self.width = max(1, options.max_rows)  #: most rows decoding together
 
     def run(self) -> list[Generated]:
         order = [s.request.index for s in self.waiting]

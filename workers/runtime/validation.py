@@ -190,12 +190,19 @@ def refuse_custom_code(root: Path) -> None:
             )
 
 
-def check_gguf_upload(upload: Path, dest: Path) -> dict[str, Any]:
-    """Check a .gguf upload's header, then convert it into `dest` (a transformers folder)."""
+def check_gguf_upload(upload: Path, dest: Path, max_bytes: int) -> dict[str, Any]:
+    """Check a .gguf upload's header, then convert it into `dest` (a transformers folder).
+    Its weights dequantized to fp32 (what converting holds in memory, and what is stored) must
+    fit `max_bytes` (MODEL_MAX_UNPACKED_BYTES), as an archive's unpacked files must."""
     from workers.runtime.gguf_models import GGUFRefused, check_gguf, convert_gguf
 
     try:
         info = check_gguf(upload)
+        if info["parameters"] * 4 > max_bytes:
+            raise GGUFRefused(
+                f"its {info['parameters']} weights take {info['parameters'] * 4} bytes "
+                f"dequantized; the limit is {max_bytes}"
+            )
         convert_gguf(upload, dest)
     except GGUFRefused as exc:
         raise ModelRefused("invalid_model", f"not a usable GGUF file: {exc}") from None

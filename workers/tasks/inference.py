@@ -473,6 +473,12 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         if process.pool == "gpu"
         else settings.generation_kv_tokens,
         max_new_tokens=settings.generation_max_tokens,
+        max_rows=int(
+            job.params.get("batch_size")
+            or (
+                settings.gpu_batch_size if process.pool == "gpu" else settings.generation_batch_size
+            )
+        ),
         params=dict(job.params),
         max_output_bytes=settings.max_output_line_bytes,
     )

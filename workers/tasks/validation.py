@@ -102,7 +102,7 @@ def _check_and_store(
         with tempfile.TemporaryDirectory(dir=scratch, prefix="model-") as tmp:
             if claim.framework == "gguf":  # stored converted: jobs load it in seconds
                 root = Path(tmp) / "model"
-                info = check_gguf_upload(upload, root)
+                info = check_gguf_upload(upload, root, settings.model_max_unpacked_bytes)
             else:
                 root, info = unpack_archive(
                     upload,
