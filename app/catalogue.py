@@ -17,7 +17,7 @@ class BuiltinModel:
     framework: str
     task: str
     version: int = 1
-    #: tokens it reads at once, prompt and answer together (text-generation models)
+    #: text generation: tokens of prompt and completion together (what GET /v1/models shows)
     context_length: int | None = None
 
     def ref(self, name: str) -> str:

@@ -182,7 +182,7 @@ def test_model_registration_errors(client: httpx.Client, other_client: httpx.Cli
     assert_error(client.post("/v1/models", json={**tf_body, "task": "regression"}), 422)
     assert_error(client.get("/v1/models/unknown"), 404)
     listed = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
-    assert list(listed) == ["minilm", "m", "tf"]
+    assert list(listed) == ["minilm", "smollm2", "m", "tf"]
     assert listed["m"]["latest_version"] == 0  # none ready: `m` alone runs nothing
 
 

@@ -1,7 +1,9 @@
 """One sequence's text as it is generated: incremental decoding, stop strings, held-back text.
 
-Text is re-decoded from all of the sequence's tokens at each step (a few dozen microseconds for
-a few hundred tokens), so a character split over several tokens comes out whole. What could
+Text is decoded incrementally: each step decodes the tokens since the last whole piece, with the
+piece before them as context (a tokenizer may write a token differently at the start of a
+text), so a step costs the same at token 4,000 as at token 4, and a character split over
+several tokens comes out whole once its last byte is there. What could
 still be the start of a stop string, or an unfinished character, is held back until resolved,
 so the deltas a caller streams always add up to the final text.
 """
@@ -21,11 +23,19 @@ class TextState:
         self.text = ""  #: the text so far (cut at a stop string once one is seen)
         self.sent = 0  #: characters of `text` already handed out as deltas
         self.stopped = False  #: a stop string was found; `text` ends before it
+        self._committed = ""  #: text of tokens[:_read], final
+        self._start = 0  #: the context window's first token
+        self._read = 0  #: tokens before this one are in _committed
 
     def add(self, token: int) -> None:
         """Take one generated token (not EOS: the caller ends the sequence on that)."""
         self.tokens.append(token)
-        text = self._decode(self.tokens)
+        context = self._decode(self.tokens[self._start : self._read])
+        fresh = self._decode(self.tokens[self._start :])[len(context) :]
+        text = self._committed + fresh
+        if fresh and not fresh.endswith(_PARTIAL):  # a whole piece: the next window starts here
+            self._committed = text
+            self._start, self._read = self._read, len(self.tokens)
         for stop in self.stops:
             # Only the new end can hold a stop string that was not there before.
             at = text.find(stop, max(0, len(self.text) - len(stop) - 2))

@@ -160,7 +160,7 @@ def load_generation_runner(path: str, device: str, precision: str = "fp32") -> G
     if precision == "mixed":  # the GPU pool: fp16 on CUDA, bf16 on a CPU standing in for one
         dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         root, use_safetensors=True, local_files_only=True, trust_remote_code=False, dtype=dtype
     )
     config = model.config
@@ -182,4 +182,5 @@ def load_generation_runner(path: str, device: str, precision: str = "fp32") -> G
     template = tokenizer.chat_template
     if isinstance(template, dict):
         template = template.get("default")
-    return GenerationRunner(model.to(device).eval(), tokenizer, device, context, template, eos)
+    model = model.to(device).eval()
+    return GenerationRunner(model, tokenizer, device, context, template, eos)

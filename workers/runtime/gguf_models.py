@@ -175,7 +175,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
             folder, gguf_file=name, trust_remote_code=False
         )
         # Dequantized already: what is saved is plain weights, not a quantized model.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

@@ -61,6 +61,7 @@ class GrowingLayer(DynamicLayer):
         values = self._v[rows, :, drop : self.length]
         if joining is not None and joining.is_initialized:
             extra_k, extra_v = joining.keys, joining.values
+            assert extra_k is not None and extra_v is not None
             width = max(keys.shape[2], extra_k.shape[2])
             keys = torch.cat([_left_pad(keys, width), _left_pad(extra_k, width)])
             values = torch.cat([_left_pad(values, width), _left_pad(extra_v, width)])
