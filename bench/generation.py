@@ -247,6 +247,7 @@ def main() -> None:
     engine_s, engine_tokens, engine_texts = run_engine(runner, prompts)
     _progress("the farm's engine in-process", engine_s, engine_tokens)
     same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
+    print(f"  identical so far: {same}/{len(prompts)}", flush=True)
     # The same weights as the engine's: transformers' own loading of the converted folder.
     one_s, one_tokens = run_generate(runner.model, runner.tokenizer, sample, 1)
     _progress("(b) generate one at a time", one_s, one_tokens)

@@ -48,11 +48,12 @@ def _tokenize(llama: Any, vocab: Any, text: str) -> list[int]:
     return list(out[:n])
 
 
-def measure(prompts: list[list[int]], slots: int) -> tuple[float, int, list[list[int]]]:
+def measure(
+    prompts: list[list[int]], slots: int, threads: int
+) -> tuple[float, int, list[list[int]]]:
     """(seconds, generated tokens, each prompt's generated ids) with `slots` sequences at once."""
     import llama_cpp as llama
 
-    threads = os.cpu_count() or 1
     model = llama.llama_model_load_from_file(
         str(gguf_path()).encode(), llama.llama_cpp.llama_model_default_params()
     )
@@ -119,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     import llama_cpp as llama
     from transformers import AutoTokenizer
@@ -136,10 +138,10 @@ def main() -> None:
         text = tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
         prompts.append(_tokenize(llama, vocab, text))
     llama.llama_model_free(model)
-    measure(prompts[:2], 1)  # warm-up
+    measure(prompts[:2], 1, args.threads)  # warm-up
     first: list[list[int]] | None = None
     for slots in args.slots:
-        seconds, tokens, results = measure(prompts, slots)
+        seconds, tokens, results = measure(prompts, slots, args.threads)
         same = (
             ""
             if first is None
