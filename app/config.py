@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     gpu_mixed_precision: bool = True
     # Text generation (docs/generation.md): `max_tokens` above this is lowered to it; the KV
     # cache of the sequences decoding together holds at most this many tokens (prompts and
-    # max_tokens reserved; 16384 is about 0.75 GB for SmolLM2-135M); generation_batch_size (CPU)
-    # and gpu_batch_size (GPU pool) cap how many decode together (a job's batch_size overrides).
+    # max_tokens reserved, every row counted at the longest row's length, as the cache pads
+    # them; 16384 is about 0.75 GB for SmolLM2-135M); generation_batch_size (CPU) and
+    # gpu_batch_size (GPU pool) cap how many decode together (a job's batch_size may lower it).
     generation_max_tokens: int = Field(default=4096, ge=1)
     generation_kv_tokens: int = Field(default=16384, ge=1)
     generation_batch_size: int = Field(default=32, ge=1)  # sequences decoding together (CPU)

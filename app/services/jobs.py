@@ -98,7 +98,16 @@ def create_job(
         params = with_precision(resolved, body.params)
         model_ref, version_id = resolved.ref, resolved.version_id
         input_file = _inference_input(session, tenant, body, max_inline_items, lines)
-    queue, notice = pick_queue(session, body.device)
+    device = body.device
+    if body.type != JobType.TRAINING and params.get("precision") == "int8":
+        # int8 is ONNX Runtime's CPU kernels (docs/decisions/0017): never the GPU pool.
+        if device == "gpu":
+            raise InvalidRequest(
+                "precision int8 runs on the CPU pool only; use device cpu or auto",
+                code="precision_not_offered",
+            )
+        device = "cpu"
+    queue, notice = pick_queue(session, device)
     job = Job(
         id=new_id("job"),
         tenant_id=tenant.id,
@@ -108,7 +117,7 @@ def create_job(
         model_version_id=version_id,
         framework=body.framework,
         output_model=body.output_model,
-        device=body.device,
+        device=device,
         queue=queue,
         priority=body.priority,
         notice=notice,

@@ -192,3 +192,14 @@ def test_precision_is_measured_at_validation_shown_and_chosen_per_job(
     assert runs["fp32"] == pytest.approx(1.0, abs=1e-5)
     if "bf16" in runs:
         assert runs["bf16"] == pytest.approx(measured["bf16"]["mean_cosine"], abs=1e-3)
+    # int8 is ONNX Runtime on the CPU pool: asked of the GPU pool it is refused at once, and a
+    # job with `device: auto` on an int8 default goes to the CPU pool whatever pools run.
+    refused = client.post(
+        "/v1/jobs",
+        json={"model": "fe", "input": {"items": rows[:1]}, "device": "gpu"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "precision_not_offered"
+    auto = client.post("/v1/jobs", json={"model": "fe", "input": {"items": rows[:1]}})
+    assert auto.status_code in (200, 201, 202), auto.text
+    assert auto.json()["queue"] == "cpu" and auto.json()["device"] == "cpu"

@@ -215,3 +215,21 @@ def test_the_builtin_gguf_passes_the_header_checks_and_matches_the_catalogue() -
     assert info["architecture"] == "llama"
     assert info["context_length"] == BUILTIN_MODELS["smollm2"].context_length
     assert 100_000_000 < info["parameters"] < 200_000_000  # SmolLM2-135M
+
+
+def test_the_kv_budget_counts_every_row_at_the_longest_rows_length(
+    runner: GenerationRunner,
+) -> None:
+    """The cache pads every row to the longest: one long prompt beside many short ones must
+    not let rows x longest grow past the budget (the sum of their own lengths would)."""
+    from workers.runtime.decoding import _Loop
+
+    options = RunOptions(params={"max_tokens": 1}, max_rows=32, kv_tokens=1000)
+    long = runner.prepare("the quick brown fox jumps " * 30, options)
+    requests = [long] + [runner.prepare("a", options) for _ in range(31)]
+    loop = _Loop(runner.engine, requests, options)
+    joining = loop._admit()
+    longest = max(s.reserved for s in joining)
+    assert longest > 100  # the long prompt is among them
+    assert len(joining) * longest <= options.kv_tokens
+    assert 1 < len(joining) < 32

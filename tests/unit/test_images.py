@@ -158,3 +158,34 @@ def test_mixed_precision_on_cpu_stays_close_to_fp32(tmp_path: Path) -> None:
         assert set(full["scores"]) == {"a", "b", "c"}
         for label, score in full["scores"].items():
             assert half["scores"][label] == pytest.approx(score, abs=0.03)
+
+
+def test_a_sliver_is_refused_before_a_processor_can_blow_it_up() -> None:
+    """40,000 x 2 is under the pixel limit, but a processor that resizes the short side to 224
+    would make it 224 x 4,480,000: sides far apart are an error line."""
+    with pytest.raises(ItemError) as refused:
+        decode(png(noise(4000, 2)), max_pixels=40_000_000)
+    assert refused.value.code == "image_too_large"
+    assert decode(png(noise(400, 40)), max_pixels=40_000_000).size == (400, 40)  # 10:1 is fine
+
+
+@pytest.mark.parametrize(
+    ("size", "refused"),
+    [({"height": 5000, "width": 32}, True), ({"shortest_edge": 224}, False), (4096, True)],
+)
+def test_a_processor_that_makes_huge_pictures_is_refused(
+    tmp_path: Path, size: object, refused: bool
+) -> None:
+    from transformers import AutoImageProcessor
+
+    from workers.runtime.base import ModelLoadError
+    from workers.runtime.vision import check_processor_size
+
+    config = {"image_processor_type": "ViTImageProcessor", "size": size, "do_resize": True}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil", local_files_only=True)
+    if refused:
+        with pytest.raises(ModelLoadError, match="at most 1024 pixels a side"):
+            check_processor_size(processor)
+    else:
+        check_processor_size(processor)

@@ -71,6 +71,10 @@ def main() -> None:
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     env = _environment()
+    # Said once started: the parent's render deadline counts from here, not from the start of
+    # an interpreter that a loaded machine may take seconds to bring up.
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         try:
             answer: dict[str, Any] = {"text": _render(env, json.loads(line))}

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RENDER_SECONDS = 2.0
+#: how long a new child may take to say it is ready (an interpreter and jinja2 starting)
+START_SECONDS = 60.0
 MEMORY_BYTES = 768 * 1024 * 1024
 _SCRIPT = Path(__file__).with_name("chat_sandbox.py")
 
@@ -44,7 +46,33 @@ class _Child:
                 stderr=subprocess.DEVNULL,
             )
             self.buffer = b""
+            try:
+                ready = self._read_line(self.proc, START_SECONDS)
+            except TemplateError:
+                raise TemplateError("the chat template's sandbox did not start") from None
+            if json.loads(ready) != {"ready": True}:
+                self._kill()
+                raise TemplateError("the chat template's sandbox did not start")
         return self.proc
+
+    def _read_line(self, proc: subprocess.Popen[bytes], seconds: float) -> bytes:
+        """The child's next line, or TemplateError (the child killed) past `seconds`."""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + seconds
+        fd = proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                self._kill()
+                raise TemplateError(f"the chat template ran longer than {seconds:g} s")
+            piece = os.read(fd, 1 << 20)
+            if not piece:  # the child died (the kernel's OOM killer, a crash)
+                self._kill()
+                raise TemplateError("the chat template's sandbox died rendering it")
+            self.buffer += piece
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
 
     def _kill(self) -> None:
         if self.proc is not None:
@@ -62,21 +90,7 @@ class _Child:
             except BrokenPipeError:
                 self._kill()
                 raise TemplateError("the chat template's sandbox stopped") from None
-            deadline = time.monotonic() + seconds
-            fd = proc.stdout.fileno()
-            while b"\n" not in self.buffer:
-                left = deadline - time.monotonic()
-                ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
-                if not ready:
-                    self._kill()
-                    raise TemplateError(f"the chat template ran longer than {seconds:g} s")
-                piece = os.read(fd, 1 << 20)
-                if not piece:  # the child died (the kernel's OOM killer, a crash)
-                    self._kill()
-                    raise TemplateError("the chat template's sandbox died rendering it")
-                self.buffer += piece
-            line, _, self.buffer = self.buffer.partition(b"\n")
-            answer: dict[str, Any] = json.loads(line)
+            answer: dict[str, Any] = json.loads(self._read_line(proc, seconds))
             return answer
 
 

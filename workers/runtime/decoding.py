@@ -119,15 +119,21 @@ class _Loop:
     # -- rows leave and join ---------------------------------------------------------------
 
     def _admit(self) -> list[_Sequence]:
+        """The waiting sequences that join now. The cache is one rectangle, every row padded
+        to the longest, so what the budget bounds is rows x the largest reservation among them
+        (a sum of the rows' own lengths would let one long prompt beside many short ones take
+        many times the budget)."""
         kept = [s for s in self.rows if s.finish is None]
-        budget = max(1, self.options.kv_tokens) - sum(s.reserved for s in kept)
+        budget = max(1, self.options.kv_tokens)
+        widest = max((s.reserved for s in kept), default=0)
         joining: list[_Sequence] = []
         while self.waiting and len(kept) + len(joining) < self.width:
             nxt = self.waiting[0]
-            if (kept or joining) and nxt.reserved > budget:
+            rows = len(kept) + len(joining) + 1
+            if (kept or joining) and rows * max(widest, nxt.reserved) > budget:
                 break
             joining.append(self.waiting.popleft())
-            budget -= nxt.reserved
+            widest = max(widest, nxt.reserved)
         return joining
 
     def _refill(self) -> None:

@@ -23,6 +23,9 @@ from PIL import Image, ImageFile, ImageOps
 from workers.runtime.base import ItemError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+#: Sides further apart than this are refused: a processor that resizes the shorter side to its
+#: size makes the longer one this many times that, so the ratio bounds its memory too.
+MAX_ASPECT = 20
 #: Pictures at most this large are kept decoded between prepare and run; larger ones are kept
 #: as their (smaller) encoded bytes and decoded again in their micro-batch, so a chunk of large
 #: pictures never sits decoded in memory at once.
@@ -113,6 +116,12 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
                         "image_too_large",
                         f"the image is {width} x {height} pixels; the limit is {max_pixels} "
                         "pixels (MAX_IMAGE_PIXELS)",
+                    )
+                if max(width, height) > MAX_ASPECT * min(width, height):
+                    raise ItemError(
+                        "image_too_large",
+                        f"the image is {width} x {height} pixels; sides more than {MAX_ASPECT} "
+                        "times apart are refused",
                     )
                 opened.seek(0)
                 opened.load()

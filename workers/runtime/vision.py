@@ -104,6 +104,30 @@ def pooled(outputs: Any) -> torch.Tensor:
     return value.flatten(start_dim=1)
 
 
+#: the largest side a model's processor may resize or crop a picture to: what one picture costs
+#: the batch is bounded by it, whatever the upload's preprocessor_config.json says
+MAX_PROCESSED_SIDE = 1024
+_SIDES = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+
+
+def check_processor_size(processor: Any) -> None:
+    """Refuse a processor that makes pictures larger than MAX_PROCESSED_SIDE on a side."""
+    for name in ("size", "crop_size"):
+        value = getattr(processor, name, None)
+        if isinstance(value, int | float):
+            sides: list[Any] = [value]
+        elif isinstance(value, dict):
+            sides = [value.get(key) for key in _SIDES]
+        else:  # transformers' SizeDict, or None
+            sides = [getattr(value, key, None) for key in _SIDES]
+        for side in sides:
+            if isinstance(side, int | float) and side > MAX_PROCESSED_SIDE:
+                raise ModelLoadError(
+                    f"preprocessor_config.json's {name} is {side}; the farm serves image "
+                    f"models whose pictures are at most {MAX_PROCESSED_SIDE} pixels a side"
+                )
+
+
 def load_image_runner(path: str, task: str, device: str, precision: str = "fp32") -> Runner:
     root = Path(path)
     if not (root / "preprocessor_config.json").is_file():
@@ -113,6 +137,7 @@ def load_image_runner(path: str, task: str, device: str, precision: str = "fp32"
     processor = AutoImageProcessor.from_pretrained(
         root, backend="pil", local_files_only=True, trust_remote_code=False
     )
+    check_processor_size(processor)
     auto_class = AutoModelForImageClassification if task == "image-classification" else AutoModel
     model, info = auto_class.from_pretrained(
         root,

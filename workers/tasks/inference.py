@@ -473,11 +473,10 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         if process.pool == "gpu"
         else settings.generation_kv_tokens,
         max_new_tokens=settings.generation_max_tokens,
-        max_rows=int(
-            job.params.get("batch_size")
-            or (
-                settings.gpu_batch_size if process.pool == "gpu" else settings.generation_batch_size
-            )
+        # A job may ask for fewer sequences decoding together, never more than the pool's.
+        max_rows=min(
+            int(job.params.get("batch_size") or 1 << 30),
+            settings.gpu_batch_size if process.pool == "gpu" else settings.generation_batch_size,
         ),
         params=dict(job.params),
         max_output_bytes=settings.max_output_line_bytes,
