@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,48 @@ def test_the_kv_budget_counts_every_row_at_the_longest_rows_length(
     assert longest > 100  # the long prompt is among them
     assert len(joining) * longest <= options.kv_tokens
     assert 1 < len(joining) < 32
+
+
+def _gguf_file(path: Path, meta: dict[str, Any], tensors: dict[str, list[int]]) -> Path:
+    """A GGUF (v3) of F32 tensors, zeros: string and uint32 metadata only."""
+    import struct
+
+    def text(value: str) -> bytes:
+        return struct.pack("<Q", len(value.encode())) + value.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta))
+    for key, value in meta.items():
+        kind, raw = (8, text(value)) if isinstance(value, str) else (4, struct.pack("<I", value))
+        head += text(key) + struct.pack("<I", kind) + raw
+    offset, data = 0, b""
+    for name, shape in tensors.items():
+        head += text(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+        head += struct.pack("<IQ", 0, offset)
+        size = 4 * int(np.prod(shape))
+        data += bytes(size) + bytes(-size % 32)
+        offset += size + (-size % 32)
+    path.write_bytes(head + bytes(-len(head) % 32) + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"llama.block_count": 100_000}, "block_count is 100000"),
+        ({"llama.block_count": 1, "llama.embedding_length": 65_536}, "embedding_length"),
+    ],
+)
+def test_a_gguf_header_must_describe_the_tensors_it_holds(
+    tmp_path: Path, meta: dict[str, Any], message: str
+) -> None:
+    """transformers builds the model from the header's numbers and makes up missing weights:
+    a small file declaring a huge model is refused before anything is built."""
+    from workers.runtime.gguf_models import GGUFRefused
+
+    tensors = {"token_embd.weight": [8, 16], "blk.0.ffn_up.weight": [8, 24]}
+    path = _gguf_file(tmp_path / "m.gguf", {"general.architecture": "llama", **meta}, tensors)
+    with pytest.raises(GGUFRefused, match=message):
+        check_gguf(path)
+    honest = {"llama.block_count": 1, "llama.embedding_length": 8, "llama.feed_forward_length": 24}
+    path = _gguf_file(tmp_path / "ok.gguf", {"general.architecture": "llama", **honest}, tensors)
+    assert check_gguf(path)["parameters"] == 8 * 16 + 8 * 24

@@ -12,6 +12,7 @@ is what jobs load.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -27,6 +28,7 @@ MAX_ARRAY_ITEMS = 4_000_000  #: a tokenizer's vocabulary and merges are ~100k-30
 MAX_DIMS = 4
 MAX_PARAMETERS = 4_000_000_000  #: declared weights; a bound on what dequantizing allocates
 DONE_MARKER = ".converted"
+_BLOCK = re.compile(r"blk\.(\d+)\.")
 
 # ggml tensor types: (elements per block, bytes per block), from the GGUF specification.
 _BLOCKS = {
@@ -115,6 +117,7 @@ def check_gguf(path: Path) -> dict[str, Any]:
         if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
             raise GGUFRefused("general.alignment must be a power of two")
         spans, parameters = [], 0
+        shapes: dict[str, list[int]] = {}
         for n in range(tensors):
             name = r.string(f"tensor {n}'s name")
             dims = r.u32(f"tensor {name!r}")
@@ -135,6 +138,7 @@ def check_gguf(path: Path) -> dict[str, Any]:
             if count % per_block:
                 raise GGUFRefused(f"tensor {name!r}'s size is not whole blocks of its type")
             spans.append((name, offset, count // per_block * block_bytes))
+            shapes[name] = shape
         data_start = -(-f.tell() // alignment) * alignment
     end = 0
     # Sorted by offset, each tensor must start after the previous one ends: tensors that share
@@ -148,6 +152,7 @@ def check_gguf(path: Path) -> dict[str, Any]:
     architecture = meta.get("general.architecture")
     if not isinstance(architecture, str):
         raise GGUFRefused("general.architecture is missing")
+    _check_declared_shape(architecture, meta, shapes)
     context = meta.get(f"{architecture}.context_length")
     return {
         "architecture": architecture,
@@ -155,6 +160,30 @@ def check_gguf(path: Path) -> dict[str, Any]:
         "parameters": parameters,
         "context_length": context if isinstance(context, int) else None,
     }
+
+
+def _check_declared_shape(
+    architecture: str, meta: dict[str, Any], shapes: dict[str, list[int]]
+) -> None:
+    """The model transformers builds comes from the header's numbers (blocks, widths), and any
+    weight the file lacks is made up at full size: so the numbers must describe the tensors the
+    file holds, whose size the checks above bounded by the file's own."""
+    blocks = meta.get(f"{architecture}.block_count")
+    if blocks is not None:
+        held = {int(m.group(1)) for name in shapes if (m := _BLOCK.match(name))}
+        if not isinstance(blocks, int) or held != set(range(blocks)):
+            raise GGUFRefused(
+                f"{architecture}.block_count is {blocks}, but the file holds the tensors of "
+                f"{len(held)} blocks"
+            )
+    for key, tensor in (("embedding_length", "token_embd.weight"),
+                        ("feed_forward_length", "blk.0.ffn_up.weight")):  # fmt: skip
+        width = meta.get(f"{architecture}.{key}")
+        sides = shapes.get(tensor, [])
+        if width is not None and (not isinstance(width, int) or width not in sides):
+            raise GGUFRefused(
+                f"{architecture}.{key} is {width}, which is not a side of its tensor {tensor}"
+            )
 
 
 def convert_gguf(gguf: Path, dest: Path) -> None:
