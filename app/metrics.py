@@ -80,7 +80,7 @@ def _database_families() -> list[Metric]:
             statuses = farm_stats.jobs_by_status(session)
             workers = farm_stats.live_workers(session)
             items = farm_stats.items_processed(session, get_settings().metrics_model_names)
-            tokens = farm_stats.tokens_processed(session)
+            tokens = farm_stats.tokens_processed(session, get_settings().metrics_model_names)
             durations = farm_stats.job_durations(session)
             backlog = farm_stats.webhook_backlog(session)
             failures = farm_stats.webhook_failures(session)

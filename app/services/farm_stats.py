@@ -87,16 +87,20 @@ def items_processed(session: Session, names: bool = False) -> dict[tuple[str, st
     return found
 
 
-def tokens_processed(session: Session) -> dict[str, int]:
+def tokens_processed(session: Session, names: bool = False) -> dict[str, int]:
     """Tokens of text models per model (read, and for text generation written too: prompt +
-    completion), counted as each shard finishes; its rate is tokens per second."""
+    completion), counted as each shard finishes; its rate is tokens per second. Tenants' own
+    models are one `tenant-model` unless `names`, as in items_processed."""
+    model: ColumnElement[str] = func.coalesce(Job.model, literal("unknown"))
+    if not names:
+        model = case((Job.model_version_id.is_(None), model), else_=literal(TENANT_MODEL))
     rows = session.execute(
         select(
-            func.coalesce(Job.model, literal("unknown")),
+            model,
             func.coalesce(func.sum(func.coalesce(Job.usage["tokens"].as_integer(), 0)), 0),
         )
         .where(Job.type == "inference")
-        .group_by(Job.model)
+        .group_by(model)
     )
     return {str(model): int(tokens) for model, tokens in rows}
 

@@ -98,12 +98,18 @@ def test_metrics_need_the_token_and_hide_tenants_model_names(
     from app.db import session_scope
     from app.services import farm_stats
 
+    from app.catalogue import BUILTIN_MODELS
+
+    builtins = tuple(f"{name}@" for name in BUILTIN_MODELS)
     with session_scope() as session:
         named = farm_stats.items_processed(session, names=True)
         hidden = farm_stats.items_processed(session, names=False)
-    tenant_models = {m for m, _ in named if "@" in m and not m.startswith("minilm@")}
+        hidden_tokens = farm_stats.tokens_processed(session, names=False)
+    tenant_models = {m for m, _ in named if "@" in m and not m.startswith(builtins)}
     assert not tenant_models & {m for m, _ in hidden}, "a tenant's model name was shown"
-    assert all(m == farm_stats.TENANT_MODEL or m.startswith("minilm") for m, _ in hidden)
+    assert not tenant_models & set(hidden_tokens), "a tenant's model name was shown"
+    for shown in [m for m, _ in hidden] + list(hidden_tokens):
+        assert shown == farm_stats.TENANT_MODEL or shown.startswith(builtins), shown
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999"])
