@@ -95,10 +95,9 @@ def test_metrics_need_the_token_and_hide_tenants_model_names(
     assert wrong.status_code == 401
     scraped = httpx.get(f"{guarded_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert scraped.status_code == 200 and "modelfarm_jobs" in scraped.text
+    from app.catalogue import BUILTIN_MODELS
     from app.db import session_scope
     from app.services import farm_stats
-
-    from app.catalogue import BUILTIN_MODELS
 
     builtins = tuple(f"{name}@" for name in BUILTIN_MODELS)
     with session_scope() as session:
