@@ -194,11 +194,29 @@ def _match_weights(
                 f"the weights do not match config.json: {found[0]} is "
                 f"{list(shipped[found[0]])} in the safetensors, {list(shapes[key])} by the config"
             )
-    if missing:
+    if missing and not _shapes_cover(model, weights, unused):
         raise ModelLoadError(
             f"the safetensors lack {len(missing)} of the model's weights "
             f"(first: {', '.join(sorted(missing)[:3])})"
         )
+
+
+def _shapes_cover(
+    model: Any, weights: Mapping[str, tuple[int, ...]], unused: re.Pattern[str] | None
+) -> bool:
+    """Whether the file holds a tensor of the right shape for every parameter, names aside.
+
+    transformers renames some architectures' weights as it loads them (a checkpoint of ViT
+    names `attention.attention.key` what the module calls `k_proj`), so a name that differs
+    is not yet a missing weight: what a file can never make up for is the shapes."""
+    from collections import Counter
+
+    shipped = Counter(tuple(shape) for shape in weights.values())
+    needed: Counter[tuple[int, ...]] = Counter()
+    for name, parameter in model.named_parameters():  # tied parameters once
+        if unused is None or not unused.search(name):
+            needed[tuple(parameter.shape)] += 1
+    return all(shipped[shape] >= count for shape, count in needed.items())
 
 
 def _strip(name: str, prefix: str) -> str:
