@@ -17,14 +17,16 @@ def test_a_running_job_reports_rate_and_eta_to_on_progress(
     api_url: str, tenant_key: str, cpu_worker: FarmProcess
 ) -> None:
     seen: list[dict[str, Any]] = []
+    # Long enough to run several seconds on an idle machine: counts are recorded about once a
+    # second (PROGRESS_SECONDS), so a job of a second or two moves them only once or twice.
     rows = [
-        {"custom_id": i, "input": f"progress item {i} " + "word " * (i % 20)} for i in range(600)
+        {"custom_id": i, "input": f"progress item {i} " + "word " * (i % 20)} for i in range(2000)
     ]
     with Client(api_url, tenant_key, timeout=60) as farm:
         file = farm.upload(jsonl(rows))
         job = farm.create_job({"model": "minilm", "input": {"file_id": file["id"]}})
         done = farm.wait(job["id"], timeout=300, on_progress=seen.append)
-    assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 600
+    assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 2000
     assert done["progress"] is None  # an inference job that ended has no rate any more
     running = [j for j in seen if j["status"] == "running"]
     moved = {j["counts"]["succeeded"] for j in running}
