@@ -474,7 +474,9 @@ def test_a_batch_whose_deadline_passes_before_it_starts_expires_with_every_reque
         time.sleep(0.05)
     assert oai.batches.retrieve(batch.id).status == "validating"
     time.sleep(max(0.0, (batch.expires_at or 0) - time.time()) + 0.5)
-    assert sweep_once()["deadlines"] >= 1
+    # This sweep expires it, or the session's sweeper process did already when an earlier test
+    # started one: what counts is the outcome below, not which sweep got there first.
+    sweep_once()
     done = _wait(oai, batch.id)
     assert done.status == "expired", done
     assert done.in_progress_at is None and done.expired_at is not None
