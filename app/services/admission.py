@@ -129,7 +129,7 @@ def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
     released = session.execute(
         update(Job)
         .where(Job.id.in_(picks), Job.status == JobStatus.QUEUED, Job.held_at.is_not(None))
-        .values(held_at=None, dispatched_at=func.now())
+        .values(held_at=None, dispatched_at=func.statement_timestamp())
         .returning(Job.id, Job.queue, Job.priority)
     ).all()
     for job_id, queue, _ in released:

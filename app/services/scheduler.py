@@ -214,7 +214,7 @@ def _mark_released(session: Session, queue: str, picked: Pick) -> bool:
                 select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             ),
         )
-        .values(dispatched_at=func.now())  # the sweeper ages it by the database's clock
+        .values(dispatched_at=func.statement_timestamp())  # aged by the database's clock
         .returning(JobShard.id)
     ).first()
     if marked is None:
