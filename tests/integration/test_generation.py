@@ -191,13 +191,16 @@ def _wait_started(client: httpx.Client, job_id: str) -> None:
 
 def test_cancel_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
     _register_tiny(client, tiny_lm, "tiny-long")
-    rows = [{"custom_id": i, "input": "the quick brown fox"} for i in range(4)]
+    # Each line samples with its own seed, so the rows do not all meet the tiny model's EOS
+    # at one step: 64 lines (one chunk) of up to 1000 tokens, a few thousand decode steps,
+    # however fast this machine is. A stop seen only at the chunk's end would write them all.
+    rows = [
+        {"custom_id": i, "input": {"prompt": "the quick brown fox", "seed": i}} for i in range(64)
+    ]
     file = upload(client, "".join(_line(r) for r in rows).encode())
-    # About 4 x 1000 decode steps: minutes here if the stop were only seen at the chunk's end.
-    params = {"max_tokens": 1000, "temperature": 1.0, "seed": 1}
+    params = {"max_tokens": 1000, "temperature": 1.0}
     job = submit(client, {"model": "tiny-long", "input": {"file_id": file["id"]}, "params": params})
     _wait_started(client, job["id"])
-    time.sleep(1.0)
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
     done = wait_done(client, job["id"], timeout=60)
     assert done["status"] == "cancelled"
@@ -212,8 +215,10 @@ def test_a_crash_mid_shard_redoes_it_with_the_same_seeded_text(
     # Over SHARD_ITEMS (200 in tests) lines, so shards run as tasks of their own, whose message
     # comes back when their pool child is killed; the first lines generate long enough for the
     # kill to land mid-generation.
+    # The first shard's lines all generate long (each its own seed: they do not all meet EOS
+    # at one step), so the kill lands mid-shard however fast this machine is.
     good = [
-        {"prompt": p, "seed": 40 + i, "max_tokens": 300 if i < 4 else 3}
+        {"prompt": p, "seed": 40 + i, "max_tokens": 300 if i < 200 else 3}
         for i, p in enumerate(["a", "the", "hello", "Once"] * 53)
     ]
     params = {"temperature": 1.0, "top_p": 0.95}
@@ -222,7 +227,6 @@ def test_a_crash_mid_shard_redoes_it_with_the_same_seeded_text(
     job = submit(client, {"model": "tiny-seeded", "input": {"file_id": file["id"]},
                           "params": params})  # fmt: skip
     _wait_started(client, job["id"])
-    time.sleep(1.0)
     for child in _children(cpu_worker):
         child.send_signal(signal.SIGKILL)
     done = wait_done(client, job["id"], timeout=500)
