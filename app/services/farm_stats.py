@@ -64,13 +64,19 @@ def live_workers(session: Session) -> dict[str, int]:
 TENANT_MODEL = "tenant-model"
 
 
+def _model_label(names: bool) -> ColumnElement[str]:
+    """A job's `model` label: its model ref, or TENANT_MODEL for a tenant's own model."""
+    model: ColumnElement[str] = func.coalesce(Job.model, literal("unknown"))
+    if names:
+        return model
+    return case((Job.model_version_id.is_(None), model), else_=literal(TENANT_MODEL))
+
+
 def items_processed(session: Session, names: bool = False) -> dict[tuple[str, str], int]:
     """Items with an output line and with an error line, per model, running jobs included
     (their counts are recorded about once a second), so the rate moves while a job works.
     Tenants' own models are one `tenant-model` unless `names`; builtins are always named."""
-    model: ColumnElement[str] = func.coalesce(Job.model, literal("unknown"))
-    if not names:
-        model = case((Job.model_version_id.is_(None), model), else_=literal(TENANT_MODEL))
+    model = _model_label(names)
     rows = session.execute(
         select(
             model,
@@ -91,9 +97,7 @@ def tokens_processed(session: Session, names: bool = False) -> dict[str, int]:
     """Tokens of text models per model (read, and for text generation written too: prompt +
     completion), counted as each shard finishes; its rate is tokens per second. Tenants' own
     models are one `tenant-model` unless `names`, as in items_processed."""
-    model: ColumnElement[str] = func.coalesce(Job.model, literal("unknown"))
-    if not names:
-        model = case((Job.model_version_id.is_(None), model), else_=literal(TENANT_MODEL))
+    model = _model_label(names)
     rows = session.execute(
         select(
             model,
