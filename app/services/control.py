@@ -123,6 +123,28 @@ def retry_source(session: Session, job: Job) -> RetrySource | None:
     return RetrySource(job.tenant_id, error_file.uri, input_file.uri)
 
 
+def point_at_input(
+    session: Session, job_id: str, tenant_id: str, made: ResultFile, filename: str
+) -> File:
+    """Register an input file a planner made (a retry's lines, an archive's items) and make it
+    the job's input; the caller holds the job's lease and writes the event."""
+    file = File(
+        id=new_id("file"),
+        tenant_id=tenant_id,
+        purpose=FilePurpose.BATCH,
+        filename=filename,
+        uri=made.uri,
+        bytes=made.size,
+        sha256=made.sha256,
+        items=made.lines,
+        created_at=utcnow(),
+    )
+    session.add(file)
+    session.flush()
+    session.execute(update(Job).where(Job.id == job_id).values(input_file_id=file.id))
+    return file
+
+
 def attach_retry_input(
     session: Session, job_id: str, owner: str, tenant_id: str, made: ResultFile
 ) -> bool:
@@ -135,20 +157,7 @@ def attach_retry_input(
     ).first()
     if held is None:
         return False
-    file = File(
-        id=new_id("file"),
-        tenant_id=tenant_id,
-        purpose=FilePurpose.BATCH,
-        filename=f"{job_id}_retry.jsonl",
-        uri=made.uri,
-        bytes=made.size,
-        sha256=made.sha256,
-        items=made.lines,
-        created_at=utcnow(),
-    )
-    session.add(file)
-    session.flush()
-    session.execute(update(Job).where(Job.id == job_id).values(input_file_id=file.id))
+    file = point_at_input(session, job_id, tenant_id, made, f"{job_id}_retry.jsonl")
     add_event(session, job_id, "retry_input", {"file_id": file.id, "items": made.lines})
     return True
 

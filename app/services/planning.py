@@ -13,14 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
-from app.ids import new_id
 from app.models import (
     File,
-    FilePurpose,
     Job,
     JobShard,
     JobStatus,
@@ -178,20 +175,7 @@ def attach_archive_input(
     ).scalar_one_or_none()
     if job is None:
         return False
-    file = File(
-        id=new_id("file"),
-        tenant_id=job.tenant_id,
-        purpose=FilePurpose.BATCH,
-        filename=f"{job_id}_images.jsonl",
-        uri=made.uri,
-        bytes=made.size,
-        sha256=made.sha256,
-        items=made.lines,
-        created_at=utcnow(),
-    )
-    session.add(file)
-    session.flush()
-    session.execute(update(Job).where(Job.id == job_id).values(input_file_id=file.id))
+    file = control.point_at_input(session, job_id, job.tenant_id, made, f"{job_id}_images.jsonl")
     data = {"from_file_id": source_file_id, "file_id": file.id, "items": made.lines}
     add_event(session, job_id, "archive_input", data)
     return True
