@@ -13,7 +13,10 @@ and in every sweep. A full window does not make a tenant's higher-priority work 
 its own lower-priority shards that are released but not started yet (their messages still in
 the broker): such a shard is recalled (its release taken back, its message left to find it
 not released) and the better one released in its place, with its priority on its message so
-that it goes first in the broker too (docs/decisions/0010).
+that it goes first in the broker too (docs/decisions/0010). Between tenants, a full window
+gives the tenant fair share picks next the unstarted slot of a tenant with two or more shards
+more in flight, its message first too, so a newcomer waits for the shards running, not for
+another tenant's queue (docs/decisions/0015).
 
 A transaction-level advisory lock per pool serializes releasers, so two never fill one free
 slot twice; under it, each release locks its job's row before its shard
