@@ -121,7 +121,6 @@ async def take(
 ) -> Decision:
     """Take one token from the tenant's bucket (none to take without a rate) and read the auth
     generation, in one round trip; Decision OPEN when Redis cannot answer."""
-    global _down_until
     if time.monotonic() < _down_until:
         return _take_here(tenant_id, rate, burst)
     script = _script()
@@ -134,17 +133,35 @@ async def take(
             args=[*args, "" if now_ms is None else now_ms],
         )
     except (redis.RedisError, OSError):
-        if time.monotonic() >= _down_until + RETRY_DOWN_SECONDS:
-            log.warning(
-                "Redis is not reachable: rate limits are enforced by each API process alone",
-                exc_info=True,
-            )
-        _down_until = time.monotonic() + RETRY_DOWN_SECONDS
+        _went_down()
         return _take_here(tenant_id, rate, burst)
     generation = generation.decode() if isinstance(generation, bytes) else str(generation)
     if allowed:
         return Decision(True, 0, generation)
     return Decision(False, retry_after_seconds(int(wait_ms)), generation)
+
+
+def _went_down() -> None:
+    """Redis did not answer: limits are kept here for RETRY_DOWN_SECONDS (said once an outage)."""
+    global _down_until
+    if time.monotonic() >= _down_until + RETRY_DOWN_SECONDS:
+        log.warning(
+            "Redis is not reachable: rate limits are enforced by each API process alone",
+            exc_info=True,
+        )
+    _down_until = time.monotonic() + RETRY_DOWN_SECONDS
+
+
+async def probe() -> str:
+    """`mode()` after asking Redis (one PING, TIMEOUT_SECONDS at most) unless it was found
+    away lately: /readyz says where limits are kept before any request had to find out."""
+    script = None if mode() == "in-process" else _script()
+    if script is not None:
+        try:
+            await script.registered_client.ping()
+        except (redis.RedisError, OSError):
+            _went_down()
+    return mode()
 
 
 #: tenant id -> (tokens, when: time.monotonic()): the buckets of this process, used while

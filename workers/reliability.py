@@ -30,6 +30,34 @@ def new_owner() -> str:
     return f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def worker_owner() -> str:
+    """A lease owner that also names this pool child's worker (its parent process, with the
+    time it started, so a restarted worker that got the same pid is told apart): the next
+    attempt can then tell a child killed under a living worker (the OOM killer, a hard time
+    limit: the work's own doing) from a worker that stopped or restarted (`worker_is_gone`)."""
+    parent = os.getppid()
+    try:
+        started = psutil.Process(parent).create_time()
+    except psutil.Error:
+        started = 0.0
+    return f"{new_owner()}/{parent}@{started:.2f}"
+
+
+def worker_is_gone(owner: str | None) -> bool:
+    """True when `owner` (from `worker_owner`) ran on this host and its worker process is gone,
+    or is another process now under the same pid."""
+    if not owner or owner.partition(":")[0] != HOST:
+        return False
+    _, slash, worker = owner.rpartition("/")
+    pid, at, started = worker.partition("@")
+    if not slash or not at or not pid.isdigit():
+        return False
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) > 0.5
+    except (psutil.Error, ValueError):
+        return True
+
+
 def owner_is_dead(owner: str | None) -> bool:
     """True only when the owner ran on this host and its process is gone (a killed child)."""
     if not owner:

@@ -51,7 +51,7 @@ def upload_file(
         if room is None or room >= settings.max_upload_bytes:
             raise
         used = (tenant.max_storage_bytes or 0) - room
-        raise tenants.storage_exceeded(tenant, used, upload=True) from None
+        raise tenants.storage_exceeded(tenant, used, "this file") from None
     return FilePublic.model_validate(created, from_attributes=True)
 
 

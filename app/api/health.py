@@ -10,6 +10,7 @@ from app import ratelimit
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
+from app.api.serve import EDGE_EXTENSION
 from app.config import get_settings
 from app.db import database_reachable, session_scope
 from app.dispatch import broker_reachable
@@ -26,13 +27,15 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None, summary="Readiness", responses=errors(503))
-async def readyz() -> dict[str, object] | Response:
+async def readyz(request: Request) -> dict[str, object] | Response:
     """200 when PostgreSQL and the broker answer, with the live workers of each pool, the
     pools this farm runs that have none (reported, not a failure) and the pools it does not
-    run by choice (MODELFARM_POOLS: no GPU pool on a host without a GPU); 503 naming what
-    is down."""
+    run by choice (MODELFARM_POOLS: no GPU pool on a host without a GPU), where rate limits
+    are kept and whether the HTTP edge is bounded; 503 naming what is down."""
     database = await run_in_threadpool(database_reachable)
     broker = await run_in_threadpool(broker_reachable)
+    limits = await ratelimit.probe()
+    edge = "bounded" if EDGE_EXTENSION in request.scope.get("extensions", {}) else "unbounded"
     if database and broker:
         workers = await run_in_threadpool(_live_workers)
         expected = get_settings().expected_pools(tuple(workers))
@@ -48,10 +51,13 @@ async def readyz() -> dict[str, object] | Response:
             ],
             "pools_absent": [pool for pool in workers if pool not in expected],
             # "in-process" while Redis is away: limits hold per API process (app/ratelimit.py).
-            "rate_limits": ratelimit.mode(),
+            "rate_limits": limits,
+            # "unbounded": served without app/api/serve.py's protocol (docs/operations.md).
+            "http_edge": edge,
         }
     down = [name for name, ok in (("database", database), ("broker", broker)) if not ok]
-    return error_response(503, "service_unavailable", f"not reachable: {', '.join(down)}")
+    message = f"not reachable: {', '.join(down)}; rate limits: {limits}"
+    return error_response(503, "service_unavailable", message)
 
 
 def _live_workers() -> dict[str, int]:

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import SessionDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.config import get_settings
+from app.db import run_retrying
 from app.dispatch import publish_validation
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
 from app.services import validation
+from app.services.files import remove_folder
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], route_class=GuardedRoute, responses=V1_ERRORS
@@ -43,3 +45,21 @@ def get_model(name: str, session: SessionDep, tenant: TenantDep) -> ModelPublic:
     """A model with every version: `status` (validating, ready, failed) and, for a failed
     one, why. `latest_version` is what a job naming the model alone runs."""
     return model_service.get_model(session, tenant, name)
+
+
+@router.delete(
+    "/{name}/versions/{version}",
+    status_code=204,
+    summary="Delete a model version",
+    responses=errors(404, 409),
+)
+def delete_version(name: str, version: int, tenant: TenantDep) -> Response:
+    """The version and its stored files: it serves no job after this, and no longer counts
+    against the model's MAX_MODEL_VERSIONS or the tenant's storage. 409 `model_in_use` while
+    it is validating or a job that has not ended runs it. Its number is not given again."""
+    folder = run_retrying(
+        lambda session: model_service.delete_version(session, tenant, name, version)
+    )
+    if folder is not None:
+        remove_folder(folder)
+    return Response(status_code=204)

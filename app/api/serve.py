@@ -21,8 +21,12 @@ needed, a connection is answered and closed when (issue 25, part 1):
 
 A hostile client therefore costs one connection and the bytes of one head, never a parse of
 megabytes on the event loop that every other client shares. The dashboard is served by the
-same app, so it has the same edge. (A server other than `modelfarm api` brings its own limits:
-gunicorn's limit_request_field_size, say; docs/hostile-tenants.md.)
+same app, so it has the same edge.
+
+Served another way, the same edge holds when uvicorn is given this protocol:
+`uvicorn app.api.main:create_app --factory --http app.api.serve:BoundedHTTPProtocol`
+(docs/operations.md). Every request it reads carries the `modelfarm.bounded_edge` extension
+in its ASGI scope, so `/readyz` says `http_edge: bounded` or, served without it, `unbounded`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app.config import get_settings
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+#: The ASGI scope extension that says a request came through this protocol (`/readyz`).
+EDGE_EXTENSION = "modelfarm.bounded_edge"
 
 
 class BoundedHTTPProtocol(HttpToolsProtocol):  # type: ignore[misc]
@@ -75,6 +81,7 @@ class BoundedHTTPProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {EDGE_EXTENSION: {}}
         self._in_body = False
 
     def on_header(self, name: bytes, value: bytes) -> None:

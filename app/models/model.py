@@ -31,6 +31,9 @@ class VersionStatus(enum.StrEnum):
     VALIDATING = "validating"  #: registered; a worker has yet to check and probe the upload
     READY = "ready"  #: checked and probed: serves jobs
     FAILED = "failed"  #: refused; `error` says why, and nothing of it is in the store
+    #: deleted by its tenant: kept as a row (its number is never given again, finished jobs
+    #: still name it), nothing of it in the store, shown nowhere, serving nothing
+    DELETED = "deleted"
 
 
 class ModelVersion(Base):

@@ -59,10 +59,7 @@ def create_items_file(session: Session, tenant: Tenant, items: Iterable[dict[str
     lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in items]
     body = "".join(lines).encode()
     # Stored like an upload, so counted like one (issue 25: inline items passed the quota).
-    room = tenants.storage_room(session, tenant)
-    if room is not None and len(body) > room:
-        used = (tenant.max_storage_bytes or 0) - room
-        raise tenants.storage_exceeded(tenant, used, upload=True)
+    tenants.check_storage(session, tenant, len(body), "this file")
     file = create_file(session, tenant, FilePurpose.BATCH, "inline.jsonl", iter([body]), limit=None)
     file.items = len(lines)  # a JSON object a line: never blank, so every line is an item
     return file

@@ -35,7 +35,7 @@ from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model, with_precision
 from app.services.pace import pace
-from app.services.tenants import check_job_quota, tenant_cap
+from app.services.tenants import check_job_quota, check_storage, metadata_bytes, tenant_cap
 from app.storage import get_store
 from app.urlguard import Allowlist, RefusedURL, check_url
 
@@ -79,6 +79,8 @@ def create_job(
         if existing is not None:
             return existing, False
     check_job_quota(session, tenant)  # a repeated key above answers its job, quota or not
+    if body.metadata:  # stored with the job, so counted as stored (issue 25, part 3)
+        check_storage(session, tenant, metadata_bytes(body.metadata), "this job's metadata")
     if body.webhook is not None:
         allowlist = Allowlist.parse(get_settings().webhook_allowed_hosts)
         try:

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, selectinload
 from app.catalogue import BUILTIN_MODELS
 from app.db import utcnow
 from app.ids import new_id
-from app.models import FilePurpose, Model, ModelVersion, Tenant, VersionStatus
+from app.models import FilePurpose, Job, Model, ModelVersion, Tenant, VersionStatus
+from app.models.job import TERMINAL_STATUSES
 from app.schemas.models import ErrorBody, ModelCreate, ModelPublic, ModelVersionPublic
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import get_file
@@ -78,7 +79,11 @@ def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
     query = (
         select(ModelVersion)
         .join(Model)
-        .where(Model.tenant_id == tenant.id, Model.name == name)
+        .where(
+            Model.tenant_id == tenant.id,
+            Model.name == name,
+            ModelVersion.status != VersionStatus.DELETED,
+        )
         .order_by(ModelVersion.version.desc())
     )
     if version is not None:
@@ -146,7 +151,9 @@ def register_model(
         raise InvalidRequest(f"framework {body.framework!r} does not serve task {task!r}")
     model, version = _next_version(session, tenant.id, body.name)
     kept = session.scalar(
-        select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model.id)
+        select(func.count())
+        .select_from(ModelVersion)
+        .where(ModelVersion.model_id == model.id, ModelVersion.status != VersionStatus.DELETED)
     )
     if (kept or 0) >= max_versions:
         raise Conflict(
@@ -267,7 +274,8 @@ def _builtin_public(name: str) -> ModelPublic:
 
 
 def _model_public(model: Model) -> ModelPublic:
-    versions = [version_public(model.name, v) for v in model.versions]
+    kept = [v for v in model.versions if v.status != VersionStatus.DELETED]
+    versions = [version_public(model.name, v) for v in kept]
     ready = [v for v in versions if v.status == VersionStatus.READY]
     latest = ready[-1] if ready else None
     return ModelPublic(
@@ -301,3 +309,45 @@ def get_model(session: Session, tenant: Tenant, name: str) -> ModelPublic:
     if model is None:
         raise NotFound(f"no model {name!r}")
     return _model_public(model)
+
+
+def delete_version(session: Session, tenant: Tenant, name: str, version: int) -> str | None:
+    """A version of the tenant's model deleted: it serves no job and no longer counts against
+    MAX_MODEL_VERSIONS or the storage quota. Returns the folder of what it stored (None:
+    nothing), for the caller to remove once this has committed. Refused (409) while it is
+    validating or a job that has not ended runs it. Its row stays, marked deleted, so finished
+    jobs keep naming it and its number is never given to another version."""
+    mv = session.scalar(
+        select(ModelVersion)
+        .join(Model)
+        .where(
+            Model.tenant_id == tenant.id,
+            Model.name == name,
+            ModelVersion.version == version,
+            ModelVersion.status != VersionStatus.DELETED,
+        )
+        .with_for_update(of=ModelVersion)
+    )
+    if mv is None:
+        raise NotFound(f"no model {name}@{version}")
+    if mv.status == VersionStatus.VALIDATING:
+        raise Conflict(
+            f"model {name}@{version} is being validated; delete it once it is ready or failed",
+            code="model_in_use",
+        )
+    running = session.scalar(
+        select(Job.id)
+        .where(Job.model_version_id == mv.id, Job.status.not_in(list(TERMINAL_STATUSES)))
+        .limit(1)
+    )
+    if running is not None:
+        raise Conflict(
+            f"model {name}@{version} runs job {running}, which has not ended", code="model_in_use"
+        )
+    stored = mv.uri
+    mv.status, mv.uri = VersionStatus.DELETED, None
+    if stored is None:
+        return None
+    # A scikit-learn version is one file in a folder of its own (its attempt's); others are
+    # that folder.
+    return stored.rsplit("/", 1)[0] if stored.endswith(".skops") else stored

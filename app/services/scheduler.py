@@ -13,7 +13,10 @@ and in every sweep. A full window does not make a tenant's higher-priority work 
 its own lower-priority shards that are released but not started yet (their messages still in
 the broker): such a shard is recalled (its release taken back, its message left to find it
 not released) and the better one released in its place, with its priority on its message so
-that it goes first in the broker too (docs/decisions/0010).
+that it goes first in the broker too (docs/decisions/0010). Between tenants, a full window
+gives the tenant fair share picks next the unstarted slot of a tenant with two or more shards
+more in flight, its message first too, so a newcomer waits for the shards running, not for
+another tenant's queue (docs/decisions/0015).
 
 A transaction-level advisory lock per pool serializes releasers, so two never fill one free
 slot twice; under it, each release locks its job's row before its shard
@@ -192,6 +195,8 @@ def release(session: Session, queue: str, window: int) -> list[Released]:
         swaps += 1
         outcome = _overtake_once(session, queue)
         if outcome is None:
+            outcome = _rebalance_once(session, queue)
+        if outcome is None:
             break
         if outcome == "freed":  # recalled, but the better shard changed: fill the slot
             free += 1
@@ -234,7 +239,15 @@ def _overtake_once(session: Session, queue: str) -> Released | str | None:
     swap = _overtaking_pair(session, queue)
     if swap is None:
         return None
-    better, (victim_id, victim_job, victim_index) = swap
+    return _swap(session, queue, *swap)
+
+
+def _swap(
+    session: Session, queue: str, better: Pick, victim: tuple[int, str, int]
+) -> Released | str:
+    """Recall `victim` (released, unstarted) and release `better` in its slot, its message
+    `high`; "raced" or "freed" as `_overtake_once` says."""
+    victim_id, victim_job, victim_index = victim
     lock_job(session, victim_job)
     recalled = session.execute(
         update(JobShard)
@@ -257,6 +270,52 @@ def _overtake_once(session: Session, queue: str) -> Released | str | None:
     if not _mark_released(session, queue, better):
         return "freed"
     return better[1], better[2], JobPriority.HIGH
+
+
+def _rebalance_once(session: Session, queue: str) -> Released | str | None:
+    """With the window full: the tenant fair share picks next (fewest shards in flight) takes
+    the slot of a released, unstarted shard of a tenant with at least two more in flight than
+    it, its message marked `high` so that it goes before the messages already waiting: a
+    newcomer's first shard runs after the shards running now, not after a window of another
+    tenant's shards queued in the broker (docs/decisions/0015). After a swap the newcomer has
+    no more in flight than the other, so no slot ever swaps back. Outcomes as
+    `_overtake_once`'s."""
+    picked = _next_shard(session, queue)
+    if picked is None:
+        return None
+    tenant = session.scalar(select(Job.tenant_id).where(Job.id == picked[1]))
+    own = session.scalar(
+        select(func.count())
+        .select_from(JobShard)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*in_flight(queue), Job.tenant_id == tenant)
+    )
+    counts = (
+        select(Job.tenant_id, func.count().label("shards"))
+        .select_from(JobShard)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(*in_flight(queue))
+        .group_by(Job.tenant_id)
+        .subquery()
+    )
+    victim = session.execute(
+        select(JobShard.id, JobShard.job_id, JobShard.index)
+        .join(Job, Job.id == JobShard.job_id)
+        .join(counts, counts.c.tenant_id == Job.tenant_id)
+        .where(
+            Job.queue == queue,
+            Job.status == JobStatus.RUNNING,
+            Job.tenant_id != tenant,
+            JobShard.status == ShardStatus.QUEUED,
+            JobShard.dispatched_at.is_not(None),
+            counts.c.shards >= (own or 0) + 2,
+        )
+        .order_by(counts.c.shards.desc(), PRIORITY_RANK.desc(), JobShard.dispatched_at.desc())
+        .limit(1)
+    ).first()
+    if victim is None:
+        return None
+    return _swap(session, queue, picked, (victim[0], victim[1], victim[2]))
 
 
 def _overtaking_pair(session: Session, queue: str) -> tuple[Pick, tuple[int, str, int]] | None:

@@ -42,12 +42,9 @@ class ValidationClaim:
 
 
 def lease_owner(session: Session, version_id: str) -> str | None:
-    """Which attempt holds the version's lease now (None: none does)."""
-    return session.scalar(
-        select(ModelVersion.lease_owner).where(
-            ModelVersion.id == version_id, ModelVersion.lease_expires_at >= utcnow()
-        )
-    )
+    """Which attempt took the version last, its lease live or run out (None: none holds it;
+    an attempt that ended gives it up)."""
+    return session.scalar(select(ModelVersion.lease_owner).where(ModelVersion.id == version_id))
 
 
 def claim_validation(

@@ -274,6 +274,48 @@ def test_sigkill_the_whole_worker_and_start_another(farm: ChaosFarm) -> None:
         )
 
 
+def _validation(farm: ChaosFarm, version_id: str) -> tuple[str | None, int]:
+    """(who holds the version's validation lease, attempts), from the farm's PostgreSQL."""
+    import psycopg
+
+    url = farm.pg.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        query = "SELECT lease_owner, attempts FROM model_versions WHERE id = %s"
+        row = conn.execute(query, (version_id,)).fetchone()
+    assert row is not None
+    return row[0], int(row[1])
+
+
+def test_a_worker_stopped_mid_validation_leaves_a_normal_model_to_validate_again(
+    farm: ChaosFarm, tmp_path: Path
+) -> None:
+    """Issue 25: a validation that ran over its own limits is not tried again, but one lost with
+    its worker (a cold shutdown: the message goes back to the broker) says nothing against the
+    upload. A new worker takes it over and the version becomes ready."""
+    from tests.factories import make_tiny_feature_extractor
+    from tests.helpers import register_model, tar_of, wait_model
+
+    model = make_tiny_feature_extractor(tmp_path / "fe")
+    with farm.client() as client:
+        archive = upload(client, tar_of(model), purpose="model", name="fe.tar.gz")
+        body = {"name": "restarted", "framework": "transformers", "file_id": archive["id"]}
+        version = register_model(client, body)
+        _wait_for(
+            lambda: _validation(farm, version["id"])[0] is not None,
+            timeout=60,
+            what="no worker took the validation",
+        )
+        worker = farm.procs["worker"]
+        os.kill(worker.proc.pid, signal.SIGQUIT)  # Celery's cold shutdown, mid-validation
+        worker.proc.wait(60)
+        stopped_at = time.monotonic()
+        farm.start_worker()
+        ready = wait_model(client, version, timeout=180)
+        print(f"\nvalidated again {time.monotonic() - stopped_at:.1f}s after its worker stopped")
+    assert ready["status"] == "ready", ready
+    assert _validation(farm, version["id"]) == (None, 2)  # the stopped attempt, then this one
+
+
 def test_flushdb_with_jobs_queued(farm: ChaosFarm) -> None:
     import redis
 

@@ -3,10 +3,13 @@
 An API process of its own, with short timeouts so the slow clients are answered within the
 test: a huge or header-heavy request head is a 431, one that trickles in is a 408, a body that
 stops is a 408, and while four hostile clients keep at it another tenant's answers stay fast.
+The same bounds hold, for the API and the dashboard, when uvicorn serves the app itself with
+the bounded protocol named on its command line (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import subprocess
@@ -73,6 +76,51 @@ def edge_url(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         yield url
 
 
+@pytest.fixture(scope="module")
+def uvicorn_url(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The API (and its dashboard) served by uvicorn itself, as docs/operations.md shows:
+    the app's factory, and the bounded protocol given by its import path."""
+    from app.embedded import free_port
+    from tests.helpers import die_with_parent, wait_for_http
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("edge") / "uvicorn.log"
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.api.main:create_app",
+        "--factory",
+        "--http",
+        "app.api.serve:BoundedHTTPProtocol",
+        "--port",
+        str(port),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command,
+            env={**os.environ, **services, **EDGE},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _address(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
@@ -87,9 +135,17 @@ def _answer(sock: socket.socket) -> bytes:
     return data
 
 
-def test_a_huge_header_is_431_without_being_read_whole(edge_url: str) -> None:
-    with socket.create_connection(_address(edge_url)) as sock:
-        sock.sendall(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Big: ")
+@pytest.fixture(params=["modelfarm-api", "uvicorn"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """The same edge whichever server runs the app: `modelfarm api`, or uvicorn told to."""
+    name = "edge_url" if request.param == "modelfarm-api" else "uvicorn_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/ui/login"])
+def test_a_huge_header_is_431_without_being_read_whole(any_url: str, path: str) -> None:
+    with socket.create_connection(_address(any_url)) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Big: " % path.encode())
         sent = 0
         try:  # the probe sent 96 MiB; the server stops reading long before
             while sent < 96 * 1024**2:
@@ -103,21 +159,37 @@ def test_a_huge_header_is_431_without_being_read_whole(edge_url: str) -> None:
     assert sent < 16 * 1024**2, f"{sent} bytes were taken before the refusal"
 
 
-def test_readyz_says_where_rate_limits_are_kept(edge_url: str) -> None:
-    assert httpx.get(f"{edge_url}/readyz").json()["rate_limits"] == "redis"
+def test_readyz_says_where_rate_limits_are_kept_and_how_the_edge_is_served(any_url: str) -> None:
+    ready = httpx.get(f"{any_url}/readyz").json()
+    assert ready["rate_limits"] == "redis" and ready["http_edge"] == "bounded", ready
 
 
-def test_too_many_headers_are_431(edge_url: str) -> None:
+def test_readyz_says_so_when_the_app_is_served_without_the_bounds(
+    services: dict[str, str],
+) -> None:
+    """Any other server (here the ASGI app called directly) leaves the edge to that server:
+    never silently."""
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+
+    ready = TestClient(create_app()).get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["http_edge"] == "unbounded"
+
+
+def test_too_many_headers_are_431(any_url: str) -> None:
     headers = {f"x-h{i}": "1" for i in range(60)}
-    response = httpx.get(f"{edge_url}/healthz", headers=headers)
+    response = httpx.get(f"{any_url}/healthz", headers=headers)
     assert response.status_code == 431, response.text
     assert response.json()["error"]["code"] == "request_header_fields_too_large"
-    assert httpx.get(f"{edge_url}/healthz", headers=dict(list(headers.items())[:20])).is_success
+    assert httpx.get(f"{any_url}/healthz", headers=dict(list(headers.items())[:20])).is_success
 
 
-def test_a_head_that_trickles_in_is_408(edge_url: str) -> None:
-    with socket.create_connection(_address(edge_url)) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+@pytest.mark.parametrize("path", ["/healthz", "/ui/login"])
+def test_a_head_that_trickles_in_is_408(any_url: str, path: str) -> None:
+    with socket.create_connection(_address(any_url)) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\n" % path.encode())
         started = time.monotonic()
         for _ in range(3):  # a header line now and then, as the probe's 300 connections did
             time.sleep(0.5)
@@ -130,8 +202,8 @@ def test_a_head_that_trickles_in_is_408(edge_url: str) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_a_body_that_stops_is_408(edge_url: str) -> None:
-    with socket.create_connection(_address(edge_url)) as sock:
+def test_a_body_that_stops_is_408(any_url: str) -> None:
+    with socket.create_connection(_address(any_url)) as sock:
         sock.sendall(
             b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"model": '
@@ -185,3 +257,33 @@ def test_four_hostile_clients_leave_another_tenants_latency_alone(
 
 def _p99(took: list[float]) -> float:
     return statistics.quantiles(took, n=100)[98]
+
+
+def test_with_redis_away_limits_hold_in_process_and_readyz_says_so(
+    services: dict[str, str], tmp_path: Path
+) -> None:
+    """The rate limiter never fails open: with Redis away (here: a port nobody listens on)
+    each API process keeps the buckets itself, and /readyz names that before any request had
+    to find out."""
+    import secrets
+
+    from app.db import session_scope
+    from app.embedded import free_port
+    from app.services.keys import create_api_key
+    from app.services.tenants import create_tenant
+
+    with session_scope() as session:
+        limits = {"rate_limit": 0.2, "rate_burst": 2}
+        key = create_api_key(session, create_tenant(session, f"r-{secrets.token_hex(4)}", limits))
+    away = {"MODELFARM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env = {**services, **EDGE, **away, "MODELFARM_API_WORKERS": "1"}  # one process: one bucket
+    with api_process(env, tmp_path / "api.log") as url:
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+        assert ready.status_code == 503, ready.text
+        assert "rate limits: in-process" in ready.json()["error"]["message"]
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as tenant:
+            answers = [tenant.get("/v1/jobs", params={"limit": 1}) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 429, 429], answers
+        assert int(answers[-1].headers["Retry-After"]) >= 1

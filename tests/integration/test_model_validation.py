@@ -22,6 +22,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from tests.factories import train_sklearn_classifier
 from tests.helpers import (
+    FarmProcess,
     assert_error,
     register_model,
     register_ready,
@@ -175,40 +176,85 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
     assert not left.parent.exists()  # what the dead attempts stored is gone, and the name's folder
 
 
-def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
-    client: httpx.Client, services: dict[str, str], skops_file: str, lost: object
-) -> None:
-    """A pool child killed mid-validation (the OOM killer, most often) gives its message back at
-    once (acks_late): the next attempt sees the lease's process is gone and, without waiting it
-    out, refuses the version (issue 25: a hostile upload restarted its validation twice)."""
-    import subprocess
-    import sys
-
+def _as_if_killed(version_id: str, owner: str, lease_seconds: float) -> None:
+    """The version as an attempt left it when its process died: its lease, its owner."""
     from sqlalchemy import update
 
     from app.db import session_scope, utcnow
-    from app.dispatch import publish_validation
     from app.models import ModelVersion
-    from workers.reliability import HOST
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a pid on this host whose process has exited, as a killed child's has
-    name = f"killed-{secrets.token_hex(3)}"
-    version_id = lost(name, skops_file)  # type: ignore[operator]
-    left = _plant(services, version_id, 1)
     with session_scope() as session:
         session.execute(
             update(ModelVersion)
             .where(ModelVersion.id == version_id)
             .values(
                 attempts=1,
-                lease_owner=f"{HOST}:{gone.pid}:dead",
-                lease_expires_at=utcnow() + timedelta(hours=1),
+                lease_owner=owner,
+                lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
             )
         )
+
+
+def _dead_pid() -> int:
+    """A pid on this host whose process has exited, as a killed one's has."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+@pytest.mark.parametrize("lease_seconds", [3600, -1], ids=["given-back-at-once", "lease-run-out"])
+def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
+    client: httpx.Client,
+    services: dict[str, str],
+    skops_file: str,
+    lost: object,
+    cpu_worker: FarmProcess,
+    lease_seconds: float,
+) -> None:
+    """A pool child killed mid-validation under a living worker (the OOM killer, most often)
+    gives its message back at once (acks_late): the next attempt sees the lease's process is
+    gone, its worker not, and without waiting it out refuses the version (issue 25: a hostile
+    upload restarted its validation twice). One killed by the hard time limit has its message
+    acknowledged; the sweeper's resend, once the lease ran out, refuses it the same way."""
+    import psutil
+
+    from app.dispatch import publish_validation
+    from workers.reliability import HOST
+
+    worker = psutil.Process(cpu_worker.proc.pid)  # the pool children's parent
+    owner = f"{HOST}:{_dead_pid()}:dead/{worker.pid}@{worker.create_time():.2f}"
+    name = f"killed-{secrets.token_hex(3)}"
+    version_id = lost(name, skops_file)  # type: ignore[operator]
+    left = _plant(services, version_id, 1)
+    _as_if_killed(version_id, owner, lease_seconds)
     assert publish_validation(version_id)  # the message the broker gave back
     failed = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
     assert failed["status"] == "failed", failed
     assert failed["error"]["code"] == "validation_killed", failed
     assert _version(version_id)["attempts"] == 2
     assert not left.exists()  # the killed attempt's half-written folder
+
+
+def test_a_validation_whose_worker_stopped_is_validated_again(
+    client: httpx.Client, services: dict[str, str], skops_file: str, lost: object
+) -> None:
+    """A validation lost with its whole worker (restarted by an operator, a deploy) says
+    nothing against the upload: the message given back is validated again, and the version
+    becomes ready (bounded by MAX_ATTEMPTS like any attempt that dies)."""
+    from app.dispatch import publish_validation
+    from workers.reliability import HOST
+
+    worker = _dead_pid()  # the worker the dead attempt ran under is gone too
+    owner = f"{HOST}:{_dead_pid()}:dead/{worker}@1.00"
+    name = f"restarted-{secrets.token_hex(3)}"
+    version_id = lost(name, skops_file)  # type: ignore[operator]
+    left = _plant(services, version_id, 1)
+    _as_if_killed(version_id, owner, 3600)
+    assert publish_validation(version_id)
+    ready = wait_model(client, {"id": version_id, "name": name, "model": f"{name}@1"}, 60)
+    assert ready["status"] == "ready", ready
+    assert _version(version_id)["attempts"] == 2
+    assert not left.exists()  # the dead attempt's folder; the new one's is the version's

@@ -227,3 +227,38 @@ def test_a_tenants_high_backlog_still_shares_the_pool_with_a_normal_one(
         _finish(session, job_id, index)
         ran += jobs[job_id]
     assert ran == "ABABABABAB", ran
+
+
+def test_a_newcomer_takes_the_unstarted_slot_of_a_tenant_ahead_of_its_share(
+    session: Session,
+) -> None:
+    """Issue 25, part 4: with the window full of A's shards (one running, one waiting in the
+    broker), B's first shard takes the waiting one's slot, its message going first, so B runs
+    after the shard running now, not after A's queued one too. Never back and forth."""
+    from app.services import scheduler
+    from app.services import shards as shard_service
+    from app.services.tenants import get_or_create_tenant
+
+    queue = f"q-{secrets.token_hex(4)}"
+    a = get_or_create_tenant(session, f"a-{secrets.token_hex(4)}").id
+    b = get_or_create_tenant(session, f"b-{secrets.token_hex(4)}").id
+    c = get_or_create_tenant(session, f"c-{secrets.token_hex(4)}").id
+    flood = [_job(session, a, queue, 1, age=i) for i in range(4)]
+    assert scheduler.release(session, queue, window=2) == [
+        (flood[0], 0, "normal"),
+        (flood[1], 0, "normal"),
+    ]
+    assert shard_service.claim_shard(session, flood[0], 0, "worker-1", 60) is not None
+
+    small = _job(session, b, queue, 1, age=10)
+    assert scheduler.release(session, queue, window=2) == [(small, 0, "high")]
+    assert _released_at(session, flood[1], 0) is None  # A's unstarted one waits again
+    assert scheduler.count_in_flight(session, queue) == 2
+    # One each now: C, arriving with nothing in flight, waits for the next free slot (a
+    # difference of one is fair share's ordinary order), and nobody's slot swaps back.
+    other = _job(session, c, queue, 1, age=11)
+    assert scheduler.release(session, queue, window=2) == []
+    assert shard_service.claim_shard(session, small, 0, "worker-2", 60) is not None
+    assert shard_service.claim_shard(session, flood[1], 0, "worker-2", 60) is None  # recalled
+    assert scheduler.release(session, queue, window=2) == []
+    assert _released_at(session, other, 0) is None

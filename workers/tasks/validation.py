@@ -22,7 +22,7 @@ from app.db import session_scope
 from app.services import validation
 from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
-from workers.reliability import db_retry, new_owner, owner_is_dead
+from workers.reliability import db_retry, owner_is_dead, worker_is_gone, worker_owner
 from workers.runtime.base import ModelSpec, without_paths
 from workers.runtime.bounds import ModelLimits
 from workers.runtime.sklearn_bounds import WidthLimits
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def validate_version(version_id: str) -> None:
     settings = get_settings()
-    owner = new_owner()
+    owner = worker_owner()
     claim = db_retry(
         _claim, version_id, owner, settings.model_validation_seconds, settings.max_attempts
     )
@@ -154,14 +154,26 @@ def _claim(
     with session_scope() as session:
         # A pool child killed mid-validation (the OOM killer, say) gives its message back at
         # once: the next child takes the dead one's lease instead of waiting for it to lapse.
+        # One killed by the hard time limit has its message acknowledged: the sweeper sends it
+        # again once the lease ran out, and the dead owner is still named on the version.
         holder = validation.lease_owner(session, version_id)
         dead = holder if owner_is_dead(holder) else None
         claim = validation.claim_validation(
             session, version_id, owner, lease_seconds, max_attempts, take_over=dead
         )
         if claim is not None and dead is not None and not claim.ended:
-            # A validation that killed its process (out of memory, most often) is not tried
-            # again: the same upload would kill the next one too.
+            if worker_is_gone(dead):
+                # Its whole worker stopped (restarted by an operator, a deploy): nothing says
+                # the upload did it, so it is validated again, MAX_ATTEMPTS times at most.
+                log.warning(
+                    "model version %s: the worker of attempt %d stopped mid-validation; "
+                    "validating it again",
+                    version_id,
+                    claim.attempt - 1,
+                )
+                return claim
+            # A validation that killed its process under a living worker (out of memory, most
+            # often) is not tried again: the same upload would kill the next one too.
             message = "the validation's worker process died (most often: out of memory)"
             validation.fail_validation(session, version_id, "validation_killed", message)
             return replace(claim, ended=True)
