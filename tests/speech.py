@@ -154,3 +154,27 @@ def make_tiny_whisper(path: str | Path, seed: int = 0, multilingual: bool = True
     processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer)
     processor.save_pretrained(directory)
     return directory
+
+
+def reference(whisper: Path, samples: np.ndarray, language: str, timestamps: bool = False) -> str:
+    """In-process transformers: the model's generate on each 30 s window's features, the
+    windows' texts joined by a space."""
+    import torch
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(whisper)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
+    texts = []
+    for start in range(0, len(samples), 30 * RATE):
+        window = samples[start : start + 30 * RATE]
+        features = processor.feature_extractor(window, sampling_rate=RATE, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(
+                features.input_features,
+                language=language,
+                task="transcribe",
+                return_timestamps=timestamps,
+                max_new_tokens=model.config.max_target_positions - 4,
+            )
+        texts.append(processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+    return " ".join(t for t in texts if t)

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.speech import RATE, data_url, encode, hostile_audio, make_tiny_whisper, tone
+from tests.speech import (
+    RATE,
+    data_url,
+    encode,
+    hostile_audio,
+    make_tiny_whisper,
+    reference,
+    tone,
+)
 from workers.runtime.audio import decode, prepare_audio, resample
 from workers.runtime.base import ItemError, ModelSpec, RunOptions
 from workers.runtime.items import run_chunk
@@ -88,30 +96,6 @@ def test_bad_items_are_refused_before_decoding(value: Any, code: str) -> None:
     assert caught.value.code == code
 
 
-def _reference(whisper: Path, samples: np.ndarray, language: str, timestamps: bool) -> str:
-    """In-process transformers: the model's generate on each 30 s window's features, the
-    windows' texts joined by a space."""
-    import torch
-    from transformers import AutoProcessor, WhisperForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(whisper)
-    model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
-    texts = []
-    for start in range(0, len(samples), 30 * RATE):
-        window = samples[start : start + 30 * RATE]
-        features = processor.feature_extractor(window, sampling_rate=RATE, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(
-                features.input_features,
-                language=language,
-                task="transcribe",
-                return_timestamps=timestamps,
-                max_new_tokens=model.config.max_target_positions - 4,
-            )
-        texts.append(processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
-    return " ".join(t for t in texts if t)
-
-
 def test_short_and_long_audio_equal_in_process_generate(runner: Any, whisper: Path) -> None:
     short, long = tone(4.0, seed=7), tone(65.0, seed=8)
     options = RunOptions(batch_size=3, params={"language": "fr"})
@@ -119,8 +103,8 @@ def test_short_and_long_audio_equal_in_process_generate(runner: Any, whisper: Pa
     outputs = runner.run(values, options)
     assert [o["language"] for o in outputs] == ["fr", "fr"]
     assert outputs[0]["duration"] == 4.0 and outputs[1]["duration"] == 65.0
-    assert outputs[0]["text"] == _reference(whisper, short, "fr", False)
-    assert outputs[1]["text"] == _reference(whisper, long, "fr", False)
+    assert outputs[0]["text"] == reference(whisper, short, "fr", False)
+    assert outputs[1]["text"] == reference(whisper, long, "fr", False)
     assert "segments" not in outputs[0]
 
 
@@ -140,14 +124,14 @@ def test_language_is_detected_on_the_first_window_when_not_given(
     options = RunOptions()
     output = runner.run([runner.prepare({"audio": data_url(encode(samples))}, options)], options)
     assert output[0]["language"] == code
-    assert output[0]["text"] == _reference(whisper, samples, code, False)
+    assert output[0]["text"] == reference(whisper, samples, code, False)
 
 
 def test_timestamps_give_segments_in_the_audios_time(runner: Any, whisper: Path) -> None:
     samples = tone(40.0, seed=12)
     item = {"audio": data_url(encode(samples)), "language": "en", "timestamps": True}
     output = runner.run([runner.prepare(item, RunOptions())], RunOptions())[0]
-    assert output["text"] == _reference(whisper, samples, "en", True)
+    assert output["text"] == reference(whisper, samples, "en", True)
     segments = output["segments"]
     assert segments, "a timestamped transcription has segments"
     for segment in segments:

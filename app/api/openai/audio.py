@@ -26,15 +26,42 @@ ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 async def create_transcription(
     tenant: TenantDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="WAV, FLAC, OGG (MP3 where decodable).")],
-    model: Annotated[str, Form(max_length=140, description="A speech model (Whisper).")],
-    language: Annotated[str | None, Form(max_length=32)] = None,
-    response_format: Annotated[ResponseFormat, Form()] = "json",
-    timestamp_granularities: Annotated[
-        list[str] | None, Form(alias="timestamp_granularities[]")
+    file: Annotated[
+        UploadFile,
+        File(description="The audio: WAV, FLAC, OGG (MP3 where decodable), at most 25 MiB."),
+    ],
+    model: Annotated[
+        str,
+        Form(max_length=140, description="A speech model (Whisper).", examples=["whisper"]),
+    ],
+    language: Annotated[
+        str | None,
+        Form(
+            max_length=32,
+            description="The audio's language; detected when left out.",
+            examples=["en"],
+        ),
     ] = None,
-    temperature: Annotated[float | None, Form(ge=0, le=1)] = None,
-    prompt: Annotated[str | None, Form(max_length=4096)] = None,
+    response_format: Annotated[
+        ResponseFormat,
+        Form(description="json, text, verbose_json, srt or vtt.", examples=["verbose_json"]),
+    ] = "json",
+    timestamp_granularities: Annotated[
+        list[str] | None,
+        Form(
+            alias="timestamp_granularities[]",
+            description="`segment` (word timestamps are not offered).",
+            examples=[["segment"]],
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        Form(ge=0, le=1, description="0 only: decoding is greedy.", examples=[0]),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        Form(max_length=4096, description="Not supported: refused when given.", examples=[""]),
+    ] = None,
 ) -> Response:
     """Transcribe one audio file now: `text` (json), the text alone (text), or the text with
     its language, duration and timed segments (verbose_json; srt and vtt from the same
