@@ -161,3 +161,33 @@ def test_a_language_the_model_does_not_know_is_refused(runner: Any) -> None:
     with pytest.raises(ItemError) as caught:
         runner.prepare({"audio": data_url(encode(tone(1.0))), "language": "de"}, RunOptions())
     assert caught.value.code == "invalid_input"
+
+
+def test_subtitles_number_and_time_each_segment() -> None:
+    from app.api.openai.audio import subtitles
+
+    segments = [
+        {"start": 0.0, "end": 2.5, "text": " Hello."},
+        {"start": 3661.25, "end": 3662.0, "text": "Again."},
+    ]
+    assert subtitles(segments, "srt") == (
+        "1\n00:00:00,000 --> 00:00:02,500\nHello.\n\n2\n01:01:01,250 --> 01:01:02,000\nAgain.\n"
+    )
+    assert subtitles(segments, "vtt") == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello.\n\n01:01:01.250 --> 01:01:02.000\nAgain.\n"
+    )
+
+
+def test_the_verbose_json_body_is_openais_shape() -> None:
+    from workers.runtime.openai_lines import transcription_body
+
+    output = {
+        "text": "Bonjour.",
+        "language": "fr",
+        "duration": 2.4,
+        "segments": [{"start": 0.5, "end": 2.0, "text": "Bonjour."}],
+    }
+    body = transcription_body(output)
+    assert body["language"] == "french" and body["task"] == "transcribe"
+    assert body["usage"] == {"type": "duration", "seconds": 3}
+    assert body["segments"] == [{"id": 0, "seek": 50, "start": 0.5, "end": 2.0, "text": "Bonjour."}]
