@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     max_image_bytes: int = 16 * 1024 * 1024
     image_chunk_items: int = 64
     image_batch_pixels: int = 16_000_000
+    # Speech (docs/tasks.md#speech-to-text): longer audio is an `audio_too_long` error line
+    # (known from its header before it is decoded); an audio item's line (base64) or an
+    # archive member may be MAX_AUDIO_BYTES (OpenAI's upload limit); a speech job reads this
+    # many items per chunk and runs this many 30 s windows in one generate.
+    max_audio_seconds: float = Field(default=600.0, gt=0, le=7200)
+    max_audio_bytes: int = 25 * 1024 * 1024
+    audio_chunk_items: int = 16
+    audio_batch_windows: int = 8
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
     # Items read and run together; a shard records its counts after a chunk (at most once per

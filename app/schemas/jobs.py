@@ -94,6 +94,7 @@ class InferenceParams(BaseModel):
             "/v1/rerank",
             "/v1/chat/completions",
             "/v1/completions",
+            "/v1/audio/transcriptions",
         ]
         | None
     ) = None
@@ -119,6 +120,10 @@ class InferenceParams(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63) + 1, le=2**63 - 1)
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    # automatic-speech-recognition: the audio's language (`en` or `english`; left out, the
+    # model detects it) and timed segments in the output (docs/tasks.md#speech-to-text)
+    language: str | None = Field(default=None, min_length=1, max_length=32)
+    timestamps: bool | None = None
 
     @model_validator(mode="after")
     def _endpoint_with_format(self) -> InferenceParams:

@@ -32,6 +32,7 @@ TASKS_BY_FRAMEWORK = {
         "token-classification",
         "zero-shot-classification",
         "text-generation",
+        "automatic-speech-recognition",  # Whisper (docs/tasks.md)
     },
     "sentence-transformers": {"feature-extraction"},
     "gguf": {"text-generation"},  # one .gguf file (docs/generation.md)

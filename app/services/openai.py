@@ -223,6 +223,7 @@ ENDPOINT_TASKS = {
     "/v1/rerank": ("text-ranking", "feature-extraction"),  # a cross-encoder, or cosine
     "/v1/chat/completions": ("text-generation",),
     "/v1/completions": ("text-generation",),
+    "/v1/audio/transcriptions": ("automatic-speech-recognition",),
 }
 
 

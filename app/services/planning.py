@@ -163,11 +163,16 @@ def model_task(session: Session, job: Job) -> str | None:
 
 
 def attach_archive_input(
-    session: Session, job_id: str, owner: str, source_file_id: str, made: ResultFile
+    session: Session,
+    job_id: str,
+    owner: str,
+    source_file_id: str,
+    made: ResultFile,
+    kind: str = "images",
 ) -> bool:
-    """Register the item file a planner made from an archive of images and point the job at
-    it, while that planner holds the job's lease (False, with nothing written, otherwise).
-    The uploaded archive stays as it was; the event names both files."""
+    """Register the item file a planner made from an archive (of images, of audio: `kind`)
+    and point the job at it, while that planner holds the job's lease (False, with nothing
+    written, otherwise). The uploaded archive stays as it was; the event names both files."""
     job = session.execute(
         select(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.input_file_id == source_file_id)
@@ -175,7 +180,7 @@ def attach_archive_input(
     ).scalar_one_or_none()
     if job is None:
         return False
-    file = control.point_at_input(session, job_id, job.tenant_id, made, f"{job_id}_images.jsonl")
+    file = control.point_at_input(session, job_id, job.tenant_id, made, f"{job_id}_{kind}.jsonl")
     data = {"from_file_id": source_file_id, "file_id": file.id, "items": made.lines}
     add_event(session, job_id, "archive_input", data)
     return True

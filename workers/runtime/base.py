@@ -96,6 +96,8 @@ class RunOptions:
     normalize: bool = False  #: image-feature-extraction: L2-normalise the embedding
     max_image_pixels: int = 40_000_000  #: a larger image is ItemError("image_too_large", ...)
     batch_pixels: int = 16_000_000  #: source pixels per micro-batch of images
+    #: speech: longer audio is ItemError("audio_too_long", ...) (MAX_AUDIO_SECONDS)
+    max_audio_seconds: float = 600.0
     #: text generation: most tokens (prompt + completion) the sequences decoding together
     #: may hold in the KV cache
     kv_tokens: int = 32768

@@ -36,6 +36,7 @@ TASK_CLASSES = {
     "image-classification": "AutoModelForImageClassification",
     "text-generation": "AutoModelForCausalLM",
     "text2text-generation": "AutoModelForSeq2SeqLM",
+    "automatic-speech-recognition": "AutoModelForSpeechSeq2Seq",
 }
 #: A config key that counts modules (layers, blocks, experts, heads of a stack ...).
 _STRUCTURAL = re.compile(r"(^|_)(layers?|blocks?|experts?|depths?|n_layer|stages?)($|_)")

@@ -38,9 +38,10 @@ def skipped(name: str) -> bool:
 
 
 def archive_items(
-    archive: Path, max_bytes: int, max_members: int, max_image_bytes: int
+    archive: Path, max_bytes: int, max_members: int, max_image_bytes: int, key: str = "image"
 ) -> Iterator[bytes]:
-    """The JSONL item lines of an archive of images. Raises ArchiveRefused."""
+    """The JSONL item lines of an archive of images (or of audio files, with key "audio").
+    Raises ArchiveRefused."""
     for name, data, size in iter_archive_files(archive, max_bytes, max_members, max_image_bytes):
         if skipped(name):
             continue
@@ -48,7 +49,7 @@ def archive_items(
             yield dump_line({"custom_id": name, "input": {TOO_LARGE_MEMBER: size}})
             continue
         encoded = base64.b64encode(data).decode("ascii")
-        yield dump_line({"custom_id": name, "input": {"image": encoded}})
+        yield dump_line({"custom_id": name, "input": {key: encoded}})
 
 
 def labelled_images(

@@ -60,34 +60,43 @@ class PreparedImage:
 
 def image_bytes(value: Any) -> bytes:
     """The encoded bytes of an item's input: {"image": data URL or base64}, or that string."""
+    return item_bytes(value, "image")
+
+
+def item_bytes(value: Any, kind: str) -> bytes:
+    """The encoded bytes of a media item's input, {kind: data URL or base64} or that string
+    (kind "image" or "audio"); a URL is never fetched. Errors: `invalid_<kind>`,
+    `<kind>_too_large` (an archive member over the byte cap), `invalid_input_type`."""
     if isinstance(value, dict):
         if TOO_LARGE_MEMBER in value:
             raise ItemError(
-                "image_too_large", f"the archive member is {value[TOO_LARGE_MEMBER]} bytes"
+                f"{kind}_too_large", f"the archive member is {value[TOO_LARGE_MEMBER]} bytes"
             )
-        if "image" not in value:
-            raise ItemError("invalid_input_type", 'input must be {"image": "<data URL or base64>"}')
-        value = value["image"]
+        if kind not in value:
+            raise ItemError(
+                "invalid_input_type", f'input must be {{"{kind}": "<data URL or base64>"}}'
+            )
+        value = value[kind]
     if not isinstance(value, str):
-        raise ItemError("invalid_input_type", "the image must be a data URL or a base64 string")
+        raise ItemError("invalid_input_type", f"the {kind} must be a data URL or a base64 string")
     text = value.strip()
     lowered = text[:16].lower()
     if lowered.startswith(("http:", "https:", "ftp:", "file:", "s3:")):
         raise ItemError(
-            "invalid_image",
-            "image URLs are not fetched; send the image itself as a data URL or base64",
+            f"invalid_{kind}",
+            f"{kind} URLs are not fetched; send the {kind} itself as a data URL or base64",
         )
     if lowered.startswith("data:"):
         header, comma, payload = text.partition(",")
         if not comma or not header.lower().endswith(";base64"):
-            raise ItemError("invalid_image", "a data URL must be data:image/...;base64,<data>")
+            raise ItemError(f"invalid_{kind}", f"a data URL must be data:{kind}/...;base64,<data>")
         text = payload
     if not text:
-        raise ItemError("empty_input", "the image is empty")
+        raise ItemError("empty_input", f"the {kind} is empty")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ItemError("invalid_image", "the image is not valid base64") from None
+        raise ItemError(f"invalid_{kind}", f"the {kind} is not valid base64") from None
 
 
 def prepare_image(value: Any, max_pixels: int) -> PreparedImage:

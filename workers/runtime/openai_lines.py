@@ -14,6 +14,7 @@ Like workers/runtime/items.py, this knows nothing of Celery or the database.
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,10 @@ __all__ = ["ENDPOINTS", "OpenAIRequests", "RequestError", "error_body", "expired
 EMBEDDINGS = "/v1/embeddings"
 PREDICTIONS = "/v1/predictions"  #: the farm's own endpoint: one model input, its output
 RERANK = "/v1/rerank"  #: TEI's, Cohere's and Jina's shape: a query, documents, top_n
-ENDPOINTS = (EMBEDDINGS, PREDICTIONS, RERANK, *generation.ENDPOINTS)
+#: speech to text: `body.file` is the audio as base64 (the API reads OpenAI's multipart form
+#: into it), `language` and `timestamps` optional
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+ENDPOINTS = (EMBEDDINGS, PREDICTIONS, RERANK, TRANSCRIPTIONS, *generation.ENDPOINTS)
 _RERANK_FIELDS = ("query", "documents", "top_n")
 #: texts per request; OpenAI's own limit for one embeddings request
 MAX_INPUTS = 2048
@@ -152,6 +156,10 @@ class OpenAIRequests:
         if self.endpoint == RERANK:  # a rerank body is the runner's rank item, model aside
             item = {k: body[k] for k in _RERANK_FIELDS if body.get(k) is not None}
             return _Request(number, custom_id, [_prepare(runner, item, options)], "", None)
+        if self.endpoint == TRANSCRIPTIONS:
+            audio = {k: body[k] for k in ("language", "timestamps") if body.get(k) is not None}
+            audio["audio"] = body.get("file")
+            return _Request(number, custom_id, [_prepare(runner, audio, options)], "", None)
         if self.endpoint in generation.ENDPOINTS:
             inputs = generation.runner_inputs(self.endpoint, body)
             values = [_prepare(runner, value, options, self.endpoint) for value in inputs]
@@ -235,6 +243,8 @@ class OpenAIRequests:
             return {"model": self.model, "results": outputs[0]["results"], "usage": usage}
         if self.endpoint in generation.ENDPOINTS:
             return generation.response_body(self.endpoint, self.model, outputs)
+        if self.endpoint == TRANSCRIPTIONS:
+            return transcription_body(outputs[0])
         data = []
         for index, vector in enumerate(outputs):
             if request.dimensions is not None and request.dimensions != len(vector):
@@ -254,6 +264,26 @@ class OpenAIRequests:
             "model": self.model,
             "usage": {"prompt_tokens": used, "total_tokens": used},
         }
+
+
+def transcription_body(output: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's verbose_json transcription from a speech output (the API answers the other
+    response formats from it): the language by its name, segments numbered, `seek` their
+    start in Whisper's 10 ms frames; usage in seconds, as OpenAI bills audio."""
+    from workers.runtime.speech import language_name
+
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": language_name(output["language"]),
+        "duration": output["duration"],
+        "text": output["text"],
+        "usage": {"type": "duration", "seconds": math.ceil(output["duration"])},
+    }
+    if "segments" in output:
+        body["segments"] = [
+            {"id": i, "seek": int(s["start"] * 100), **s} for i, s in enumerate(output["segments"])
+        ]
+    return body
 
 
 def _generated_tokens(result: Any) -> int:

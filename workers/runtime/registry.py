@@ -54,6 +54,7 @@ _LOADERS = {
     ("sklearn", "classification"): "sklearn",
     ("transformers", "image-classification"): "image",
     ("transformers", "image-feature-extraction"): "image",
+    ("transformers", "automatic-speech-recognition"): "speech",  # workers/runtime/speech.py
     ("sklearn", "regression"): "sklearn",
     ("transformers", "text-generation"): "generation",
     ("gguf", "text-generation"): "generation",
@@ -83,6 +84,10 @@ def load_runner(spec: ModelSpec) -> Runner:
             return load_image_runner(spec.path, spec.task, spec.device, spec.precision)
         if kind == "generation":
             return _load_generation(spec)
+        if kind == "speech":
+            from workers.runtime.speech import load_speech_runner
+
+            return load_speech_runner(spec.path, spec.device, spec.precision)
         from transformers.utils import logging as hf_logging
 
         from workers.runtime import text

@@ -52,6 +52,20 @@ def probe_images() -> list[dict[str, str]]:
     return items
 
 
+def probe_audio() -> list[dict[str, str]]:
+    """One second of a tone as a WAV data URL (what a speech job's items hold)."""
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    t = np.arange(16_000) / 16_000
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000, format="WAV")
+    return [{"audio": "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()}]
+
+
 class ModelRefused(Exception):
     """The upload cannot become a ready version; code and message go on its `error`."""
 
@@ -228,6 +242,8 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         items: list[Any] = [[0.0] * int(info["n_features"])]
     elif spec.task.startswith("image-"):
         items = probe_images()
+    elif spec.task == "automatic-speech-recognition":
+        items = probe_audio()
     elif spec.task == "text-generation":  # a few greedy tokens: the loop runs end to end
         items = list(PROBE_TEXTS)
         options = RunOptions(batch_size=2, params={"max_tokens": 2, "temperature": 0})

@@ -23,6 +23,17 @@ from workers.runtime.text import label_info
 from workers.runtime.tokens import scores
 
 
+def computing(device: torch.device, precision: str) -> contextlib.ExitStack:
+    """No autograd; in the GPU pool, half precision (fp16 autocast on CUDA, bf16 on a CPU
+    standing in for a GPU), as text models run there."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if precision == "mixed":
+        half = torch.float16 if device.type == "cuda" else torch.bfloat16
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=half))
+    return stack
+
+
 class _ImageRunner:
     backend = "torch"
 
@@ -36,14 +47,7 @@ class _ImageRunner:
         return prepare_image(value, options.max_image_pixels)
 
     def _computing(self) -> contextlib.ExitStack:
-        """No autograd; in the GPU pool, half precision (fp16 autocast on CUDA, bf16 on a CPU
-        standing in for a GPU), as text models run there."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.precision == "mixed":
-            half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=half))
-        return stack
+        return computing(self.device, self.precision)
 
     def batches(
         self, values: list[PreparedImage], options: RunOptions

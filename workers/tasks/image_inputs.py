@@ -1,4 +1,5 @@
-"""The planner's step for an archive of images: made into the job's JSONL item file.
+"""The planner's step for an archive of images or audio files: made into the job's JSONL
+item file.
 
 Called by plan_job before it splits the input; the conversion itself is the runtime's
 (workers/runtime/image_archive.py). See docs/decisions/0013-image-pipeline.md.
@@ -48,9 +49,11 @@ def items_from_archive(job_id: str, owner: str, input_uri: str) -> str | None:
             return job.tenant_id, job.input_file_id or "", planning.model_task(session, job)
 
     tenant_id, source_file_id, task = db_retry(read_job)
-    if task is None or not task.startswith("image-"):
+    speech = task == "automatic-speech-recognition"
+    if task is None or not (task.startswith("image-") or speech):
         raise InputRefused(
-            "invalid_input", "an archive input is for image models; other models read JSONL"
+            "invalid_input",
+            "an archive input is for image and speech models; other models read JSONL",
         )
     store = get_store()
     uri = store.uri("tenants", tenant_id, "files", new_id("file"))
@@ -67,7 +70,8 @@ def items_from_archive(job_id: str, owner: str, input_uri: str) -> str | None:
                 local,
                 settings.model_max_unpacked_bytes,
                 settings.model_max_archive_members,
-                settings.max_image_bytes,
+                settings.max_audio_bytes if speech else settings.max_image_bytes,
+                "audio" if speech else "image",
             ):
                 lines += 1
                 yield line
@@ -79,12 +83,14 @@ def items_from_archive(job_id: str, owner: str, input_uri: str) -> str | None:
             raise InputRefused("invalid_archive", str(exc)) from None
     if lines == 0:
         store.delete(uri)
-        raise InputRefused("empty_input", "the archive holds no images")
+        raise InputRefused("empty_input", "the archive holds no files")
     made = ResultFile(uri, size, sha256, lines)
 
     def attach() -> bool:
         with session_scope() as session:
-            return planning.attach_archive_input(session, job_id, owner, source_file_id, made)
+            return planning.attach_archive_input(
+                session, job_id, owner, source_file_id, made, "audio" if speech else "images"
+            )
 
     if not db_retry(attach):
         store.delete(uri)

@@ -483,6 +483,8 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     )
     if spec.task.startswith("image-"):
         options = image_options(options, job.params)
+    elif spec.task == SPEECH:
+        options = audio_options(options, job.params)
     requests = None
     if job.params.get("format") == "openai":
         requests = OpenAIRequests(str(job.params.get("endpoint")), job.model or "")
@@ -516,6 +518,32 @@ def image_options(options: RunOptions, params: dict[str, Any]) -> RunOptions:
     )
 
 
+SPEECH = "automatic-speech-recognition"
+
+
+def audio_options(options: RunOptions, params: dict[str, Any]) -> RunOptions:
+    """A speech job's knobs: its lines carry base64 audio, its micro-batches are 30 s windows
+    (workers/runtime/speech.py), its length limit is MAX_AUDIO_SECONDS."""
+    settings = get_settings()
+    line_bytes = settings.max_audio_bytes * 4 // 3 + 64 * 1024
+    return replace(
+        options,
+        max_line_bytes=max(options.max_line_bytes, line_bytes),
+        batch_size=int(params.get("batch_size") or settings.audio_batch_windows),
+        max_audio_seconds=settings.max_audio_seconds,
+    )
+
+
+def chunk_items(task: str) -> int:
+    """Items a shard reads and runs together: fewer for pictures and audio (long lines)."""
+    settings = get_settings()
+    if task.startswith("image-"):
+        return settings.image_chunk_items
+    if task == SPEECH:
+        return settings.audio_chunk_items
+    return settings.chunk_items
+
+
 def _run_items(
     plan: ShardPlan,
     runner: object,
@@ -542,8 +570,7 @@ def _run_items(
             iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
             shard.end_item - shard.start_item,
         )
-        image = plan.model.task.startswith("image-")
-        chunks = iter_chunks(lines, settings.image_chunk_items if image else settings.chunk_items)
+        chunks = iter_chunks(lines, chunk_items(plan.model.task))
         chunk = next(chunks, None)
         recorded_at = time.monotonic() - settings.progress_seconds  # the first chunk records
         while chunk is not None:

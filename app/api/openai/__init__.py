@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.openai import batches, completions, embeddings, files, rerank
+from app.api.openai import audio, batches, completions, embeddings, files, rerank
 from app.api.openai.errors import openai_error
 from app.schemas.openai import OpenAIErrorResponse
 
@@ -24,7 +24,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 router = APIRouter(prefix="/openai/v1", tags=["openai"], responses=ERRORS)
-for module in (files, batches, embeddings, completions, rerank):
+for module in (files, batches, embeddings, completions, rerank, audio):
     router.include_router(module.router)
 
 

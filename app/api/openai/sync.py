@@ -68,12 +68,12 @@ async def respond(tenant: Tenant, submission: job_service.Submission, model: str
     return JSONResponse(body, status_code=status)
 
 
-def _prepare(tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]) -> Any:
+def prepare(tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]) -> Any:
     with session_scope() as session:
         return service.prepare_sync(session, tenant, model, endpoint, body)
 
 
 async def request(tenant: Tenant, model: str, endpoint: str, body: dict[str, Any]) -> JSONResponse:
     """Submit `body` to `endpoint` as a one-line job and answer with its line's response."""
-    submission = await run_in_threadpool(_prepare, tenant, model, endpoint, body)
+    submission = await run_in_threadpool(prepare, tenant, model, endpoint, body)
     return await respond(tenant, submission, model)
