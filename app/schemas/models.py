@@ -17,6 +17,7 @@ Task = Literal[
     "token-classification",
     "zero-shot-classification",
     "text-generation",
+    "text2text-generation",
 ]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"

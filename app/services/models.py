@@ -31,6 +31,7 @@ TASKS_BY_FRAMEWORK = {
         "token-classification",
         "zero-shot-classification",
         "text-generation",
+        "text2text-generation",
     },
     "sentence-transformers": {"feature-extraction"},
     "gguf": {"text-generation"},  # one .gguf file (docs/generation.md)

@@ -228,7 +228,7 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         items: list[Any] = [[0.0] * int(info["n_features"])]
     elif spec.task.startswith("image-"):
         items = probe_images()
-    elif spec.task == "text-generation":  # a few greedy tokens: the loop runs end to end
+    elif spec.task in ("text-generation", "text2text-generation"):  # a few greedy tokens
         items = list(PROBE_TEXTS)
         options = RunOptions(batch_size=2, params={"max_tokens": 2, "temperature": 0})
         info["context_length"] = int(getattr(runner, "context_length", 0))
