@@ -158,17 +158,11 @@ _CORPUS = (
 )
 
 
-def make_tiny_causal_lm(
-    path: str | Path, seed: int = 0, context: int = 8192, template: str = CHATML_TEMPLATE
-) -> Path:
-    """A LlamaForCausalLM with random weights and a byte-level BPE tokenizer trained here on a
-    few sentences (a ~400-token vocabulary, ChatML special tokens), for "text-generation"."""
-    import torch
+def _byte_level_bpe(specials: list[str], unknown: str | None = None) -> Any:
+    """A byte-level BPE tokenizer (tokenizers') of about 400 tokens, trained on _CORPUS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(models.BPE(unk_token=unknown))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -177,6 +171,19 @@ def make_tiny_causal_lm(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer)
+    return bpe
+
+
+def make_tiny_causal_lm(
+    path: str | Path, seed: int = 0, context: int = 8192, template: str = CHATML_TEMPLATE
+) -> Path:
+    """A LlamaForCausalLM with random weights and a byte-level BPE tokenizer trained here on a
+    few sentences (a ~400-token vocabulary, ChatML special tokens), for "text-generation"."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = _byte_level_bpe(specials)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",
@@ -202,5 +209,64 @@ def make_tiny_causal_lm(
     target = Path(path)
     target.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(config).eval().save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def make_tiny_seq2seq(path: str | Path, architecture: str = "t5", seed: int = 0) -> Path:
+    """An encoder-decoder (T5, BART or Marian) with random weights and a byte-level BPE
+    tokenizer trained here on a few sentences, each input ending in `</s>` as T5's and BART's
+    tokenizers end theirs, for "text2text-generation"."""
+    import torch
+    from tokenizers import processors
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        MarianConfig,
+        MarianMTModel,
+        PreTrainedTokenizerFast,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    bpe = _byte_level_bpe(["<pad>", "</s>", "<s>", "<unk>"], unknown="<unk>")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", bpe.token_to_id("</s>"))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        unk_token="<unk>",
+    )
+    pad, eos, bos = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id
+    vocab = bpe.get_vocab_size()
+    torch.manual_seed(seed)
+    model: Any
+    if architecture == "t5":
+        t5 = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        t5.pad_token_id = t5.decoder_start_token_id = pad
+        t5.eos_token_id = eos
+        model = T5ForConditionalGeneration(t5)
+    else:
+        shape: dict[str, Any] = {"vocab_size": vocab, "d_model": 32, "max_position_embeddings": 128}
+        for side in ("encoder", "decoder"):
+            shape |= {f"{side}_layers": 2, f"{side}_attention_heads": 4, f"{side}_ffn_dim": 64}
+        shape |= {"pad_token_id": pad, "eos_token_id": eos, "bos_token_id": bos}
+        shape["forced_eos_token_id"] = None
+        if architecture == "bart":
+            model = BartForConditionalGeneration(BartConfig(**shape, decoder_start_token_id=eos))
+        else:  # Marian starts from its padding token, which generate never writes
+            config = MarianConfig(**shape, decoder_start_token_id=pad)
+            model = MarianMTModel(config)
+            model.generation_config.bad_words_ids = [[pad]]
+    with torch.no_grad():  # wide weights: text that depends on the input, not one token repeated
+        for parameter in model.parameters():
+            if parameter.dim() > 1:  # matrices and embeddings; norms keep their ones
+                parameter.normal_(0.0, 0.5)
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

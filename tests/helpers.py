@@ -236,3 +236,18 @@ def tar_of(directory: Path) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(directory, arcname="model")
     return buf.getvalue()
+
+
+def run_openai_batch(
+    client: httpx.Client, lines: list[dict[str, Any]], endpoint: str, timeout: float = 120
+) -> dict[str, Any]:
+    """Upload `lines` as an OpenAI batch file (purpose `batch`), create the batch on
+    `endpoint` and wait for it to end; the batch object (`client`: the farm's own API)."""
+    file = upload(client, jsonl(lines), purpose="batch")
+    body = {"input_file_id": file["id"], "endpoint": endpoint, "completion_window": "24h"}
+    batch = client.post("/openai/v1/batches", json=body).json()
+    deadline = time.monotonic() + timeout
+    while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        batch = client.get(f"/openai/v1/batches/{batch['id']}").json()
+    return batch  # type: ignore[no-any-return]

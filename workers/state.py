@@ -51,7 +51,7 @@ class ProcessState:
     def version(self, key: str, framework: str, task: str, uri: str) -> ModelSpec:
         """A tenant's model version stored at `uri` (a .skops file or a model folder)."""
         store = get_store()
-        text = framework != "sklearn" and task != "text-generation"
+        text = framework != "sklearn" and task not in ("text-generation", "text2text-generation")
         return ModelSpec(
             key=key,
             framework=framework,

@@ -18,6 +18,7 @@ Task = Literal[
     "zero-shot-classification",
     "text-generation",
     "automatic-speech-recognition",
+    "text2text-generation",
 ]
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"

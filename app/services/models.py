@@ -33,6 +33,7 @@ TASKS_BY_FRAMEWORK = {
         "zero-shot-classification",
         "text-generation",
         "automatic-speech-recognition",  # Whisper (docs/tasks.md)
+        "text2text-generation",
     },
     "sentence-transformers": {"feature-extraction"},
     "gguf": {"text-generation"},  # one .gguf file (docs/generation.md)

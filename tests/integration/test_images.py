@@ -5,8 +5,6 @@ then classify held-out pictures from an archive."""
 from __future__ import annotations
 
 import io
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from tests.helpers import (
     assert_error,
     read_lines,
     register_ready,
+    run_openai_batch,
     submit,
     tar_of,
     upload,
@@ -127,13 +126,7 @@ def test_uploaded_image_models_equal_in_process_transformers(
         }
         for i, url in enumerate(data_url(p) for p in pictures[:2])
     ]
-    file = upload(client, "".join(json.dumps(r) + "\n" for r in requests).encode())
-    body = {"input_file_id": file["id"], "endpoint": "/v1/predictions", "completion_window": "24h"}
-    batch = client.post("/openai/v1/batches", json=body).json()
-    deadline = time.monotonic() + 120
-    while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        batch = client.get(f"/openai/v1/batches/{batch['id']}").json()
+    batch = run_openai_batch(client, requests, "/v1/predictions")
     assert batch["status"] == "completed", batch
     answers = read_lines(client, batch["output_file_id"])
     for answer, output in zip(answers, outputs[:2], strict=True):

@@ -4,8 +4,6 @@ transformers."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from tests.helpers import (
     read_lines,
     register_model,
     run_job,
+    run_openai_batch,
     tar_of,
     upload,
     wait_model,
@@ -116,20 +115,7 @@ def test_rerank_ner_and_zero_shot_jobs_equal_transformers(
         {"custom_id": "x", "method": "POST", "url": "/v1/rerank", "body": {"model": "ce", **b}}
         for b in ({"query": QUERY, "documents": DOCUMENTS}, {"query": "", "documents": ["d"]})
     ]
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    uploaded = oai.post("/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"})
-    batch = oai.post(
-        "/batches",
-        json={
-            "input_file_id": uploaded.json()["id"],
-            "endpoint": "/v1/rerank",
-            "completion_window": "24h",
-        },
-    ).json()
-    deadline = time.monotonic() + 120
-    while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        batch = oai.get(f"/batches/{batch['id']}").json()
+    batch = run_openai_batch(client, lines, "/v1/rerank")
     assert batch["status"] == "completed", batch
     (out,) = read_lines(client, batch["output_file_id"])
     assert [r["index"] for r in out["response"]["body"]["results"]] == order

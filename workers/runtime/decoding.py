@@ -30,9 +30,15 @@ PREFILL_TOKENS = 4096
 
 @dataclass(frozen=True)
 class Request:
-    ids: list[int]  #: the prompt's tokens
+    ids: list[int]  #: the prompt's tokens (an encoder-decoder's: the decoder's start token)
     sampling: Sampling  #: max_tokens already fits the context
     index: int = 0  #: the value's index in its run() call (on_text's first argument)
+    #: an encoder-decoder model's input, read by its encoder (workers/runtime/seq2seq.py)
+    source: tuple[int, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.source) if self.source else len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,10 @@ class _Sequence:
 
     @property
     def reserved(self) -> int:
-        """Cache columns this sequence may come to hold."""
-        return len(self.request.ids) + self.request.sampling.max_tokens
+        """Cache columns this sequence may come to hold (an encoder-decoder's: its decoder's
+        and, for cross-attention, its input's)."""
+        request = self.request
+        return len(request.ids) + len(request.source) + request.sampling.max_tokens
 
 
 class Engine:
@@ -239,7 +247,7 @@ class _Loop:
                 on_text(seq.request.index, delta)
             if seq.finish is not None:
                 self.results[seq.request.index] = Generated(
-                    seq.state.text, seq.finish, len(seq.request.ids), seq.count
+                    seq.state.text, seq.finish, seq.request.prompt_tokens, seq.count
                 )
 
 

@@ -25,10 +25,28 @@ MAX_MESSAGES = 1024
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
-class GenerationRunner:
-    """A causal language model behind the Runner protocol."""
+class DecodingRunner:
+    """What text generation and sequence to sequence share: the text of tokens, and run()."""
 
     backend = "torch"
+    engine: Engine
+    tokenizer: Any
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(
+            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
+
+    def run(self, values: list[Request], options: RunOptions) -> list[dict[str, Any]]:
+        requests = [replace(v, index=i) for i, v in enumerate(values)]
+        generated = self.engine.generate(requests, options)
+        if options.on_tokens is not None:
+            options.on_tokens([g.prompt_tokens + g.completion_tokens for g in generated])
+        return [g.output() for g in generated]
+
+
+class GenerationRunner(DecodingRunner):
+    """A causal language model behind the Runner protocol."""
 
     def __init__(
         self,
@@ -51,11 +69,6 @@ class GenerationRunner:
         self.specials = {
             k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)
         }
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(
-            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        )
 
     def prepare(self, value: Any, options: RunOptions) -> Request:
         line: Mapping[str, Any] = {}
@@ -82,7 +95,7 @@ class GenerationRunner:
             )
         params = sampling(options.params, line, options.max_new_tokens)
         if prompt is not None:
-            text = self._check_text(prompt, options, "prompt")
+            text = check_text(prompt, options, "prompt")
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         else:
             text = self._render(line["messages"], options)
@@ -96,20 +109,6 @@ class GenerationRunner:
             )
         room = self.context_length - len(ids)
         return Request(list(ids), replace(params, max_tokens=min(params.max_tokens, room)))
-
-    def _check_text(self, text: str, options: RunOptions, what: str) -> str:
-        if not text.strip():
-            raise ItemError("empty_input", f"the {what} is empty")
-        if len(text) > options.max_chars:
-            raise ItemError(
-                "input_too_long",
-                f"the {what} has {len(text)} characters; the limit is {options.max_chars}",
-            )
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            raise ItemError("invalid_input", f"the {what} holds a lone surrogate") from None
-        return text
 
     def _render(self, messages: Any, options: RunOptions) -> str:
         if not isinstance(messages, list) or not messages:
@@ -141,12 +140,20 @@ class GenerationRunner:
         except TemplateError as exc:
             raise ItemError("template_error", str(exc)) from None
 
-    def run(self, values: list[Request], options: RunOptions) -> list[dict[str, Any]]:
-        requests = [replace(v, index=i) for i, v in enumerate(values)]
-        generated = self.engine.generate(requests, options)
-        if options.on_tokens is not None:
-            options.on_tokens([g.prompt_tokens + g.completion_tokens for g in generated])
-        return [g.output() for g in generated]
+def check_text(text: str, options: RunOptions, what: str) -> str:
+    """`text` if it is something to generate from: not blank, within `max_chars`, encodable."""
+    if not text.strip():
+        raise ItemError("empty_input", f"the {what} is empty")
+    if len(text) > options.max_chars:
+        raise ItemError(
+            "input_too_long",
+            f"the {what} has {len(text)} characters; the limit is {options.max_chars}",
+        )
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ItemError("invalid_input", f"the {what} holds a lone surrogate") from None
+    return text
 
 
 def load_generation_runner(path: str, device: str, precision: str = "fp32") -> GenerationRunner:

@@ -58,6 +58,7 @@ _LOADERS = {
     ("sklearn", "regression"): "sklearn",
     ("transformers", "text-generation"): "generation",
     ("gguf", "text-generation"): "generation",
+    ("transformers", "text2text-generation"): "seq2seq",
 }
 
 #: kinds that ONNX Runtime does not run: the graph export covers embeddings and classifiers
@@ -94,6 +95,10 @@ def load_runner(spec: ModelSpec) -> Runner:
 
         # Progress bars from weight loading only clutter worker logs.
         hf_logging.disable_progress_bar()
+        if kind == "seq2seq":  # workers/runtime/seq2seq.py, on torch
+            from workers.runtime.seq2seq import load_seq2seq_runner
+
+            return load_seq2seq_runner(spec.path, spec.device, spec.precision)
 
         def load_torch() -> Runner:
             if kind in _TORCH_ONLY:

@@ -244,7 +244,7 @@ def probe(spec: ModelSpec, info: dict[str, Any]) -> None:
         items = probe_images()
     elif spec.task == "automatic-speech-recognition":
         items = probe_audio()
-    elif spec.task == "text-generation":  # a few greedy tokens: the loop runs end to end
+    elif spec.task in ("text-generation", "text2text-generation"):  # a few greedy tokens
         items = list(PROBE_TEXTS)
         options = RunOptions(batch_size=2, params={"max_tokens": 2, "temperature": 0})
         info["context_length"] = int(getattr(runner, "context_length", 0))
