@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.cli_errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
 from app.config import get_settings
-from modelfarm_client import ApiError, Client, ClientError
+from modelfarm_client import Client
 
 JSON = dict[str, Any]
 
@@ -187,14 +186,9 @@ def submit(
         }
         if job_params:
             body["params"] = job_params
-        try:
-            job = client.create_job({**body, "input": {"file_id": uploaded["id"]}})
-        except ApiError:
-            # Refused (no such model, a quota, a bad field): the upload would only be left
-            # behind, counted against the tenant's storage. Take it back, then say why.
-            with suppress(ClientError):
-                client.delete_file(uploaded["id"])
-            raise
+        body["input"] = {"file_id": uploaded["id"]}
+        # Refused (no such model, a quota, a bad field): the upload is taken back.
+        job = client.naming_upload(uploaded["id"], lambda: client.create_job(body))
         say(f"job {job['id']} {job['status']}")
         if not wait:
             print(job["id"])

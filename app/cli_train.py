@@ -56,7 +56,8 @@ def train(
         }
         if task is not None:
             body["task"] = task
-        job = client.create_job(body)
+        # Refused (a bad param, a quota): the upload is taken back.
+        job = client.naming_upload(uploaded["id"], lambda: client.create_job(body))
         say(f"job {job['id']} {job['status']}")
         if not wait:
             print(job["id"])

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 import httpx
 
-from modelfarm_client.errors import ApiError, FarmUnreachable
+from modelfarm_client.errors import ApiError, ClientError, FarmUnreachable
 
 JSON = dict[str, Any]
 
@@ -154,6 +154,17 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------------------
 
+    def naming_upload(self, file_id: str, send: Callable[[], JSON]) -> JSON:
+        """`send()`, a request that names the upload `file_id`; when the farm refuses it (no
+        such model, a quota, a bad field), the upload is deleted before the refusal is raised:
+        left behind, it would only count against the tenant's storage."""
+        try:
+            return send()
+        except ApiError:
+            with suppress(ClientError):
+                self.delete_file(file_id)
+            raise
+
     def create_job(self, body: JSON, idempotency_key: str | None = None) -> JSON:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
@@ -248,7 +259,8 @@ class Client:
     def register_model(
         self, source: str | Path, name: str, framework: str, task: str | None = None
     ) -> JSON:
-        """Upload a model file (purpose `model`) and register it as a new version of `name`.
+        """Upload a model file (purpose `model`) and register it as a new version of `name`
+        (a registration the farm refuses deletes the upload).
 
         The version answered may still be `validating` where the farm validates in a worker:
         `model(name)` shows when it is `ready`.
@@ -257,7 +269,9 @@ class Client:
         body: JSON = {"name": name, "framework": framework, "file_id": uploaded["id"]}
         if task is not None:
             body["task"] = task
-        return self._json("POST", "/v1/models", json=body)
+        return self.naming_upload(
+            uploaded["id"], lambda: self._json("POST", "/v1/models", json=body)
+        )
 
     def wait_model(self, name: str, version: int, timeout: float = 300, poll: float = 0.5) -> JSON:
         """Block until version `version` of `name` is validated: the version, `ready` or

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -105,8 +106,13 @@ def _validation_message(exc: RequestValidationError, request: Request) -> str:
     said = json_body_error(exc) or not_json_hint(request, exc)
     if said:
         return said
+    return errors_in_words(exc.errors())
+
+
+def errors_in_words(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as `field: what is wrong` (the first five), for a person."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "; ".join(parts) or "the request is not valid"

@@ -5,12 +5,15 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
+from app.config import Settings
 from app.db import run_retrying
-from app.models import FilePurpose
+from app.models import File as FileRow
+from app.models import FilePurpose, Tenant
 from app.schemas.files import FileList, FilePublic
 from app.services import files as file_service
 from app.services import tenants
@@ -36,6 +39,15 @@ def upload_file(
     if purpose not in file_service.UPLOAD_PURPOSES:
         allowed = ", ".join(p.value for p in file_service.UPLOAD_PURPOSES)
         raise InvalidRequest(f"purpose must be one of: {allowed}")
+    created = store_upload(session, tenant, settings, FilePurpose(purpose), file)
+    return FilePublic.model_validate(created, from_attributes=True)
+
+
+def store_upload(
+    session: Session, tenant: Tenant, settings: Settings, purpose: FilePurpose, file: UploadFile
+) -> FileRow:
+    """An upload copied to the store and its row added (not committed): 413 over
+    `MAX_UPLOAD_BYTES` or over what the tenant may still store (the dashboard's form too)."""
     # What the tenant may still store caps this upload as the upload limit does (413 either
     # way); uploads that run at the same time may each see the same room
     # (docs/operations.md, Storage).
@@ -44,15 +56,14 @@ def upload_file(
     # Starlette spools the part to a temporary file, so it is copied to the store in chunks.
     chunks = iter(lambda: file.file.read(CHUNK), b"")
     try:
-        created = file_service.create_file(
-            session, tenant, FilePurpose(purpose), file.filename or "upload", chunks, limit
+        return file_service.create_file(
+            session, tenant, purpose, file.filename or "upload", chunks, limit
         )
     except PayloadTooLarge:
         if room is None or room >= settings.max_upload_bytes:
             raise
         used = (tenant.max_storage_bytes or 0) - room
         raise tenants.storage_exceeded(tenant, used, "this file") from None
-    return FilePublic.model_validate(created, from_attributes=True)
 
 
 @router.get("", summary="List files", responses=errors(404))

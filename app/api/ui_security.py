@@ -7,6 +7,11 @@
   Origin (or, without one, its Referer) must name this host. With the SameSite=Strict cookie
   that is OWASP's "verify origin with standard headers" defence; a client that sends neither
   (curl) has no cookie of a victim to abuse.
+- Every form that acts as the tenant (submit, cancel, retry) also carries a CSRF token, checked
+  by its route (`check_csrf`): an HMAC of the session's key under SECRET_KEY (OWASP's
+  "HMAC-based token" pattern), so it is the same in every API process, changes with the key,
+  and cannot be made by anyone who does not hold the key. Login (no session yet) and logout
+  (harmless) rely on the origin check alone.
 - Login attempts are limited per client address, and logins per tenant, with the same token
   buckets as the API's rate limits (Redis, or each API process's own while Redis is away).
 
@@ -15,10 +20,13 @@ A pure ASGI middleware: requests outside /ui pay one string comparison.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 from urllib.parse import urlsplit
 
 from app import ratelimit
+from app.config import get_settings
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -85,3 +93,13 @@ async def login_wait(client: str, tenant_id: str | None, per_minute: int) -> int
     bucket = f"ui-login:tenant:{tenant_id}" if tenant_id else f"ui-login:client:{client}"
     decision = await ratelimit.take(bucket, per_minute / 60, per_minute)
     return 0 if decision.allowed else decision.retry_after
+
+
+def csrf_token(key: str) -> str:
+    """The token the dashboard's forms carry for the session holding `key`."""
+    secret = get_settings().secret_key.get_secret_value().encode()
+    return hmac.new(secret, b"ui-csrf:" + key.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(key: str, token: str) -> bool:
+    return bool(key) and hmac.compare_digest(csrf_token(key), token)

@@ -13,7 +13,7 @@ from app.models import File, FilePurpose, Job, JobStatus, JobType, Tenant
 from app.services.errors import Conflict
 from app.services.jobs import add_event, get_job, transition
 from app.services.openai import is_batch
-from app.services.results import ResultFile
+from app.services.results import ResultFile, retry_lines_uri
 from app.services.shards import DEADLINE_ERROR, request_stop
 from app.services.tenants import check_job_quota
 
@@ -108,6 +108,9 @@ class RetrySource:
     tenant_id: str
     error_uri: str
     input_uri: str
+    #: the original numbers of the input's lines when the job retried is itself a retry
+    #: (workers/tasks/retry_lines.py); its error lines already carry them
+    lines_uri: str | None = None
 
 
 def retry_source(session: Session, job: Job) -> RetrySource | None:
@@ -120,7 +123,8 @@ def retry_source(session: Session, job: Job) -> RetrySource | None:
     input_file = session.get(File, first.input_file_id)
     if error_file is None or input_file is None:
         return None
-    return RetrySource(job.tenant_id, error_file.uri, input_file.uri)
+    lines = retry_lines_uri(first.tenant_id, first.id) if first.retry_of else None
+    return RetrySource(job.tenant_id, error_file.uri, input_file.uri, lines)
 
 
 def point_at_input(

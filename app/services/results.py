@@ -29,6 +29,7 @@ from app.services.shards import (
     past,
     whole_if_succeeded,
 )
+from app.storage import get_store
 
 #: the end of a range of input lines read up to the end of the file (its count unknown)
 TO_THE_END = sys.maxsize
@@ -56,6 +57,7 @@ class Assembly:
     parts: list[Part | ShardRange]
     all_succeeded: bool
     input_uri: str | None = None  #: where an expired batch's unrun lines are read
+    lines_uri: str | None = None  #: a retry's original line numbers (control.retry_lines_uri)
     counts_total: int = 0  #: items of the input: the lines of a succeeded job's two files
 
 
@@ -110,7 +112,14 @@ def claim_assembly(
         if unrun
         else None,
         counts_total=job.counts_total or 0,
+        lines_uri=retry_lines_uri(job.tenant_id, job.id) if unrun and job.retry_of else None,
     )
+
+
+def retry_lines_uri(tenant_id: str, job_id: str) -> str:
+    """Where a retry's input lines' original numbers are kept: in the retry's own folder, so
+    they go with the job (deleted or expired) and with nothing else."""
+    return get_store().uri("tenants", tenant_id, "jobs", job_id, "input_lines")
 
 
 def is_expired_batch(job: Job) -> bool:

@@ -214,15 +214,25 @@ def test_models_register_exits_1_when_validation_fails(
 def test_a_refused_submission_leaves_no_upload_behind(
     api_url: str, tenant_key: str, tmp_path: Path, services: dict[str, str]
 ) -> None:
-    """The upload of a job the API refuses would count against the tenant's storage: the CLI
-    deletes it, and GET /v1/files (newest first, by purpose) shows none."""
+    """The upload of a job (or a model) the API refuses would count against the tenant's
+    storage: the CLI deletes it, and GET /v1/files shows none."""
     env = _client_env(api_url, tenant_key, services)
     refused = modelfarm(
         ["submit", str(_sentences(tmp_path / "in.jsonl", 3)), "--model", "nope"], env
     )
     assert refused.returncode == 1 and "nope" in refused.stderr, refused.stderr
+    # A training job and a model registration the API refuses take their uploads back too.
+    rows = "".join(json.dumps({"input": f"t{i}", "label": i % 2}) + "\n" for i in range(4))
+    (tmp_path / "train.jsonl").write_text(rows)
+    train = ["train", str(tmp_path / "train.jsonl"), "--output-model", "Not A Name"]
+    refused = modelfarm([*train, "--framework", "sklearn"], env)
+    assert refused.returncode == 1 and "output_model" in refused.stderr, refused.stderr
+    (tmp_path / "m.skops").write_bytes(b"any bytes: refused before a worker reads them")
+    register = ["models", "register", "Not A Name", str(tmp_path / "m.skops")]
+    refused = modelfarm([*register, "--framework", "sklearn"], env)
+    assert refused.returncode == 1 and "name" in refused.stderr, refused.stderr
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {tenant_key}"}) as c:
-        assert c.get("/v1/files", params={"purpose": "batch"}).json()["data"] == []
+        assert c.get("/v1/files").json()["data"] == []
 
 
 def test_models_register_packs_a_folder(

@@ -6,6 +6,7 @@ Skipped, saying why, where Chromium or Playwright is missing (`apt-get install c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -126,4 +127,63 @@ def test_the_dashboard_shows_a_running_job_then_its_end(
         page.screenshot(path=str(shots / "pools.png"), full_page=True)
         page.goto(f"{api_url}/ui")
         page.screenshot(path=str(shots / "jobs.png"), full_page=True)
+    context.close()
+
+
+def test_a_job_from_upload_to_download_in_the_browser(
+    browser: Any,
+    api_url: str,
+    client: httpx.Client,
+    tenant_key: str,
+    cpu_worker: FarmProcess,
+    tmp_path: Path,
+) -> None:
+    rows = [{"custom_id": f"doc-{i}", "input": f"{i} {SENTENCE}"} for i in range(40)]
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    _log_in(page, api_url, tenant_key)
+    page.click("nav >> text=New job")
+    page.wait_for_url(f"{api_url}/ui/submit")
+    page.set_input_files(
+        "#file",
+        files=[{"name": "small.jsonl", "mimeType": "application/jsonl", "buffer": jsonl(rows)}],
+    )
+    page.select_option("#model", "minilm")
+    page.fill("#params", '{"batch_size": 8}')
+    page.select_option("#priority", "high")
+    page.click("#submit button[type=submit]")
+    page.wait_for_url(f"{api_url}/ui/jobs/job_*")
+    job_id = page.url.rsplit("/", 1)[-1]
+
+    # The page follows the job to its end by itself, then offers its output.
+    page.wait_for_selector("#live [data-final] .head .s-succeeded", timeout=120_000)
+    assert page.text_content("#live .big-bar .pct") == "100%"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["priority"] == "high" and job["params"]["batch_size"] == 8
+    with page.expect_download() as download:
+        page.click("#output-file")
+    saved = tmp_path / "output.jsonl"
+    download.value.save_as(saved)
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [r["custom_id"] for r in rows]
+    assert all(len(line["output"]) == 384 for line in lines)
+    page.screenshot(path=str(tmp_path / "submitted.png"), full_page=True)
+
+    # The upload and the job's output are in the files list, each id a download link ...
+    page.click("nav >> text=Files")
+    page.wait_for_url(f"{api_url}/ui/files")
+    for file_id in (job["input_file_id"], job["output_file_id"]):
+        assert page.locator(f"tr[data-file='{file_id}'] a[download]").count() == 1
+    assert "small.jsonl" in page.text_content(f"tr[data-file='{job['input_file_id']}']")
+    # ... and the model in the models list, ready.
+    page.click("nav >> text=Models")
+    page.wait_for_url(f"{api_url}/ui/models")
+    assert page.text_content("tr[data-model='minilm'] .status") == "ready"
+    if os.environ.get("MODELFARM_TEST_SCREENSHOTS"):
+        shots = Path(os.environ["MODELFARM_TEST_SCREENSHOTS"])
+        shots.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "submitted.png", shots / "submitted.png")
+        page.screenshot(path=str(shots / "models.png"), full_page=True)
+        page.goto(f"{api_url}/ui/submit")
+        page.screenshot(path=str(shots / "submit.png"), full_page=True)
     context.close()

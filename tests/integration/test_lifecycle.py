@@ -52,6 +52,39 @@ def test_retry_runs_only_the_failed_items(client: httpx.Client) -> None:
     assert_error(client.post(f"/v1/jobs/{clean['id']}/retry"), 409, "nothing_to_retry")
 
 
+def test_a_retrys_error_lines_name_the_original_files_lines(client: httpx.Client) -> None:
+    # 700 lines with a blank one and a broken one among them: every third item fails (a
+    # number, not text), so the retry runs about 233 items, in two shards of 200 here.
+    lines: list[str] = []
+    failing: list[int] = []
+    for i in range(700):
+        if i == 4:
+            lines.append("")  # not an item: the numbers after it are not item indexes
+        if i == 10:
+            lines.append('{"custom_id": "broken", "input": ')
+            failing.append(broken_line := len(lines))
+            continue
+        lines.append(json.dumps({"custom_id": i, "input": f"sentence {i}" if i % 3 else i}))
+        if i % 3 == 0:
+            failing.append(len(lines))
+    first = run_job(client, "minilm", ("\n".join(lines) + "\n").encode())
+    first_errors = read_lines(client, first["error_file_id"])
+    assert [e["line"] for e in first_errors] == failing
+
+    job = first
+    for _ in range(2):  # a retry, then a retry of the retry: still the first file's numbers
+        response = client.post(f"/v1/jobs/{job['id']}/retry")
+        assert response.status_code == 202, response.text
+        job = wait_done(client, response.json()["id"])
+        assert job["counts"]["total"] == len(failing)
+        errors = read_lines(client, job["error_file_id"])
+        assert [e["line"] for e in errors] == failing
+        assert [e["custom_id"] for e in errors] == [e["custom_id"] for e in first_errors]
+        broken = next(e for e in errors if e["error"]["code"] == "invalid_json")
+        # The message names the line in words too, and the same one.
+        assert broken["error"]["message"].startswith(f"line {broken_line}, column "), broken
+
+
 def test_retry_of_an_unfinished_job_is_409(client: httpx.Client) -> None:
     job = submit(
         client,

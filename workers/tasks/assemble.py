@@ -19,6 +19,7 @@ from workers.reliability import db_retry, new_owner
 from workers.runtime.items import iter_chunks, iter_lines
 from workers.runtime.openai_lines import expired_line
 from workers.tasks.results import PartLost, ResultWriter, append_part, final_uris, part_uris
+from workers.tasks.retry_lines import LineMap
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,9 @@ def _write_expired(claimed: Assembly, shard: ShardRange, errors: ResultWriter) -
     """A `batch_expired` error line for each of the shard's lines, read from the input."""
     assert claimed.input_uri is not None
     max_bytes = get_settings().max_line_bytes
-    with get_store().open(claimed.input_uri, "rb") as f:
+    with get_store().open(claimed.input_uri, "rb") as f, LineMap(claimed.lines_uri) as original:
         f.seek(shard.start_offset)
-        lines = iter_lines(f, first_line=shard.start_line, max_bytes=max_bytes)
+        lines = original.lines(iter_lines(f, first_line=shard.start_line, max_bytes=max_bytes))
         for chunk in iter_chunks(islice(lines, shard.end_item - shard.start_item), 1000):
             errors.write([expired_line(number, raw) for number, raw in chunk])
 

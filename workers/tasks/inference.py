@@ -46,6 +46,7 @@ from workers.runtime.openai_lines import OpenAIRequests, expired_line
 from workers.tasks import image_inputs
 from workers.tasks.assemble import assemble_job
 from workers.tasks.results import ResultWriter, part_uris
+from workers.tasks.retry_lines import LineMap, LineMapWriter
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,9 @@ def _make_retry_input(
     job_id: str, owner: str, source: control.RetrySource, max_line_bytes: int
 ) -> str | None:
     """Stream the first job's failed lines into the retry's own input file (no transaction open
-    meanwhile), then attach it to the job; None when this planner lost the job on the way."""
+    meanwhile), with each line's number in the file the tenant uploaded beside it
+    (workers/tasks/retry_lines.py), then attach it to the job; None when this planner lost the
+    job on the way."""
     failed = set()
     with get_store().open(source.error_uri, "rb") as f:
         for _, raw, _ in read_lines(f, max_bytes=max_line_bytes):
@@ -168,19 +171,24 @@ def _make_retry_input(
                 failed.add(int(parse_line(raw)["line"]))
     store = get_store()
     uri = store.uri("tenants", source.tenant_id, "files", new_id("file"))
+    lines_uri = results.retry_lines_uri(source.tenant_id, job_id)
     lines = 0
 
-    def picked() -> Iterator[bytes]:
+    def picked(numbers: LineMapWriter) -> Iterator[bytes]:
         # Bounded like every input read: an over-long line (it failed as line_too_long, and
-        # would again) is left out.
+        # would again) is left out. The error lines of a retry name its lines by their
+        # original numbers (`original`), and so does the map written for this one.
         nonlocal lines
-        with store.open(source.input_uri, "rb") as f:
+        with store.open(source.input_uri, "rb") as f, LineMap(source.lines_uri) as original:
             for number, raw, _ in read_lines(f, max_bytes=max_line_bytes):
-                if number in failed and raw is not None:
+                first = original(number)
+                if first in failed and raw is not None:
                     lines += 1
+                    numbers.add(first)
                     yield raw if raw.endswith(b"\n") else raw + b"\n"
 
-    size, sha256 = store.write_stream(uri, picked(), limit=None)
+    with LineMapWriter(lines_uri) as numbers:
+        size, sha256 = store.write_stream(uri, picked(numbers), limit=None)
     made = ResultFile(uri, size, sha256, lines)
 
     def attach() -> bool:
@@ -189,6 +197,7 @@ def _make_retry_input(
 
     if not db_retry(attach):
         store.delete(uri)
+        store.delete(lines_uri)
         return None
     return uri
 
@@ -285,6 +294,8 @@ class ShardPlan:
     requests: OpenAIRequests | None = None
     #: a synchronous request's `stream: true`: text deltas go out as they are decoded
     stream: bool = False
+    #: a retry's original line numbers (workers/tasks/retry_lines.py)
+    lines_uri: str | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -499,6 +510,7 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         options,
         requests,
         stream,
+        results.retry_lines_uri(job.tenant_id, job.id) if job.retry_of else None,
     )
 
 
@@ -564,11 +576,13 @@ def _run_items(
         options = replace(options, on_text=Publisher(shard.job_id))
     run = run_chunk if plan.requests is None else plan.requests.run_chunk
     tokens = 0
-    with get_store().open(plan.input_uri, "rb") as f:
+    with get_store().open(plan.input_uri, "rb") as f, LineMap(plan.lines_uri) as original:
         f.seek(shard.start_offset)
-        lines = islice(
-            iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
-            shard.end_item - shard.start_item,
+        lines = original.lines(
+            islice(
+                iter_lines(f, first_line=shard.start_line, max_bytes=plan.options.max_line_bytes),
+                shard.end_item - shard.start_item,
+            )
         )
         chunks = iter_chunks(lines, chunk_items(plan.model.task))
         chunk = next(chunks, None)
