@@ -16,6 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from app.db import session_scope
+from app.models import Job
 from tests.helpers import (
     assert_error,
     read_lines,
@@ -234,7 +236,10 @@ def test_train_a_digit_classifier_then_classify_held_out_digits_from_an_archive(
         client, submit(client, {"model": "digits", "input": {"file_id": file["id"]}})["id"]
     )
     assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
-    outputs = read_lines(client, job["output_file_id"])
+    assert len(tested) == 300
+    with session_scope() as session:  # IMAGE_SHARD_ITEMS (100 here), not SHARD_ITEMS (200)
+        assert session.get_one(Job, job["id"]).shards_total == 3
+    outputs = read_lines(client, job["output_file_id"])  # in input order across the shards
     assert [o["custom_id"] for o in outputs] == [f"test/{i:04d}.png" for i in tested]
     right = sum(o["output"]["label"] == labels[i] for o, i in zip(outputs, tested, strict=True))
     print(f"\nheld-out digits: {right}/{len(tested)} right; validation {metrics['accuracy']:.3f}")
