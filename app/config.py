@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     max_audio_bytes: int = 25 * 1024 * 1024
     audio_chunk_items: int = 16
     audio_batch_windows: int = 8
+    # Pictures in a CPU micro-batch: a convolutional network gains nothing from larger
+    # batches on a CPU and loses its caches (docs/decisions/0013); the GPU pool's is
+    # gpu_batch_size.
+    image_batch_size: int = Field(default=8, ge=1)
+    # Images per shard: a picture costs a CPU about 100 ms where a sentence costs 1, so a
+    # crash repeats at most this many (SHARD_ITEMS is for text).
+    image_shard_items: int = Field(default=256, ge=1)
     # Items read, run and recorded together: larger chunks sort and pad better (1024 items ran
     # 11% slower than 3000 here, 512 items 23% slower); a cancel is seen between micro-batches.
     # Items read and run together; a shard records its counts after a chunk (at most once per

@@ -58,6 +58,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "MODELFARM_PRELOAD_MODELS": "minilm",
             "MODELFARM_CHUNK_ITEMS": "64",
             "MODELFARM_SHARD_ITEMS": "200",
+            "MODELFARM_IMAGE_SHARD_ITEMS": "100",  # images come in smaller shards than text
             # Uploaded models are unpacked by the worker: a small cap keeps the bombs that
             # test_security sends cheap (the tiny test models are far below it).
             "MODELFARM_MODEL_MAX_UNPACKED_BYTES": str(32 * 1024 * 1024),

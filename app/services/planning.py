@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,7 +39,7 @@ class Claim:
     job: Job
     input_uri: str | None  # None: a retry whose input is made from the first job's files
     input_bytes: int | None
-    cheap_items: bool  # scikit-learn items: larger shards (SKLEARN_SHARD_ITEMS)
+    items: ItemKind  # what the job's items cost: its shard size (shard_items)
     retry: control.RetrySource | None
     shard: JobShard | None  # planned in the claim: this planner runs it now, under its lease
     #: planned in the claim, to wait for its turn ("run": release now) or a cancel ("assemble")
@@ -53,13 +54,13 @@ def claim_job(
     lease_seconds: float,
     max_attempts: int,
     owner_is_dead: Callable[[str | None], bool],
-    shard_items: Callable[[bool], int],
+    shard_items: Callable[[ItemKind], int],
 ) -> Claim | None:
     """Claim a job for planning; None when it is not waiting for a planner.
 
     `owner_is_dead` says whether a lease's owner is known to be gone (a pool child killed
     mid-way leaves its lease behind, and its message comes back: the job is taken over now,
-    not once the lease lapses). `shard_items(cheap)` is the shard size for the job's items.
+    not once the lease lapses). `shard_items(kind)` is the shard size for the job's items.
     """
     job = shard_service.claim_for_planning(session, job_id, owner, worker, lease_seconds)
     if job is None:  # queued of a tenant with a running cap, or running already
@@ -88,14 +89,14 @@ def claim_job(
         )
         if job is None:
             return None
-    cheap = is_cheap(session, job)
+    kind = item_kind(session, job)
     if job.input_file_id is None:  # a retry: its input of failed lines is made by the planner
-        return Claim(job, None, None, cheap, control.retry_source(session, job), None)
+        return Claim(job, None, None, kind, control.retry_source(session, job), None)
     # The claim's event waits for the plan's rows below: one INSERT of events, not three.
     with session.no_autoflush:
         source = session.get_one(File, job.input_file_id)
         shard = planned = None
-        if job.type == JobType.INFERENCE and source.items and source.items <= shard_items(cheap):
+        if job.type == JobType.INFERENCE and source.items and source.items <= shard_items(kind):
             whole = [shard_service.ShardRange(0, source.items, 0, 1)]
             started = webhooks.wants(job.webhook, "job.started")  # queued by this claim
             here = lease_seconds if run_here(session, job) else None
@@ -104,7 +105,7 @@ def claim_job(
             )
             planned = None if shard is not None else outcome
     session.flush()
-    return Claim(job, source.uri, source.bytes, cheap, None, shard, planned)
+    return Claim(job, source.uri, source.bytes, kind, None, shard, planned)
 
 
 def run_here(session: Session, job: Job) -> bool:
@@ -147,12 +148,23 @@ def claim_shard(
     )
 
 
-def is_cheap(session: Session, job: Job) -> bool:
-    """scikit-learn items cost microseconds each, so their shards are larger: a shard's own
-    bookkeeping (claim, files, finish) would otherwise cost more than its items."""
+#: What a job's items cost, which sizes its shards: scikit-learn items ("cheap") cost
+#: microseconds each, so their shards are larger (a shard's own bookkeeping would otherwise
+#: cost more than its items); a picture costs a CPU about a hundred times a sentence, so
+#: image shards are smaller (a crash repeats a shard).
+ItemKind = Literal["cheap", "text", "image"]
+
+
+def item_kind(session: Session, job: Job) -> ItemKind:
     if job.model_version_id is None:
-        return False  # the builtin models are text models
-    return session.get_one(ModelVersion, job.model_version_id).framework == "sklearn"
+        return "text"  # the builtin models are text models
+    version = session.get_one(ModelVersion, job.model_version_id)
+    if version.framework == "sklearn":
+        return "cheap"
+    task = version.task or ""
+    # An audio item costs a CPU seconds, as a picture does: both take the short shards.
+    heavy = task.startswith("image-") or task == "automatic-speech-recognition"
+    return "image" if heavy else "text"
 
 
 def model_task(session: Session, job: Job) -> str | None:

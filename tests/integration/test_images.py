@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from app.db import session_scope
+from app.models import Job
 from tests.helpers import (
     assert_error,
     read_lines,
@@ -227,9 +229,47 @@ def test_train_a_digit_classifier_then_classify_held_out_digits_from_an_archive(
         client, submit(client, {"model": "digits", "input": {"file_id": file["id"]}})["id"]
     )
     assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
-    outputs = read_lines(client, job["output_file_id"])
+    assert len(tested) == 300
+    with session_scope() as session:  # IMAGE_SHARD_ITEMS (100 here), not SHARD_ITEMS (200)
+        assert session.get_one(Job, job["id"]).shards_total == 3
+    outputs = read_lines(client, job["output_file_id"])  # in input order across the shards
     assert [o["custom_id"] for o in outputs] == [f"test/{i:04d}.png" for i in tested]
     right = sum(o["output"]["label"] == labels[i] for o, i in zip(outputs, tested, strict=True))
     print(f"\nheld-out digits: {right}/{len(tested)} right; validation {metrics['accuracy']:.3f}")
     assert right / len(tested) >= 0.9
     assert all(len(o["output"]["scores"]) == 5 for o in outputs)  # top_k's default
+
+
+def test_fine_tune_a_registered_image_model_with_a_new_head(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    """params.base_model: a registered classifier of four labels becomes one of two, keeping
+    its processor; the new version serves at once."""
+    vit = make_tiny_vit_classifier(tmp_path / "vit", LABELS)
+    _register(client, vit, "base-vit", "image-classification")
+    members = [
+        (f"shapes/{'dark' if i % 2 else 'light'}/{i}.png", png(noise(24, 24, seed=i)))
+        for i in range(20)
+    ]
+    file = upload(client, zip_of(members), purpose="training", name="shapes.zip")
+    body = {
+        "type": "training",
+        "framework": "transformers",
+        "task": "image-classification",
+        "input": {"file_id": file["id"]},
+        "params": {"base_model": "base-vit", "epochs": 2, "batch_size": 8},
+        "output_model": "shapes",
+    }
+    job = wait_done(client, submit(client, body)["id"], timeout=600)
+    assert job["status"] == "succeeded", job
+    metrics = job["result"]["metrics"]
+    assert metrics["labels"] == ["dark", "light"] and metrics["validation_examples"] == 4
+    assert np.array(metrics["confusion_matrix"]).shape == (2, 2)
+    rows = [
+        {"custom_id": str(i), "input": {"image": data_url(p)}}
+        for i, (_, p) in enumerate(members[:3])
+    ]
+    job = wait_done(client, submit(client, {"model": "shapes", "input": {"items": rows}})["id"])
+    assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
+    for output in read_lines(client, job["output_file_id"]):
+        assert set(output["output"]["scores"]) == {"dark", "light"}

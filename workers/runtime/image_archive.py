@@ -52,13 +52,12 @@ def archive_items(
         yield dump_line({"custom_id": name, "input": {key: encoded}})
 
 
-def labelled_images(
+def training_members(
     archive: Path, max_bytes: int, max_members: int, max_image_bytes: int
-) -> tuple[list[str], list[bytes]]:
-    """(class names, encoded images) of a training archive: one folder per class, the folder
-    holding the images (an archive of one top folder around the class folders is common and
-    allowed). Raises TrainingError."""
-    found: list[tuple[str, bytes]] = []
+) -> Iterator[tuple[str, bytes]]:
+    """(path, encoded image) of each picture of a training archive, one at a time in archive
+    order, so that the caller holds one picture's bytes at once, not the archive's. Raises
+    TrainingError."""
     try:
         for name, data, size in iter_archive_files(
             archive, max_bytes, max_members, max_image_bytes
@@ -70,21 +69,24 @@ def labelled_images(
                     "invalid_training_data",
                     f"{name} is {size} bytes; an image may be {max_image_bytes} (MAX_IMAGE_BYTES)",
                 )
-            found.append((name, data))
+            yield name, data
     except ArchiveRefused as exc:
         raise TrainingError("invalid_training_data", str(exc)) from None
-    folders = [name.split("/")[:-1] for name, _ in found]
+
+
+def class_labels(names: list[str]) -> list[str]:
+    """The class of each picture of a training archive: its folder, one folder per class (an
+    archive of one top folder around the class folders is common and allowed). Raises
+    TrainingError."""
+    folders = [name.split("/")[:-1] for name in names]
     if folders and all(len(f) >= 2 for f in folders) and len({f[0] for f in folders}) == 1:
         folders = [f[1:] for f in folders]  # my-images/cat/1.png: cat is the class
-    labels, images = [], []
-    for (name, data), folder in zip(found, folders, strict=True):
+    for name, folder in zip(names, folders, strict=True):
         if len(folder) != 1:
             raise TrainingError(
                 "invalid_training_data",
                 f"{name}: a training archive holds one folder per class, images inside",
             )
-        labels.append(folder[0])
-        images.append(data)
-    if not images:
+    if not names:
         raise TrainingError("invalid_training_data", "the training archive holds no images")
-    return labels, images
+    return [folder[0] for folder in folders]

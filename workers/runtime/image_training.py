@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from workers.runtime.finetune import (
     _restore,
     _write_checkpoint,
 )
+from workers.runtime.image_archive import class_labels
 from workers.runtime.images import decode
 from workers.runtime.training import TrainingError, split_indices
 
@@ -69,8 +70,7 @@ def small_resnet(names: list[str]) -> ResNetForImageClassification:
 
 
 def train_image_classifier(
-    labels: list[str],
-    images: list[bytes],
+    members: Iterable[tuple[str, bytes]],
     params: dict[str, Any],
     base_path: str | None,
     output_dir: str,
@@ -81,21 +81,26 @@ def train_image_classifier(
     on_progress: Callable[[dict[str, Any]], None] = lambda progress: None,
     on_checkpoint: Callable[[int], None] = lambda epoch: None,
 ) -> FinetuneResult:
-    """Train, evaluate on the held-out split, save model and processor to output_dir."""
+    """Train on (path, encoded image) members (the class is the folder: class_labels), evaluate
+    on the held-out split, save model and processor to output_dir."""
     hf_logging.disable_progress_bar()
+    processor = _processor(base_path, int(params["image_size"]))
+    paths, pixels, digest = preprocess_members(members, processor, max_pixels, params)
+    labels = class_labels(paths)
     names = sorted(set(labels))
     if len(names) < 2:
         raise TrainingError("invalid_training_data", "a classifier needs at least two classes")
     seed = int(params["seed"])
-    fingerprint = _fingerprint(params, labels, images)
+    for label in labels:
+        digest.update(json.dumps(label).encode())
+    fingerprint = digest.hexdigest()
     checkpoint = _read_checkpoint(Path(checkpoint_dir), fingerprint)
     targets = torch.tensor([names.index(label) for label in labels], dtype=torch.long)
     train, validation = split_indices(labels, params["validation_split"], seed, stratify=True)
 
     torch.manual_seed(seed)  # the new network's (or new head's) initial weights
-    model, processor = _model_and_processor(base_path, names, int(params["image_size"]))
+    model = _model(base_path, names)
     model.to(device)
-    pixels = _preprocess(images, processor, max_pixels)
 
     epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
     steps_total = math.ceil(len(train) / batch_size) * epochs
@@ -178,25 +183,26 @@ def _threads_for(device: torch.device, values_per_image: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _fingerprint(params: dict[str, Any], labels: list[str], images: list[bytes]) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for label, image in zip(labels, images, strict=True):
-        digest.update(json.dumps(label).encode())
-        digest.update(hashlib.sha256(image).digest())
-    return digest.hexdigest()
-
-
-def _model_and_processor(base_path: str | None, names: list[str], size: int) -> tuple[Any, Any]:
+def _processor(base_path: str | None, size: int) -> Any:
     if base_path is None:
         # Resize, rescale to [0, 1], normalise to [-1, 1]: nothing a small network must unlearn.
-        processor = ViTImageProcessorPil(
+        return ViTImageProcessorPil(
             size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )
-        return small_resnet(names), processor
     try:
-        processor = AutoImageProcessor.from_pretrained(
+        return AutoImageProcessor.from_pretrained(
             base_path, backend="pil", local_files_only=True, trust_remote_code=False
         )
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainingError(
+            "invalid_base_model", f"cannot load the base model's processor: {type(exc).__name__}"
+        ) from exc
+
+
+def _model(base_path: str | None, names: list[str]) -> Any:
+    if base_path is None:
+        return small_resnet(names)
+    try:
         model = AutoModelForImageClassification.from_pretrained(
             base_path,
             num_labels=len(names),
@@ -212,24 +218,41 @@ def _model_and_processor(base_path: str | None, names: list[str], size: int) -> 
             "invalid_base_model", f"cannot load the base model: {type(exc).__name__}"
         ) from exc
     model.config.problem_type = "single_label_classification"
-    return model, processor
+    return model
 
 
-def _preprocess(images: list[bytes], processor: Any, max_pixels: int) -> torch.Tensor:
-    tensors = []
-    for number, data in enumerate(images, start=1):
+def preprocess_members(
+    members: Iterable[tuple[str, bytes]], processor: Any, max_pixels: int, params: dict[str, Any]
+) -> tuple[list[str], torch.Tensor, Any]:
+    """(paths, pixel values, the fingerprint's digest so far) of the pictures, each decoded and
+    preprocessed as it comes and its encoded bytes dropped: what is held is the preprocessed
+    set (at most MAX_TENSOR_BYTES) and one picture."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    paths: list[str] = []
+    tensors: list[torch.Tensor] = []
+    held = 0
+    for name, data in members:
+        digest.update(json.dumps(name).encode())
+        digest.update(hashlib.sha256(data).digest())
         try:
             picture = decode(data, max_pixels)
         except ItemError as exc:
-            raise TrainingError("invalid_training_data", f"image {number}: {exc.message}") from None
-        tensors.append(processor(images=[picture], return_tensors="pt")["pixel_values"][0])
-        if number == 1 and tensors[0].numel() * 4 * len(images) > MAX_TENSOR_BYTES:
+            raise TrainingError("invalid_training_data", f"{name}: {exc.message}") from None
+        del data
+        tensor = processor(images=[picture], return_tensors="pt")["pixel_values"][0]
+        picture.close()
+        held += tensor.numel() * tensor.element_size()
+        if held > MAX_TENSOR_BYTES:
             raise TrainingError(
                 "invalid_training_data",
-                f"{len(images)} images at this image_size need more than {MAX_TENSOR_BYTES} "
-                "bytes in memory; lower image_size or train on fewer images",
+                f"the images at this image_size need more than {MAX_TENSOR_BYTES} bytes in "
+                "memory; lower image_size or train on fewer images",
             )
-    return torch.stack(tensors)
+        paths.append(name)
+        tensors.append(tensor)
+    if not tensors:
+        raise TrainingError("invalid_training_data", "the training archive holds no images")
+    return paths, torch.stack(tensors), digest
 
 
 def augment(batch: torch.Tensor) -> torch.Tensor:

@@ -10,17 +10,22 @@ itself are loaded (trust_remote_code is off), weights from safetensors only.
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from workers.runtime.base import ModelLoadError, Runner, RunOptions, Stopped
 from workers.runtime.images import PreparedImage, pixel_batches, prepare_image
 from workers.runtime.text import label_info
 from workers.runtime.tokens import scores
+
+log = logging.getLogger(__name__)
 
 
 def computing(device: torch.device, precision: str) -> contextlib.ExitStack:
@@ -42,6 +47,18 @@ class _ImageRunner:
         self.processor = processor
         self.device = torch.device(device)
         self.precision = precision
+        # The frozen graph of a convolutional network on a CPU (compiled_for_cpu), else None:
+        # it answers for batches of the shape it was checked with, the model for any other.
+        self.frozen: Any = None
+        self.frozen_shape: tuple[int, ...] = ()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The task's tensor (logits, or the pooled vectors) for a micro-batch."""
+        if self.frozen is not None and tuple(pixel_values.shape[1:]) == self.frozen_shape:
+            return self.frozen(pixel_values)  # type: ignore[no-any-return]
+        return head(self.model, self.task, pixel_values)
+
+    task = "image-classification"
 
     def prepare(self, value: Any, options: RunOptions) -> PreparedImage:
         return prepare_image(value, options.max_image_pixels)
@@ -74,7 +91,7 @@ class ImageClassificationRunner(_ImageRunner):
         top_k = max(1, min(options.top_k, len(self.labels)))
         with self._computing():
             for indices, pixel_values in self.batches(values, options):
-                logits = self.model(pixel_values=pixel_values).logits.float()
+                logits = self.forward(pixel_values).float()
                 probs = torch.sigmoid(logits) if self.multi_label else logits.softmax(dim=-1)
                 top = probs.topk(top_k, dim=-1)
                 for index, ids, row in zip(
@@ -88,16 +105,78 @@ class ImageClassificationRunner(_ImageRunner):
 class ImageEmbeddingRunner(_ImageRunner):
     """The model's pooled output as a list of floats; L2-normalised when params.normalize."""
 
+    task = "image-feature-extraction"
+
     def run(self, values: list[PreparedImage], options: RunOptions) -> list[list[float]]:
         results: list[list[float]] = [[] for _ in values]
         with self._computing():
             for indices, pixel_values in self.batches(values, options):
-                vectors = pooled(self.model(pixel_values=pixel_values)).float()
+                vectors = self.forward(pixel_values).float()
                 if options.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
                 for index, vector in zip(indices, vectors.cpu().tolist(), strict=True):
                     results[index] = vector
         return results
+
+
+def head(model: Any, task: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    """What a task reads of the model's outputs: the logits, or the pooled vectors."""
+    outputs = model(pixel_values=pixel_values)
+    return outputs.logits if task == "image-classification" else pooled(outputs)
+
+
+class _Head(torch.nn.Module):
+    """The model as a function of pixel_values alone, returning the task's tensor: what
+    torch.jit.trace records."""
+
+    def __init__(self, model: Any, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return head(self.model, self.task, pixel_values)
+
+
+#: A frozen graph is kept only if it answers as the model does, to within this (absolute, and
+#: relative to the largest output): folding batch norms into convolutions rounds differently.
+FROZEN_TOLERANCE = 1e-5
+
+
+def compile_for_cpu(runner: _ImageRunner) -> None:
+    """Freeze a convolutional network for CPU inference (docs/decisions/0013): traced once,
+    frozen, then torch.jit.optimize_for_inference folds each batch norm into its convolution,
+    fuses the activations and keeps the weights in oneDNN's layout instead of reordering them
+    at every call. The graph is checked against the model on probe batches of two sizes; a
+    model that cannot be traced, or whose graph answers differently, runs as it is."""
+    model = runner.model
+    if runner.device.type != "cpu" or runner.precision != "fp32":
+        return
+    if sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) < 2:
+        return  # a ViT's one convolution (its patches) is not worth a second graph
+    picture = Image.new("RGB", (64, 48), (120, 80, 40))
+    pixel_values = runner.processor(images=[picture], return_tensors="pt")["pixel_values"]
+    shape = tuple(pixel_values.shape[1:])
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((3, *shape), generator=generator)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_Head(model, runner.task).eval(), probe[:2], strict=False)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            for batch in (probe[:1], probe):
+                expected = head(model, runner.task, batch)
+                got = frozen(batch)
+                for _ in range(2):  # the first calls of a frozen graph run its profiling passes
+                    got = frozen(batch)
+                scale = max(1.0, float(expected.abs().max()))
+                if not torch.allclose(got, expected, rtol=0, atol=FROZEN_TOLERANCE * scale):
+                    log.info("the frozen graph differs from the model; it runs unfrozen")
+                    return
+    except Exception:  # noqa: BLE001 - any failure to trace leaves the model as it is
+        log.info("the model cannot be frozen for the CPU; it runs unfrozen", exc_info=True)
+        return
+    runner.frozen, runner.frozen_shape = frozen, shape
 
 
 def pooled(outputs: Any) -> torch.Tensor:
@@ -161,5 +240,9 @@ def load_image_runner(path: str, task: str, device: str, precision: str = "fp32"
     if task == "image-classification":
         if int(getattr(model.config, "num_labels", 0) or 0) < 2:
             raise ModelLoadError("image-classification needs a model with at least 2 labels")
-        return ImageClassificationRunner(model, processor, device, precision)
-    return ImageEmbeddingRunner(model, processor, device, precision)
+        classifier = ImageClassificationRunner(model, processor, device, precision)
+        compile_for_cpu(classifier)
+        return classifier
+    embedder = ImageEmbeddingRunner(model, processor, device, precision)
+    compile_for_cpu(embedder)
+    return embedder

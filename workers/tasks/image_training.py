@@ -12,7 +12,7 @@ from pathlib import Path
 from app.config import get_settings
 from app.storage import ArtifactStore
 from workers.reliability import JobWatch, db_retry
-from workers.runtime.image_archive import labelled_images
+from workers.runtime.image_archive import training_members
 from workers.tasks import training
 
 
@@ -31,13 +31,13 @@ def train_images(
     archive = tmp / "input"
     with store.open(setup.input_uri, "rb") as source, open(archive, "wb") as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
-    labels, images = labelled_images(
+    # Read one picture at a time while training preprocesses them (docs/decisions/0013).
+    members = training_members(
         archive,
         settings.model_max_unpacked_bytes,
         settings.model_max_archive_members,
         settings.max_image_bytes,
     )
-    archive.unlink()
     checkpoints = tmp / "checkpoints"
     resumed = training._resume_checkpoint(store, setup.tenant_id, job_id, checkpoints)
     if resumed:
@@ -48,8 +48,7 @@ def train_images(
 
     output = tmp / "model"
     result = train_image_classifier(
-        labels,
-        images,
+        members,
         setup.params,
         setup.base_path,
         str(output),
@@ -60,6 +59,7 @@ def train_images(
         on_progress=lambda progress: training._progress(job_id, owner, progress),
         on_checkpoint=on_checkpoint,
     )
+    archive.unlink()
     uri = training._model_uri(store, setup, job_id, "model")
     store.put_directory(output, uri)
     info = {

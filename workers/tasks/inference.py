@@ -120,7 +120,7 @@ def plan_job(job_id: str, worker: str) -> None:
                 input_uri = image_inputs.items_from_archive(job_id, owner, input_uri)
                 if input_uri is None:
                     return
-            ranges = split_input(input_uri, shard_items(start.cheap_items))
+            ranges = split_input(input_uri, shard_items(start.items))
     except image_inputs.InputRefused as exc:
         db_retry(fail_job, job_id, exc.code, exc.message, owner)
         return
@@ -202,10 +202,12 @@ def _make_retry_input(
     return uri
 
 
-def shard_items(cheap: bool) -> int:
-    """Items per shard: scikit-learn items (`cheap`) come in larger shards."""
+def shard_items(kind: planning.ItemKind) -> int:
+    """Items per shard: scikit-learn items come in larger shards, images in smaller ones."""
     settings = get_settings()
-    return settings.sklearn_shard_items if cheap else settings.shard_items
+    if kind == "cheap":
+        return settings.sklearn_shard_items
+    return settings.image_shard_items if kind == "image" else settings.shard_items
 
 
 def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
@@ -493,7 +495,7 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
         max_output_bytes=settings.max_output_line_bytes,
     )
     if spec.task.startswith("image-"):
-        options = image_options(options, job.params)
+        options = image_options(options, job.params, process.pool == "gpu")
     elif spec.task == SPEECH:
         options = audio_options(options, job.params)
     requests = None
@@ -514,9 +516,10 @@ def _shard_plan(session: Session, shard: JobShard, input_uri: str | None = None)
     )
 
 
-def image_options(options: RunOptions, params: dict[str, Any]) -> RunOptions:
+def image_options(options: RunOptions, params: dict[str, Any], gpu: bool = False) -> RunOptions:
     """An image job's knobs: its lines carry base64 pictures (longer than text lines), and
-    its micro-batches are cut by pixels (workers/runtime/images.py)."""
+    its micro-batches are cut by pixels (workers/runtime/images.py) and, on a CPU, hold at
+    most IMAGE_BATCH_SIZE pictures (a job's batch_size may say otherwise)."""
     settings = get_settings()
     # base64 is 4 bytes for every 3, and the JSON around a picture is short.
     line_bytes = settings.max_image_bytes * 4 // 3 + 64 * 1024
@@ -527,6 +530,9 @@ def image_options(options: RunOptions, params: dict[str, Any]) -> RunOptions:
         normalize=bool(params.get("normalize") or False),
         max_image_pixels=settings.max_image_pixels,
         batch_pixels=settings.image_batch_pixels,
+        batch_size=options.batch_size
+        if gpu or params.get("batch_size")
+        else settings.image_batch_size,
     )
 
 
