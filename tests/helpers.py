@@ -107,7 +107,7 @@ def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60
 @contextmanager
 def api_process(env: dict[str, str], log: Path) -> Iterator[str]:
     """`modelfarm api` on a free port; yields its URL once it answers."""
-    from app.embedded import free_port
+    from app.local.embedded import free_port
 
     port = free_port()
     proc = FarmProcess.start(["api"], {**env, "MODELFARM_API_PORT": str(port)}, log)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from app.broker.dispatch import QUEUES, celery_config
 from app.config import get_settings
-from app.dispatch import QUEUES, celery_config
 
 
 def create_celery() -> Celery:

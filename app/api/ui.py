@@ -21,11 +21,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from app import dispatch
 from app.api.deps import SessionDep
 from app.api.files import get_file_content
 from app.api.jobs import cancel_job, retry_job
 from app.api.ui_security import DashboardGuard, login_wait
+from app.broker import dispatch
 from app.config import get_settings
 from app.models import Job, Tenant
 from app.schemas.jobs import JobPublic

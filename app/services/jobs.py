@@ -22,12 +22,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_job
 from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
+from app.counters import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.db import Base, utcnow
-from app.dispatch import publish_job
 from app.ids import new_id
-from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import heartbeats, webhooks

@@ -1,10 +1,10 @@
 """The sweeper's reads and writes: work that nobody will finish, found in PostgreSQL.
 
-`app/sweeper.py` decides what to publish again (with what the broker still holds, asked through
-`app/dispatch.py`); every query it needs is here. Each function takes the session of one sweep
-step and at most `limit` rows, so a sweep stays bounded however large the backlog: every
-condition is in the SQL, before the LIMIT (never a Python filter after it, which would let 500
-healthy rows hide a stuck one), the oldest first. Leases and grace periods are judged by the
+`app/sweeper.py` decides what to publish again (with what the broker still holds, asked
+through `app/broker/dispatch.py`); every query it needs is here. Each function takes the
+session of one sweep step and at most `limit` rows, so a sweep stays bounded however large the
+backlog: every condition is in the SQL, before the LIMIT (never a Python filter after it,
+which would let 500 healthy rows hide a stuck one), the oldest first. Leases and grace periods are judged by the
 database's clock (`now()`), as they are written (docs/decisions/0014-integrity.md).
 """
 

@@ -186,8 +186,8 @@ def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
 
     from sqlalchemy import update
 
+    from app.broker.dispatch import publish_validation
     from app.db import session_scope, utcnow
-    from app.dispatch import publish_validation
     from app.models import ModelVersion
     from workers.reliability import HOST
 

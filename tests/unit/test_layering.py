@@ -9,8 +9,8 @@
 - `app/sweeper.py` loops, schedules and calls services: it imports nothing of SQLAlchemy or of
   the ORM classes, and calls no query method; its queries live in `app/services/sweeping.py`
   and the services of their domain.
-- `app/dispatch.py` is the one broker-aware module of `app`: only it imports Celery, kombu or
-  the broker scan (`app/broker_scan.py`, which reads the broker's own Redis keys).
+- `app/broker/dispatch.py` is the one broker-aware module of `app`: only it imports Celery,
+  kombu or the broker scan (`app/broker/scan.py`, which reads the broker's own Redis keys).
 - `app` does not import `workers`, except the edges listed in KNOWN_APP_TO_WORKERS, each with
   why it is still there. The list may only shrink: an edge that no longer exists must be taken
   off it, and a new one fails here.
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: (importing file, imported module) -> why the edge still exists
 KNOWN_APP_TO_WORKERS = {
-    ("app/cli.py", "workers.celery_app"): "`modelfarm worker` starts a Celery worker",
+    ("app/cli/commands.py", "workers.celery_app"): "`modelfarm worker` starts a Celery worker",
 }
 API_SQLALCHEMY_ALLOWED = {"sqlalchemy.exc", "sqlalchemy.orm"}
 
@@ -105,9 +105,9 @@ def test_dispatch_is_the_one_broker_aware_module_of_app() -> None:
     broker = {
         edge
         for edge in _imports("app", names=True)
-        if _under(edge[1], "celery", "kombu", "app.broker_scan")
+        if _under(edge[1], "celery", "kombu", "app.broker.scan")
     }
-    assert {path for path, _ in broker} == {"app/dispatch.py"}, broker
+    assert {path for path, _ in broker} == {"app/broker/dispatch.py"}, broker
 
 
 def test_app_imports_workers_only_where_listed() -> None:
@@ -132,10 +132,10 @@ def test_the_checks_see_queries_and_names_imported_from_a_package(tmp_path: Path
     """What the sweeper's and the broker's checks rely on, shown to catch what they forbid."""
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "sweeper.py").write_text(
-        "from app import broker_scan\nfrom sqlalchemy import text\n\n"
+        "from app.broker import scan\nfrom sqlalchemy import text\n\n"
         "def f(conn):\n    return conn.execute(text('SELECT 1')).scalar(), {}.get(1)\n"
     )
-    assert ("app/sweeper.py", "app.broker_scan") in _imports("app", tmp_path, names=True)
+    assert ("app/sweeper.py", "app.broker.scan") in _imports("app", tmp_path, names=True)
     assert ("app/sweeper.py", "sqlalchemy.text") in _imports("app/sweeper.py", tmp_path, True)
-    assert ("app/sweeper.py", "app.broker_scan") not in _imports("app", tmp_path)
+    assert ("app/sweeper.py", "app.broker.scan") not in _imports("app", tmp_path)
     assert {m for _, _, m in _query_calls("app/sweeper.py", tmp_path)} == {"execute", "scalar"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app.api.ui import templates
-from app.cli_client import pace_words
+from app.cli.client import pace_words
 from app.config import Settings
 from app.db import utcnow
 from app.models import Job, JobStatus

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_shard
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.dispatch import publish_shard
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import control, planning, results, scheduler

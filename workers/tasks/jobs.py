@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from celery import Task
 
-from app.config import get_settings
-from app.dispatch import (
+from app.broker.dispatch import (
     TASK_ASSEMBLE_JOB,
     TASK_ASSEMBLE_JOB_FORMER,
     TASK_DELIVER_WEBHOOK,
@@ -17,6 +16,7 @@ from app.dispatch import (
     TASK_RUN_SHARD,
     TASK_VALIDATE_MODEL,
 )
+from app.config import get_settings
 from workers.celery_app import celery_app
 from workers.tasks.assemble import assemble_job
 from workers.tasks.inference import plan_job, run_shard

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from app.cli_errors import API_ERROR, USAGE, CliError, say
+from app.cli.errors import API_ERROR, USAGE, CliError, say
 from app.config import get_settings
 
 T = TypeVar("T")
