@@ -31,6 +31,7 @@ from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import heartbeats, webhooks
+from app.services.batches import batch_event
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model, with_precision
@@ -429,8 +430,6 @@ def transition_job(
 def notify(session: Session, job: Job, event_type: str) -> None:
     if job.params.get("format") == "openai" and "completion_window" in job.params:
         # An OpenAI batch sends OpenAI's events (batch.completed ...), not the job's.
-        from app.services.openai import batch_event  # it imports this module
-
         found = batch_event(job, event_type)
         if found is not None:
             webhooks.enqueue(session, job, found[0], {}, event=found[1])

@@ -19,6 +19,7 @@ from workers.reliability import db_retry, new_owner
 from workers.runtime.items import iter_chunks, iter_lines
 from workers.runtime.openai_lines import expired_line
 from workers.tasks.results import PartLost, ResultWriter, append_part, final_uris, part_uris
+from workers.tasks.release import release_shards
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ def _append(
 def _redo(job_id: str, owner: str, lost: list[int]) -> None:
     """Run the lost shards again (the scheduler releases them), or, on a stopping job, assemble
     again without them."""
-    from workers.tasks.inference import release_shards
-
     def redo() -> tuple[lost_results.Redo, str]:
         with session_scope() as session:
             outcome = lost_results.redo_lost_parts(
