@@ -4,8 +4,9 @@
 through `app/broker/dispatch.py`); every query it needs is here. Each function takes the
 session of one sweep step and at most `limit` rows, so a sweep stays bounded however large the
 backlog: every condition is in the SQL, before the LIMIT (never a Python filter after it,
-which would let 500 healthy rows hide a stuck one), the oldest first. Leases and grace periods are judged by the
-database's clock (`now()`), as they are written (docs/decisions/0014-integrity.md).
+which would let 500 healthy rows hide a stuck one), the oldest first. Leases and grace periods
+are judged by the database's clock (`now()`), as they are written
+(docs/decisions/0014-integrity.md).
 """
 
 from __future__ import annotations

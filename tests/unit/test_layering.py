@@ -178,9 +178,7 @@ def _import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     `from ..a import b` are resolved against the importing module's package. Importing a
     submodule runs its package's `__init__` too, but that is Python's doing, not an edge."""
     files = {
-        _module_name(path, root): path
-        for package in PACKAGES
-        for path in _sources(package, root)
+        _module_name(path, root): path for package in PACKAGES for path in _sources(package, root)
     }
 
     def known(name: str) -> str | None:

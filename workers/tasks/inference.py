@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_shard
 from app.config import get_settings
 from app.db import session_scope, utcnow
 from app.ids import new_id
