@@ -10,11 +10,11 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -88,6 +88,23 @@ class FarmProcess:
             except subprocess.TimeoutExpired:
                 self.signal(signal.SIGKILL)
                 self.proc.wait()
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60, every: float = 0.05) -> T:
+    """Ask `check` until it answers something true, and answer that; fail with `what` (and the
+    last answer) at the deadline. A test waits on the state or the event it needs with this,
+    never on a sleep that guesses how long the farm takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not so after {timeout}s (last answer {found!r})")
+        time.sleep(every)
 
 
 def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60) -> None:
