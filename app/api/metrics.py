@@ -171,7 +171,7 @@ def exposition() -> bytes:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return generate_latest(registry)
     combined = CollectorRegistry()
-    multiprocess.MultiProcessCollector(combined)
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]  # unannotated
     combined.register(FarmCollector())
     combined.register(SchedulerCollector())
     return generate_latest(combined)

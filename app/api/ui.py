@@ -32,8 +32,8 @@ from app.schemas.jobs import JobPublic
 from app.services import dashboard, farm_stats, webhooks
 from app.services import jobs as job_service
 from app.services.errors import NotFound, ServiceError
+from app.services.keys import authenticate
 from app.services.pace import pace
-from app.services.tenants import authenticate
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 COOKIE = "modelfarm_ui_key"

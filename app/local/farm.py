@@ -60,8 +60,8 @@ def default_key(kept: str | None) -> tuple[str, bool]:
     else a new one. Returns (key, whether it is new): each start used to mint another."""
     from app.db import session_scope
     from app.services.errors import ServiceError
-    from app.services.keys import look_up
-    from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.services.keys import create_api_key, look_up
+    from app.services.tenants import get_or_create_tenant
 
     with session_scope() as session:
         entry = look_up(session, kept) if kept else None  # read now, not from a cache

@@ -42,7 +42,8 @@ def try_lock(conn: Connection, key: int) -> bool:
 
 def db_now(session: Session) -> datetime:
     """The database's clock: the one every lease, grace period and staleness is judged by."""
-    return session.execute(select(func.statement_timestamp())).scalar_one()
+    now: datetime = session.execute(select(func.statement_timestamp())).scalar_one()
+    return now
 
 
 def close_shards_of_stopping_jobs(session: Session, limit: int) -> None:

@@ -101,7 +101,8 @@ def pooled(outputs: Any) -> torch.Tensor:
     value = getattr(outputs, "pooler_output", None)
     if value is None:
         raise ModelLoadError("the model has no pooled output (pooler_output)")
-    return value.flatten(start_dim=1)
+    vectors: torch.Tensor = value.flatten(start_dim=1)  # outputs are the model's own (Any)
+    return vectors
 
 
 #: the largest side a model's processor may resize or crop a picture to: what one picture costs
