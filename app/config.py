@@ -225,9 +225,10 @@ class Settings(BaseSettings):
     def read_state(self) -> dict[str, str]:
         path = self.data_dir / STATE_FILE
         try:
-            return json.loads(path.read_text())
+            state: dict[str, str] = json.loads(path.read_text())  # what write_state wrote
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+        return state
 
     def write_state(self, state: dict[str, str]) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ class ArtifactStore:
     def _fs(self, uri: str) -> tuple[Any, str]:
         # fsspec keeps one filesystem object per options and process (a new one after a fork).
         options = self.s3_options if uri.startswith(("s3://", "s3a://")) else {}
-        return url_to_fs(uri, **options)
+        found: tuple[Any, str] = url_to_fs(uri, **options)  # fsspec has no annotations
+        return found
 
     def open(self, uri: str, mode: str = "rb") -> IO[Any]:
         fs, path = self._fs(uri)
@@ -65,13 +66,13 @@ class ArtifactStore:
             return open(path, mode)  # noqa: SIM115 (the caller closes it)
         if writing:
             fs.makedirs(fs._parent(path), exist_ok=True)
-            return fs.open(path, mode)
-        remote = fs.open(path, mode)
+        remote = fs.open(path, mode)  # an fsspec file: io.IOBase, unannotated
         if mode == "rb":
             # fsspec's files read a line without a size limit; the standard buffered reader
             # over them bounds a line as the readers of item lines need (readline(size)).
             return io.BufferedReader(remote, buffer_size=CHUNK)
-        return remote
+        opened: IO[Any] = remote
+        return opened
 
     def write_stream(self, uri: str, chunks: Iterator[bytes], limit: int | None) -> tuple[int, str]:
         """Copy chunks to `uri` without holding them; returns (bytes, sha256 hex)."""

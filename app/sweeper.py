@@ -18,7 +18,7 @@ one sweeper (a PostgreSQL advisory lock; start as many as you like) does, in ord
 
 This module loops, schedules and decides what to publish again; it builds no query (the
 layering test holds it to that). What it reads and writes is in app/services (sweeping.py for
-what only the sweeper does), what the broker still holds comes through app/dispatch.py.
+what only the sweeper does), what the broker still holds comes through app/broker/dispatch.py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from app.config import get_settings
-from app.db import get_engine, session_scope
-from app.dispatch import (
+from app.broker.dispatch import (
     TASK_ASSEMBLE_JOB,
     TASK_DELIVER_WEBHOOK,
     TASK_PLAN_JOB,
@@ -45,6 +43,8 @@ from app.dispatch import (
     publish_shard,
     stale_after_seconds,
 )
+from app.config import get_settings
+from app.db import get_engine, session_scope
 from app.services import (
     admission,
     control,

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.procs import Supervisor
+from app.local.procs import Supervisor
 from modelfarm_client import Client
 
 
@@ -54,7 +54,7 @@ class Services:
 def farm_services(extra_env: dict[str, str] | None = None) -> Iterator[Services]:
     """PostgreSQL and Redis, migrated, with an API key and the farm's settings in os.environ:
     what every benchmark starts from, before it starts any farm process."""
-    from app.embedded import free_port, throwaway_servers
+    from app.local.embedded import free_port, throwaway_servers
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mf-bench-")))
@@ -74,7 +74,7 @@ def farm_services(extra_env: dict[str, str] | None = None) -> Iterator[Services]
             }
         )
         from app.db import session_scope
-        from app.migrate import upgrade
+        from app.local.migrate import upgrade
         from app.services.tenants import create_api_key, get_or_create_tenant
 
         upgrade()
@@ -87,7 +87,7 @@ def farm_services(extra_env: dict[str, str] | None = None) -> Iterator[Services]
 def running_farm(
     extra_env: dict[str, str] | None = None, ready_timeout: float = 180
 ) -> Iterator[FarmHandle]:
-    from app.procs import modelfarm_command
+    from app.local.procs import modelfarm_command
 
     with ExitStack() as stack:
         services = stack.enter_context(farm_services(extra_env))

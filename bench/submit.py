@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
 
-    from app.procs import Supervisor, modelfarm_command
+    from app.local.procs import Supervisor, modelfarm_command
     from bench.farm import farm_services
 
     with farm_services() as services:

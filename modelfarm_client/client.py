@@ -278,7 +278,7 @@ class Client:
         `failed` (with its `error`); TimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            versions = self.model(name).get("versions") or []
+            versions: list[JSON] = self.model(name).get("versions") or []
             found = next((v for v in versions if v.get("version") == version), None)
             if found is not None and found.get("status") != "validating":
                 return found

@@ -44,7 +44,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         db_url = os.environ.get("MODELFARM_TEST_DATABASE_URL")
         redis_url = os.environ.get("MODELFARM_TEST_REDIS_URL")
         if not db_url or not redis_url:
-            from app.embedded import throwaway_servers
+            from app.local.embedded import throwaway_servers
 
             embedded_db, embedded_redis = stack.enter_context(throwaway_servers())
             db_url = db_url or embedded_db
@@ -72,7 +72,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         _reset_caches()
-        from app.migrate import upgrade
+        from app.local.migrate import upgrade
 
         upgrade()
         try:
@@ -88,8 +88,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 def _reset_caches() -> None:
     from app import db
+    from app.broker.dispatch import producer
     from app.config import get_settings
-    from app.dispatch import producer
     from app.storage import get_store
 
     get_settings.cache_clear()

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -90,6 +90,23 @@ class FarmProcess:
                 self.proc.wait()
 
 
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60, every: float = 0.05) -> T:
+    """Ask `check` until it answers something true, and answer that; fail with `what` (and the
+    last answer) at the deadline. A test waits on the state or the event it needs with this,
+    never on a sleep that guesses how long the farm takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not so after {timeout}s (last answer {found!r})")
+        time.sleep(every)
+
+
 def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,7 +124,7 @@ def wait_for_http(url: str, proc: FarmProcess | None = None, timeout: float = 60
 @contextmanager
 def api_process(env: dict[str, str], log: Path) -> Iterator[str]:
     """`modelfarm api` on a free port; yields its URL once it answers."""
-    from app.embedded import free_port
+    from app.local.embedded import free_port
 
     port = free_port()
     proc = FarmProcess.start(["api"], {**env, "MODELFARM_API_PORT": str(port)}, log)

@@ -83,7 +83,7 @@ def _start_postgres(host: Host, directory: Path, cidr: str) -> str:
     starts it once on a unix socket; it is then started again on the host's address only."""
     from pgserver._commands import POSTGRES_BIN_PATH
 
-    from app.embedded import start_postgres
+    from app.local.embedded import start_postgres
 
     start_postgres(directory).stop()
     with (directory / "pg_hba.conf").open("a") as hba:
@@ -147,7 +147,7 @@ def host_farm(
 ) -> Iterator[HostFarm]:
     """Services, API (and sweeper), `worker_hosts` worker hosts and a client host; every process
     and namespace is gone when the block ends, however it ends."""
-    from app.embedded import start_redis
+    from app.local.embedded import start_redis
 
     with ExitStack() as stack:
         # Outside pytest's private (0700) temp root: PostgreSQL's own user must reach it.

@@ -13,7 +13,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from app.embedded import free_port
+from app.local.embedded import free_port
 
 
 @dataclass

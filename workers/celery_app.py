@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
-from kombu import Queue
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
+from celery import Celery
+from kombu.entity import Queue
+
+from app.broker.dispatch import QUEUES, celery_config
 from app.config import get_settings
-from app.dispatch import QUEUES, celery_config
 
 
 def create_celery() -> Celery:
@@ -15,8 +18,8 @@ def create_celery() -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.update(
         # Durable queues and persistent messages (kombu's defaults, said here): on RabbitMQ a
-        # broker restart keeps what was published.
-        task_queues=[Queue(name, durable=True) for name in QUEUES],
+        # broker restart keeps what was published. (kombu's Queue has no annotations.)
+        task_queues=[Queue(name, durable=True) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_default_queue="cpu",
         # Never lose a task to a dying worker: acknowledge after the work, give the message
         # back when the child process is killed, and take one message at a time.
@@ -36,5 +39,17 @@ def create_celery() -> Celery:
 
 
 celery_app = create_celery()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def task(**options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`@celery_app.task(...)` with its types (Celery has none): the farm reaches its tasks only
+    through messages (app/broker/dispatch.py), never through the Task object, so a task keeps
+    its function's own signature for the type checker."""
+    decorate: Callable[[Callable[P, R]], Callable[P, R]] = celery_app.task(**options)
+    return decorate
+
 
 import workers.signals  # noqa: E402,F401 - connects the worker signal handlers

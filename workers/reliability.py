@@ -53,7 +53,8 @@ def worker_is_gone(owner: str | None) -> bool:
     if not slash or not at or not pid.isdigit():
         return False
     try:
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) > 0.5
+        created = float(psutil.Process(int(pid)).create_time())
+        return abs(created - float(started)) > 0.5
     except (psutil.Error, ValueError):
         return True
 

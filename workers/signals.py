@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
@@ -18,8 +19,17 @@ from workers.runtime import configure_threads
 
 log = logging.getLogger(__name__)
 
+Handler = TypeVar("Handler", bound=Callable[..., None])
 
-@worker_process_init.connect
+
+def _on(signal: Any) -> Callable[[Handler], Handler]:
+    """`@signal.connect`, with its types (Celery has none): the handler is connected and stays
+    the function it was."""
+    connect: Callable[[Handler], Handler] = signal.connect
+    return connect
+
+
+@_on(worker_process_init)
 def _init_process(**_: object) -> None:
     """Runs in each pool child after the fork: fresh DB engine, threads, device, models."""
     settings = get_settings()
@@ -43,7 +53,7 @@ def _init_process(**_: object) -> None:
 _beating = threading.Event()  # set: stop beating
 
 
-@worker_ready.connect
+@_on(worker_ready)
 def _start_heartbeat(sender: Any = None, **_: object) -> None:
     """Beat a row every few seconds, so `device: auto` knows whether a GPU pool is up."""
     name = str(getattr(sender, "hostname", None) or "unknown")
@@ -68,7 +78,7 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
 
-@worker_shutdown.connect
+@_on(worker_shutdown)
 def _stop_heartbeat(sender: Any = None, **_: object) -> None:
     _beating.set()
     try:

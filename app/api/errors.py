@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
-from app.metrics import REJECTED_REQUESTS, REJECTION_REASONS
+from app.counters import REJECTED_REQUESTS, REJECTION_REASONS
 from app.services.errors import ServiceError
 
 log = logging.getLogger(__name__)

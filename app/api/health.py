@@ -10,11 +10,11 @@ from app import ratelimit
 from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
+from app.api.metrics import exposition
 from app.api.serve import EDGE_EXTENSION
+from app.broker.dispatch import broker_reachable
 from app.config import get_settings
 from app.db import database_reachable, session_scope
-from app.dispatch import broker_reachable
-from app.metrics import exposition
 from app.services import farm_stats
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)

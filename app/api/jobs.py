@@ -12,8 +12,8 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.api.submissions import group_commit
+from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.db import read_scope, run_retrying
-from app.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic

@@ -18,7 +18,7 @@ from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuard
 from app.api.ui import install_ui
 from app.config import get_settings
-from app.metrics import HTTP_REQUESTS
+from app.counters import HTTP_REQUESTS
 
 
 @asynccontextmanager

@@ -5,9 +5,9 @@ from fastapi import APIRouter, Response
 from app.api.deps import SessionDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
+from app.broker.dispatch import publish_validation
 from app.config import get_settings
 from app.db import run_retrying
-from app.dispatch import publish_validation
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
 from app.services import validation

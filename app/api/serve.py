@@ -44,7 +44,7 @@ REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 EDGE_EXTENSION = "modelfarm.bounded_edge"
 
 
-class BoundedHTTPProtocol(HttpToolsProtocol):  # type: ignore[misc]
+class BoundedHTTPProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock: Any = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

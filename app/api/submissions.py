@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_jobs
+from app.counters import JOBS_SUBMITTED
 from app.db import HeldConnection, read_scope, session_scope
-from app.dispatch import publish_jobs
-from app.metrics import JOBS_SUBMITTED
 from app.models import Job
 from app.services import jobs as job_service
 from app.services import one_statement

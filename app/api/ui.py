@@ -27,12 +27,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from app import dispatch
 from app.api.deps import SessionDep, SettingsDep
 from app.api.errors import errors_in_words
 from app.api.files import get_file_content, store_upload
 from app.api.jobs import cancel_job, retry_job
 from app.api.ui_security import DashboardGuard, csrf_ok, csrf_token, login_wait
+from app.broker import dispatch
 from app.config import get_settings
 from app.models import File as FileRow
 from app.models import FilePurpose, Job, Tenant
@@ -42,8 +42,8 @@ from app.services import files as file_service
 from app.services import jobs as job_service
 from app.services import models as model_service
 from app.services.errors import InvalidRequest, NotFound, ServiceError
+from app.services.keys import authenticate
 from app.services.pace import pace
-from app.services.tenants import authenticate
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 COOKIE = "modelfarm_ui_key"

@@ -172,8 +172,8 @@ def release_and_publish(tenant_ids: set[str] | list[str]) -> int:
     """Release each tenant's startable held jobs and send their plan messages; how many were
     sent. A failed publish leaves the job dispatched without a message: the sweeper's broker
     scan sends it again, as for any queued job."""
+    from app.broker.dispatch import publish_job
     from app.db import session_scope
-    from app.dispatch import publish_job
 
     sent = 0
     for tenant_id in tenant_ids:

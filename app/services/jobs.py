@@ -22,15 +22,16 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_job
 from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
+from app.counters import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
 from app.db import Base, utcnow
-from app.dispatch import publish_job
 from app.ids import new_id
-from app.metrics import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
-from app.models import File, FilePurpose, Job, JobEvent, JobStatus, JobType, Tenant
+from app.models import File, FilePurpose, Job, JobEvent, JobStatus, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
 from app.services import heartbeats, webhooks
+from app.services.batches import batch_event
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import create_items_file, get_file
 from app.services.models import resolve_model, with_precision
@@ -87,7 +88,7 @@ def create_job(
             check_url(str(body.webhook.url), allowlist)
         except RefusedURL as exc:
             raise InvalidRequest(str(exc), code="webhook_url_refused") from None
-    if body.type == JobType.TRAINING:
+    if body.type == "training":
         model_ref, version_id, params = _training_model(session, tenant, body)
         input_file = get_file(session, tenant, body.input.file_id or "")
         if input_file.purpose != FilePurpose.TRAINING:
@@ -101,7 +102,7 @@ def create_job(
         model_ref, version_id = resolved.ref, resolved.version_id
         input_file = _inference_input(session, tenant, body, max_inline_items, lines)
     device = body.device
-    if body.type != JobType.TRAINING and params.get("precision") == "int8":
+    if body.type != "training" and params.get("precision") == "int8":
         # int8 is ONNX Runtime's CPU kernels (docs/decisions/0017): never the GPU pool.
         if device == "gpu":
             raise InvalidRequest(
@@ -415,7 +416,7 @@ def transition_job(
     ).first()
     if row is None:
         return None
-    job = row[0]
+    job: Job = row[0]
     add_event(session, job_id, to.value, event_data, flush=flush_event)
     if ends and row[1] is not None:
         from app.services.admission import release_after_commit  # it imports this module
@@ -431,8 +432,6 @@ def transition_job(
 def notify(session: Session, job: Job, event_type: str) -> None:
     if job.params.get("format") == "openai" and "completion_window" in job.params:
         # An OpenAI batch sends OpenAI's events (batch.completed ...), not the job's.
-        from app.services.openai import batch_event  # it imports this module
-
         found = batch_event(job, event_type)
         if found is not None:
             webhooks.enqueue(session, job, found[0], {}, event=found[1])

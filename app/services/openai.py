@@ -4,8 +4,6 @@ params say `format: openai` and carry its endpoint and completion window."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +15,7 @@ from app.models import File, FilePurpose, Job, JobStatus, Tenant
 from app.schemas import openai as oa
 from app.schemas.jobs import InlineItem, JobCreate, JobInput, WebhookEvent, WebhookSpec
 from app.services import jobs as job_service
+from app.services.batches import batch_status
 from app.services.errors import NotFound, ServiceError
 from app.services.files import get_file
 from app.services.models import resolve_model
@@ -96,27 +95,8 @@ def is_batch(job: Job) -> bool:
     return job.params.get("format") == "openai" and "completion_window" in job.params
 
 
-def _status(job: Job) -> oa.BatchStatus:
-    if job.status == JobStatus.QUEUED:
-        return "validating"
-    if job.status == JobStatus.RUNNING:
-        # Its results are being put together (or every line is answered and they are about to
-        # be): the job's assembly, which a job of one shard does within its shard's finish.
-        done = job.counts_succeeded + job.counts_failed
-        assembling = job.assembling_at is not None
-        ready = job.counts_total and done >= job.counts_total
-        return "finalizing" if assembling or ready else "in_progress"
-    if job.status == JobStatus.SUCCEEDED:
-        return "completed"
-    if job.status == JobStatus.CANCELLED and (job.error or {}).get("code") == "deadline_exceeded":
-        return "expired"
-    if job.status in (JobStatus.FAILED, JobStatus.CANCELLING, JobStatus.CANCELLED):
-        return job.status.value if isinstance(job.status, JobStatus) else job.status  # type: ignore[return-value]
-    return "in_progress"
-
-
 def batch_public(job: Job) -> oa.OpenAIBatch:
-    status = _status(job)
+    status = batch_status(job)
     ended = unix(job.finished_at)
     tokens = int((job.usage or {}).get("tokens", 0))  # summed over its shards as they close
     errors = None
@@ -197,24 +177,6 @@ def _webhook(webhook: oa.BatchWebhook | None) -> WebhookSpec | None:
         return None
     events = sorted({JOB_EVENTS[e] for e in webhook.events})
     return WebhookSpec(url=webhook.url, events=events)
-
-
-def batch_event(job: Job, job_event: str) -> tuple[str, dict[str, Any]] | None:
-    """(type, body) of the OpenAI event a batch sends for its job's event, if any: the shape
-    of OpenAI's webhooks, `{"object": "event", "id", "type", "created_at", "data": {"id"}}`.
-    A batch asking for only one of batch.cancelled and batch.expired gets both."""
-    kind = {"job.succeeded": "completed", "job.failed": "failed", "job.cancelled": "cancelled"}
-    if job_event not in kind:
-        return None
-    event = "batch." + (_status(job) if job_event == "job.cancelled" else kind[job_event])
-    body = {
-        "object": "event",
-        "id": "evt_" + uuid.uuid4().hex,
-        "type": event,
-        "created_at": int(time.time()),
-        "data": {"id": job.id},
-    }
-    return event, body
 
 
 #: which model tasks answer an endpoint (/v1/predictions: any model)

@@ -85,7 +85,7 @@ def claim_assembly(
     if job.lease_owner is not None and not lapsed:
         return None
     job.lease_owner = owner
-    job.lease_expires_at = lease_until(lease_seconds)  # type: ignore[assignment]
+    job.lease_expires_at = lease_until(lease_seconds)
     job.assembling_at = job.assembling_at or utcnow()  # the first claim: a batch `finalizing`
     shards = list(
         session.scalars(select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.index))

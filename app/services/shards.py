@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    SQLColumnExpression,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.db import skip_commit_wait, utcnow
@@ -23,9 +32,10 @@ ACTIVE_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
 DEADLINE_ERROR = {"code": "deadline_exceeded", "message": "the job ran past its deadline"}
 
 
-def _execute(session: Session, statement: Any) -> Any:
-    """`session.execute` typed loosely: UPDATE results are read for `rowcount` here."""
-    return session.execute(statement)
+def _execute(session: Session, statement: Executable) -> CursorResult[*tuple[Any, ...]]:
+    """`session.execute` of an UPDATE or INSERT, whose result is a cursor's: its `rowcount` is
+    read here (SQLAlchemy types every result as the general `Result`)."""
+    return cast(CursorResult[*tuple[Any, ...]], session.execute(statement))
 
 
 def held_by(shard_id: int, owner: str) -> tuple[ColumnElement[bool], ...]:
@@ -62,7 +72,7 @@ def lease_until(seconds: float) -> ColumnElement[datetime]:
     return func.statement_timestamp() + timedelta(seconds=seconds)
 
 
-def past(column: Any) -> ColumnElement[bool]:
+def past(column: SQLColumnExpression[datetime | None]) -> ColumnElement[bool]:
     """`column` (a lease's end, a deadline) has passed, by the database's clock."""
     return column < func.statement_timestamp()
 
@@ -216,7 +226,7 @@ def claim_shard(
     if not lock_job(session, job_id):
         return None
     job_running = select(Job.id).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-    shard = _execute(
+    shard: JobShard | None = _execute(
         session,
         update(JobShard)
         .where(

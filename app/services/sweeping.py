@@ -1,11 +1,12 @@
 """The sweeper's reads and writes: work that nobody will finish, found in PostgreSQL.
 
-`app/sweeper.py` decides what to publish again (with what the broker still holds, asked through
-`app/dispatch.py`); every query it needs is here. Each function takes the session of one sweep
-step and at most `limit` rows, so a sweep stays bounded however large the backlog: every
-condition is in the SQL, before the LIMIT (never a Python filter after it, which would let 500
-healthy rows hide a stuck one), the oldest first. Leases and grace periods are judged by the
-database's clock (`now()`), as they are written (docs/decisions/0014-integrity.md).
+`app/sweeper.py` decides what to publish again (with what the broker still holds, asked
+through `app/broker/dispatch.py`); every query it needs is here. Each function takes the
+session of one sweep step and at most `limit` rows, so a sweep stays bounded however large the
+backlog: every condition is in the SQL, before the LIMIT (never a Python filter after it,
+which would let 500 healthy rows hide a stuck one), the oldest first. Leases and grace periods
+are judged by the database's clock (`now()`), as they are written
+(docs/decisions/0014-integrity.md).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def try_lock(conn: Connection, key: int) -> bool:
 
 def db_now(session: Session) -> datetime:
     """The database's clock: the one every lease, grace period and staleness is judged by."""
-    return session.execute(select(func.statement_timestamp())).scalar_one()
+    now: datetime = session.execute(select(func.statement_timestamp())).scalar_one()
+    return now
 
 
 def close_shards_of_stopping_jobs(session: Session, limit: int) -> None:

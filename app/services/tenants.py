@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -118,7 +118,7 @@ def list_tenants(session: Session) -> list[TenantUse]:
     ]
 
 
-def tenant_cap() -> Any:
+def tenant_cap() -> ScalarSelect[int | None]:
     """The job's tenant's running-jobs cap, a scalar subquery correlated to the job row."""
     return select(Tenant.max_running_jobs).where(Tenant.id == Job.tenant_id).scalar_subquery()
 

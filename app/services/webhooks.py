@@ -171,7 +171,7 @@ def _publish_outbox(session: Session) -> None:
     pending = session.info.pop(_OUTBOX, None)
     if not pending:
         return
-    from app.dispatch import publish_delivery
+    from app.broker.dispatch import publish_delivery
 
     for job_id, delivery_id in pending:
         publish_delivery(job_id, delivery_id)

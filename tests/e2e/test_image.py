@@ -99,7 +99,7 @@ def test_the_wheel_of_the_dockerfiles_copies_runs_its_commands(installed: Path) 
     # The migrations ship as package data: alembic finds its script folder in the wheel.
     found = _run(
         installed, "python", "-c",
-        "from alembic.script import ScriptDirectory; from app.migrate import alembic_config; "
+        "from alembic.script import ScriptDirectory; from app.local.migrate import alembic_config; "
         "print(ScriptDirectory.from_config(alembic_config()).dir)",
     )  # fmt: skip
     assert found.returncode == 0, found.stderr[-2000:]

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from app.embedded import free_port
+from app.local.embedded import free_port
 from tests.farms import fresh_database
 from tests.helpers import submit, wait_done, wait_for_http
 

@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from app.embedded import free_port
-from app.procs import visible_gpus
+from app.local.embedded import free_port
+from app.local.procs import visible_gpus
 from tests.helpers import FarmProcess, submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -194,7 +194,7 @@ def test_the_default_key_is_kept_across_starts(services: dict[str, str]) -> None
     """`up` mints the `default` tenant's key once; a later start shows the same one, and a
     key that no longer works (revoked) is replaced rather than shown."""
     from app.db import session_scope
-    from app.farm import default_key
+    from app.local.farm import default_key
     from app.services.keys import list_keys, revoke_key
 
     first, minted = default_key(None)

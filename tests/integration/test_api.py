@@ -80,7 +80,7 @@ def test_upload_over_the_limit_is_413(
     tmp_path_factory: pytest.TempPathFactory,
     tenant_key: str,
 ) -> None:
-    from app.embedded import free_port
+    from app.local.embedded import free_port
     from tests.helpers import FarmProcess, wait_for_http
 
     port = free_port()

@@ -23,7 +23,13 @@ import httpx
 import psutil
 import pytest
 
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, start_postgres, start_redis
+from app.local.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+    start_postgres,
+    start_redis,
+)
 from tests.helpers import (
     FarmProcess,
     all_pages,
@@ -323,7 +329,8 @@ def test_flushdb_with_jobs_queued(farm: ChaosFarm) -> None:
         farm.procs["worker"].stop()  # nothing consumes: the messages wait in Redis
         job_ids = [_submit(client, 40) for _ in range(3)]
         broker = redis.Redis.from_url(farm.redis.url)
-        # Normal jobs' messages wait in kombu's list for their priority step (app/dispatch.py).
+        # Normal jobs' messages wait in kombu's list for their priority step
+        # (app/broker/dispatch.py).
         assert broker.llen("cpu") + broker.llen("cpu\x06\x163") >= 3
         broker.flushdb()
         flushed_at = time.monotonic()

@@ -371,8 +371,8 @@ def test_the_broker_scan_reads_in_pages_and_gives_up_past_its_bound(
 
     import redis
 
-    from app import broker_scan
-    from app.dispatch import TASK_PLAN_JOB, publish
+    from app.broker import scan as broker_scan
+    from app.broker.dispatch import TASK_PLAN_JOB, publish
 
     queue = f"scan-{secrets.token_hex(4)}"
     count = broker_scan.PAGE * 2 + 500

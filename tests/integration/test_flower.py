@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.embedded import free_port
+from app.local.embedded import free_port
 from tests.helpers import FarmProcess, submit, wait_done, wait_for_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

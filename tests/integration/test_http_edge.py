@@ -82,7 +82,7 @@ def uvicorn_url(
 ) -> Iterator[str]:
     """The API (and its dashboard) served by uvicorn itself, as docs/operations.md shows:
     the app's factory, and the bounded protocol given by its import path."""
-    from app.embedded import free_port
+    from app.local.embedded import free_port
     from tests.helpers import die_with_parent, wait_for_http
 
     port = free_port()
@@ -268,7 +268,7 @@ def test_with_redis_away_limits_hold_in_process_and_readyz_says_so(
     import secrets
 
     from app.db import session_scope
-    from app.embedded import free_port
+    from app.local.embedded import free_port
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
 

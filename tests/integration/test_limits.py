@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import assert_error, jsonl, minilm_tokens, run_job, upload
+from tests.helpers import assert_error, jsonl, minilm_tokens, run_job, upload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -196,9 +196,14 @@ def test_keys_list_revoke_and_expiry_through_the_cli(api_url: str) -> None:
 
     short = modelfarm("keys", "create", "--tenant", tenant, "--expires-in", "1s")
     assert short.returncode == 0, short.stderr
-    time.sleep(1.2)
     with _client(api_url, short.stdout.strip()) as client:
-        assert "expired" in assert_error(client.get("/v1/jobs"), 401, "unauthorized")["message"]
+
+        def refused() -> httpx.Response | None:
+            answer = client.get("/v1/jobs")
+            return answer if answer.status_code == 401 else None
+
+        answer = wait_until(refused, "the one-second key expired", 10)
+        assert "expired" in assert_error(answer, 401, "unauthorized")["message"]
 
 
 def test_tenants_through_the_cli(api_url: str) -> None:

@@ -32,7 +32,7 @@ def test_every_migration_goes_down_and_up_again(services: dict[str, str]) -> Non
     script = (
         "from alembic import command\n"
         "from alembic.script import ScriptDirectory\n"
-        "from app.migrate import alembic_config\n"
+        "from app.local.migrate import alembic_config\n"
         "config = alembic_config()\n"
         "heads = ScriptDirectory.from_config(config).get_heads()\n"
         "assert len(heads) == 1, heads\n"

@@ -221,7 +221,7 @@ def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
     acknowledged; the sweeper's resend, once the lease ran out, refuses it the same way."""
     import psutil
 
-    from app.dispatch import publish_validation
+    from app.broker.dispatch import publish_validation
     from workers.reliability import HOST
 
     worker = psutil.Process(cpu_worker.proc.pid)  # the pool children's parent
@@ -244,7 +244,7 @@ def test_a_validation_whose_worker_stopped_is_validated_again(
     """A validation lost with its whole worker (restarted by an operator, a deploy) says
     nothing against the upload: the message given back is validated again, and the version
     becomes ready (bounded by MAX_ATTEMPTS like any attempt that dies)."""
-    from app.dispatch import publish_validation
+    from app.broker.dispatch import publish_validation
     from workers.reliability import HOST
 
     worker = _dead_pid()  # the worker the dead attempt ran under is gone too

@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.helpers import minilm_tokens
+from tests.helpers import minilm_tokens, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
 
@@ -447,7 +447,7 @@ def test_a_batch_whose_deadline_passes_before_it_starts_expires_with_every_reque
     """A batch still `validating` when its deadline passes (here: held by its tenant's running
     cap) ends `expired` with every request in the error file as `batch_expired`, in input order:
     none is lost because none ran."""
-    from sqlalchemy import update
+    from sqlalchemy import func, select, update
 
     from app.db import session_scope
     from app.models import Job, Tenant
@@ -466,14 +466,20 @@ def test_a_batch_whose_deadline_passes_before_it_starts_expires_with_every_reque
         completion_window="24h",
         extra_body={"deadline_seconds": 1},
     )
-    end = time.monotonic() + 60
-    while "held" not in [
-        e["type"] for e in client.get(f"/v1/jobs/{batch.id}/events").json()["data"]
-    ]:
-        assert time.monotonic() < end, "the batch was not held"
-        time.sleep(0.05)
+
+    def held() -> bool:
+        events = client.get(f"/v1/jobs/{batch.id}/events").json()["data"]
+        return "held" in [e["type"] for e in events]
+
+    wait_until(held, "the batch held by its tenant's running cap")
     assert oai.batches.retrieve(batch.id).status == "validating"
-    time.sleep(max(0.0, (batch.expires_at or 0) - time.time()) + 0.5)
+
+    def past_deadline() -> bool:  # by the database's clock, which the sweeper judges by
+        with session_scope() as session:
+            deadline = select(Job.deadline_at).where(Job.id == batch.id).scalar_subquery()
+            return bool(session.scalar(select(func.statement_timestamp() > deadline)))
+
+    wait_until(past_deadline, "the batch's deadline passed", timeout=30)
     # This sweep expires it, or the session's sweeper process did already when an earlier test
     # started one: what counts is the outcome below, not which sweep got there first.
     sweep_once()
@@ -504,10 +510,11 @@ def test_a_cancelled_batch_sends_batch_cancelled(
             completion_window="24h",
             extra_body={"webhook": {"url": hook.url, "events": ["batch.cancelled"]}},
         )
-        end = time.monotonic() + 120
-        while oai.batches.retrieve(batch.id).status == "validating":
-            assert time.monotonic() < end, "the batch never started"
-            time.sleep(0.1)
+
+        def started() -> bool:
+            return oai.batches.retrieve(batch.id).status != "validating"
+
+        wait_until(started, "the batch started", timeout=120)
         assert oai.batches.cancel(batch.id).status in ("cancelling", "cancelled")
         done = _wait(oai, batch.id)
         (request,) = hook.wait_for(1)

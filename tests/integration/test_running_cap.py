@@ -12,7 +12,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import all_pages, jsonl, read_lines, submit, upload, wait_done
+from tests.helpers import all_pages, jsonl, read_lines, submit, upload, wait_done, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
 
@@ -102,10 +101,17 @@ def _gauge(metrics: str, family: str, tenant: str) -> float:
 
 
 def _wait_running(client: httpx.Client, job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
-        assert time.monotonic() < deadline, f"job {job_id} never started"
-        time.sleep(0.05)
+    def running() -> bool:
+        return client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+
+    wait_until(running, f"job {job_id} started")
+
+
+def _wait_held(client: httpx.Client, job_id: str) -> None:
+    def held() -> bool:
+        return "held" in [e["type"] for e in _events(client, job_id)]
+
+    wait_until(held, f"job {job_id} held by the planner")
 
 
 def _all_once(client: httpx.Client, job: dict[str, Any], ids: list[str]) -> None:
@@ -179,13 +185,12 @@ def test_a_held_job_says_why_and_tenants_set_takes_effect(
     first = submit(client, {"model": "minilm", "input": {"file_id": first_file["id"]}})
     _wait_running(client, first["id"])
     waiting = [submit(client, _inline(4, f"w{i}")) for i in range(2)]
-    deadline = time.monotonic() + 60
-    while True:
+
+    def noticed() -> list[dict[str, Any]] | None:
         views = [client.get(f"/v1/jobs/{job['id']}").json() for job in waiting]
-        if all(v["notice"] for v in views):
-            break
-        assert time.monotonic() < deadline, views
-        time.sleep(0.05)
+        return views if all(v["notice"] for v in views) else None
+
+    views = wait_until(noticed, "both waiting jobs carry a notice")
     assert all(v["status"] == "queued" for v in views)
     assert "max_running_jobs" in views[0]["notice"]
     metrics = httpx.get(f"{api_url}/metrics").text
@@ -217,7 +222,7 @@ def test_the_sweeper_sends_a_held_job_whose_releaser_died(
 
     from app.db import session_scope
     from app.models import Job
-    from app.sweeper import sweep_once
+    from app.sweeper import GRACE, sweep_once
 
     _, client = capped
     gpu_job = {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}
@@ -225,13 +230,12 @@ def test_the_sweeper_sends_a_held_job_whose_releaser_died(
     with session_scope() as session:  # it counts as running: the tenant's one slot is taken
         session.execute(update(Job).where(Job.id == blocker["id"]).values(status="running"))
     job = submit(client, _inline(3, "late"))
-    deadline = time.monotonic() + 60
-    while "held" not in [e["type"] for e in _events(client, job["id"])]:
-        assert time.monotonic() < deadline, "the planner did not hold the job"
-        time.sleep(0.05)
-    time.sleep(2.5)  # past the sweeper's grace for fresh jobs: it looks at this one now
-    sweep_once()
-    time.sleep(1)
+    _wait_held(client, job["id"])
+    with session_scope() as session:  # past the sweeper's grace for fresh jobs: it looks at it
+        older = {"created_at": Job.created_at - 10 * GRACE}
+        older["dispatched_at"] = Job.dispatched_at - 10 * GRACE
+        session.execute(update(Job).where(Job.id == job["id"]).values(**older))
+    sweep_once()  # what it sends, it records first (a `redispatched` event)
     view = client.get(f"/v1/jobs/{job['id']}").json()
     assert view["status"] == "queued" and "max_running_jobs" in view["notice"]
     types = [e["type"] for e in _events(client, job["id"])]
@@ -267,14 +271,7 @@ def test_a_training_job_waits_for_the_cap_too(capped: tuple[str, httpx.Client]) 
             "output_model": f"capped-{secrets.token_hex(3)}",
         },
     )
-    deadline = time.monotonic() + 60
-    while "held" not in [e["type"] for e in _events(client, training["id"])]:
-        assert time.monotonic() < deadline, (
-            "the training job was not held",
-            [e["type"] for e in _events(client, training["id"])],
-            client.get(f"/v1/jobs/{first['id']}").json()["status"],
-        )
-        time.sleep(0.05)
+    _wait_held(client, training["id"])
     assert client.get(f"/v1/jobs/{training['id']}").json()["status"] == "queued"
     trained = wait_done(client, training["id"], 240)
     assert trained["status"] == "succeeded", trained
@@ -289,10 +286,7 @@ def test_cancelling_the_running_job_starts_the_held_one(capped: tuple[str, httpx
     first = submit(client, {"model": "minilm", "input": {"file_id": big["id"]}})
     held = submit(client, _inline(2, "next"))
     also_held = submit(client, _inline(2, "later"))
-    deadline = time.monotonic() + 60
-    while "held" not in [e["type"] for e in _events(client, also_held["id"])]:
-        assert time.monotonic() < deadline, "the third job was not held"
-        time.sleep(0.05)
+    _wait_held(client, also_held["id"])
     # A held job cancelled: it ends at once (in the API), and frees nothing.
     assert client.post(f"/v1/jobs/{also_held['id']}/cancel").json()["status"] == "cancelled"
     assert client.get(f"/v1/jobs/{held['id']}").json()["status"] == "queued"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from app.embedded import free_port
+from app.local.embedded import free_port
 from tests.factories import train_sklearn_classifier
 from tests.farms import side_farm
 from tests.helpers import all_pages, jsonl, read_lines, register_ready, run_job, upload

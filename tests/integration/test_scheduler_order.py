@@ -164,7 +164,7 @@ def test_a_high_jobs_messages_are_taken_before_normal_ones_already_waiting(
     """On Redis, what a worker's BRPOP takes first: kombu's list for the lowest step."""
     import redis
 
-    from app.dispatch import TASK_ASSEMBLE_JOB, producer, publish, publish_job, publish_shard
+    from app.broker.dispatch import TASK_ASSEMBLE_JOB, producer, publish, publish_job, publish_shard
 
     queue = f"q-{secrets.token_hex(4)}"
     assert publish_job("job-normal", queue, "normal")
@@ -202,9 +202,9 @@ def test_a_tenants_high_backlog_still_shares_the_pool_with_a_normal_one(
     session: Session,
 ) -> None:
     """Fair share's releases reach the worker in the order the broker gives them: the
-    messages' priority steps (app/dispatch.py), first in first out within a step. One
+    messages' priority steps (app/broker/dispatch.py), first in first out within a step. One
     worker, a window of 2: A's high shards and B's normal ones take turns."""
-    from app.dispatch import REDIS_PRIORITY
+    from app.broker.dispatch import REDIS_PRIORITY
     from app.services import scheduler
     from app.services import shards as shard_service
     from app.services.tenants import get_or_create_tenant

@@ -1,4 +1,4 @@
-"""Plan messages built by the farm (app/task_messages.py) instead of by Celery: they must be
+"""Plan messages built by the farm (app/broker/messages.py) instead of by Celery: they must be
 what Celery itself pushes, and a real worker must run the job one names."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_a_built_message_is_the_one_celery_pushes(
     broker: redis.Redis, job_priority: str, step_list: str
 ) -> None:
     """The same message, on the same one of kombu's lists of the queue (its priority step)."""
-    from app.dispatch import publish_job, publish_jobs
+    from app.broker.dispatch import publish_job, publish_jobs
 
     queue = f"messages-{secrets.token_hex(4)}"  # no worker takes from it
     try:
@@ -71,7 +71,7 @@ def test_a_built_message_is_the_one_celery_pushes(
 
 
 def test_messages_of_a_batch_go_to_their_queues_in_order(broker: redis.Redis) -> None:
-    from app.dispatch import publish_jobs
+    from app.broker.dispatch import publish_jobs
 
     first, second = (f"messages-{secrets.token_hex(4)}" for _ in range(2))
     jobs = [
@@ -101,8 +101,8 @@ def test_messages_of_a_batch_go_to_their_queues_in_order(broker: redis.Redis) ->
 def test_a_worker_runs_the_job_a_built_message_names(client: httpx.Client) -> None:
     """Written without a message (as the committer writes it), then published by
     `publish_jobs` alone: the Celery worker takes the built message and the job succeeds."""
+    from app.broker.dispatch import publish_jobs
     from app.db import session_scope
-    from app.dispatch import publish_jobs
     from app.models import Tenant
     from app.schemas.jobs import JobCreate
     from app.services import jobs as job_service
@@ -130,9 +130,9 @@ def test_a_worker_runs_the_job_a_built_message_names(client: httpx.Client) -> No
 def test_a_broker_that_is_down_refuses_every_message_at_once(
     services: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.broker.dispatch import publish_jobs
     from app.config import get_settings
-    from app.dispatch import publish_jobs
-    from app.embedded import free_port
+    from app.local.embedded import free_port
 
     monkeypatch.setenv("MODELFARM_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()

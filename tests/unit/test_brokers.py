@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from app.broker.dispatch import celery_config, live_task_keys, stale_after_seconds
 from app.config import Settings
-from app.dispatch import celery_config, live_task_keys, stale_after_seconds
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> Settings:

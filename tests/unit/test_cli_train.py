@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.cli_errors import CliError
-from app.cli_train import _params
+from app.cli.errors import CliError
+from app.cli.train import _params
 
 
 def test_train_params_are_json_when_they_can_be() -> None:

@@ -8,6 +8,7 @@ import pytest
 from app.config import Settings
 from app.db import sqlalchemy_url
 from app.ids import new_id
+from tests.helpers import wait_until
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -83,7 +84,8 @@ def test_ids_are_prefixed_unique_and_time_ordered() -> None:
     first, later = ids[0], new_id("job")
     import time
 
-    time.sleep(0.002)
+    now = time.time_ns() // 1_000_000  # the next millisecond, waited for on the clock itself
+    wait_until(lambda: time.time_ns() // 1_000_000 > now, "the clock moved on", 1, every=0)
     assert new_id("job") > first and later > first
 
 

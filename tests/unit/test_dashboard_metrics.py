@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from app.metrics import FAMILIES
+from app.api.metrics import FAMILIES
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "modelfarm.json"
 # A histogram family is queried through its _bucket, _count and _sum series.

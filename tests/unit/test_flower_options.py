@@ -1,4 +1,4 @@
-"""How `modelfarm flower` starts Flower (app/flower.py): options checked without a broker."""
+"""How `modelfarm flower` starts Flower (app/local/flower.py): options checked without a broker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from app.config import Settings
-from app.flower import FlowerRefused, flower_argv, flower_env, is_loopback
+from app.local.flower import FlowerRefused, flower_argv, flower_env, is_loopback
 
 
 def _settings(tmp_path: Path, **values: object) -> Settings:

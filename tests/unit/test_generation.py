@@ -57,6 +57,7 @@ def _reference(runner: GenerationRunner, ids: list[int], max_tokens: int) -> lis
     return generated
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_greedy_text_equals_transformers_generate_while_rows_leave_and_join(
     runner: GenerationRunner,
 ) -> None:
@@ -152,6 +153,7 @@ def test_a_bad_job_level_parameter_fails_each_line(runner: GenerationRunner) -> 
         runner.prepare("hello", _options(repetition_penalty=0))
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(
     runner: GenerationRunner,
 ) -> None:

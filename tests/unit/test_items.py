@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.broker_scan import _task_key
+from app.broker.scan import _task_key
 from app.config import get_settings
 from tests.factories import train_sklearn_classifier
 from workers.runtime import ModelSpec, RunOptions, load_runner

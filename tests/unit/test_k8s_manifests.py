@@ -12,10 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from app.broker_scan import PRIORITY_SEP
+from app.broker.dispatch import QUEUES, REDIS_PRIORITY, WEBHOOK_QUEUE
+from app.broker.scan import PRIORITY_SEP
 from app.cli import cli
 from app.config import Settings
-from app.dispatch import QUEUES, REDIS_PRIORITY, WEBHOOK_QUEUE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 API_VERSIONS = {

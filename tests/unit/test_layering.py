@@ -9,11 +9,18 @@
 - `app/sweeper.py` loops, schedules and calls services: it imports nothing of SQLAlchemy or of
   the ORM classes, and calls no query method; its queries live in `app/services/sweeping.py`
   and the services of their domain.
-- `app/dispatch.py` is the one broker-aware module of `app`: only it imports Celery, kombu or
-  the broker scan (`app/broker_scan.py`, which reads the broker's own Redis keys).
+- `app/broker/dispatch.py` is the one broker-aware module of `app`: only it imports Celery,
+  kombu or the broker scan (`app/broker/scan.py`, which reads the broker's own Redis keys).
 - `app` does not import `workers`, except the edges listed in KNOWN_APP_TO_WORKERS, each with
   why it is still there. The list may only shrink: an edge that no longer exists must be taken
   off it, and a new one fails here.
+- Each folder of `app` is one concern, on its floor: `app/cli/` (the command line) is the top,
+  imported by nothing of the farm; `app/local/` (running a farm on one machine) is driven by
+  the command line alone; `app/services/` imports nothing of the API, the command line or the
+  sweeper above it; `app/counters.py` is a leaf that any module may count into.
+- No import cycle: the modules of `app`, `workers` and `modelfarm_client` import each other
+  (at the top or inside a function, absolute or relative) in a graph without a loop, once the
+  edges of KNOWN_CYCLE_EDGES are taken out. That list may only shrink, as the one above.
 """
 
 from __future__ import annotations
@@ -25,9 +32,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: (importing file, imported module) -> why the edge still exists
 KNOWN_APP_TO_WORKERS = {
-    ("app/cli.py", "workers.celery_app"): "`modelfarm worker` starts a Celery worker",
+    ("app/cli/commands.py", "workers.celery_app"): "`modelfarm worker` starts a Celery worker",
 }
 API_SQLALCHEMY_ALLOWED = {"sqlalchemy.exc", "sqlalchemy.orm"}
+
+#: (importing module, imported module) -> why this edge of a loop is still there. Each is a
+#: function-level import that closes a loop; the loop goes with the edge.
+KNOWN_CYCLE_EDGES = {
+    ("app.services.jobs", "app.services.admission"): (
+        "a job's end releases its tenant's held jobs after the commit (a Session after_commit "
+        "hook in admission): goes with the unit of work that owns the commit"
+    ),
+    ("app.services.tenants", "app.services.admission"): (
+        "a raised max_running_jobs releases held jobs after the commit: the same hook"
+    ),
+    ("workers.tasks.training", "workers.tasks.image_training"): (
+        "the training task hands an archive of images to its image branch, which reuses the "
+        "task's checkpoint, progress and event helpers: goes when those are a module of their own"
+    ),
+}
+
+#: the packages whose modules make the import graph
+PACKAGES = ("app", "workers", "modelfarm_client")
 
 
 #: what a session, a connection or a statement is asked to do when code builds or runs a query
@@ -105,9 +131,9 @@ def test_dispatch_is_the_one_broker_aware_module_of_app() -> None:
     broker = {
         edge
         for edge in _imports("app", names=True)
-        if _under(edge[1], "celery", "kombu", "app.broker_scan")
+        if _under(edge[1], "celery", "kombu", "app.broker.scan")
     }
-    assert {path for path, _ in broker} == {"app/dispatch.py"}, broker
+    assert {path for path, _ in broker} == {"app/broker/dispatch.py"}, broker
 
 
 def test_app_imports_workers_only_where_listed() -> None:
@@ -132,10 +158,139 @@ def test_the_checks_see_queries_and_names_imported_from_a_package(tmp_path: Path
     """What the sweeper's and the broker's checks rely on, shown to catch what they forbid."""
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "sweeper.py").write_text(
-        "from app import broker_scan\nfrom sqlalchemy import text\n\n"
+        "from app.broker import scan\nfrom sqlalchemy import text\n\n"
         "def f(conn):\n    return conn.execute(text('SELECT 1')).scalar(), {}.get(1)\n"
     )
-    assert ("app/sweeper.py", "app.broker_scan") in _imports("app", tmp_path, names=True)
+    assert ("app/sweeper.py", "app.broker.scan") in _imports("app", tmp_path, names=True)
     assert ("app/sweeper.py", "sqlalchemy.text") in _imports("app/sweeper.py", tmp_path, True)
-    assert ("app/sweeper.py", "app.broker_scan") not in _imports("app", tmp_path)
+    assert ("app/sweeper.py", "app.broker.scan") not in _imports("app", tmp_path)
     assert {m for _, _, m in _query_calls("app/sweeper.py", tmp_path)} == {"execute", "scalar"}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the modules of PACKAGES it imports, anywhere in its code. `from a import b`
+    is an import of `a.b` where that is a module, else of `a`; `from . import b` and
+    `from ..a import b` are resolved against the importing module's package. Importing a
+    submodule runs its package's `__init__` too, but that is Python's doing, not an edge."""
+    files = {
+        _module_name(path, root): path for package in PACKAGES for path in _sources(package, root)
+    }
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                names = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base
+                    for alias in node.names
+                ]
+            else:
+                continue
+            targets |= {t for t in map(known, names) if t is not None and t != module}
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The loops of a graph: each strongly connected set of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle() -> None:
+    graph = _import_graph()
+    edges = {(a, b) for a, targets in graph.items() for b in targets}
+    assert set(KNOWN_CYCLE_EDGES) - edges == set(), "an edge is gone: take it off the list"
+    for a, b in KNOWN_CYCLE_EDGES:
+        graph[a].discard(b)
+    loops = [
+        ", ".join(f"{a} -> {b}" for a in loop for b in sorted(graph[a] & set(loop)))
+        for loop in _cycles(graph)
+    ]
+    assert loops == [], "import loops:\n" + "\n".join(loops)
+
+
+def test_the_cycle_check_sees_relative_and_late_imports(tmp_path: Path) -> None:
+    """A loop closed by a relative import inside a function is still a loop; a package's
+    `__init__` that hands on its submodules' names is not one with them."""
+    (tmp_path / "app" / "services").mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "counters.py").write_text("from app.services.jobs import X\n")
+    (tmp_path / "app" / "services" / "__init__.py").write_text("from .jobs import X\n")
+    (tmp_path / "app" / "services" / "jobs.py").write_text(
+        "from app.services import errors\n\ndef f():\n    from ..counters import Y\n"
+    )
+    (tmp_path / "app" / "services" / "errors.py").write_text("import app.services.jobs\n")
+    graph = _import_graph(tmp_path)
+    assert graph["app.services.jobs"] == {"app.services.errors", "app.counters"}
+    assert graph["app.services"] == {"app.services.jobs"}
+    assert _cycles(graph) == [["app.counters", "app.services.errors", "app.services.jobs"]]
+
+
+def _importers(target: str, graph: dict[str, set[str]]) -> set[str]:
+    return {m for m, targets in graph.items() if any(_under(t, target) for t in targets)}
+
+
+def test_each_folder_keeps_to_its_floor() -> None:
+    graph = _import_graph()
+    # The command line is the top: nothing of the farm imports it.
+    assert {m for m in _importers("app.cli", graph) if not _under(m, "app.cli")} == set()
+    # Running a farm on one machine is what the command line does.
+    local = _importers("app.local", graph)
+    assert {m for m in local if not _under(m, "app.cli", "app.local")} == set(), local
+    # The services are below the API, the command line and the sweeper.
+    above = ("app.api", "app.cli", "app.local", "app.sweeper")
+    services = {(m, t) for m in graph if _under(m, "app.services") for t in graph[m]}
+    assert {(m, t) for m, t in services if _under(t, *above)} == set()
+    # The counters are a leaf: any module may count, the counters import nothing of the app.
+    assert graph["app.counters"] == set()
+    # Plan messages and the broker's keys are the broker's own: read through dispatch.
+    inner = _importers("app.broker.scan", graph) | _importers("app.broker.messages", graph)
+    assert inner == {"app.broker.dispatch"}, inner
+    # Workers use the broker and the services, never the command line or the farm's launcher.
+    workers = {(m, t) for m in graph if _under(m, "workers") for t in graph[m]}
+    assert {(m, t) for m, t in workers if _under(t, "app.cli", "app.local", "app.api")} == set()

@@ -12,7 +12,7 @@ import pytest
 import typer
 
 from app import ratelimit
-from app.cli_tenants import limits_given, parse_bytes, parse_duration, parse_number
+from app.cli.tenants import limits_given, parse_bytes, parse_duration, parse_number
 from app.config import get_settings
 from app.services.errors import InvalidRequest
 from app.services.usage import date_range, parse_group_by

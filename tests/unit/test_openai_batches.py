@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.models import Job
-from app.services.openai import batch_event, batch_public
+from app.services.batches import batch_event
+from app.services.openai import batch_public
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

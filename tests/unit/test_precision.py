@@ -24,6 +24,7 @@ def _mean_cosine(a: Any, b: Any) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_minilm_int8_is_close_to_encode_and_records_what_it_measured(tmp_path: Path) -> None:
     graph = tmp_path / "minilm-onnx" / GRAPH_NAME
     spec = replace(builtin_spec("minilm"), backend="onnx", graph_dir=str(graph), precision="int8")
@@ -67,6 +68,7 @@ def test_a_quantised_graph_below_its_floor_is_refused_for_good(
     assert load_runner(replace(spec, precision="fp32")).backend == "onnx"  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_validation_measures_each_precision_and_refuses_a_default_not_offered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,7 @@ def _cosines(ours: list[list[float]], theirs: np.ndarray) -> np.ndarray:
     return (a * theirs).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(theirs, axis=1)
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_minilm_matches_sentence_transformers_in_input_order(minilm: Any, reference: Any) -> None:
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     assert len(tokenizer(LONG)["input_ids"]) > 256, "the long sentence must need truncation"
@@ -108,6 +109,7 @@ def _link_copy(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow  # loads a real model: `make test`, not test-fast
 def test_pooling_mode_from_config_is_honoured(tmp_path: Path, minilm: Any) -> None:
     model_dir = _link_copy(MINILM, tmp_path / "cls-model")
     pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""The restart policy of `modelfarm up` (app/procs.py), on real short-lived processes."""
+"""The restart policy of `modelfarm up` (app/local/procs.py), on real short-lived processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from app.procs import RestartPolicy, Supervisor, describe_exit
+from app.local.procs import RestartPolicy, Supervisor, describe_exit
 
 QUICK = RestartPolicy(initial_delay=0.05, max_delay=0.2, fast_seconds=5.0, give_up_after=3)
 

@@ -109,7 +109,7 @@ def safetensors_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(directory.glob("*.safetensors")):
         try:
-            with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+            with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         except Exception as exc:  # a corrupt header: safetensors raises its own error types

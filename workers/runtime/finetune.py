@@ -79,7 +79,7 @@ def finetune(
     examples) in checkpoint_dir is resumed from the epoch after it; any other is ignored and
     replaced. Raises Stopped when should_stop() turns true, leaving the last checkpoint.
     """
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
     texts = [str(text) for text in examples.inputs]
     labels = [str(label) for label in examples.labels]
     names = sorted(set(labels))
@@ -109,7 +109,8 @@ def finetune(
     steps_per_epoch = math.ceil(len(train) / batch_size)
     steps_total = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(params["learning_rate"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps_total)
+    # transformers leaves its schedules unannotated.
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps_total)  # type: ignore[no-untyped-call]
 
     start_epoch, step, train_loss = 1, 0, math.nan
     if checkpoint is not None:

@@ -140,6 +140,7 @@ class GenerationRunner(DecodingRunner):
         except TemplateError as exc:
             raise ItemError("template_error", str(exc)) from None
 
+
 def check_text(text: str, options: RunOptions, what: str) -> str:
     """`text` if it is something to generate from: not blank, within `max_chars`, encodable."""
     if not text.strip():

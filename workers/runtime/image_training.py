@@ -83,7 +83,7 @@ def train_image_classifier(
 ) -> FinetuneResult:
     """Train on (path, encoded image) members (the class is the folder: class_labels), evaluate
     on the held-out split, save model and processor to output_dir."""
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
     processor = _processor(base_path, int(params["image_size"]))
     paths, pixels, digest = preprocess_members(members, processor, max_pixels, params)
     labels = class_labels(paths)
@@ -105,7 +105,8 @@ def train_image_classifier(
     epochs, batch_size = int(params["epochs"]), int(params["batch_size"])
     steps_total = math.ceil(len(train) / batch_size) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(params["learning_rate"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps_total)
+    # transformers leaves its schedules unannotated.
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps_total)  # type: ignore[no-untyped-call]
     start_epoch, step, train_loss = 1, 0, math.nan
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer, scheduler)

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from workers.runtime.base import ItemError
 
@@ -142,7 +142,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise ItemError(
             "image_too_large", f"the image is over the limit of {max_pixels} pixels"
         ) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ItemError(
             "invalid_image", f"not an image in a supported format ({', '.join(FORMATS)})"
         ) from None

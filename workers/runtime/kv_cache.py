@@ -16,7 +16,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 HEADROOM = 64  #: columns added beyond what is needed whenever a buffer is (re)allocated
 
 
-class GrowingLayer(DynamicLayer):
+# transformers' layers define __init_subclass__ without annotations.
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A layer whose keys and values are views of a larger buffer (batch, heads, cap, dim)."""
 
     length = 0

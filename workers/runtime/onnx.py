@@ -155,7 +155,8 @@ def _graph_module(model: Any, compute: Callable[[dict[str, Any]], Any], names: l
             self.model = model  # registered, so its weights become the graph's initializers
 
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return compute(dict(zip(names, inputs, strict=True)))
+            out: torch.Tensor = compute(dict(zip(names, inputs, strict=True)))
+            return out
 
     return Graph().eval()
 

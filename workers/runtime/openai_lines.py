@@ -114,7 +114,7 @@ class OpenAIRequests:
     model: str  #: the job's model, "name@version"
 
     def _model_ok(self, name: Any) -> bool:
-        return name == self.model or name == self.model.partition("@")[0]
+        return isinstance(name, str) and name in (self.model, self.model.partition("@")[0])
 
     def _read(
         self, runner: Runner, number: int, raw: bytes | None, options: RunOptions

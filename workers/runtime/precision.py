@@ -144,7 +144,7 @@ def quantize(kind: str, fp32_folder: Path, tmp: Path, reference: list[Any]) -> d
         op_types_to_quantize=["MatMul"],
         per_channel=True,
     )
-    report = json.loads((tmp / "runner.json").read_text())
+    report: dict[str, Any] = json.loads((tmp / "runner.json").read_text())
     report["precision"] = "int8"
     report["fidelity"] = fidelity(kind, reference, outputs(onnx.open_runner(tmp, "cpu")))
     (tmp / "runner.json").write_text(json.dumps(report, indent=2))

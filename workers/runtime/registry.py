@@ -94,7 +94,7 @@ def load_runner(spec: ModelSpec) -> Runner:
         from workers.runtime import text
 
         # Progress bars from weight loading only clutter worker logs.
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
         if kind == "seq2seq":  # workers/runtime/seq2seq.py, on torch
             from workers.runtime.seq2seq import load_seq2seq_runner
 
@@ -142,7 +142,7 @@ def _load_generation(spec: ModelSpec) -> Runner:
     from workers.runtime.generation import load_generation_runner
     from workers.runtime.gguf_models import converted
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated
     path = Path(spec.path)
     if path.is_file():  # a GGUF file: converted once, into the folder the spec names
         if spec.converted_dir is None:

@@ -103,7 +103,8 @@ class SpeechRecognitionRunner:
         """Log-mel features of windows of at most 30 s, each padded to 30 s as Whisper's
         feature extractor does by default."""
         inputs = self.extractor(windows, sampling_rate=self.rate, return_tensors="pt")
-        return inputs.input_features.to(self.device)
+        features: torch.Tensor = inputs.input_features.to(self.device)
+        return features
 
     def run(self, values: list[PreparedAudio], options: RunOptions) -> list[dict[str, Any]]:
         job_language = options.params.get("language")
@@ -239,7 +240,9 @@ def load_speech_runner(path: str, device: str, precision: str = "fp32") -> Runne
             f"automatic-speech-recognition serves Whisper models (model_type whisper), "
             f"not {config.get('model_type')!r}"
         )
-    processor = AutoProcessor.from_pretrained(root, local_files_only=True, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # unannotated
+        root, local_files_only=True, trust_remote_code=False
+    )
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError("a speech model needs a feature extractor and a tokenizer")
     loaded: Any = WhisperForConditionalGeneration.from_pretrained(

@@ -257,7 +257,8 @@ def _load_model(auto_class: Any, directory: Path, device: str) -> PreTrainedMode
     model = auto_class.from_pretrained(
         directory, use_safetensors=True, local_files_only=True, trust_remote_code=False
     )
-    return model.to(device).eval()
+    loaded: PreTrainedModel = model.to(device).eval()  # from_pretrained of an Auto class: Any
+    return loaded
 
 
 def _default_max_length(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:

@@ -162,7 +162,9 @@ def compile_for_cpu(runner: _ImageRunner) -> None:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_Head(model, runner.task).eval(), probe[:2], strict=False)
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # unannotated
+                _Head(model, runner.task).eval(), probe[:2], strict=False
+            )
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             for batch in (probe[:1], probe):
                 expected = head(model, runner.task, batch)
@@ -184,7 +186,8 @@ def pooled(outputs: Any) -> torch.Tensor:
     value = getattr(outputs, "pooler_output", None)
     if value is None:
         raise ModelLoadError("the model has no pooled output (pooler_output)")
-    return value.flatten(start_dim=1)
+    vectors: torch.Tensor = value.flatten(start_dim=1)  # outputs are the model's own (Any)
+    return vectors
 
 
 #: the largest side a model's processor may resize or crop a picture to: what one picture costs

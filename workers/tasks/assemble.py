@@ -18,6 +18,7 @@ from app.storage import get_store
 from workers.reliability import db_retry, new_owner
 from workers.runtime.items import iter_chunks, iter_lines
 from workers.runtime.openai_lines import expired_line
+from workers.tasks.release import release_shards
 from workers.tasks.results import PartLost, ResultWriter, append_part, final_uris, part_uris
 from workers.tasks.retry_lines import LineMap
 
@@ -100,7 +101,6 @@ def _append(
 def _redo(job_id: str, owner: str, lost: list[int]) -> None:
     """Run the lost shards again (the scheduler releases them), or, on a stopping job, assemble
     again without them."""
-    from workers.tasks.inference import release_shards
 
     def redo() -> tuple[lost_results.Redo, str]:
         with session_scope() as session:

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from app.broker.dispatch import publish_shard
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.dispatch import publish_shard
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
-from app.services import control, planning, results, scheduler
+from app.services import control, planning, results
 from app.services import shards as shard_service
 from app.services.jobs import add_event
 from app.services.results import ResultFile
@@ -45,6 +45,7 @@ from workers.runtime.items import (
 from workers.runtime.openai_lines import OpenAIRequests, expired_line
 from workers.tasks import image_inputs
 from workers.tasks.assemble import assemble_job
+from workers.tasks.release import release_shards
 from workers.tasks.results import ResultWriter, part_uris
 from workers.tasks.retry_lines import LineMap, LineMapWriter
 
@@ -231,22 +232,6 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
     if start is not None:
         ranges.append(shard_service.ShardRange(start[0], items, start[1], start[2]))
     return ranges
-
-
-def release_shards(queue: str) -> None:
-    """Fill the pool's window (fair share, app/services/scheduler.py) in a transaction of its
-    own, then publish what it released; a lost message is sent again by the sweeper."""
-    settings = get_settings()
-
-    def take() -> list[scheduler.Released]:
-        with session_scope() as session:
-            window = scheduler.window_size(
-                session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
-            )
-            return scheduler.release(session, queue, window)
-
-    for job_id, index, priority in db_retry(take):
-        publish_shard(job_id, index, queue, priority)
 
 
 def fail_job(

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from app.broker.dispatch import MAX_COUNTDOWN_SECONDS, publish_delivery
 from app.config import get_settings
 from app.db import session_scope, utcnow
-from app.dispatch import MAX_COUNTDOWN_SECONDS, publish_delivery
 from app.services import webhooks
 from app.urlguard import Allowlist, CheckedURL, RefusedURL, check_url
 from workers.reliability import db_retry, new_owner

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.api.errors import openai_error
 from app.api.openai import audio, batches, completions, embeddings, files, rerank
-from app.api.openai.errors import openai_error
 from app.schemas.openai import OpenAIErrorResponse
 
 #: What every operation here may answer, in OpenAI's error shape.

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.openai.errors import OpenAIRoute
 from app.api.submissions import group_commit
+from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.db import run_retrying
-from app.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.schemas.openai import BatchCreate, OpenAIBatch, OpenAIBatchList
 from app.services import control
 from app.services import openai as service

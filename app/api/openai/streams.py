@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api import waits
 from app.api.openai import sync
 from app.api.submissions import group_commit
+from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.db import run_retrying
-from app.dispatch import TASK_ASSEMBLE_JOB, publish
 from app.models import Job, Tenant
 from app.services import control
 from app.services import jobs as job_service

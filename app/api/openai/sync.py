@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import waits
-from app.api.openai.errors import openai_error
+from app.api.errors import openai_error
 from app.api.submissions import group_commit
 from app.db import session_scope
 from app.models import Job, Tenant

@@ -13,10 +13,10 @@ from typing import Any
 
 from celery import Celery
 
-from app import broker_scan
-from app.broker_scan import TaskKey as TaskKey  # the sweeper names it through here
+from app.broker import scan
+from app.broker.messages import task_message
+from app.broker.scan import TaskKey as TaskKey  # the sweeper names it through here
 from app.config import Settings, get_settings
-from app.task_messages import task_message
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def publish_jobs(jobs: Sequence[tuple[str, str, str]]) -> list[str]:
     """Plan messages for many jobs, (job id, queue, job priority); answers the ids of those the
     broker may not have taken (logged), so the sweeper sends them.
 
-    On Redis they are built here (app/task_messages.py) and pushed in one round trip, a
+    On Redis they are built here (app/broker/messages.py) and pushed in one round trip, a
     command per queue; on any other broker they go through Celery one at a time.
     """
     if not jobs:
@@ -153,7 +153,7 @@ def publish_jobs(jobs: Sequence[tuple[str, str, str]]) -> list[str]:
     for job_id, queue, job_priority in jobs:
         step = REDIS_PRIORITY[_plan_priority(job_priority)]
         # kombu's list for the step: the queue's own for 0, "<queue>\x06\x16<step>" else.
-        key = f"{queue}{broker_scan.PRIORITY_SEP}{step}" if step else queue
+        key = f"{queue}{scan.PRIORITY_SEP}{step}" if step else queue
         message = task_message(TASK_PLAN_JOB, [job_id], queue, step)
         by_list.setdefault(key, []).append(message)
     try:
@@ -210,7 +210,7 @@ def live_task_keys(settings: Settings) -> set[TaskKey] | None:
     url = settings.require_broker_url()
     if not is_redis(url):
         return None
-    return broker_scan.live_task_keys(url, QUEUES, settings.lease_seconds)
+    return scan.live_task_keys(url, QUEUES, settings.lease_seconds)
 
 
 def broker_inspectable(settings: Settings) -> bool:

@@ -38,7 +38,7 @@ class RestartPolicy:
 
     def delay(self, streak: int) -> float:
         """Seconds to wait before the next start, after `streak` fast crashes in a row."""
-        return min(self.max_delay, self.initial_delay * 2 ** max(0, streak - 1))
+        return min(self.max_delay, self.initial_delay * 2.0 ** max(0, streak - 1))
 
 
 @dataclass

@@ -34,11 +34,11 @@ class EmbeddedPostgres:
 
 
 def start_postgres(directory: Path) -> EmbeddedPostgres:
-    import pgserver  # imported here: only `up` and the tests need it
+    from pgserver.postgres_server import get_server  # here: only `up` and the tests need it
 
     directory = directory.resolve()
     directory.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(directory, cleanup_mode="stop")
+    server = get_server(directory, cleanup_mode="stop")
     return EmbeddedPostgres(url=server.get_uri(), _server=server)
 
 

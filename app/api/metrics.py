@@ -1,4 +1,5 @@
-"""Prometheus metrics of the API process, served at /metrics."""
+"""Prometheus metrics of the API process, served at /metrics: the farm's state read at scrape
+time from the services and the broker, beside the counters of `app/counters.py`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -15,41 +16,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from app import dispatch
+from app.broker import dispatch
 from app.config import get_settings
+from app.counters import registry
 
 log = logging.getLogger(__name__)
-
-registry = CollectorRegistry()
-
-HTTP_REQUESTS = Histogram(
-    "modelfarm_http_request_duration_seconds",
-    "HTTP requests by route and status",
-    ["method", "route", "status"],
-    registry=registry,
-)
-JOBS_SUBMITTED = Counter(
-    "modelfarm_jobs_submitted_total",
-    "Jobs accepted by the API",
-    ["type", "queue"],
-    registry=registry,
-)
-JOBS_PUBLISH_FAILED = Counter(
-    "modelfarm_job_publish_failures_total",
-    "Jobs committed but not handed to the broker",
-    registry=registry,
-)
-
-# Requests refused by a tenant limit, by the error code they were answered with.
-REJECTION_REASONS = ("rate_limited", "quota_exceeded")
-REJECTED_REQUESTS = Counter(
-    "modelfarm_rejected_requests_total",
-    "Requests refused by a tenant's rate limit or quota",
-    ["reason"],
-    registry=registry,
-)
-for _reason in REJECTION_REASONS:  # shown at 0 from the start, so a rate() has a baseline
-    REJECTED_REQUESTS.labels(_reason)
 
 
 class FarmCollector(Collector):
@@ -200,7 +171,7 @@ def exposition() -> bytes:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return generate_latest(registry)
     combined = CollectorRegistry()
-    multiprocess.MultiProcessCollector(combined)
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]  # unannotated
     combined.register(FarmCollector())
     combined.register(SchedulerCollector())
     return generate_latest(combined)

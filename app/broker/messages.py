@@ -8,7 +8,7 @@ message costs a JSON dump and two uuids, and a batch goes to Redis as one LPUSH 
 The message is exactly what Celery 5 (task protocol 2, JSON serializer) and kombu's Redis
 transport store for `send_task(name, args=args, queue=queue)` with this farm's settings: the
 body `[args, {}, embed]`, base64-encoded; the headers Celery's `as_task_v2` writes; the
-default exchange, with the queue as routing key; the priority given (app/dispatch.py says
+default exchange, with the queue as routing key; the priority given (app/broker/dispatch.py says
 which of the queue's lists each goes to). tests/integration/test_task_messages.py compares it
 with what Celery pushes and has a real worker run a job from it, so a Celery upgrade that
 changes the format fails there.

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from app.cli_client import JSON, JsonFlag, connect, job_line, print_json
-from app.cli_errors import API_ERROR, USAGE, CliError, say
-from app.cli_pack import pack_folder
+from app.cli.client import JSON, JsonFlag, connect, job_line, print_json
+from app.cli.errors import API_ERROR, USAGE, CliError, say
+from app.cli.pack import pack_folder
 
 jobs_cli = typer.Typer(help="List and control jobs.", no_args_is_help=True)
 models_cli = typer.Typer(help="Models this tenant can name.", no_args_is_help=True)

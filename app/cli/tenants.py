@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from app.cli_errors import API_ERROR, USAGE, CliError, say
+from app.cli.errors import API_ERROR, USAGE, CliError, say
 from app.config import get_settings
 
 T = TypeVar("T")
@@ -32,7 +32,18 @@ NONE_WORDS = ("none", "null", "unlimited", "")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BYTES = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|tib|k|m|g|t)?\s*$", re.IGNORECASE)
-_POWERS = {"b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib": 3, "t": 4, "tib": 4}
+#: a size's unit -> bytes
+_UNITS = {
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def parse_duration(text: str) -> timedelta:
@@ -64,7 +75,7 @@ def parse_bytes(text: str) -> int | None:
     match = _BYTES.match(text)
     if not match:
         raise typer.BadParameter(f"{text!r} is not a size like 10GiB, 512MiB or 1000000 (or none)")
-    return int(match.group(1)) * 1024 ** _POWERS[(match.group(2) or "b").lower()]
+    return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
 
 
 def limits_given(

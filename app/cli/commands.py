@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app import cli_client, cli_health, cli_jobs, cli_keys, cli_train
-from app.cli_errors import USAGE, CliError, run
+from app.cli import client, health, jobs, keys, train
+from app.cli.errors import USAGE, CliError, run
 from app.config import Settings, get_settings
 
 cli = typer.Typer(
@@ -48,7 +48,7 @@ def up(flower: Annotated[bool, typer.Option(help="Start Flower too.")] = True) -
     # libraries it drives (pgserver, httpx, alembic) speak only when something is wrong.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("app").setLevel(logging.INFO)
-    from app.farm import run_farm
+    from app.local.farm import run_farm
 
     raise typer.Exit(run_farm(with_flower=flower))
 
@@ -68,7 +68,7 @@ def _migrate_first(migrate: bool | None) -> None:
     lock lets the first do it while the others wait, so none starts on an old schema."""
     wanted = get_settings().migrate_on_start if migrate is None else migrate
     if wanted:
-        from app.migrate import upgrade_locked
+        from app.local.migrate import upgrade_locked
 
         upgrade_locked()
         err.print("database schema is up to date")
@@ -86,7 +86,7 @@ def api(migrate: MigrateOption = None) -> None:
     processes = settings.api_processes()
     metrics_dir = None
     if processes > 1:
-        # Each process counts into files here and a scrape sums them (app/metrics.py); set
+        # Each process counts into files here and a scrape sums them (app/api/metrics.py); set
         # before the processes start, so they all see it. Fresh each run, as the client asks.
         metrics_dir = tempfile.mkdtemp(prefix="modelfarm-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -162,7 +162,7 @@ def worker(
 def _run_gpu_pool(idle_without_gpu: bool = False) -> int:
     """One worker process per GPU, each pinned by CUDA_VISIBLE_DEVICES before CUDA starts,
     each restarted with backoff if it dies."""
-    from app.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
+    from app.local.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
 
     settings = get_settings()
     gpus = visible_gpus()
@@ -217,7 +217,7 @@ def sweeper(migrate: MigrateOption = None) -> None:
 @cli.command()
 def flower() -> None:
     """Flower, the live view of workers, tasks and queues (job ids in the task list)."""
-    from app.flower import FlowerRefused, flower_argv, flower_env
+    from app.local.flower import FlowerRefused, flower_argv, flower_env
 
     settings = _settings(broker=True)
     try:
@@ -233,23 +233,19 @@ def migrate() -> None:
     """Bring the database schema up to date (safe to run from several places at once)."""
     _logging()
     _settings(database=True)
-    from app.migrate import upgrade_locked
+    from app.local.migrate import upgrade_locked
 
     upgrade_locked()
     console.print("database is up to date")
 
 
 # Registered after the process commands, so `modelfarm --help` lists those first.
-cli_client.register(cli)
-cli_jobs.register(cli)
-cli_keys.register(cli)
-cli_health.register(cli)
-cli_train.register(cli)
+client.register(cli)
+jobs.register(cli)
+keys.register(cli)
+health.register(cli)
+train.register(cli)
 
 
 def main() -> None:
     sys.exit(run(cli))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_errors import USAGE, CliError, say
-from app.cli_tenants import (
+from app.cli.errors import USAGE, CliError, say
+from app.cli.tenants import (
     JsonFlag,
     apply,
     database,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli_errors import UNREACHABLE, USAGE, CliError
+from app.cli.errors import UNREACHABLE, USAGE, CliError
 
 
 def health(
@@ -21,9 +21,9 @@ def health(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 5.0,
 ) -> None:
     """Exit 0 when the database, the broker (and the named worker) answer: a health check."""
+    from app.broker.dispatch import broker_reachable, worker_answers
     from app.config import get_settings
     from app.db import database_reachable
-    from app.dispatch import broker_reachable, worker_answers
 
     settings = get_settings()
     try:

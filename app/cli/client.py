@@ -1,7 +1,7 @@
 """The `modelfarm` commands that are clients of the API: submit, status, wait, results.
 
 They talk to the farm only through `modelfarm_client`, and import nothing of the server beyond
-the settings, so they start quickly and fail with a line, not a traceback (app/cli_errors.py).
+the settings, so they start quickly and fail with a line, not a traceback (app/cli/errors.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.cli_errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
+from app.cli.errors import API_ERROR, INTERRUPTED, ITEMS_FAILED, OK, USAGE, CliError, say
 from app.config import get_settings
 from modelfarm_client import Client
 

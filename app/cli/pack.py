@@ -10,7 +10,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from app.cli_errors import USAGE, CliError
+from app.cli.errors import USAGE, CliError
 
 
 def pack_folder(folder: Path, into: Path) -> Path:

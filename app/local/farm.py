@@ -1,6 +1,6 @@
 """`modelfarm up`: the whole farm on one machine, embedded servers included when needed.
 
-Every process is supervised (app/procs.py): one that dies is restarted with backoff while the
+Every process is supervised (app/local/procs.py): one that dies is restarted with backoff while the
 rest keep serving. Only the API is essential: given up on, it takes the farm down, since a
 farm nobody can reach is worse than one that says it stopped. A worker, the sweeper or Flower
 given up on leaves the farm running (jobs wait in PostgreSQL, nothing is lost) with a red line
@@ -21,8 +21,8 @@ import httpx
 from rich.console import Console
 
 from app.config import Settings, get_settings
-from app.farm_lock import FarmRunning, hold
-from app.procs import (
+from app.local.farm_lock import FarmRunning, hold
+from app.local.procs import (
     Supervisor,
     install_stop_handlers,
     modelfarm_command,
@@ -38,7 +38,7 @@ READY_TIMEOUT_SECONDS = 600.0  # the first start on a slow machine loads models 
 
 def _embedded(settings: Settings, stack: ExitStack) -> dict[str, str]:
     """Start what the environment does not name; returns the URLs to hand to every process."""
-    from app import embedded
+    from app.local import embedded
 
     urls: dict[str, str] = {}
     if not os.environ.get("MODELFARM_DATABASE_URL"):
@@ -60,8 +60,8 @@ def default_key(kept: str | None) -> tuple[str, bool]:
     else a new one. Returns (key, whether it is new): each start used to mint another."""
     from app.db import session_scope
     from app.services.errors import ServiceError
-    from app.services.keys import look_up
-    from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.services.keys import create_api_key, look_up
+    from app.services.tenants import get_or_create_tenant
 
     with session_scope() as session:
         entry = look_up(session, kept) if kept else None  # read now, not from a cache
@@ -85,7 +85,7 @@ def _processes(settings: Settings, with_flower: bool) -> dict[str, list[str]]:
     if visible_gpus() or settings.gpu_count:
         processes["worker-gpu"] = modelfarm_command("worker", "--pool", "gpu")
     if with_flower:
-        from app.flower import FlowerRefused, flower_argv
+        from app.local.flower import FlowerRefused, flower_argv
 
         try:
             flower_argv(settings)  # would it start? Better said once here than five crashes
@@ -119,7 +119,7 @@ def run_farm(with_flower: bool = True) -> int:
             get_settings.cache_clear()
             settings = get_settings()
 
-            from app.migrate import upgrade_locked
+            from app.local.migrate import upgrade_locked
 
             upgrade_locked()
             api_key, minted = default_key(settings.read_state().get("api_key"))
@@ -202,7 +202,7 @@ def _beating_pools(since: datetime) -> set[str]:
 
 
 def _banner(settings: Settings, api_key: str, minted: bool, logs: Path, names: list[str]) -> None:
-    from app.flower import flower_url
+    from app.local.flower import flower_url
 
     console.rule("[bold]modelfarm is up")
     console.print(f"[bold]API[/bold]      {settings.client_api_url}   (docs at /docs)")

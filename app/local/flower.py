@@ -8,7 +8,7 @@ import sys
 from app.config import Settings
 
 # Flower's task list leaves out arguments by default; every modelfarm task's first argument
-# is its job id (app/dispatch.py), so `args` is what puts the job id on the page.
+# is its job id (app/broker/dispatch.py), so `args` is what puts the job id on the page.
 TASKS_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
 # Flower's persistent mode writes its state only when it stops; a minute's interval bounds
 # what a crash (SIGKILL, OOM) loses.

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_client import InputFile, connect, follow, outcome, print_json
-from app.cli_errors import USAGE, CliError, say
+from app.cli.client import InputFile, connect, follow, outcome, print_json
+from app.cli.errors import USAGE, CliError, say
 
 
 def _params(values: list[str]) -> dict[str, Any]:
