@@ -11,10 +11,11 @@ from app.api.docs import errors
 from app.api.errors import error_response
 from app.api.guards import GuardedRoute
 from app.config import get_settings
-from app.db import database_reachable, session_scope
+from app.db import database_reachable
 from app.dispatch import broker_reachable
 from app.metrics import exposition
 from app.services import farm_stats
+from app.unit_of_work import session_scope
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 

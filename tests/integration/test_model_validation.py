@@ -47,10 +47,10 @@ def skops_file(client: httpx.Client, tmp_path: Path) -> str:
 @pytest.fixture
 def lost(tenant_key: str) -> Iterator[object]:
     """Registers a version as the API does, minus the message: (name, file id) -> version id."""
-    from app.db import session_scope
     from app.schemas.models import ModelCreate
     from app.services.models import register_model as register
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     def make(name: str, file_id: str) -> str:
         with session_scope() as session:
@@ -63,8 +63,8 @@ def lost(tenant_key: str) -> Iterator[object]:
 
 
 def _version(version_id: str) -> dict[str, object]:
-    from app.db import session_scope
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         mv = session.get_one(ModelVersion, version_id)
@@ -73,8 +73,8 @@ def _version(version_id: str) -> dict[str, object]:
 
 def _plant(services: dict[str, str], version_id: str, attempt: int) -> Path:
     """What a killed attempt left behind in the artifact store: a half-written folder."""
-    from app.db import session_scope
     from app.models import Model, ModelVersion
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         mv = session.get_one(ModelVersion, version_id)
@@ -155,8 +155,9 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
 ) -> None:
     from sqlalchemy import update
 
-    from app.db import session_scope, utcnow
+    from app.db import utcnow
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
 
     name = f"dying-{secrets.token_hex(3)}"
     version_id = lost(name, skops_file)  # type: ignore[operator]
@@ -186,9 +187,10 @@ def test_a_validation_that_killed_its_process_is_refused_not_tried_again(
 
     from sqlalchemy import update
 
-    from app.db import session_scope, utcnow
+    from app.db import utcnow
     from app.dispatch import publish_validation
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
     from workers.reliability import HOST
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def _tenant_client(api_url: str, **limits: Any) -> httpx.Client:
-    from app.db import session_scope
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         key = create_api_key(session, create_tenant(session, f"q-{secrets.token_hex(5)}", limits))
@@ -71,8 +71,8 @@ def test_inline_items_count_against_the_storage_quota(api_url: str) -> None:
 def test_an_unpacked_model_version_counts_against_the_storage_quota(
     api_url: str, tmp_path: Path
 ) -> None:
-    from app.db import session_scope
     from app.services.tenants import storage_used
+    from app.unit_of_work import session_scope
     from tests.factories import train_sklearn_classifier
 
     train_sklearn_classifier(tmp_path / "m.skops")
@@ -93,8 +93,8 @@ def test_an_unpacked_model_version_counts_against_the_storage_quota(
 
 
 def _tenant_id(tenant: httpx.Client) -> str:
-    from app.db import session_scope
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     key = tenant.headers["Authorization"].removeprefix("Bearer ")
     with session_scope() as session:
@@ -104,10 +104,10 @@ def _tenant_id(tenant: httpx.Client) -> str:
 
 
 def test_a_model_name_keeps_a_bounded_number_of_versions(client: httpx.Client) -> None:
-    from app.db import session_scope
     from app.schemas.models import ModelCreate
     from app.services import models as model_service
     from app.services.errors import Conflict
+    from app.unit_of_work import session_scope
 
     file = upload(client, b"not really a model", purpose="model", name="m.skops")
     tenant_id = _tenant_id(client)

@@ -101,12 +101,12 @@ def test_messages_of_a_batch_go_to_their_queues_in_order(broker: redis.Redis) ->
 def test_a_worker_runs_the_job_a_built_message_names(client: httpx.Client) -> None:
     """Written without a message (as the committer writes it), then published by
     `publish_jobs` alone: the Celery worker takes the built message and the job succeeds."""
-    from app.db import session_scope
     from app.dispatch import publish_jobs
     from app.models import Tenant
     from app.schemas.jobs import JobCreate
     from app.services import jobs as job_service
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     key = client.headers["Authorization"].split()[1]
     body = JobCreate.model_validate(

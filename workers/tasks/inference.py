@@ -20,8 +20,8 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import session_scope, utcnow
-from app.dispatch import publish_shard
+from app.db import utcnow
+from app.dispatch import TASK_RUN_SHARD
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import control, planning, results, scheduler
@@ -30,6 +30,7 @@ from app.services.jobs import add_event
 from app.services.results import ResultFile
 from app.storage import get_store
 from app.streams import Publisher
+from app.unit_of_work import Message, send_after_commit, session_scope
 from workers import state
 from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
@@ -224,18 +225,17 @@ def split_input(uri: str, shard_items: int) -> list[shard_service.ShardRange]:
 
 def release_shards(queue: str) -> None:
     """Fill the pool's window (fair share, app/services/scheduler.py) in a transaction of its
-    own, then publish what it released; a lost message is sent again by the sweeper."""
+    own; its unit of work sends what it released; a lost message is sent again by the sweeper."""
     settings = get_settings()
 
-    def take() -> list[scheduler.Released]:
+    def take() -> None:
         with session_scope() as session:
             window = scheduler.window_size(
                 session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
             )
-            return scheduler.release(session, queue, window)
+            scheduler.release(session, queue, window)
 
-    for job_id, index, priority in db_retry(take):
-        publish_shard(job_id, index, queue, priority)
+    db_retry(take)
 
 
 def fail_job(
@@ -416,12 +416,13 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
         db_retry(fail_job, shard.job_id, "shard_failed", message, shard=(shard.id, owner))
         return
 
-    def release() -> bool:
+    def release() -> None:
         with session_scope() as session:
-            return shard_service.release_shard(session, shard, owner, reason)
+            if shard_service.release_shard(session, shard, owner, reason):
+                message = Message(TASK_RUN_SHARD, [shard.job_id, shard.index], plan.queue)
+                send_after_commit(session, message)
 
-    if db_retry(release):
-        publish_shard(shard.job_id, shard.index, plan.queue)
+    db_retry(release)
 
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:
