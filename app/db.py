@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import JSON, Connection, MetaData, create_engine, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.config import get_settings
@@ -37,7 +35,31 @@ class Base(DeclarativeBase):
 
 
 def utcnow() -> datetime:
+    """This host's clock: for what only this process reads (a log line, a duration). What
+    another host compares (a lease, a deadline, a dispatch time) takes `database_clock()` or
+    PostgreSQL's `statement_timestamp()` in the statement itself."""
     return datetime.now(UTC)
+
+
+#: (PostgreSQL's clock, this process's monotonic clock) when last read: `database_clock`
+_db_clock: tuple[datetime, float] | None = None
+DB_CLOCK_SECONDS = 30.0  #: how long one reading of PostgreSQL's clock is used
+
+
+def database_clock() -> datetime:
+    """PostgreSQL's clock, for a timestamp a process writes as a value (a group commit's rows
+    are arrays of values, not statements): read from the database at most every
+    DB_CLOCK_SECONDS and carried forward on this process's monotonic clock, so a host whose
+    wall clock is minutes off (or stepped meanwhile) writes the database's time all the same,
+    to within a round trip."""
+    global _db_clock
+    reading = _db_clock
+    if reading is None or time.monotonic() - reading[1] > DB_CLOCK_SECONDS:
+        with get_engine().connect() as connection:
+            before = time.monotonic()
+            now = connection.execute(text("SELECT statement_timestamp()")).scalar_one()
+            reading = _db_clock = (now, (before + time.monotonic()) / 2)
+    return reading[0] + timedelta(seconds=time.monotonic() - reading[1])
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -47,8 +69,6 @@ def sqlalchemy_url(url: str) -> str:
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
-
-T = TypeVar("T")
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
@@ -88,7 +108,8 @@ def get_engine() -> Engine:
 def reset_engine(close: bool = True, pre_ping: bool | None = None) -> None:
     """Forget the engine. In a forked child pass close=False: the pooled connections belong to
     the parent, which is still using them. `pre_ping` sets whether the next engine pings."""
-    global _engine, _sessionmaker, _read_sessionmaker, _pre_ping
+    global _engine, _sessionmaker, _read_sessionmaker, _pre_ping, _db_clock
+    _db_clock = None
     if pre_ping is not None:
         _pre_ping = pre_ping
     if _engine is not None:
@@ -102,20 +123,6 @@ def get_sessionmaker() -> sessionmaker[Session]:
     get_engine()
     assert _sessionmaker is not None
     return _sessionmaker
-
-
-@contextmanager
-def session_scope() -> Iterator[Session]:
-    """A unit of work for tasks and commands: commit on success, roll back on error."""
-    session = get_sessionmaker()()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @contextmanager
@@ -197,8 +204,8 @@ def skip_commit_wait(session: Session) -> None:
 def database_reachable() -> bool:
     """Whether PostgreSQL answers a query now (for /readyz)."""
     try:
-        with session_scope() as session:
-            session.execute(text("SELECT 1"))
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
         return True
     except Exception:
         return False
@@ -211,17 +218,3 @@ def is_lock_conflict(exc: BaseException) -> bool:
 
     orig = getattr(exc, "orig", None)
     return isinstance(orig, errors.DeadlockDetected | errors.SerializationFailure)
-
-
-def run_retrying(work: Callable[[Session], T], attempts: int = 5) -> T:
-    """Run `work` in a transaction of its own, again (up to `attempts` times in all) when it
-    loses a lock race: a request answers what it asked, never a 503 for a deadlock."""
-    for attempt in range(attempts):
-        try:
-            with session_scope() as session:
-                return work(session)
-        except OperationalError as exc:
-            if not is_lock_conflict(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * 2**attempt)
-    raise AssertionError("unreachable")

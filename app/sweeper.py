@@ -40,11 +40,10 @@ from app.broker.dispatch import (
     broker_inspectable,
     live_task_keys,
     publish,
-    publish_shard,
     stale_after_seconds,
 )
 from app.config import get_settings
-from app.db import get_engine, session_scope
+from app.db import get_engine
 from app.services import (
     admission,
     control,
@@ -56,6 +55,7 @@ from app.services import (
 )
 from app.services.files import expire_uploads, remove_folder, remove_object
 from app.services.jobs import expire_results
+from app.unit_of_work import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,17 @@ def sweep_once() -> dict[str, int]:
         ]
     with session_scope() as session:  # held jobs that may start: a releaser died, or was late
         holding = admission.holding_tenants(session, BATCH)
-    done["republished"] += admission.release_and_publish(holding)
+    for tenant_id in holding:  # each in its own unit of work, which sends the plan messages
+        with session_scope() as session:
+            done["republished"] += len(admission.release(session, tenant_id))
     for queue in SHARD_QUEUES:  # the safety net: a window left unfilled is filled here
+        # Sent once this commits, marked released already: a failed publish is found by the
+        # next scan.
         with session_scope() as session:
             window = scheduler.window_size(
                 session, queue, settings.scheduler_window, settings.processes_per_worker(queue)
             )
-            released = scheduler.release(session, queue, window)
-        # Sent at once, marked released already: a failed publish is found by the next scan.
-        done["released"] += sum(publish_shard(j, i, queue, p) for j, i, p in released)
+            done["released"] += len(scheduler.release(session, queue, window))
     with session_scope() as session:
         sends += _deliveries(session, live, recent)
         sends += _stuck_validations(session, live, stale)
@@ -238,7 +240,7 @@ def run_sweeper() -> None:
     while True:
         try:
             if lock_conn is None:
-                lock_conn = get_engine().connect()
+                lock_conn = get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
             if sweeping.try_lock(lock_conn, SWEEPER_LOCK):
                 done = sweep_once()
                 if any(done.values()):

@@ -104,9 +104,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.config import get_settings
-    from app.db import session_scope
     from app.services import scheduler
     from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.unit_of_work import session_scope
     from bench.farm import running_farm
     from modelfarm_client import Client
 

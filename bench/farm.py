@@ -73,9 +73,9 @@ def farm_services(extra_env: dict[str, str] | None = None) -> Iterator[Services]
                 **(extra_env or {}),
             }
         )
-        from app.db import session_scope
         from app.local.migrate import upgrade
         from app.services.tenants import create_api_key, get_or_create_tenant
+        from app.unit_of_work import session_scope
 
         upgrade()
         with session_scope() as session:

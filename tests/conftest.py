@@ -170,8 +170,8 @@ def session(services: dict[str, str]) -> Iterator[Session]:
 @pytest.fixture
 def tenant_key(services: dict[str, str]) -> str:
     """A fresh tenant per test: tests never see each other's files, models or jobs."""
-    from app.db import session_scope
     from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         return create_api_key(session, get_or_create_tenant(session, f"t-{secrets.token_hex(6)}"))
@@ -187,8 +187,8 @@ def client(api_url: str, tenant_key: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def other_client(api_url: str, services: dict[str, str]) -> Iterator[httpx.Client]:
-    from app.db import session_scope
     from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         key = create_api_key(session, get_or_create_tenant(session, f"o-{secrets.token_hex(6)}"))

@@ -17,8 +17,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db import session_scope
 from app.services.shards import job_should_stop, renew_job_lease, renew_shard_lease
+from app.unit_of_work import session_scope
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

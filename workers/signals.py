@@ -12,8 +12,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from app import db
 from app.config import get_settings
-from app.db import session_scope
 from app.services import heartbeats
+from app.unit_of_work import session_scope
 from workers import state
 from workers.runtime import configure_threads
 

@@ -15,6 +15,7 @@ from app.models import Tenant
 from app.ratelimit import take
 from app.services.errors import RateLimited
 from app.services.keys import KnownKey, Unauthorized, known_key, look_up, seen_generation
+from app.unit_of_work import commit, rollback
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -28,10 +29,10 @@ async def get_session() -> AsyncIterator[Session]:
     try:
         yield session
         if session.in_transaction():
-            await run_in_threadpool(session.commit)
+            await run_in_threadpool(commit, session)  # then what the services queued is sent
     except BaseException:
         if session.in_transaction():
-            await run_in_threadpool(session.rollback)
+            await run_in_threadpool(rollback, session)
         raise
     finally:
         session.close()  # holds no connection by now, so this does no I/O
@@ -86,7 +87,7 @@ def _look_up(session: Session, key: str, generation: str | None) -> KnownKey:
     # End the transaction (which may have marked the key used): its pooled connection goes
     # back while the route works (or waits, with `Prefer: wait`); the session starts a new one
     # if the route writes.
-    session.commit()
+    commit(session)
     if entry is None:
         raise Unauthorized("the API key is not valid")
     return entry

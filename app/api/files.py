@@ -11,7 +11,6 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.config import Settings
-from app.db import run_retrying
 from app.models import File as FileRow
 from app.models import FilePurpose, Tenant
 from app.schemas.files import FileList, FilePublic
@@ -19,6 +18,7 @@ from app.services import files as file_service
 from app.services import tenants
 from app.services.errors import InvalidRequest, PayloadTooLarge
 from app.storage import CHUNK, get_store
+from app.unit_of_work import run_retrying
 
 router = APIRouter(
     prefix="/v1/files", tags=["files"], route_class=GuardedRoute, responses=V1_ERRORS

@@ -14,8 +14,9 @@ from app.api.metrics import exposition
 from app.api.serve import EDGE_EXTENSION
 from app.broker.dispatch import broker_reachable
 from app.config import get_settings
-from app.db import database_reachable, session_scope
+from app.db import database_reachable
 from app.services import farm_stats
+from app.unit_of_work import session_scope
 
 router = APIRouter(tags=["health"], route_class=GuardedRoute)
 

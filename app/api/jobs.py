@@ -12,13 +12,13 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
 from app.api.submissions import group_commit
-from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
-from app.db import read_scope, run_retrying
+from app.db import read_scope
 from app.models import Delivery, Job, JobStatus, Tenant
 from app.schemas.jobs import JobCreate, JobEventList, JobEventPublic, JobList, JobPublic
 from app.schemas.webhooks import DeliveryAttemptPublic, DeliveryList, DeliveryPublic
 from app.services import control, files, webhooks
 from app.services import jobs as job_service
+from app.unit_of_work import commit, run_retrying
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute, responses=V1_ERRORS)
 
@@ -127,13 +127,9 @@ def delete_job(job_id: str, tenant: TenantDep) -> Response:
 def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
     """A queued job ends `cancelled` at once; a running one answers `cancelling` and stops
     between micro-batches (about a second), keeping the results of the items it finished."""
-    # Its own transaction, run again if it loses a lock race with a worker on the same job.
-    job, assemble_now = run_retrying(
-        lambda session: control.request_cancel(session, tenant, job_id)
-    )
-    if assemble_now:
-        # No worker holds any of its shards: the results it has are put together right away.
-        publish(TASK_ASSEMBLE_JOB, [job.id], job.queue)
+    # Its own unit of work, run again if it loses a lock race with a worker on the same job.
+    # With no worker on any of its shards, its assembly's message goes once it commits.
+    job, _ = run_retrying(lambda session: control.request_cancel(session, tenant, job_id))
     return job_service.job_public(job)
 
 
@@ -146,7 +142,7 @@ def cancel_job(job_id: str, tenant: TenantDep) -> JobPublic:
 def retry_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """A new job over just the items in this job's error file (409 when there are none)."""
     job = control.create_retry(session, tenant, job_id)
-    job_service.commit_and_publish(session, job)
+    job_service.dispatch(session, job)  # its plan message goes once the request's work commits
     return job_service.job_public(job)
 
 
@@ -200,7 +196,7 @@ def redeliver(
     """One more attempt now, with the same `webhook-id`; published once this commits."""
     job = job_service.get_job(session, tenant, job_id)
     delivery = webhooks.redeliver(session, job.id, delivery_id)
-    session.commit()
+    commit(session)
     return _delivery(delivery)
 
 

@@ -42,8 +42,8 @@ class FarmCollector(Collector):
 
 
 def _database_families() -> list[Metric]:
-    from app.db import session_scope
     from app.services import farm_stats
+    from app.unit_of_work import session_scope
 
     try:
         with session_scope() as session:
@@ -127,8 +127,8 @@ class SchedulerCollector(Collector):
     grouped counts over jobs and their unfinished shards (indexed by status)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from app.db import session_scope
         from app.services import admission, scheduler
+        from app.unit_of_work import session_scope
 
         waiting = GaugeMetricFamily(
             "modelfarm_jobs_waiting",

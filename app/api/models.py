@@ -5,13 +5,11 @@ from fastapi import APIRouter, Response
 from app.api.deps import SessionDep, TenantDep
 from app.api.docs import V1_ERRORS, errors
 from app.api.guards import GuardedRoute
-from app.broker.dispatch import publish_validation
 from app.config import get_settings
-from app.db import run_retrying
 from app.schemas.models import ModelCreate, ModelList, ModelPublic, ModelVersionPublic
 from app.services import models as model_service
-from app.services import validation
 from app.services.files import remove_folder
+from app.unit_of_work import commit, run_retrying
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], route_class=GuardedRoute, responses=V1_ERRORS
@@ -25,12 +23,10 @@ def register_model(body: ModelCreate, session: SessionDep, tenant: TenantDep) ->
     max_versions = get_settings().max_model_versions
     version = model_service.register_model(session, tenant, body, max_versions)
     public = model_service.version_public(body.name, version)
-    # Commit first, publish second, as for jobs: a message never names a version that is not
-    # in PostgreSQL, and one the broker refused is published by the sweeper.
-    session.commit()
-    if not publish_validation(public.id):
-        validation.undispatch(session, public.id)
-        session.commit()
+    # Committed, then its validation's message sent (queued by the service), as for jobs: a
+    # message never names a version that is not in PostgreSQL, and one the broker refused is
+    # published by the sweeper.
+    commit(session)
     return public
 
 

@@ -4,7 +4,7 @@
 COMMITTERS) and waits on its event loop. A committer takes every submission waiting at that
 moment, runs each one's checks and reads (`jobs.prepare_submission`, which also writes an inline
 input's file), writes all their rows with one statement (app/services/one_statement.py),
-publishes their plan messages in one Redis round trip (`dispatch.publish_jobs`), and only then
+publishes their plan messages in one Redis round trip (`unit_of_work.deliver`), and only then
 lets each request answer 202. Under load the next batch gathers while one is written, so a
 commit and its round trips are shared by many jobs; a lone request waits for nothing but its
 own commit. The request itself never leaves its event loop: a hop to a worker thread and back
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.broker.dispatch import publish_jobs
-from app.counters import JOBS_SUBMITTED
-from app.db import HeldConnection, read_scope, session_scope
+from app.db import HeldConnection, read_scope
 from app.models import Job
 from app.services import jobs as job_service
 from app.services import one_statement
+from app.services.tenants import count_prepared
+from app.unit_of_work import deliver, rollback, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ Prepare = Callable[[Session], job_service.Submission]
 
 
 @dataclass(eq=False)
-class _Waiting:
+class Waiting:
     submission: job_service.Submission | None
     prepare: Prepare | None = None  # run by the committer first, with a session for reads
     error: BaseException | None = None
@@ -62,14 +62,14 @@ class _Waiting:
 
 class GroupCommit:
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     def submit(self, submission: job_service.Submission) -> None:
         """Write and publish one submission; returns once it is committed (raises what the
         database raised when it could not be)."""
-        waiting = _Waiting(submission, done=threading.Event())
+        waiting = Waiting(submission, done=threading.Event())
         self._start()
         self._queue.put(waiting)
         assert waiting.done is not None
@@ -85,7 +85,7 @@ class GroupCommit:
         and forth for it) cost a request more CPU than FastAPI itself. What `prepare` raises
         is raised here, as is what the database raised when the rows could not be written.
         """
-        waiting = _Waiting(None, prepare, future=asyncio.get_running_loop().create_future())
+        waiting = Waiting(None, prepare, future=asyncio.get_running_loop().create_future())
         self._start()
         self._queue.put(waiting)
         assert waiting.future is not None
@@ -114,19 +114,25 @@ class GroupCommit:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                _prepare(batch)
-                ready = [w for w in batch if w.error is None and w.submission is not None]
-                outcomes = write_batch([w.submission for w in ready if w.submission is not None])
-                for waiting, error in zip(ready, outcomes, strict=True):
-                    waiting.error = error
-            except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
-                for waiting in batch:
-                    waiting.error = waiting.error or exc
-            _wake(batch)
+            commit_batch(batch)
 
 
-def _prepare(batch: list[_Waiting]) -> None:
+def commit_batch(batch: list[Waiting]) -> None:
+    """Prepare, write and publish one batch, then wake its requests. The quota of each
+    submission counts those of the batch prepared before it (`tenants.count_prepared`)."""
+    try:
+        _prepare(batch)
+        ready = [w for w in batch if w.error is None and w.submission is not None]
+        outcomes = write_batch([w.submission for w in ready if w.submission is not None])
+        for waiting, error in zip(ready, outcomes, strict=True):
+            waiting.error = error
+    except BaseException as exc:  # noqa: BLE001 - handed to every request of the batch
+        for waiting in batch:
+            waiting.error = waiting.error or exc
+    _wake(batch)
+
+
+def _prepare(batch: list[Waiting]) -> None:
     """Run the submissions' own checks and reads, all on one session (and one connection)."""
     pending = [w for w in batch if w.prepare is not None]
     if not pending:
@@ -136,13 +142,15 @@ def _prepare(batch: list[_Waiting]) -> None:
             assert waiting.prepare is not None
             try:
                 waiting.submission = waiting.prepare(session)
+                # The next submissions of this batch count it against their tenant's quota.
+                count_prepared(session, waiting.submission.job.tenant_id)
             except Exception as exc:  # its own answer (404, 422, 429...), the others go on
                 waiting.error = exc
                 if isinstance(exc, SQLAlchemyError):
-                    session.rollback()
+                    rollback(session)
 
 
-def _wake(batch: list[_Waiting]) -> None:
+def _wake(batch: list[Waiting]) -> None:
     """Tell every waiting request: threads at once, and each event loop once for all its own."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for waiting in batch:
@@ -205,16 +213,9 @@ _held = threading.local()
 
 
 def _publish(jobs: list[Job]) -> None:
-    for job in jobs:
-        JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    refused_ids = set(publish_jobs([(job.id, job.queue, job.priority) for job in jobs]))
-    refused = [job for job in jobs if job.id in refused_ids]
-    if refused:
-        try:
-            with session_scope() as session:
-                job_service.unpublished(session, refused)
-        except Exception:  # committed as dispatched: the sweeper's broker scan finds them
-            log.warning("could not take back the dispatch mark of %d jobs", len(refused))
+    """The batch's plan messages, in one round trip; a refused one's dispatch mark is taken
+    back (app/unit_of_work.py)."""
+    deliver([job_service.plan_message(job) for job in jobs])
 
 
 group_commit = GroupCommit()

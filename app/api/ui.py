@@ -44,6 +44,7 @@ from app.services import models as model_service
 from app.services.errors import InvalidRequest, NotFound, ServiceError
 from app.services.keys import authenticate
 from app.services.pace import pace
+from app.unit_of_work import commit
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 COOKIE = "modelfarm_ui_key"
@@ -102,7 +103,7 @@ def _tenant(request: Request, session: SessionDep) -> Tenant | None:
     if not key:
         return None
     tenant = authenticate(session, key)
-    session.commit()  # the lookup's read-only transaction gives its connection back
+    commit(session)  # the lookup's transaction ends: its connection goes back
     return tenant
 
 

@@ -110,8 +110,8 @@ def database() -> Iterator[Any]:
         get_settings().require_database_url()
     except RuntimeError as exc:
         raise CliError(str(exc), USAGE) from None
-    from app.db import session_scope
     from app.services.errors import ServiceError
+    from app.unit_of_work import session_scope
 
     try:
         with session_scope() as session:

@@ -58,10 +58,10 @@ def default_key(kept: str | None) -> tuple[str, bool]:
     """The `default` tenant's key of this data directory: the one farm.json kept from an
     earlier start while it still works (not revoked or expired, still the default tenant's),
     else a new one. Returns (key, whether it is new): each start used to mint another."""
-    from app.db import session_scope
     from app.services.errors import ServiceError
     from app.services.keys import create_api_key, look_up
     from app.services.tenants import get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         entry = look_up(session, kept) if kept else None  # read now, not from a cache
@@ -193,8 +193,8 @@ def _beating_pools(since: datetime) -> set[str]:
     """Pools with a worker that beat since `up` started them (a worker beats once ready)."""
     from sqlalchemy import select
 
-    from app.db import session_scope
     from app.models import WorkerHeartbeat
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         rows = session.scalars(select(WorkerHeartbeat.pool).where(WorkerHeartbeat.seen_at > since))

@@ -54,6 +54,16 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # Each tenant's best running job in a pool, by index probes (migration 0018).
+        Index(
+            "ix_jobs_running_by_queue_tenant",
+            "queue",
+            "tenant_id",
+            "priority",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -143,6 +153,12 @@ class JobShard(Base):
             "job_id",
             "index",
             postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        # Released and not finished: a pool's window counted without reading its backlog.
+        Index(
+            "ix_job_shards_in_flight",
+            "job_id",
+            postgresql_where=text("status IN ('queued', 'running') AND dispatched_at IS NOT NULL"),
         ),
     )
 

@@ -10,7 +10,8 @@ its tenant runs fewer than N jobs (running or cancelling) counting, besides thos
 queued jobs of the same pool that go before it (priority, then submission): jobs start in that
 order. Otherwise the job is *held*: `held_at` set, a `held` event, a notice, and its message is
 spent. Whoever ends a job of a capped tenant releases the next ones once its transaction
-commits (`release`, run by the session's after-commit hook below), and so does `tenants set`;
+commits (`release`, a follow-up of its unit of work: app/unit_of_work.py), and so does
+`tenants set`;
 the sweeper calls `release` for every tenant with held jobs, so a releaser that died never
 leaves a job queued for ever.
 
@@ -23,19 +24,18 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from sqlalchemy import event, func, select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import Job, JobStatus, Tenant
-from app.services.jobs import add_event
+from app.services.jobs import add_event, send_plan
 from app.services.scheduler import OCCUPYING, PRIORITY_RANK
+from app.unit_of_work import run_after_commit
 
 log = logging.getLogger(__name__)
 
 ADMISSION_LOCK = 0x6D66_6164  # "mfad", with the tenant's hash: one admitter per tenant
-#: session.info key: tenants one of whose jobs ended in this transaction, and whose cap is set
-RELEASE_AFTER_COMMIT = "modelfarm_release_after_commit"
 
 
 def _lock(session: Session, tenant_id: str) -> int | None:
@@ -104,8 +104,8 @@ def admit(session: Session, job_id: str) -> Admission | None:
 def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
     """Mark dispatched the tenant's held jobs that may start now: the first (cap - running) of
     each pool's queued jobs, by priority then submission, that are held (the others have a
-    message on its way). (job id, queue, priority) of each, for the caller to publish once this
-    commits.
+    message on its way). (job id, queue, priority) of each; their plan messages go once this
+    commits (queued on the unit of work).
     With no cap (any more), every held job goes."""
     cap = _lock(session, tenant_id)
     queued = (
@@ -132,8 +132,9 @@ def release(session: Session, tenant_id: str) -> list[tuple[str, str, str]]:
         .values(held_at=None, dispatched_at=func.statement_timestamp())
         .returning(Job.id, Job.queue, Job.priority)
     ).all()
-    for job_id, queue, _ in released:
+    for job_id, queue, priority in released:
         add_event(session, job_id, "dispatched", {"queue": queue, "after": "held"}, flush=False)
+        send_plan(session, job_id, queue, priority)
     session.flush()
     return [(job_id, queue, priority) for job_id, queue, priority in released]
 
@@ -163,37 +164,6 @@ def held_jobs(session: Session) -> list[tuple[str, str, int]]:
 
 
 def release_after_commit(session: Session, tenant_id: str) -> None:
-    """Once `session` commits, release the tenant's held jobs that may start (in a transaction
-    of its own, when the ending this follows is visible to every planner)."""
-    session.info.setdefault(RELEASE_AFTER_COMMIT, set()).add(tenant_id)
-
-
-def release_and_publish(tenant_ids: set[str] | list[str]) -> int:
-    """Release each tenant's startable held jobs and send their plan messages; how many were
-    sent. A failed publish leaves the job dispatched without a message: the sweeper's broker
-    scan sends it again, as for any queued job."""
-    from app.broker.dispatch import publish_job
-    from app.db import session_scope
-
-    sent = 0
-    for tenant_id in tenant_ids:
-        with session_scope() as session:
-            released = release(session, tenant_id)
-        sent += sum(publish_job(*job) for job in released)
-    return sent
-
-
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    tenants = session.info.pop(RELEASE_AFTER_COMMIT, None)
-    if not tenants:
-        return
-    try:
-        release_and_publish(tenants)
-    except Exception:  # the database or broker went away: the sweeper releases them
-        log.warning("could not release the held jobs of %s", sorted(tenants), exc_info=True)
-
-
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(RELEASE_AFTER_COMMIT, None)
+    """Once `session` commits, release the tenant's held jobs that may start (in a unit of
+    work of its own, when the ending this follows is visible to every planner)."""
+    run_after_commit(session, ("release", tenant_id), lambda later: release(later, tenant_id))

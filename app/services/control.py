@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.broker.dispatch import TASK_ASSEMBLE_JOB
+from app.db import database_clock, utcnow
 from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobStatus, JobType, Tenant
 from app.services.errors import Conflict
@@ -16,11 +17,13 @@ from app.services.openai import is_batch
 from app.services.results import ResultFile, retry_lines_uri
 from app.services.shards import DEADLINE_ERROR, request_stop
 from app.services.tenants import check_job_quota
+from app.unit_of_work import Message, send_after_commit
 
 
 def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, bool]:
     """Returns (job, assemble_now). A queued job is cancelled at once; a running one is asked to
-    stop at its workers' next chunk, keeping what they finished."""
+    stop at its workers' next chunk, keeping what they finished. With no worker on any of its
+    shards (assemble_now), its assembly's message goes once this commits."""
     job = get_job(session, tenant, job_id)
     if transition(
         session, job.id, [JobStatus.QUEUED], JobStatus.CANCELLED, cancel_requested_at=utcnow()
@@ -32,6 +35,8 @@ def request_cancel(session: Session, tenant: Tenant, job_id: str) -> tuple[Job, 
     session.refresh(job)
     if job.status not in (JobStatus.CANCELLING, JobStatus.CANCELLED):
         raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")
+    if assemble_now:
+        send_after_commit(session, Message(TASK_ASSEMBLE_JOB, [job.id], job.queue))
     return job, assemble_now
 
 
@@ -141,7 +146,7 @@ def point_at_input(
         bytes=made.size,
         sha256=made.sha256,
         items=made.lines,
-        created_at=utcnow(),
+        created_at=database_clock(),
     )
     session.add(file)
     session.flush()
@@ -171,7 +176,8 @@ def jobs_past_deadline(session: Session, limit: int = 100) -> list[Job]:
         session.scalars(
             select(Job)
             .where(
-                Job.deadline_at < utcnow(), Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+                Job.deadline_at < func.statement_timestamp(),
+                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             )
             .limit(limit)
         )

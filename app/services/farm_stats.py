@@ -15,7 +15,6 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, case, func, literal, select, text
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Job, WorkerHeartbeat
 from app.models.job import TERMINAL_STATUSES
 from app.services.heartbeats import ALIVE_SECONDS
@@ -48,7 +47,7 @@ def jobs_by_status(session: Session) -> dict[str, int]:
 
 def live_workers(session: Session) -> dict[str, int]:
     """Workers per pool that beat within ALIVE_SECONDS; every known pool appears, 0 or not."""
-    since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
+    since = func.statement_timestamp() - timedelta(seconds=ALIVE_SECONDS)
     rows = session.execute(
         select(WorkerHeartbeat.pool, func.count())
         .where(WorkerHeartbeat.seen_at > since)

@@ -9,7 +9,6 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import WorkerHeartbeat
 
 HEARTBEAT_SECONDS = 5.0
@@ -17,7 +16,7 @@ ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS  # three missed beats and a worker counts 
 
 
 def beat(session: Session, name: str, pool: str, device: str, processes: int | None = None) -> None:
-    now = utcnow()
+    now = func.statement_timestamp()  # compared with PostgreSQL's clock, on any host
     statement = insert(WorkerHeartbeat).values(
         name=name, pool=pool, device=device, processes=processes, started_at=now, seen_at=now
     )
@@ -49,7 +48,7 @@ _alive_cache: dict[str, tuple[float, bool]] = {}
 
 
 def _pool_alive(session: Session, pool: str) -> bool:
-    since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
+    since = func.statement_timestamp() - timedelta(seconds=ALIVE_SECONDS)
     count = session.scalar(
         select(func.count()).where(WorkerHeartbeat.pool == pool, WorkerHeartbeat.seen_at > since)
     )

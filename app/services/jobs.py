@@ -22,11 +22,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.broker.dispatch import publish_job
+from app.broker.dispatch import TASK_PLAN_JOB
 from app.catalogue import BUILTIN_MODELS
 from app.config import get_settings
 from app.counters import JOBS_PUBLISH_FAILED, JOBS_SUBMITTED
-from app.db import Base, utcnow
+from app.db import Base, database_clock, utcnow
 from app.ids import new_id
 from app.models import File, FilePurpose, Job, JobEvent, JobStatus, Tenant
 from app.schemas.jobs import JobCounts, JobCreate, JobError, JobPublic
@@ -38,6 +38,7 @@ from app.services.models import resolve_model, with_precision
 from app.services.pace import pace
 from app.services.tenants import check_job_quota, check_storage, metadata_bytes, tenant_cap
 from app.storage import get_store
+from app.unit_of_work import Message, send_after_commit
 from app.urlguard import Allowlist, RefusedURL, check_url
 
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -136,8 +137,8 @@ def create_job(
         counts_succeeded=0,
         counts_failed=0,
         attempts=0,
-        created_at=utcnow(),
-        deadline_at=utcnow() + timedelta(seconds=body.deadline_seconds)
+        created_at=(now := database_clock()),
+        deadline_at=now + timedelta(seconds=body.deadline_seconds)
         if body.deadline_seconds
         else None,
     )
@@ -169,10 +170,11 @@ def submit_job(
     max_inline_items: int = 1000,
 ) -> Job:
     """A submission whole: the job, its input and its events in one transaction, then the
-    message. A repeated idempotency key answers with the first job and publishes nothing."""
+    message (sent once the unit of work commits). A repeated idempotency key answers with the
+    first job and sends nothing."""
     job, created = create_job(session, tenant, body, idempotency_key, max_inline_items)
     if created:
-        commit_and_publish(session, job)
+        dispatch(session, job)
     return job
 
 
@@ -197,7 +199,7 @@ def prepare_submission(
     Everything is checked here first, as for any submission; only the writing is left.
     """
     job, _ = create_job(session, tenant, body, None, max_inline_items, lines)
-    job.dispatched_at = utcnow()
+    job.dispatched_at = database_clock()  # compared by the sweeper, maybe on another host
     add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
     # Parents first (the file before the job that names it), then in the order added.
     new = sorted(session.new, key=lambda obj: (_INSERT_ORDER[type(obj)], inspect(obj).insert_order))
@@ -256,22 +258,32 @@ def unpublished(session: Session, jobs: Sequence[Job]) -> None:
     JOBS_PUBLISH_FAILED.inc(len(jobs))
 
 
-def commit_and_publish(session: Session, job: Job) -> None:
-    """Commit a new job, then hand it to its queue.
+def send_plan(session: Session, job_id: str, queue: str, priority: str) -> None:
+    """Queue the job's plan message on the unit of work: sent once this commits."""
+    send_after_commit(session, Message(TASK_PLAN_JOB, [job_id], queue, priority))
 
-    Commit first, publish second: a message never names a job that is not in PostgreSQL. The
-    job is marked dispatched in its own transaction, so a submission costs one commit. When the
-    broker refuses the message the mark is taken back (a second commit, only then) and the
-    sweeper sends it; if this process dies between the two, the sweeper's broker scan finds the
-    message missing all the same.
-    """
-    job.dispatched_at = utcnow()
+
+def dispatch(session: Session, job: Job) -> None:
+    """Mark a new job dispatched and queue its plan message, sent once the unit of work
+    commits: a message never names a job that is not in PostgreSQL."""
+    job.dispatched_at = database_clock()  # compared by the sweeper, maybe on another host
     add_event(session, job.id, "dispatched", {"queue": job.queue}, flush=False)
-    session.commit()
-    JOBS_SUBMITTED.labels(job.type, job.queue).inc()
-    if not publish_job(job.id, job.queue, job.priority):
-        unpublished(session, [job])
-        session.commit()
+    send_after_commit(session, plan_message(job))
+
+
+def plan_message(job: Job) -> Message:
+    """A new job's plan message. When the broker refuses it the dispatch mark is taken back (a
+    second transaction, only then) and the sweeper sends it; if the process dies between the
+    two, the sweeper's broker scan finds the message missing all the same."""
+    labels = (job.type, job.queue)
+    return Message(
+        TASK_PLAN_JOB,
+        [job.id],
+        job.queue,
+        job.priority,  # the plan message's priority follows from it (app/dispatch.py)
+        refused=lambda later: unpublished(later, [job]),
+        committed=lambda: JOBS_SUBMITTED.labels(*labels).inc(),
+    )
 
 
 def _inference_input(

@@ -9,14 +9,17 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
+from app.broker.dispatch import TASK_VALIDATE_MODEL, VALIDATION_QUEUE
 from app.catalogue import BUILTIN_MODELS
-from app.db import utcnow
+from app.db import database_clock, utcnow
 from app.ids import new_id
 from app.models import FilePurpose, Job, Model, ModelVersion, Tenant, VersionStatus
 from app.models.job import TERMINAL_STATUSES
 from app.schemas.models import ErrorBody, ModelCreate, ModelPublic, ModelVersionPublic
 from app.services.errors import Conflict, InvalidRequest, NotFound
 from app.services.files import get_file
+from app.services.validation import undispatch
+from app.unit_of_work import Message, send_after_commit
 
 # Builtin models (app/catalogue.py) ship with the farm, their weights in Python packages, so
 # every tenant can use them and none may register a model of the same name.
@@ -174,10 +177,19 @@ def register_model(
         info={"default_precision": body.precision},
         status=VersionStatus.VALIDATING,
         attempts=0,
-        dispatched_at=utcnow(),  # taken back by the route when the broker refuses the message
+        dispatched_at=database_clock(),  # taken back when the broker refuses the message
     )
     session.add(mv)
     session.flush()
+    send_after_commit(
+        session,
+        Message(
+            TASK_VALIDATE_MODEL,
+            [mv.id],
+            VALIDATION_QUEUE,
+            refused=lambda later: undispatch(later, mv.id),
+        ),
+    )
     return mv
 
 

@@ -20,22 +20,39 @@ another tenant's queue (docs/decisions/0015).
 
 A transaction-level advisory lock per pool serializes releasers, so two never fill one free
 slot twice; under it, each release locks its job's row before its shard
-(the one lock order), and the caller publishes the released shards after the commit. A
-released shard whose message is lost has `dispatched_at`, so the sweeper sends it again.
+(the one lock order); the released shards' messages are queued on the unit of work, sent
+after the commit. A released shard whose message is lost has `dispatched_at`, so the sweeper
+sends it again.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, case, func, select, true, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    String,
+    Subquery,
+    and_,
+    case,
+    column,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.broker.dispatch import TASK_RUN_SHARD
 from app.models import Job, JobPriority, JobShard, JobStatus, ShardStatus, Tenant, WorkerHeartbeat
 from app.services.heartbeats import ALIVE_SECONDS
 from app.services.jobs import add_event
 from app.services.shards import ACTIVE_SHARD, lock_job
+from app.unit_of_work import Message, send_after_commit
 
 SCHEDULER_LOCK = 0x6D66_7363  # "mfsc", with the pool's hash: one releaser per pool at a time
 #: A job in these states may have shards on workers (a cancelling job's running ones finish).
@@ -73,7 +90,7 @@ def window_size(session: Session, queue: str, setting: int, processes_per_worker
     a newcomer waits behind about a window."""
     if setting > 0:
         return setting
-    since = utcnow() - timedelta(seconds=ALIVE_SECONDS)
+    since = func.statement_timestamp() - timedelta(seconds=ALIVE_SECONDS)
     live = session.scalar(
         select(
             func.sum(func.coalesce(WorkerHeartbeat.processes, max(1, processes_per_worker)))
@@ -123,6 +140,65 @@ Pick = tuple[int, str, int, str]  #: (shard id, job id, index, the job's priorit
 Released = tuple[str, int, str]
 
 
+#: Each tenant's head in a pool: its best running job with a shard waiting (priority, then
+#: age), and that job's first waiting shard. Found by index probes, never by a scan of the
+#: backlog (migration 0018): the tenants with a running job in the pool one by one (a loose
+#: index scan), and for each, per priority, its oldest running job with a waiting shard. Jobs
+#: passed over on the way are those with no shard waiting: all released (so in flight, as many
+#: as the window) or all done (assembling). A release costs the same with 100 or 100,000
+#: shards waiting, and holds the pool's lock no longer.
+_HEADS = """
+WITH RECURSIVE tenants(tenant_id) AS (
+    (SELECT tenant_id FROM jobs WHERE queue = :queue AND status = 'running'
+     ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM jobs j
+            WHERE j.queue = :queue AND j.status = 'running' AND j.tenant_id > t.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM tenants t WHERE t.tenant_id IS NOT NULL
+)
+SELECT head.id, head.job_id, head.index, head.priority, t.tenant_id, head.created_at, head.rank
+FROM tenants t
+CROSS JOIN LATERAL (
+    SELECT s.id, s.job_id, s.index, j.priority, j.created_at, p.rank
+    FROM (VALUES ('high', 0), ('normal', 1), ('low', 2)) AS p(priority, rank)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.created_at FROM jobs j
+        WHERE j.queue = :queue AND j.status = 'running' AND j.tenant_id = t.tenant_id
+          AND j.priority = p.priority
+          AND EXISTS (SELECT 1 FROM job_shards w WHERE w.job_id = j.id
+                      AND w.status = 'queued' AND w.dispatched_at IS NULL)
+        ORDER BY j.created_at, j.id LIMIT 1
+    ) j
+    CROSS JOIN LATERAL (
+        SELECT s.id, s.job_id, s.index FROM job_shards s
+        WHERE s.job_id = j.id AND s.status = 'queued' AND s.dispatched_at IS NULL
+        ORDER BY s.index LIMIT 1
+    ) s
+    WHERE p.rank <= :worst_rank
+    ORDER BY p.rank LIMIT 1
+) head
+WHERE t.tenant_id IS NOT NULL
+"""
+
+
+def heads(queue: str, worst_rank: int = 2) -> Subquery:
+    """Each tenant's head in the pool (`_HEADS`): (id, job_id, index, priority, tenant_id,
+    created_at, rank) of the first waiting shard of its best job; with `worst_rank` 1, among
+    its high and normal jobs only."""
+    statement = text(_HEADS).bindparams(queue=queue, worst_rank=worst_rank)
+    columns = statement.columns(
+        column("id", BigInteger),
+        column("job_id", String),
+        column("index", Integer),
+        column("priority", String),
+        column("tenant_id", String),
+        column("created_at", DateTime(timezone=True)),
+        column("rank", Integer),
+    )
+    return columns.subquery()
+
+
 def _next_shard(session: Session, queue: str) -> Pick | None:
     """The shard fair share picks next, or None."""
     occupied = (
@@ -136,24 +212,7 @@ def _next_shard(session: Session, queue: str) -> Pick | None:
         .group_by(Job.tenant_id)
         .subquery()
     )
-    heads = (
-        select(
-            JobShard.id,
-            JobShard.job_id,
-            JobShard.index,
-            Job.priority,
-            Job.tenant_id,
-            Job.created_at,
-        )
-        .join(Job, Job.id == JobShard.job_id)
-        .where(*waiting(queue))
-    )
-    # Each tenant's head: its best job's first waiting shard.
-    head = (
-        heads.order_by(Job.tenant_id, PRIORITY_RANK, Job.created_at, Job.id, JobShard.index)
-        .distinct(Job.tenant_id)
-        .subquery()
-    )
+    head = heads(queue)  # each tenant's head: its best job's first waiting shard
     pick = (
         select(head.c.id, head.c.job_id, head.c.index, head.c.priority)
         .outerjoin(occupied, occupied.c.tenant_id == head.c.tenant_id)
@@ -171,11 +230,18 @@ def _next_shard(session: Session, queue: str) -> Pick | None:
 def release(session: Session, queue: str, window: int) -> list[Released]:
     """Mark the next shards of `queue` released, up to the window, then let each tenant's
     better work take the place of its own released, unstarted, lower-priority shards; what to
-    publish (`Released`) once this commits. Every
+    publish (`Released`), queued on the unit of work to go once this commits. Every
     running job may have shards released: a tenant's running-jobs cap is held before, where a
     job starts (app/services/admission.py).
     Call it in a transaction of its own: it takes the pool's lock before job rows, and a
     caller already holding a job row could deadlock."""
+    released = _release(session, queue, window)
+    for job_id, index, priority in released:
+        send_after_commit(session, Message(TASK_RUN_SHARD, [job_id, index], queue, priority))
+    return released
+
+
+def _release(session: Session, queue: str, window: int) -> list[Released]:
     session.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK, func.hashtext(queue))))
     free = window - count_in_flight(session, queue)
     released: list[Released] = []
@@ -321,21 +387,7 @@ def _rebalance_once(session: Session, queue: str) -> Released | str | None:
 def _overtaking_pair(session: Session, queue: str) -> tuple[Pick, tuple[int, str, int]] | None:
     """(a tenant's best waiting shard, its released and unstarted shard of lower priority,
     the latest released first), or None when no tenant has such a pair."""
-    head = (
-        select(
-            JobShard.id,
-            JobShard.job_id,
-            JobShard.index,
-            Job.priority,
-            Job.tenant_id,
-            PRIORITY_RANK.label("rank"),
-        )
-        .join(Job, Job.id == JobShard.job_id)
-        .where(*waiting(queue), Job.priority != JobPriority.LOW)
-        .order_by(Job.tenant_id, PRIORITY_RANK, Job.created_at, Job.id, JobShard.index)
-        .distinct(Job.tenant_id)
-        .subquery()
-    )
+    head = heads(queue, worst_rank=1)  # a low job's shard never overtakes
     victim = (
         select(JobShard.id, JobShard.job_id, JobShard.index)
         .join(Job, Job.id == JobShard.job_id)

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.db import skip_commit_wait, utcnow
+from app.db import database_clock, skip_commit_wait, utcnow
 from app.models import Job, JobShard, JobStatus, ShardStatus
 from app.services import webhooks
 from app.services.jobs import add_event, notify, notify_progress, transition, transition_job
@@ -192,7 +192,7 @@ def create_shards(
         shard.succeeded = shard.failed = 0
         # Released as the scheduler would: it holds a slot of the pool's window while it runs,
         # so other tenants' shards see it in flight (fair share, docs/decisions/0015).
-        shard.dispatched_at = utcnow()
+        shard.dispatched_at = database_clock()  # aged by the database's clock
         add_event(session, job_id, "shard_started", {"shard": 0, "attempt": 1, "owner": owner})
         if not durable:
             skip_commit_wait(session)

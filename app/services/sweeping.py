@@ -34,10 +34,9 @@ OCCUPIED = (JobStatus.RUNNING, JobStatus.CANCELLING)  # a worker holds (or held)
 
 def try_lock(conn: Connection, key: int) -> bool:
     """Take the session-level advisory lock `key` on `conn` if nobody holds it (kept until the
-    connection closes: one sweeper acts, the others wait for it to go)."""
-    held = conn.execute(select(func.pg_try_advisory_lock(key))).scalar()
-    conn.commit()
-    return bool(held)
+    connection closes: one sweeper acts, the others wait for it to go). `conn` is in
+    autocommit: the lock outlives the statement, and there is no transaction to end."""
+    return bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar())
 
 
 def db_now(session: Session) -> datetime:

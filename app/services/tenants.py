@@ -129,12 +129,18 @@ def uncapped() -> ColumnElement[bool]:
     return tenant_cap().is_(None)
 
 
-def check_job_quota(session: Session, tenant: Tenant) -> None:
-    """Refuse a new job while the tenant has `max_queued_jobs` unfinished ones.
+#: session.info key: {tenant id: jobs this session prepared and did not write yet}; a group
+#: commit prepares a batch on one session (app/api/submissions.py), and each counts those before
+PREPARED_JOBS = "modelfarm_prepared_jobs"
 
-    Counted in the submitting request, before its rows go to the group commit: requests of one
-    tenant that arrive together may each see room, so the limit can be passed by as many
-    submissions as run at once (a few; each API process runs API_THREADS requests at most).
+
+def check_job_quota(session: Session, tenant: Tenant) -> None:
+    """Refuse a new job while the tenant has `max_queued_jobs` unfinished ones, counting the
+    jobs of the same group commit prepared before this one (`count_prepared`).
+
+    Counted before its rows are written: two group commits of one tenant in flight at once (a
+    committer thread each, API processes side by side) may each see room, so the limit can be
+    passed by the submissions of one batch per committer at most.
     """
     limit = tenant.max_queued_jobs
     if limit is None:
@@ -144,11 +150,19 @@ def check_job_quota(session: Session, tenant: Tenant) -> None:
         .select_from(Job)
         .where(Job.tenant_id == tenant.id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
     )
-    if (active or 0) >= limit:
+    active = (active or 0) + session.info.get(PREPARED_JOBS, {}).get(tenant.id, 0)
+    if active >= limit:
         raise QuotaExceeded(
             f"tenant {tenant.name} has {active} jobs queued or running; its limit is {limit} "
             "(max_queued_jobs)"
         )
+
+
+def count_prepared(session: Session, tenant_id: str) -> None:
+    """One more job of the tenant prepared on `session` and not written yet: the next
+    submission's quota counts it."""
+    prepared = session.info.setdefault(PREPARED_JOBS, {})
+    prepared[tenant_id] = prepared.get(tenant_id, 0) + 1
 
 
 def storage_room(session: Session, tenant: Tenant) -> int | None:

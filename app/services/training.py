@@ -71,8 +71,10 @@ def succeed(
     usage: dict[str, float],
 ) -> bool:
     """Register the trained model as the next version of its name and end the job with it;
-    False, with nothing registered (rolled back), when the job is no longer this attempt's
-    (cancelled meanwhile, or taken over). `version`: add_trained_version's arguments."""
+    False, with nothing registered (the savepoint around both rolled back), when the job is no
+    longer this attempt's (cancelled meanwhile, or taken over). `version`:
+    add_trained_version's arguments. The caller's unit of work commits."""
+    savepoint = session.begin_nested()
     registered = add_trained_version(session, **version)
     ref = f"{version['name']}@{registered.version}"
     done = transition(
@@ -88,7 +90,7 @@ def succeed(
         lease_expires_at=None,
     )
     if not done:
-        session.rollback()
+        savepoint.rollback()  # a savepoint only: the unit of work still owns the commit
     return done
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import File, Model, ModelVersion, VersionStatus
+
+NOW = func.statement_timestamp()  # PostgreSQL's clock: leases are compared on many hosts
 
 LEASE_MARGIN_SECONDS = 60  # beyond the task's own time limit: the lease outlives the attempt
 
@@ -62,8 +63,7 @@ def claim_validation(
     `take_over` names a lease owner known to be dead (a killed pool child whose message came
     back at once): its lease is taken without waiting for it to run out.
     """
-    now = utcnow()
-    free = (ModelVersion.lease_expires_at.is_(None)) | (ModelVersion.lease_expires_at < now)
+    free = (ModelVersion.lease_expires_at.is_(None)) | (ModelVersion.lease_expires_at < NOW)
     if take_over is not None:
         free = free | (ModelVersion.lease_owner == take_over)
     attempts = session.scalar(
@@ -76,7 +76,7 @@ def claim_validation(
         .values(
             attempts=ModelVersion.attempts + 1,
             lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds + LEASE_MARGIN_SECONDS),
+            lease_expires_at=NOW + timedelta(seconds=lease_seconds + LEASE_MARGIN_SECONDS),
         )
         .returning(ModelVersion.attempts)
     )
@@ -164,7 +164,7 @@ def undispatch(session: Session, version_id: str) -> None:
 def validating(session: Session, limit: int) -> list[tuple[str, datetime | None, datetime | None]]:
     """(version id, dispatched_at, lease_expires_at) of versions still validating, oldest first;
     the sweeper decides from these and the broker's messages which to publish again."""
-    grace = utcnow() - timedelta(seconds=2)  # the API publishes just after it commits
+    grace = NOW - timedelta(seconds=2)  # the API publishes just after it commits
     rows = session.execute(
         select(ModelVersion.id, ModelVersion.dispatched_at, ModelVersion.lease_expires_at)
         .where(ModelVersion.status == VersionStatus.VALIDATING, ModelVersion.created_at < grace)

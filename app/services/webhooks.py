@@ -2,8 +2,11 @@
 
 A delivery row is inserted by the same transaction that moves the job, so a crash can never
 leave a finished job without its callback. Its id is published to the `webhooks` queue only
-after that transaction commits; a lost message is found again by the sweeper. Attempts are
-claimed with a conditional UPDATE, so a duplicated message sends nothing twice at once.
+after that transaction commits (queued on its unit of work: app/unit_of_work.py); a lost
+message is found again by the sweeper. Attempts are claimed with a conditional UPDATE, so a
+duplicated message sends nothing twice at once. Every time a lease, a due time or a dispatch
+is written or compared with is PostgreSQL's (`statement_timestamp()`, `database_clock()`):
+the API, the workers and the sweeper may run on hosts whose clocks disagree.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
+from app.broker.dispatch import TASK_DELIVER_WEBHOOK, WEBHOOK_QUEUE
 from app.config import get_settings
-from app.db import utcnow
+from app.db import database_clock
 from app.models import Delivery, DeliveryAttempt, DeliveryStatus, Job, Tenant, WebhookSecret
 from app.services.errors import Conflict, NotFound
+from app.unit_of_work import Message, send_after_commit
 
 ROTATION_OVERLAP = timedelta(hours=24)  # an old secret keeps signing this long after a rotation
 PROGRESS_INTERVAL = timedelta(seconds=1)  # at most one job.progress a second per job
@@ -35,7 +40,7 @@ EVENT_BY_STATUS = {
     "failed": "job.failed",
     "cancelled": "job.cancelled",
 }
-_OUTBOX = "webhook_outbox"  # Session.info key: (job id, delivery id) to publish after commit
+NOW = func.statement_timestamp()  # PostgreSQL's clock, in a statement
 
 
 # Secrets ------------------------------------------------------------------------------------
@@ -47,13 +52,12 @@ def _new_secret() -> str:
 
 def signing_secrets(session: Session, tenant_id: str) -> list[str]:
     """Every secret that signs now, newest first; the tenant's first one is made on demand."""
-    now = utcnow()
     rows = list(
         session.scalars(
             select(WebhookSecret.key)
             .where(
                 WebhookSecret.tenant_id == tenant_id,
-                (WebhookSecret.expires_at.is_(None)) | (WebhookSecret.expires_at > now),
+                (WebhookSecret.expires_at.is_(None)) | (WebhookSecret.expires_at > NOW),
             )
             .order_by(WebhookSecret.id.desc())
         )
@@ -85,7 +89,7 @@ def rotate_secret(session: Session, tenant: Tenant) -> str:
     session.execute(
         update(WebhookSecret)
         .where(WebhookSecret.tenant_id == tenant.id, WebhookSecret.expires_at.is_(None))
-        .values(expires_at=utcnow() + ROTATION_OVERLAP)
+        .values(expires_at=NOW + ROTATION_OVERLAP)
     )
     key = _new_secret()
     session.add(WebhookSecret(tenant_id=tenant.id, key=key))
@@ -122,7 +126,7 @@ def enqueue(
     `event`: the whole body when it is not the native `{type, timestamp, data}` (an OpenAI
     batch's event, app/services/openai.py)."""
     assert job.webhook is not None
-    now = utcnow()
+    now = database_clock()
     body = json.dumps(
         event
         if event is not None
@@ -143,46 +147,44 @@ def enqueue(
     )
     session.add(delivery)
     session.flush()
-    session.info.setdefault(_OUTBOX, []).append((job.id, delivery.id))
+    send(session, job.id, delivery.id)
     return delivery
+
+
+def send(session: Session, job_id: str, delivery_id: str, countdown: float | None = None) -> None:
+    """Queue the delivery's message on the unit of work, sent once this commits (in `countdown`
+    seconds). Refused by the broker, its dispatch time is taken back: the sweeper sends it."""
+    message = Message(
+        TASK_DELIVER_WEBHOOK,
+        [job_id, delivery_id],
+        WEBHOOK_QUEUE,
+        countdown=countdown,
+        refused=lambda later: undispatch(later, delivery_id),
+    )
+    send_after_commit(session, message)
+
+
+def undispatch(session: Session, delivery_id: str) -> None:
+    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(dispatched_at=None))
 
 
 def progress_due(session: Session, job_id: str) -> Job | None:
     """The job, when it wants `job.progress` and none was queued in the last second."""
-    now = utcnow()
     row = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
             Job.webhook.is_not(None),
             (Job.progress_notified_at.is_(None))
-            | (Job.progress_notified_at < now - PROGRESS_INTERVAL),
+            | (Job.progress_notified_at < NOW - PROGRESS_INTERVAL),
         )
-        .values(progress_notified_at=now)
+        .values(progress_notified_at=NOW)
         .returning(Job.webhook)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None or not wants(row[0], "job.progress"):
         return None
     return session.get_one(Job, job_id, populate_existing=True)
-
-
-def _publish_outbox(session: Session) -> None:
-    pending = session.info.pop(_OUTBOX, None)
-    if not pending:
-        return
-    from app.broker.dispatch import publish_delivery
-
-    for job_id, delivery_id in pending:
-        publish_delivery(job_id, delivery_id)
-
-
-def _forget_outbox(session: Session) -> None:
-    session.info.pop(_OUTBOX, None)
-
-
-event.listen(Session, "after_commit", _publish_outbox)
-event.listen(Session, "after_rollback", _forget_outbox)
 
 
 # Attempts -----------------------------------------------------------------------------------
@@ -201,19 +203,18 @@ class Claimed:
 
 def claim(session: Session, delivery_id: str, owner: str, lease_seconds: float) -> Claimed | None:
     """Take a due delivery for one attempt; None when it is not due or someone holds it."""
-    now = utcnow()
     row = session.execute(
         update(Delivery)
         .where(
             Delivery.id == delivery_id,
             Delivery.status == DeliveryStatus.PENDING,
-            Delivery.next_attempt_at <= now,
+            Delivery.next_attempt_at <= NOW,
         )
         .values(
             status=DeliveryStatus.SENDING,
             attempt_count=Delivery.attempt_count + 1,
             lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_expires_at=NOW + timedelta(seconds=lease_seconds),
         )
         .returning(
             Delivery.job_id,
@@ -280,13 +281,13 @@ def record_attempt(
         # The sweeper took it back meanwhile and another attempt may be under way; a 2xx
         # still counts, so a delivery the receiver took never ends `failed`.
         if outcome.ok and delivery.status != DeliveryStatus.SUCCEEDED:
-            delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, utcnow()
+            delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, database_clock()
             delivery.next_attempt_at = delivery.lease_owner = delivery.lease_expires_at = None
         return None
     delivery.lease_owner = delivery.lease_expires_at = None
     delivery.last_status_code = outcome.status_code
     delivery.last_error = (outcome.error or "")[:1000] or None
-    now = utcnow()
+    now = database_clock()
     if outcome.ok:
         delivery.status, delivery.delivered_at = DeliveryStatus.SUCCEEDED, now
         delivery.next_attempt_at = None
@@ -301,18 +302,16 @@ def record_attempt(
 
 
 def mark_dispatched(session: Session, delivery_id: str) -> None:
-    session.execute(
-        update(Delivery).where(Delivery.id == delivery_id).values(dispatched_at=utcnow())
-    )
+    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(dispatched_at=NOW))
 
 
 def take_back_expired(session: Session, limit: int) -> list[tuple[str, str]]:
     """Deliveries whose worker died mid-attempt: the attempt is recorded as lost and the
     delivery waits for its next one (or fails when it was the last). Returns those to send."""
-    now = utcnow()
+    now = database_clock()
     rows = session.scalars(
         select(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < NOW)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -341,9 +340,8 @@ def due_undispatched(
     """Pending deliveries due for a while with no recent message: their message was lost, or
     their next attempt was too far off to hand to the broker as a countdown. A message sent
     less than `resend_after` (default: `grace`) ago counts as recent."""
-    now = utcnow()
-    cutoff = now - grace
-    sent_before = now - (resend_after or grace)
+    cutoff = NOW - grace
+    sent_before = NOW - (resend_after or grace)
     rows = session.execute(
         select(Delivery.job_id, Delivery.id)
         .where(
@@ -385,11 +383,11 @@ def redeliver(session: Session, job_id: str, delivery_id: str) -> Delivery:
         raise NotFound(f"no delivery {delivery_id!r} for job {job_id!r}")
     if delivery.status == DeliveryStatus.SENDING:
         raise Conflict(f"delivery {delivery_id} is being sent now", code="delivery_in_progress")
-    now = utcnow()
+    now = database_clock()
     if delivery.status != DeliveryStatus.PENDING:
         delivery.max_attempts = delivery.attempt_count + 1
     delivery.status = DeliveryStatus.PENDING
     delivery.next_attempt_at = delivery.dispatched_at = now
     session.flush()
-    session.info.setdefault(_OUTBOX, []).append((job_id, delivery.id))
+    send(session, job_id, delivery.id)
     return delivery

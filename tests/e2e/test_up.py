@@ -193,9 +193,9 @@ def test_up_with_urls_starts_no_embedded_server(tmp_path: Path, services: dict[s
 def test_the_default_key_is_kept_across_starts(services: dict[str, str]) -> None:
     """`up` mints the `default` tenant's key once; a later start shows the same one, and a
     key that no longer works (revoked) is replaced rather than shown."""
-    from app.db import session_scope
     from app.local.farm import default_key
     from app.services.keys import list_keys, revoke_key
+    from app.unit_of_work import session_scope
 
     first, minted = default_key(None)
     assert minted

@@ -194,8 +194,8 @@ def test_racing_requests_with_one_idempotency_key_make_one_job(
 
     from sqlalchemy import func, select
 
-    from app.db import session_scope
     from app.models import Job, JobEvent
+    from app.unit_of_work import session_scope
 
     body = {"model": "minilm", "input": ITEMS}
     key = f"race-{time.time_ns()}"

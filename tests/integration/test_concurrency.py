@@ -44,10 +44,10 @@ def _input_file(session: Any, tenant_id: str, items: int | None = None) -> Any:
 
 def _finished_shards_job() -> tuple[str, str]:
     """A job whose two shards are done, their part files written: waiting to be assembled."""
-    from app.db import session_scope
     from app.models import Job, JobShard, JobStatus, ShardStatus
     from app.services.tenants import get_or_create_tenant
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from workers.tasks.results import part_uris
 
     store = get_store()
@@ -97,8 +97,8 @@ def _finished_shards_job() -> tuple[str, str]:
 
 
 def _job_row(job_id: str) -> dict[str, Any]:
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         job = session.get_one(Job, job_id)
@@ -115,9 +115,9 @@ def _job_row(job_id: str) -> dict[str, Any]:
 
 
 def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str, str]) -> None:
-    from app.db import session_scope
     from app.models import File, FilePurpose, Job
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from workers.tasks import assemble
 
     job_id, tenant_id = _finished_shards_job()
@@ -177,8 +177,8 @@ def test_a_late_assembly_never_overwrites_the_winners_results(services: dict[str
 def test_an_assembly_that_lost_its_lease_before_starting_writes_nothing(
     services: dict[str, str],
 ) -> None:
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
     from workers.tasks import assemble
 
     job_id, _ = _finished_shards_job()
@@ -192,8 +192,8 @@ def test_an_assembly_that_lost_its_lease_before_starting_writes_nothing(
 
 
 def _running_shard_job() -> tuple[str, int]:
-    from app.db import session_scope
     from app.models import JobShard, ShardStatus
+    from app.unit_of_work import session_scope
 
     job_id, _ = _finished_shards_job()
     with session_scope() as session:
@@ -214,9 +214,10 @@ def test_shard_writes_lock_the_job_row_before_the_shard(
     waiting for the job (the other half of a deadlock)."""
     import threading
 
-    from app.db import get_engine, session_scope
+    from app.db import get_engine
     from app.models import Job, JobShard, ShardStatus
     from app.services import shards
+    from app.unit_of_work import session_scope
 
     job_id, shard_id = _running_shard_job()
 
@@ -251,9 +252,9 @@ def test_a_shard_run_twice_counts_its_tokens_once(services: dict[str, str]) -> N
     """Worker A's shard is taken over by B (A was thought dead): A's late finish records
     nothing, B's records its tokens, and B's finish run again (a commit whose answer was lost)
     adds nothing. The job's tokens are the sum over its shards, each counted once."""
-    from app.db import session_scope
     from app.models import Job, JobShard, ShardStatus
     from app.services import shards
+    from app.unit_of_work import session_scope
 
     job_id, shard_id = _running_shard_job()
     with session_scope() as session:  # the other shard closed already, having read 5 tokens
@@ -290,9 +291,9 @@ def test_overlapping_training_attempts_keep_their_checkpoints_apart(
 ) -> None:
     """Each attempt writes checkpoints into its own folder and only the lease holder's are
     recorded, so a stale attempt can neither overwrite nor delete what the next one resumes."""
-    from app.db import session_scope
     from app.models import Job
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from workers.tasks import training
 
     job_id, tenant_id = _finished_shards_job()  # any job row will do: only its lease matters
@@ -331,7 +332,7 @@ def test_a_lost_lock_race_is_run_again(services: dict[str, str]) -> None:
     from sqlalchemy import text
     from sqlalchemy.exc import DataError, OperationalError
 
-    from app.db import run_retrying
+    from app.unit_of_work import run_retrying
 
     tries = []
 
@@ -395,8 +396,8 @@ def claims() -> Any:
     yield
     from sqlalchemy import delete
 
-    from app.db import session_scope
     from app.models import Job, Tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = select(Tenant.id).where(Tenant.name == "claims").scalar_subquery()
@@ -406,9 +407,10 @@ def claims() -> Any:
 def _queued_job(shards: int, webhook: dict[str, Any] | None = None) -> str:
     """A queued job over an inline input of `shards` items, one item a shard once planned
     (`shards` > 1: planned already, its shards queued and released, as by the scheduler)."""
-    from app.db import session_scope, utcnow
+    from app.db import utcnow
     from app.models import Job, JobShard, JobStatus
     from app.services.tenants import get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = get_or_create_tenant(session, "claims")
@@ -456,8 +458,8 @@ def test_a_claim_commits_without_waiting_for_its_wal_unless_it_queued_a_webhook(
 ) -> None:
     """A claim undone by a crash is redone (see db.skip_commit_wait), so it does not wait for
     the disk; a claim that queued `job.started` does, since that webhook may go out at once."""
-    from app.db import session_scope
     from app.services import planning
+    from app.unit_of_work import session_scope
 
     def claim_in_its_claim(job_id: str) -> bool:
         with session_scope() as session:
@@ -485,11 +487,11 @@ def test_a_claim_made_twice_with_one_attempt_number_keeps_its_part_files_apart(
     """A claim that a database crash undid leaves its worker running; the shard is claimed
     again with the same attempt number. Their part files differ by owner, and the job's result
     is the parts of the attempt that closed the shard, whatever the other writes after."""
-    from app.db import session_scope
     from app.models import File, Job, JobShard, ShardStatus
     from app.services import planning
     from app.services import shards as shard_service
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from workers.tasks import assemble
     from workers.tasks.results import ResultWriter, part_uris
 

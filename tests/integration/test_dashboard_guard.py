@@ -96,8 +96,8 @@ def test_metrics_need_the_token_and_hide_tenants_model_names(
     scraped = httpx.get(f"{guarded_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert scraped.status_code == 200 and "modelfarm_jobs" in scraped.text
     from app.catalogue import BUILTIN_MODELS
-    from app.db import session_scope
     from app.services import farm_stats
+    from app.unit_of_work import session_scope
 
     builtins = tuple(f"{name}@" for name in BUILTIN_MODELS)
     with session_scope() as session:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cpu_worker")]
 def _event_transactions(job_id: str) -> dict[str, list[int]]:
     from sqlalchemy import text
 
-    from app.db import session_scope
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         rows = session.execute(
@@ -56,7 +56,7 @@ def test_a_job_of_inline_items_is_planned_in_its_claim_and_ended_with_its_shard(
 
     from sqlalchemy import text
 
-    from app.db import session_scope
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         counted = session.execute(
@@ -123,11 +123,11 @@ def test_a_row_the_database_refuses_fails_only_its_own_submission(
     from sqlalchemy.exc import IntegrityError
 
     from app.api.submissions import write_batch
-    from app.db import session_scope
     from app.models import Tenant
     from app.schemas.jobs import JobCreate
     from app.services.jobs import prepare_submission
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     key = client.headers["Authorization"].split()[1]
     with session_scope() as session:

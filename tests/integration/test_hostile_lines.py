@@ -52,8 +52,8 @@ def farm(
 ) -> Iterator[Farm]:
     """One tenant and one registered 4-feature classifier for every example of the module
     (`client` is function-scoped, and Hypothesis runs many examples per test call)."""
-    from app.db import session_scope
     from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = get_or_create_tenant(session, f"hostile-{secrets.token_hex(6)}")

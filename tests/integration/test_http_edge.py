@@ -267,10 +267,10 @@ def test_with_redis_away_limits_hold_in_process_and_readyz_says_so(
     to find out."""
     import secrets
 
-    from app.db import session_scope
     from app.local.embedded import free_port
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         limits = {"rate_limit": 0.2, "rate_burst": 2}

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.db import session_scope
 from app.models import Job
+from app.unit_of_work import session_scope
 from tests.helpers import (
     assert_error,
     read_lines,

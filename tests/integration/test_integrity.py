@@ -26,8 +26,8 @@ pytestmark = pytest.mark.integration
 
 
 def _events(job_id: str, type_: str) -> list[dict[str, Any]]:
-    from app.db import session_scope
     from app.models import JobEvent
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         rows = session.scalars(
@@ -37,8 +37,8 @@ def _events(job_id: str, type_: str) -> list[dict[str, Any]]:
 
 
 def _shard(job_id: str, index: int) -> Any:
-    from app.db import session_scope
     from app.models import JobShard
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         shard = session.scalars(
@@ -49,8 +49,8 @@ def _shard(job_id: str, index: int) -> Any:
 
 
 def _job(job_id: str) -> Any:
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         job = session.get_one(Job, job_id)
@@ -68,9 +68,9 @@ def test_lost_part_files_are_run_again_and_every_line_is_there_once(
     another's truncated: the assembly finds them short, those shards run again, and the job
     ends with each input line exactly once (the farm used to assemble the missing part as
     empty and report `succeeded` 200 lines short)."""
-    from app.db import session_scope
     from app.models import Job, JobShard, ShardStatus
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from workers.tasks.results import part_uris
 
     rows = [{"custom_id": f"r{i}", "input": f"sentence number {i}"} for i in range(401)]
@@ -139,9 +139,9 @@ def test_a_shard_never_closes_succeeded_with_fewer_lines_than_items(
     services: dict[str, str],
 ) -> None:
     """The database refuses a `succeeded` close whose lines do not cover the shard's range."""
-    from app.db import session_scope
     from app.models import JobShard, ShardStatus
     from app.services import shards
+    from app.unit_of_work import session_scope
 
     job_id, shard_id = _running_shard_job()  # shard 0: two items
     with session_scope() as session:
@@ -186,9 +186,9 @@ def test_result_files_are_fsynced_with_their_folder(
 def _taken_over(job_id: str, shard_id: int) -> Any:
     """Attempt A ("worker-a") holds shard 0; it is presumed dead and B takes it over. A's
     ShardPlan (what its task still holds) is returned."""
-    from app.db import session_scope
     from app.models import JobShard
     from app.services import shards
+    from app.unit_of_work import session_scope
     from workers.runtime import ModelSpec, RunOptions
     from workers.tasks.inference import ShardPlan
 
@@ -207,8 +207,8 @@ def _taken_over(job_id: str, shard_id: int) -> Any:
 def test_a_stale_attempt_gives_back_nothing_and_sends_nothing(services: dict[str, str]) -> None:
     import redis
 
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
     from workers.tasks import inference
 
     job_id, shard_id = _running_shard_job()
@@ -313,8 +313,8 @@ def test_a_skewed_worker_clock_moves_no_lease(
     """A worker whose clock is 10 minutes off claims and renews a shard of 60 s: its lease ends
     60 s from the database's now, so the sweeper neither takes it over at once (slow clock)
     nor leaves a dead one 10 minutes longer (fast clock)."""
-    from app.db import session_scope
     from app.services import shards, sweeping
+    from app.unit_of_work import session_scope
 
     job_id, _ = _running_shard_job()
     skew(minutes * 60)
@@ -334,9 +334,9 @@ def test_a_skewed_worker_clock_moves_no_lease(
 
 def test_a_skewed_sweeper_takes_over_nothing_early(services: dict[str, str], skew: Any) -> None:
     """A sweeper (or an assembler) 10 minutes fast sees a lease of a minute as live."""
-    from app.db import session_scope
     from app.models import Job
     from app.services import results, sweeping
+    from app.unit_of_work import session_scope
 
     job_id, _ = _running_shard_job()
     skew(600)
@@ -351,8 +351,8 @@ def test_a_skewed_sweeper_takes_over_nothing_early(services: dict[str, str], ske
 
 
 def _finished_job_with_lease(owner: str, seconds: float) -> tuple[str, str]:
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
     from tests.integration.test_concurrency import _finished_shards_job
 
     job_id, tenant_id = _finished_shards_job()
@@ -371,8 +371,8 @@ def _finished_job_with_lease(owner: str, seconds: float) -> tuple[str, str]:
 def test_a_retried_progress_write_counts_once(services: dict[str, str]) -> None:
     """The commit went through but its answer was lost: db_retry runs the write again. The
     counts are the attempt's absolute ones, so the shard and the job count its lines once."""
-    from app.db import session_scope
     from app.services import shards
+    from app.unit_of_work import session_scope
 
     job_id, shard_id = _running_shard_job()
     for _ in range(2):  # the first commit, then its retry

@@ -143,8 +143,8 @@ def test_a_job_whose_message_was_never_published_still_runs(
     """The API commits before it publishes; a job left without a message is the sweeper's."""
     from sqlalchemy import update
 
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
 
     file = upload(client, b'{"custom_id": "a", "input": "hello"}\n')
     job = submit(client, {"model": "minilm", "device": "gpu", "input": {"file_id": file["id"]}})
@@ -306,8 +306,8 @@ def test_results_older_than_their_ttl_are_removed_by_the_sweeper(
 
     from sqlalchemy import func, select, update
 
-    from app.db import session_scope
     from app.models import Delivery, DeliveryAttempt, Job, JobEvent, JobShard
+    from app.unit_of_work import session_scope
 
     old = run_job(client, "minilm", [{"custom_id": "a", "input": "old news"}])
     recent = run_job(client, "minilm", [{"custom_id": "b", "input": "fresh news"}])
@@ -362,8 +362,8 @@ def test_uploads_older_than_their_ttl_are_removed_once_no_job_reads_them(
 
     from sqlalchemy import update
 
-    from app.db import session_scope
     from app.models import File, Job
+    from app.unit_of_work import session_scope
 
     rows = [{"custom_id": "a", "input": "kept a while"}]
     stale = upload(client, jsonl(rows))
@@ -395,8 +395,8 @@ def test_files_a_waiting_retry_will_read_cannot_be_deleted(client: httpx.Client)
     neither they nor that job can be deleted until it has (409), then both can (204)."""
     from sqlalchemy import update
 
-    from app.db import session_scope
     from app.models import Job
+    from app.unit_of_work import session_scope
 
     first = run_job(client, "minilm", _mixed_input(6))
     assert first["error_file_id"] is not None

@@ -43,9 +43,9 @@ def _client(api_url: str, key: str) -> httpx.Client:
 
 def _tenant(**limits: Any) -> tuple[str, str]:
     """(name, key) of a new tenant with these limits, written as `tenants create` does."""
-    from app.db import session_scope
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     name = f"lim-{secrets.token_hex(5)}"
     with session_scope() as session:
@@ -54,8 +54,8 @@ def _tenant(**limits: Any) -> tuple[str, str]:
 
 
 def _tenant_name(key: str) -> str:
-    from app.db import session_scope
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = authenticate(session, key)

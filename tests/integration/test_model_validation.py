@@ -48,24 +48,26 @@ def skops_file(client: httpx.Client, tmp_path: Path) -> str:
 @pytest.fixture
 def lost(tenant_key: str) -> Iterator[object]:
     """Registers a version as the API does, minus the message: (name, file id) -> version id."""
-    from app.db import session_scope
     from app.schemas.models import ModelCreate
     from app.services.models import register_model as register
     from app.services.tenants import authenticate
+    from app.unit_of_work import MESSAGES, session_scope
 
     def make(name: str, file_id: str) -> str:
         with session_scope() as session:
             tenant = authenticate(session, tenant_key)
             assert tenant is not None
             body = ModelCreate(name=name, framework="sklearn", file_id=file_id)
-            return register(session, tenant, body).id
+            version_id = register(session, tenant, body).id
+            session.info.pop(MESSAGES)  # the validation's message, queued to go at the commit
+            return version_id
 
     yield make
 
 
 def _version(version_id: str) -> dict[str, object]:
-    from app.db import session_scope
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         mv = session.get_one(ModelVersion, version_id)
@@ -74,8 +76,8 @@ def _version(version_id: str) -> dict[str, object]:
 
 def _plant(services: dict[str, str], version_id: str, attempt: int) -> Path:
     """What a killed attempt left behind in the artifact store: a half-written folder."""
-    from app.db import session_scope
     from app.models import Model, ModelVersion
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         mv = session.get_one(ModelVersion, version_id)
@@ -156,8 +158,9 @@ def test_a_version_whose_worker_keeps_dying_fails_instead_of_waiting_forever(
 ) -> None:
     from sqlalchemy import update
 
-    from app.db import session_scope, utcnow
+    from app.db import utcnow
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
 
     name = f"dying-{secrets.token_hex(3)}"
     version_id = lost(name, skops_file)  # type: ignore[operator]
@@ -180,8 +183,9 @@ def _as_if_killed(version_id: str, owner: str, lease_seconds: float) -> None:
     """The version as an attempt left it when its process died: its lease, its owner."""
     from sqlalchemy import update
 
-    from app.db import session_scope, utcnow
+    from app.db import utcnow
     from app.models import ModelVersion
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         session.execute(

@@ -13,11 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 def _prepared(tenant_key: str, count: int, **extra: Any) -> list[Any]:
-    from app.db import session_scope
     from app.models import Tenant
     from app.schemas.jobs import JobCreate
     from app.services.jobs import prepare_submission
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = authenticate(session, tenant_key)
@@ -33,7 +33,7 @@ def _prepared(tenant_key: str, count: int, **extra: Any) -> list[Any]:
 
 
 def _job_rows(job_ids: list[str]) -> list[dict[str, Any]]:
-    from app.db import session_scope
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         rows = session.execute(
@@ -54,9 +54,10 @@ def _job_rows(job_ids: list[str]) -> list[dict[str, Any]]:
 def test_one_statement_writes_what_the_core_inserts_write(
     services: dict[str, str], tenant_key: str
 ) -> None:
-    from app.db import HeldConnection, session_scope
+    from app.db import HeldConnection
     from app.services import one_statement
     from app.services.jobs import insert_submissions, submission_rows
+    from app.unit_of_work import session_scope
 
     by_statement = _prepared(tenant_key, 3, webhook=None, metadata={"k": "v"})
     by_core = _prepared(tenant_key, 3, webhook=None, metadata={"k": "v"})

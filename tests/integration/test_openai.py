@@ -299,9 +299,9 @@ def test_over_the_rate_limit_the_client_raises_rate_limit_error(api_url: str) ->
     turns into RateLimitError (no retries here: the fixture's client says max_retries=0)."""
     import secrets
 
-    from app.db import session_scope
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         tenant = create_tenant(
@@ -449,9 +449,9 @@ def test_a_batch_whose_deadline_passes_before_it_starts_expires_with_every_reque
     none is lost because none ran."""
     from sqlalchemy import func, select, update
 
-    from app.db import session_scope
     from app.models import Job, Tenant
     from app.sweeper import sweep_once
+    from app.unit_of_work import session_scope
 
     gpu_job = {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}
     blocker = client.post("/v1/jobs", json=gpu_job).json()  # no GPU worker: it never runs

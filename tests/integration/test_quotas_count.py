@@ -21,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def _tenant_client(api_url: str, **limits: Any) -> httpx.Client:
-    from app.db import session_scope
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         key = create_api_key(session, create_tenant(session, f"q-{secrets.token_hex(5)}", limits))
@@ -72,8 +72,8 @@ def test_inline_items_count_against_the_storage_quota(api_url: str) -> None:
 def test_an_unpacked_model_version_counts_against_the_storage_quota(
     api_url: str, tmp_path: Path
 ) -> None:
-    from app.db import session_scope
     from app.services.tenants import storage_used
+    from app.unit_of_work import session_scope
     from tests.factories import train_sklearn_classifier
 
     train_sklearn_classifier(tmp_path / "m.skops")
@@ -94,8 +94,8 @@ def test_an_unpacked_model_version_counts_against_the_storage_quota(
 
 
 def _tenant_id(tenant: httpx.Client) -> str:
-    from app.db import session_scope
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     key = tenant.headers["Authorization"].removeprefix("Bearer ")
     with session_scope() as session:
@@ -105,10 +105,10 @@ def _tenant_id(tenant: httpx.Client) -> str:
 
 
 def test_a_model_name_keeps_a_bounded_number_of_versions(client: httpx.Client) -> None:
-    from app.db import session_scope
     from app.schemas.models import ModelCreate
     from app.services import models as model_service
     from app.services.errors import Conflict
+    from app.unit_of_work import session_scope
 
     file = upload(client, b"not really a model", purpose="model", name="m.skops")
     tenant_id = _tenant_id(client)
@@ -128,10 +128,10 @@ def test_a_model_name_keeps_a_bounded_number_of_versions(client: httpx.Client) -
 def test_job_metadata_and_result_files_count_against_the_storage_quota(api_url: str) -> None:
     from sqlalchemy import func, select
 
-    from app.db import session_scope
     from app.models import File, Tenant
     from app.ratelimit import bump_generation
     from app.services.tenants import metadata_bytes, set_limits, storage_used
+    from app.unit_of_work import session_scope
 
     # The most OpenAI's limits allow, in two-byte characters: about 16 KB a job.
     metadata = {f"key-{i:02d}": "é" * 512 for i in range(16)}
@@ -166,13 +166,13 @@ def test_job_metadata_and_result_files_count_against_the_storage_quota(api_url: 
 def test_a_deleted_version_makes_room_and_frees_its_storage(api_url: str, tmp_path: Path) -> None:
     """At most N versions "unless deleted": DELETE /v1/models/{name}/versions/{n} frees the
     version's place and its stored copy; its number is not given again."""
-    from app.db import session_scope
     from app.models import ModelVersion, Tenant
     from app.schemas.models import ModelCreate
     from app.services import models as model_service
     from app.services.errors import Conflict
     from app.services.tenants import storage_used
     from app.storage import get_store
+    from app.unit_of_work import session_scope
     from tests.factories import train_sklearn_classifier
 
     train_sklearn_classifier(tmp_path / "m.skops")

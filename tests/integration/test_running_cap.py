@@ -220,9 +220,9 @@ def test_the_sweeper_sends_a_held_job_whose_releaser_died(
     committed) starts at the next sweep; while the cap is reached it stays held, unsent."""
     from sqlalchemy import update
 
-    from app.db import session_scope
     from app.models import Job
     from app.sweeper import GRACE, sweep_once
+    from app.unit_of_work import session_scope
 
     _, client = capped
     gpu_job = {"model": "minilm", "device": "gpu", "input": {"items": [{"input": "x"}]}}

@@ -53,8 +53,8 @@ class WindowWatch:
 
     def _run(self) -> None:
         from app.config import get_settings
-        from app.db import session_scope
         from app.services import scheduler
+        from app.unit_of_work import session_scope
 
         settings = get_settings()
         while not self._stop.wait(0.05):

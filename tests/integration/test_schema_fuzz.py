@@ -34,8 +34,8 @@ MAX_EXAMPLES = 20
 @pytest.fixture(scope="module")
 def fuzz_key(services: dict[str, str]) -> str:
     """A tenant of the fuzz's own (`tenant_key` is function-scoped)."""
-    from app.db import session_scope
     from app.services.tenants import create_api_key, get_or_create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:
         return create_api_key(session, get_or_create_tenant(session, f"f-{secrets.token_hex(6)}"))

@@ -102,11 +102,11 @@ def test_a_worker_runs_the_job_a_built_message_names(client: httpx.Client) -> No
     """Written without a message (as the committer writes it), then published by
     `publish_jobs` alone: the Celery worker takes the built message and the job succeeds."""
     from app.broker.dispatch import publish_jobs
-    from app.db import session_scope
     from app.models import Tenant
     from app.schemas.jobs import JobCreate
     from app.services import jobs as job_service
     from app.services.tenants import authenticate
+    from app.unit_of_work import session_scope
 
     key = client.headers["Authorization"].split()[1]
     body = JobCreate.model_validate(

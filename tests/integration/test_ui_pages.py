@@ -175,9 +175,9 @@ def test_the_submit_form_uploads_a_file_and_runs_a_job(
 def test_a_refused_submission_leaves_no_upload_behind(
     api_url: str, other_client: httpx.Client, services: dict[str, str]
 ) -> None:
-    from app.db import session_scope
     from app.services.keys import create_api_key
     from app.services.tenants import create_tenant
+    from app.unit_of_work import session_scope
 
     with session_scope() as session:  # a tenant that may store 4 KiB
         tenant = create_tenant(session, f"ui-{secrets.token_hex(5)}", {"max_storage_bytes": 4096})

@@ -21,6 +21,12 @@
 - No import cycle: the modules of `app`, `workers` and `modelfarm_client` import each other
   (at the top or inside a function, absolute or relative) in a graph without a loop, once the
   edges of KNOWN_CYCLE_EDGES are taken out. That list may only shrink, as the one above.
+- One owner per transaction (app/unit_of_work.py, docs/decisions/0018): `app/services` never
+  commit, roll back or publish. They flush, and queue what must be sent after the commit on
+  the unit of work; of `app.broker.dispatch` they name constants only (task names, queues). No
+  module of `app` or `workers` hangs a listener on a session's commit or rollback.
+
+Relative imports (`from . import x`, `from .jobs import y`) count as the modules they name.
 """
 
 from __future__ import annotations
@@ -68,19 +74,38 @@ def _sources(package: str, root: Path) -> list[Path]:
     return [target] if target.is_file() else sorted(target.rglob("*.py"))
 
 
+def _module_of(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _from_module(path: Path, root: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ImportFrom names: `from .x import y` in app/services/jobs.py is
+    `app.services.x`, `from .. import y` there is `app`."""
+    if node.level == 0:
+        return node.module or ""
+    package = _module_of(path, root).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]  # a module's package is its folder
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(package: str, root: Path = ROOT, names: bool = False) -> set[tuple[str, str]]:
     """(file relative to the root, module) for every import in a package (or one file), nested
-    ones too; with `names`, `from a import b` also counts as importing `a.b`."""
+    and relative ones too; with `names`, `from a import b` also counts as importing `a.b` (as
+    `from . import b` always does: b is a module there, or a name of the package)."""
     found = set()
     for path in _sources(package, root):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-                if names:
-                    modules += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = _from_module(path, root, node)
+                modules = [module] if node.module else []
+                if names or not node.module:
+                    modules += [f"{module}.{alias.name}" for alias in node.names]
             else:
                 continue
             found |= {(str(path.relative_to(root)), m) for m in modules}
@@ -294,3 +319,140 @@ def test_each_folder_keeps_to_its_floor() -> None:
     # Workers use the broker and the services, never the command line or the farm's launcher.
     workers = {(m, t) for m in graph if _under(m, "workers") for t in graph[m]}
     assert {(m, t) for m, t in workers if _under(t, "app.cli", "app.local", "app.api")} == set()
+
+
+# One owner per transaction ------------------------------------------------------------------
+
+#: what only the unit of work does: commit, roll back, send (app/unit_of_work.py)
+OWNER_CALLS = {"commit", "rollback"}
+OWNER_NAMES = {"app.unit_of_work." + n for n in ("commit", "rollback", "deliver", "session_scope",
+                                                  "run_retrying")}  # fmt: skip
+SESSION_HOOKS = {"after_commit", "after_rollback", "after_soft_rollback", "before_commit"}
+
+
+def _owner_calls(package: str, root: Path = ROOT) -> set[tuple[str, int, str]]:
+    """(file, line, method) of every `x.commit()` / `x.rollback()`, but a savepoint's (a name
+    bound to `session.begin_nested()`, which ends inside the owner's transaction)."""
+    found = set()
+    for path in _sources(package, root):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        savepoints = {
+            target.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr == "begin_nested"
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in OWNER_CALLS
+                and not (isinstance(node.func.value, ast.Name) and node.func.value.id in savepoints)
+            ):
+                found.add((str(path.relative_to(root)), node.lineno, node.func.attr))
+    return found
+
+
+def _publishing_imports(package: str, root: Path = ROOT) -> set[tuple[str, str]]:
+    """Imports that can send or commit: any name of `app.broker.dispatch` but its constants (task
+    names, queues), the module itself, and the unit of work's owner functions."""
+    bad = set()
+    for path, module in _imports(package, root, names=True):
+        if module == "app.broker.dispatch" or module in OWNER_NAMES:
+            bad.add((path, module))
+        elif module.startswith("app.broker.dispatch."):
+            name = module.removeprefix("app.broker.dispatch.")
+            if not name.replace("_", "").isupper():
+                bad.add((path, module))
+    # `from app.broker.dispatch import X` also yields the bare module: only X decides
+    return {
+        (path, module)
+        for path, module in bad
+        if module != "app.broker.dispatch" or _imports_module_itself(root / path, root)
+    }
+
+
+def _imports_module_itself(path: Path, root: Path) -> bool:
+    """Whether the file imports `app.broker.dispatch` as a module (`import app.broker.dispatch`,
+    `from app.broker import dispatch`), not just names from it."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import) and any(
+            a.name == "app.broker.dispatch" for a in node.names
+        ):
+            return True
+        if (
+            isinstance(node, ast.ImportFrom)
+            and _from_module(path, root, node) == "app.broker"
+            and any(a.name == "dispatch" for a in node.names)
+        ):
+            return True
+    return False
+
+
+def _session_hooks(package: str, root: Path = ROOT) -> set[tuple[str, int]]:
+    """(file, line) of every call that names a session's commit or rollback event
+    (`event.listen(Session, "after_commit", ...)`, `@event.listens_for(..., "after_commit")`)."""
+    found = set()
+    for path in _sources(package, root):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and any(
+                isinstance(arg, ast.Constant) and arg.value in SESSION_HOOKS for arg in node.args
+            ):
+                found.add((str(path.relative_to(root)), node.lineno))
+    return found
+
+
+def test_services_never_commit_or_roll_back() -> None:
+    assert _owner_calls("app/services") == set()
+
+
+def test_services_never_publish() -> None:
+    assert _publishing_imports("app/services") == set()
+
+
+def test_no_listener_on_a_sessions_commit() -> None:
+    assert _session_hooks("app") | _session_hooks("workers") == set()
+
+
+def test_the_owner_checks_see_what_they_forbid(tmp_path: Path) -> None:
+    """Each check, shown a service that breaks it (relative imports included), finds it."""
+    services = tmp_path / "app" / "services"
+    services.mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (services / "__init__.py").write_text("")
+    (services / "bad.py").write_text(
+        "from sqlalchemy import event\n"
+        "from ..broker.dispatch import publish_job, TASK_PLAN_JOB\n"
+        "from ..broker import dispatch\n"
+        "from ..unit_of_work import session_scope, send_after_commit\n\n"
+        "def f(session):\n"
+        "    point = session.begin_nested()\n"
+        "    point.rollback()\n"
+        "    session.commit()\n"
+        "    event.listen(type(session), 'after_commit', f)\n"
+    )
+    assert {m for _, _, m in _owner_calls("app/services", tmp_path)} == {"commit"}
+    assert {m for _, m in _publishing_imports("app/services", tmp_path)} == {
+        "app.broker.dispatch",
+        "app.broker.dispatch.publish_job",
+        "app.unit_of_work.session_scope",
+    }
+    assert _session_hooks("app", tmp_path) == {("app/services/bad.py", 10)}
+
+
+def test_relative_imports_resolve_to_the_modules_they_name(tmp_path: Path) -> None:
+    (tmp_path / "app" / "services").mkdir(parents=True)
+    (tmp_path / "app" / "services" / "__init__.py").write_text("from . import jobs\n")
+    (tmp_path / "app" / "services" / "m.py").write_text(
+        "from .jobs import add_event\nfrom .. import metrics\nfrom ..db import utcnow\n"
+    )
+    assert _imports("app/services", tmp_path) == {
+        ("app/services/__init__.py", "app.services.jobs"),
+        ("app/services/m.py", "app.services.jobs"),
+        ("app/services/m.py", "app.metrics"),
+        ("app/services/m.py", "app.db"),
+    }

@@ -9,12 +9,12 @@ import time
 from itertools import islice
 
 from app.config import get_settings
-from app.db import session_scope
 from app.models import Job
 from app.services import lost_results
 from app.services.results import Assembly, Part, claim_assembly, complete_job
 from app.services.shards import ShardRange, fail_job, renew_job_lease
 from app.storage import get_store
+from app.unit_of_work import session_scope
 from workers.reliability import db_retry, new_owner
 from workers.runtime.items import iter_chunks, iter_lines
 from workers.runtime.openai_lines import expired_line

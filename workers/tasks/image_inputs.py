@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.config import get_settings
-from app.db import session_scope
 from app.ids import new_id
 from app.models import Job
 from app.services import planning
 from app.services.results import ResultFile
 from app.storage import get_store
+from app.unit_of_work import session_scope
 from workers.reliability import db_retry
 from workers.runtime.archives import ArchiveRefused
 from workers.runtime.image_archive import archive_items, looks_like_archive

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from app.broker.dispatch import publish_shard
+from app.broker.dispatch import TASK_RUN_SHARD
 from app.config import get_settings
-from app.db import session_scope, utcnow
+from app.db import utcnow
 from app.ids import new_id
 from app.models import File, Job, JobShard, JobStatus, JobType, ModelVersion, ShardStatus
 from app.services import control, planning, results
@@ -30,6 +30,7 @@ from app.services.jobs import add_event
 from app.services.results import ResultFile
 from app.storage import get_store
 from app.streams import Publisher
+from app.unit_of_work import Message, send_after_commit, session_scope
 from workers import state
 from workers.reliability import JobWatch, ShardWatch, db_retry, new_owner, owner_is_dead
 from workers.runtime import ModelLoadError, ModelSpec, RunOptions, Stopped
@@ -414,12 +415,13 @@ def _give_back(plan: ShardPlan, owner: str, reason: str) -> None:
         db_retry(fail_job, shard.job_id, "shard_failed", message, shard=(shard.id, owner))
         return
 
-    def release() -> bool:
+    def release() -> None:
         with session_scope() as session:
-            return shard_service.release_shard(session, shard, owner, reason)
+            if shard_service.release_shard(session, shard, owner, reason):
+                message = Message(TASK_RUN_SHARD, [shard.job_id, shard.index], plan.queue)
+                send_after_commit(session, message)
 
-    if db_retry(release):
-        publish_shard(shard.job_id, shard.index, plan.queue)
+    db_retry(release)
 
 
 def _claim_shard(job_id: str, index: int, owner: str) -> ShardPlan | None:

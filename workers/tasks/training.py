@@ -20,11 +20,11 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.config import get_settings
-from app.db import session_scope
 from app.models import File, Job, ModelVersion
 from app.services import training
 from app.services.jobs import add_event
 from app.storage import ArtifactStore, get_store
+from app.unit_of_work import session_scope
 from workers import state
 from workers.reliability import JobWatch, db_retry
 from workers.runtime import Stopped

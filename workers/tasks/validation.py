@@ -18,10 +18,10 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.config import get_settings
-from app.db import session_scope
 from app.services import validation
 from app.services.validation import ValidationClaim
 from app.storage import ArtifactStore, get_store
+from app.unit_of_work import session_scope
 from workers.reliability import db_retry, owner_is_dead, worker_is_gone, worker_owner
 from workers.runtime.base import ModelSpec, without_paths
 from workers.runtime.bounds import ModelLimits

@@ -15,10 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from app.broker.dispatch import MAX_COUNTDOWN_SECONDS, publish_delivery
+from app.broker.dispatch import MAX_COUNTDOWN_SECONDS
 from app.config import get_settings
-from app.db import session_scope, utcnow
+from app.db import utcnow
 from app.services import webhooks
+from app.unit_of_work import session_scope
 from app.urlguard import Allowlist, CheckedURL, RefusedURL, check_url
 from workers.reliability import db_retry, new_owner
 
@@ -41,7 +42,7 @@ def deliver(job_id: str, delivery_id: str) -> None:
         Allowlist.parse(settings.webhook_allowed_hosts),
         settings.webhook_timeout_seconds,
     )
-    delay = db_retry(_record, claimed, owner, outcome, settings.retry_delays())
+    db_retry(_record, claimed, owner, outcome, settings.retry_delays())
     log.info(
         "delivery %s (job %s, %s) attempt %d: %s",
         delivery_id,
@@ -50,9 +51,6 @@ def deliver(job_id: str, delivery_id: str) -> None:
         claimed.attempt,
         outcome.status_code or outcome.error,
     )
-    if delay is not None and delay <= MAX_COUNTDOWN_SECONDS:
-        if publish_delivery(job_id, delivery_id, countdown=delay):
-            db_retry(_mark_dispatched, delivery_id)
 
 
 def _claim(delivery_id: str, owner: str, lease: float) -> webhooks.Claimed | None:
@@ -62,14 +60,15 @@ def _claim(delivery_id: str, owner: str, lease: float) -> webhooks.Claimed | Non
 
 def _record(
     claimed: webhooks.Claimed, owner: str, outcome: webhooks.Outcome, delays: list[float]
-) -> float | None:
+) -> None:
+    """The attempt and what follows; a next attempt due soon enough is sent with its countdown
+    once this commits (marked dispatched with it, the mark taken back if the broker refuses);
+    a later one is the sweeper's to send when due."""
     with session_scope() as session:
-        return webhooks.record_attempt(session, claimed, owner, outcome, delays)
-
-
-def _mark_dispatched(delivery_id: str) -> None:
-    with session_scope() as session:
-        webhooks.mark_dispatched(session, delivery_id)
+        delay = webhooks.record_attempt(session, claimed, owner, outcome, delays)
+        if delay is not None and delay <= MAX_COUNTDOWN_SECONDS:
+            webhooks.mark_dispatched(session, claimed.delivery_id)
+            webhooks.send(session, claimed.job_id, claimed.delivery_id, countdown=delay)
 
 
 def attempt(claimed: webhooks.Claimed, allowlist: Allowlist, timeout: float) -> webhooks.Outcome:

@@ -10,11 +10,10 @@ from sqlalchemy.orm import Session
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.openai.errors import OpenAIRoute
 from app.api.submissions import group_commit
-from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
-from app.db import run_retrying
 from app.schemas.openai import BatchCreate, OpenAIBatch, OpenAIBatchList
 from app.services import control
 from app.services import openai as service
+from app.unit_of_work import commit, run_retrying
 
 router = APIRouter(prefix="/batches", route_class=OpenAIRoute)
 
@@ -27,7 +26,7 @@ def create_batch(
     file, run as a farm job: the same shards, scheduler, cancel, deadline and webhooks."""
     submission = service.prepare_batch(session, tenant, body, settings.max_inline_items)
     if session.in_transaction():
-        session.commit()  # only read: its connection goes back before the group commit
+        commit(session)  # only read: its connection goes back before the group commit
     group_commit.submit(submission)  # committed, then published, as a native job is
     return service.batch_public(submission.job)
 
@@ -59,13 +58,10 @@ def get_batch(batch_id: str, session: SessionDep, tenant: TenantDep) -> OpenAIBa
 def cancel_batch(batch_id: str, tenant: TenantDep) -> OpenAIBatch:
     """Stop a batch: `cancelling` until its workers stop, then `cancelled` with what was done."""
 
-    def cancel(session: Session) -> tuple[OpenAIBatch, str | None]:
+    def cancel(session: Session) -> OpenAIBatch:
         service.get_batch(session, tenant, batch_id)  # 404 for a native job
-        job, assemble_now = control.request_cancel(session, tenant, batch_id)
-        return service.batch_public(job), job.queue if assemble_now else None
+        job, _ = control.request_cancel(session, tenant, batch_id)  # sends what it must
+        return service.batch_public(job)
 
-    # As the native cancel: its own transaction, run again if it loses a lock race.
-    batch, assemble_in = run_retrying(cancel)
-    if assemble_in is not None:
-        publish(TASK_ASSEMBLE_JOB, [batch.id], assemble_in)
-    return batch
+    # As the native cancel: its own unit of work, run again if it loses a lock race.
+    return run_retrying(cancel)

@@ -10,11 +10,11 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import TenantDep
 from app.api.openai import streams, sync
 from app.api.openai.errors import OpenAIRoute
-from app.db import session_scope
 from app.models import Tenant
 from app.schemas.openai import ChatCompletionCreate, CompletionCreate, GenerationCreate
 from app.services import jobs as job_service
 from app.services import openai as service
+from app.unit_of_work import session_scope
 
 router = APIRouter(route_class=OpenAIRoute)
 

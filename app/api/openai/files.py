@@ -10,11 +10,11 @@ from fastapi.responses import StreamingResponse
 from app.api import files as native
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.openai.errors import OpenAIRoute
-from app.db import run_retrying
 from app.schemas.openai import OpenAIFile, OpenAIFileDeleted, OpenAIFileList
 from app.services import files as file_service
 from app.services import openai as service
 from app.storage import CHUNK
+from app.unit_of_work import run_retrying
 
 router = APIRouter(prefix="/files", route_class=OpenAIRoute)
 

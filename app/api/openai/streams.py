@@ -28,13 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from app.api import waits
 from app.api.openai import sync
 from app.api.submissions import group_commit
-from app.broker.dispatch import TASK_ASSEMBLE_JOB, publish
-from app.db import run_retrying
 from app.models import Job, Tenant
 from app.services import control
 from app.services import jobs as job_service
 from app.services.errors import Conflict
 from app.streams import Subscription
+from app.unit_of_work import run_retrying
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +115,15 @@ def _error(status: int, code: str, message: str) -> bytes:
 def _cancel(tenant: Tenant, job_id: str) -> None:
     """Nobody reads the answer any more: its worker stops at its next decode step."""
 
-    def cancel(session: Session) -> str | None:
-        job, assemble_now = control.request_cancel(session, tenant, job_id)
-        return job.queue if assemble_now else None
+    def cancel(session: Session) -> None:
+        control.request_cancel(session, tenant, job_id)  # an assembly goes once it commits
 
     try:
-        assemble_in = run_retrying(cancel)
+        run_retrying(cancel)
     except Conflict:  # it ended meanwhile
         return
     except Exception:
         log.warning("could not cancel the abandoned stream's job %s", job_id, exc_info=True)
-        return
-    if assemble_in is not None:  # as the native cancel does
-        publish(TASK_ASSEMBLE_JOB, [job_id], assemble_in)
 
 
 async def _next(

@@ -13,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from app.api import waits
 from app.api.errors import openai_error
 from app.api.submissions import group_commit
-from app.db import session_scope
 from app.models import Job, Tenant
 from app.services import jobs as job_service
 from app.services import openai as service
+from app.unit_of_work import session_scope
 
 #: how long a synchronous request waits for its job (a queue full of batches may hold it)
 WAIT_SECONDS = 300.0
