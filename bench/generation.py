@@ -1,7 +1,8 @@
 """Chat generation with the builtin `smollm2` through the farm, end to end, against what a user
 would run in-process instead.
 
-    .venv/bin/python bench/generation.py [--prompts 64] [--sample 16]
+    .venv/bin/python bench/generation.py [--prompts 64] [--sample 16] [--max-tokens 64]
+    .venv/bin/python bench/generation.py --prompts 1000 --max-tokens 16 --farm-only [--openai]
 
 64 chat prompts of mixed length, `max_tokens` 64, greedy, a third of them with a stop string
 (so sequences end at varied points). Prints generated tokens per second of:
@@ -13,6 +14,10 @@ and the share of prompts whose farm text equals, token for token, the farm's own
 in this process. (b), the slow one, runs on `--sample` prompts spread over the set (the same
 mix of lengths and stops); the others run all.
 Each side runs alone: the farm is stopped before anything runs in this process.
+
+`--farm-only` is the issue's "done when" at scale: (a) and the identical share only, with every
+answer checked to come back, in input order (`--openai`: through the official `openai` client's
+Batch API, `/v1/chat/completions` lines, instead of a native job).
 """
 
 from __future__ import annotations
@@ -57,9 +62,10 @@ STOPS: tuple[list[str] | None, ...] = (None, ["\n"], None)
 class Prompt:
     messages: list[dict[str, str]]
     stop: list[str] | None
+    max_tokens: int = MAX_TOKENS
 
 
-def make_prompts(n: int, seed: int = 12) -> list[Prompt]:
+def make_prompts(n: int, seed: int = 12, max_tokens: int = MAX_TOKENS) -> list[Prompt]:
     rng = random.Random(seed)
     prompts = []
     for i in range(n):
@@ -68,13 +74,13 @@ def make_prompts(n: int, seed: int = 12) -> list[Prompt]:
         messages = [{"role": "user", "content": context + ask}]
         if i % 5 == 0:
             messages.insert(0, {"role": "system", "content": "You are a concise assistant."})
-        prompts.append(Prompt(messages, STOPS[i % len(STOPS)]))
+        prompts.append(Prompt(messages, STOPS[i % len(STOPS)], max_tokens))
     return prompts
 
 
 def engine_input(p: Prompt) -> dict[str, Any]:
-    """A native line's `input`: the chat, greedy, 64 tokens at most, its stop if it has one."""
-    line: dict[str, Any] = {"messages": p.messages, "max_tokens": MAX_TOKENS, "temperature": 0}
+    """A native line's `input`: the chat, greedy, `max_tokens` at most, its stop if it has one."""
+    line: dict[str, Any] = {"messages": p.messages, "max_tokens": p.max_tokens, "temperature": 0}
     if p.stop:
         line["stop"] = p.stop
     return line
@@ -110,9 +116,57 @@ def run_farm(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
         body = b"".join(client.file_chunks(job["output_file_id"]))
         elapsed = time.perf_counter() - start
         assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
-    rows = sorted((json.loads(x) for x in body.splitlines()), key=lambda r: r["custom_id"])
+    rows = [json.loads(x) for x in body.splitlines()]
+    _in_input_order([r["custom_id"] for r in rows], len(prompts))
     tokens = sum(r["output"]["usage"]["completion_tokens"] for r in rows)
     return elapsed, tokens, [r["output"]["text"] for r in rows]
+
+
+def run_farm_openai(prompts: list[Prompt]) -> tuple[float, int, list[str]]:
+    """(a) through the official `openai` client: a Batch of `/v1/chat/completions` lines."""
+    from openai import OpenAI
+
+    from bench.farm import running_farm
+
+    with running_farm() as farm:
+        oai = OpenAI(base_url=f"{farm.url}/openai/v1", api_key=farm.api_key, max_retries=5)
+        # The first request converts the GGUF once and loads it: not what is timed.
+        oai.with_options(timeout=1800).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        path = farm.tmp / "chats.jsonl"
+        with path.open("w") as f:
+            for i, p in enumerate(prompts):
+                body: dict[str, Any] = {"model": MODEL, "messages": p.messages}
+                body |= {"max_tokens": p.max_tokens, "temperature": 0}
+                if p.stop:
+                    body["stop"] = p.stop
+                line = {"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions"}
+                f.write(json.dumps({**line, "body": body}) + "\n")
+        start = time.perf_counter()
+        with path.open("rb") as data:
+            file = oai.files.create(file=data, purpose="batch")
+        batch = oai.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        while batch.status not in ("completed", "failed", "cancelled", "expired"):
+            time.sleep(0.5)
+            batch = oai.batches.retrieve(batch.id)
+        assert batch.status == "completed" and batch.output_file_id, batch
+        body_text = oai.files.content(batch.output_file_id).text
+        elapsed = time.perf_counter() - start
+        assert batch.request_counts is not None and batch.request_counts.failed == 0, batch
+    rows = [json.loads(x) for x in body_text.splitlines()]
+    _in_input_order([int(r["custom_id"]) for r in rows], len(prompts))
+    answers = [r["response"]["body"] for r in rows]
+    tokens = sum(a["usage"]["completion_tokens"] for a in answers)
+    return elapsed, tokens, [a["choices"][0]["message"]["content"] for a in answers]
+
+
+def _in_input_order(ids: list[int], n: int) -> None:
+    """Every answer came back, each once, in the order of the input lines."""
+    assert ids == list(range(n)), f"{len(ids)} answers for {n} prompts, or out of order"
+    print(f"  every answer back, in input order: {len(ids)}/{n}", flush=True)
 
 
 # -- (b), (c) transformers generate -----------------------------------------------------------
@@ -142,7 +196,7 @@ def run_generate(
         with torch.inference_mode():
             out = model.generate(
                 **enc,
-                max_new_tokens=MAX_TOKENS,
+                max_new_tokens=max(p.max_tokens for p in group),
                 do_sample=False,
                 stop_strings=stops or None,
                 tokenizer=tokenizer,
@@ -194,7 +248,7 @@ def run_llama_cpp(prompts: list[Prompt]) -> tuple[float, int] | None:
     start = time.perf_counter()
     for p in prompts:
         answer = llm.create_chat_completion(
-            messages=p.messages, max_tokens=MAX_TOKENS, temperature=0, top_k=1, stop=p.stop
+            messages=p.messages, max_tokens=p.max_tokens, temperature=0, top_k=1, stop=p.stop
         )
         tokens += answer["usage"]["completion_tokens"]
     return time.perf_counter() - start, tokens
@@ -216,13 +270,23 @@ def load_engine() -> Any:
 
 
 def run_engine(runner: Any, prompts: list[Prompt]) -> tuple[float, int, list[str]]:
-    """The farm's engine over every prompt in one call, as a shard of 64 lines runs them."""
+    """The farm's engine over the prompts in calls of CHUNK_ITEMS, as a shard runs its lines
+    (64 prompts: one call)."""
+    from app.config import get_settings
     from workers.runtime import RunOptions
 
-    options = RunOptions()
+    settings = get_settings()  # the CPU pool's knobs, as a worker sets them
+    options = RunOptions(
+        kv_tokens=settings.generation_kv_tokens,
+        max_rows=settings.generation_batch_size,
+        max_new_tokens=settings.generation_max_tokens,
+    )
+    chunk = settings.chunk_items
     start = time.perf_counter()
     values = [runner.prepare(engine_input(p), options) for p in prompts]
-    outputs = runner.run(values, options)
+    outputs = []
+    for first in range(0, len(values), chunk):
+        outputs += runner.run(values[first : first + chunk], options)
     elapsed = time.perf_counter() - start
     tokens = sum(o["usage"]["completion_tokens"] for o in outputs)
     return elapsed, tokens, [o["text"] for o in outputs]
@@ -236,18 +300,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--sample", type=int, default=16, help="prompts (b) runs on")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument(
+        "--farm-only", action="store_true", help="(a) and the identical share, nothing else"
+    )
+    parser.add_argument(
+        "--openai", action="store_true", help="(a) through the openai client's Batch API"
+    )
     args = parser.parse_args()
-    prompts = make_prompts(args.prompts)
+    prompts = make_prompts(args.prompts, max_tokens=args.max_tokens)
     step = max(1, len(prompts) // args.sample)
     sample = prompts[::step][: args.sample]
 
-    farm_s, farm_tokens, farm_texts = run_farm(prompts)
+    farm_s, farm_tokens, farm_texts = (run_farm_openai if args.openai else run_farm)(prompts)
     _progress("(a) farm", farm_s, farm_tokens)
     runner = load_engine()
     engine_s, engine_tokens, engine_texts = run_engine(runner, prompts)
     _progress("the farm's engine in-process", engine_s, engine_tokens)
     same = sum(a == b for a, b in zip(farm_texts, engine_texts, strict=True))
     print(f"  identical so far: {same}/{len(prompts)}", flush=True)
+    rate = farm_tokens / farm_s
+    header = f"prompts: {len(prompts)}  max_tokens: {args.max_tokens}  greedy"
+    print(f"{header}  cores: {os.cpu_count()}")
+    engine_row = ("    the farm's engine in-process", engine_tokens, engine_tokens / engine_s)
+    if args.farm_only:
+        via = "openai Batch API" if args.openai else "native job"
+        rows = [(f"(a) farm ({via}), {farm_s:.1f} s", farm_tokens, rate), engine_row]
+        for name, count, speed in rows:
+            print(f"{name:44s} {count:6d} tokens {speed:8.1f} tokens/s")
+        print(f"identical to the engine in-process: {100 * same / len(prompts):.1f} %")
+        return
     # The same weights as the engine's: transformers' own loading of the converted folder.
     one_s, one_tokens = run_generate(runner.model, runner.tokenizer, sample, 1)
     _progress("(b) generate one at a time", one_s, one_tokens)
@@ -256,14 +338,12 @@ def main() -> None:
     del runner
     llama = run_llama_cpp(prompts)
 
-    rate = farm_tokens / farm_s
     one, padded = one_tokens / one_s, padded_tokens / padded_s
-    print(f"prompts: {len(prompts)}  max_tokens: {MAX_TOKENS}  greedy  cores: {os.cpu_count()}")
     rows = [
         ("(a) farm (upload -> job -> output file)", farm_tokens, rate),
         (f"(b) generate, one prompt at a time ({len(sample)})", one_tokens, one),
         ("(c) generate, padded batches of 16", padded_tokens, padded),
-        ("    the farm's engine in-process, one call", engine_tokens, engine_tokens / engine_s),
+        engine_row,
     ]
     if llama is not None:
         rows.append(("(d) llama.cpp, one prompt at a time", llama[1], llama[1] / llama[0]))

@@ -75,11 +75,18 @@ def _database_families() -> list[Metric]:
         processed.add_metric([model, outcome], count)
     token_counts = CounterMetricFamily(
         "modelfarm_tokens",
-        "Tokens text models read and generated (prompt + completion), per model, as shards end",
+        "Tokens text models read (for text generation: the prompts), per model, as shards end",
         labels=["model"],
     )
-    for model, count in tokens.items():
-        token_counts.add_metric([model], count)
+    generated = CounterMetricFamily(
+        "modelfarm_generated_tokens",
+        "Tokens text-generation models wrote (completions), per model, as shards end",
+        labels=["model"],
+    )
+    for model, (read, wrote) in tokens.items():
+        token_counts.add_metric([model], read)
+        if wrote:
+            generated.add_metric([model], wrote)
     histogram = HistogramMetricFamily(
         "modelfarm_job_duration_seconds",
         "Finished jobs: seconds from start to end, by type and final status",
@@ -100,7 +107,7 @@ def _database_families() -> list[Metric]:
         "modelfarm_webhook_failures", "Webhook delivery attempts that got no 2xx answer"
     )
     failed.add_metric([], failures)
-    return [jobs, pools, processed, token_counts, histogram, waiting, failed]
+    return [jobs, pools, processed, token_counts, generated, histogram, waiting, failed]
 
 
 #: Every family the farm exports (what the Grafana dashboard may use; a unit test checks it).
@@ -113,6 +120,7 @@ FAMILIES = (
     "modelfarm_queue_depth",
     "modelfarm_items_processed_total",
     "modelfarm_tokens_total",
+    "modelfarm_generated_tokens_total",
     "modelfarm_job_duration_seconds",
     "modelfarm_webhook_backlog",
     "modelfarm_webhook_failures_total",

@@ -43,6 +43,7 @@ def get_usage(
                 items=r.items,
                 failed_items=r.failed_items,
                 tokens=r.tokens,
+                completion_tokens=r.completion_tokens,
                 cpu_seconds=r.cpu_seconds,
                 gpu_seconds=r.gpu_seconds,
             )

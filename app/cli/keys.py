@@ -126,7 +126,7 @@ def usage(
         owner = tenants.get_tenant(session, tenant) if tenant else None
         rows = usage_service.usage(session, owner, first, last, groups)
     fields = ["date", "model", "job_type", "jobs", "items", "failed_items", "tokens"]
-    fields += ["cpu_seconds", "gpu_seconds"]
+    fields += ["completion_tokens", "cpu_seconds", "gpu_seconds"]
     shown = ([] if tenant else ["tenant"]) + list(fields)
     data = [{f: getattr(r, f) for f in shown} for r in rows]
     if as_json:

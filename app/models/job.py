@@ -173,8 +173,10 @@ class JobShard(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
-    # Tokens its items used (text models), written once, by the attempt that closes the shard.
+    # Tokens its items used (text models), written once, by the attempt that closes the shard:
+    # what the model read (prompts, for text generation) and what it generated.
     tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(120))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the scheduler releases the shard to the broker (app/services/scheduler.py): a

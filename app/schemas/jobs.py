@@ -294,9 +294,11 @@ class JobPublic(BaseModel):
         description="Your metadata, as given.", examples=[{"project": "search-index"}]
     )
     usage: dict[str, float | int] = Field(
-        description="Compute spent on the job, and `tokens`: what its text model read, as the "
-        "model's tokenizer counts it (recorded as each shard finishes, once however often it ran).",
-        examples=[{"cpu_seconds": 12.5, "gpu_seconds": 0, "tokens": 48210}],
+        description="Compute spent on the job, `tokens`: what its text model read (for text "
+        "generation: the prompts), as the model's tokenizer counts it, and `completion_tokens`: "
+        "what a text-generation model wrote (both recorded as each shard finishes, once however "
+        "often it ran).",
+        examples=[{"cpu_seconds": 12.5, "gpu_seconds": 0, "tokens": 48210, "completion_tokens": 0}],
     )
     progress: dict[str, Any] | None = Field(
         default=None,

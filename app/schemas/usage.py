@@ -16,7 +16,10 @@ class UsagePublic(BaseModel):
     failed_items: int = Field(description="Items that ended in the error file.")
     tokens: int = Field(
         description="Tokens the text models read, as each model's tokenizer counts them "
-        "(special tokens included); 0 for scikit-learn models."
+        "(special tokens included; for text generation: the prompts); 0 for scikit-learn models."
+    )
+    completion_tokens: int = Field(
+        default=0, description="Tokens text-generation models wrote (their completions)."
     )
     cpu_seconds: float = Field(description="CPU time of every attempt.")
     gpu_seconds: float = Field(description="GPU time of every attempt.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, select, text
 from sqlalchemy.orm import Session
@@ -92,20 +93,21 @@ def items_processed(session: Session, names: bool = False) -> dict[tuple[str, st
     return found
 
 
-def tokens_processed(session: Session, names: bool = False) -> dict[str, int]:
-    """Tokens of text models per model (read, and for text generation written too: prompt +
-    completion), counted as each shard finishes; its rate is tokens per second. Tenants' own
+def tokens_processed(session: Session, names: bool = False) -> dict[str, tuple[int, int]]:
+    """Tokens of text models per model: (what they read, what they generated — text generation
+    only), counted as each shard finishes; their rates are tokens per second. Tenants' own
     models are one `tenant-model` unless `names`, as in items_processed."""
     model = _model_label(names)
+
+    def summed(key: str) -> Any:
+        return func.coalesce(func.sum(func.coalesce(Job.usage[key].as_integer(), 0)), 0)
+
     rows = session.execute(
-        select(
-            model,
-            func.coalesce(func.sum(func.coalesce(Job.usage["tokens"].as_integer(), 0)), 0),
-        )
+        select(model, summed("tokens"), summed("completion_tokens"))
         .where(Job.type == "inference")
         .group_by(model)
     )
-    return {str(model): int(tokens) for model, tokens in rows}
+    return {str(model): (int(read), int(wrote)) for model, read, wrote in rows}
 
 
 def job_durations(session: Session) -> list[DurationRow]:

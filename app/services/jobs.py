@@ -43,6 +43,8 @@ from app.urlguard import Allowlist, RefusedURL, check_url
 
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 JOB_ENDED_CHANNEL = "modelfarm_job_ended"  #: NOTIFY channel; the payload is the job id
+#: a job's usage before its first shard records any (tokens: read; completion_tokens: written)
+EMPTY_USAGE = {"cpu_seconds": 0.0, "gpu_seconds": 0.0, "tokens": 0, "completion_tokens": 0}
 
 NO_GPU_WORKER = (
     "no GPU worker is running: the job waits in the gpu queue until one starts "
@@ -600,7 +602,7 @@ def job_public(job: Job) -> JobPublic:
         params=job.params,
         webhook=job.webhook,
         metadata=job.meta,
-        usage={"cpu_seconds": 0.0, "gpu_seconds": 0.0, "tokens": 0, **(job.usage or {})},
+        usage={**EMPTY_USAGE, **(job.usage or {})},
         progress=_progress(job),
         notice=job.notice,
         created_at=job.created_at,

@@ -55,7 +55,7 @@ def redo_lost_parts(
     again = status == JobStatus.RUNNING
     for shard in shards:
         shard.parts_attempt = shard.parts_stem = None
-        shard.succeeded = shard.failed = shard.tokens = 0
+        shard.succeeded = shard.failed = shard.tokens = shard.completion_tokens = 0
         if again:
             shard.status, shard.finished_at, shard.dispatched_at = ShardStatus.QUEUED, None, None
             shard.last_error = "results lost: its part files were missing or short"

@@ -98,7 +98,8 @@ def is_batch(job: Job) -> bool:
 def batch_public(job: Job) -> oa.OpenAIBatch:
     status = batch_status(job)
     ended = unix(job.finished_at)
-    tokens = int((job.usage or {}).get("tokens", 0))  # summed over its shards as they close
+    used = job.usage or {}  # summed over its shards as they close
+    read, wrote = int(used.get("tokens", 0)), int(used.get("completion_tokens", 0))
     errors = None
     if status == "failed" and job.error:
         item = oa.BatchErrorItem(code=job.error.get("code"), message=job.error.get("message"))
@@ -125,7 +126,7 @@ def batch_public(job: Job) -> oa.OpenAIBatch:
         request_counts=oa.RequestCounts(
             total=job.counts_total, completed=job.counts_succeeded, failed=job.counts_failed
         ),
-        usage=oa.BatchUsage(input_tokens=tokens, total_tokens=tokens),
+        usage=oa.BatchUsage(input_tokens=read, output_tokens=wrote, total_tokens=read + wrote),
         metadata=job.meta or None,
     )
 

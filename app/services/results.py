@@ -232,6 +232,7 @@ def end_with_only_shard(
     events: Sequence[tuple[str, dict[str, Any]]] = (),
     tokens: int = 0,
     finish_began: datetime | None = None,
+    completion_tokens: int = 0,
 ) -> bool:
     """Close the one shard of a job and end the job, its part files being its result files.
 
@@ -260,7 +261,7 @@ def end_with_only_shard(
                 *held_by(shard.id, owner), *whole_if_succeeded(status, outputs.lines + errors.lines)
             )
             .values(
-                **closed_values(shard, status, owner, tokens),
+                **closed_values(shard, status, owner, tokens, completion_tokens),
                 succeeded=outputs.lines,
                 failed=errors.lines,
             )
@@ -270,7 +271,8 @@ def end_with_only_shard(
             return False
         for type_, data in [*events, (f"shard_{status}", {"shard": shard.index})]:
             add_event(session, job_id, type_, data, flush=False)
-        total = added_usage(row.usage, usage, tokens)  # the job's only shard: its tokens
+        # The job's only shard: its tokens are the job's.
+        total = added_usage(row.usage, usage, tokens, completion_tokens)
         all_succeeded = status == ShardStatus.SUCCEEDED
         ending = row.lease_owner is None and (
             row.status == JobStatus.CANCELLING

@@ -374,9 +374,12 @@ def parts_stem(index: int, attempt: int, owner: str) -> str:
     return f"{index:06d}-{attempt}-{owner.rsplit(':', 1)[-1]}"
 
 
-def closed_values(shard: JobShard, status: ShardStatus, owner: str, tokens: int) -> dict[str, Any]:
+def closed_values(
+    shard: JobShard, status: ShardStatus, owner: str, tokens: int, completion_tokens: int = 0
+) -> dict[str, Any]:
     """What closing a shard writes besides its counts: it ends, its lease goes, the attempt
-    whose part files are whole is this one (`owner`'s), and the tokens are this attempt's. Only
+    whose part files are whole is this one (`owner`'s), and the tokens (read, and for text
+    generation written: `completion_tokens`) are this attempt's. Only
     the attempt holding the lease closes a shard, and a closed shard never runs again, so a
     shard's tokens are counted once however many attempts it took."""
     return {
@@ -387,16 +390,22 @@ def closed_values(shard: JobShard, status: ShardStatus, owner: str, tokens: int)
         "parts_attempt": shard.attempts,
         "parts_stem": parts_stem(shard.index, shard.attempts, owner),
         "tokens": tokens,
+        "completion_tokens": completion_tokens,
     }
 
 
 def added_usage(
-    previous: dict[str, float] | None, usage: dict[str, float], tokens: int
+    previous: dict[str, float] | None,
+    usage: dict[str, float],
+    tokens: int,
+    completion_tokens: int = 0,
 ) -> dict[str, float]:
     """A job's usage after a shard's finish: the seconds add every attempt's (a repeated shard
-    did use the machine twice); `tokens` is the job's total, the sum over its closed shards."""
+    did use the machine twice); `tokens` (what its model read) and `completion_tokens` (what
+    it wrote) are the job's totals, the sums over its closed shards."""
     total = {k: round((previous or {}).get(k, 0.0) + v, 3) for k, v in usage.items()}
     total["tokens"] = tokens
+    total["completion_tokens"] = completion_tokens
     return total
 
 
@@ -409,10 +418,12 @@ def finish_shard(
     succeeded: int = 0,
     failed: int = 0,
     tokens: int = 0,
+    completion_tokens: int = 0,
 ) -> bool:
     """Close a shard with the counts of this attempt's part files (absolute: a retried finish
-    writes the same) and the tokens of all its items; True when no shard of its job is left to
-    run (time to assemble). A shard closes `succeeded` only with a line for each of its items."""
+    writes the same) and the tokens of all its items (read, and written); True when no shard of
+    its job is left to run (time to assemble). A shard closes `succeeded` only with a line for
+    each of its items."""
     # Lock the job row: shards of one job finish one at a time, so exactly one sees "none left".
     lock_job(session, shard.job_id)
     done = (
@@ -421,7 +432,9 @@ def finish_shard(
             update(JobShard)
             .where(*held_by(shard.id, owner), *whole_if_succeeded(status, succeeded + failed))
             .values(
-                **closed_values(shard, status, owner, tokens), succeeded=succeeded, failed=failed
+                **closed_values(shard, status, owner, tokens, completion_tokens),
+                succeeded=succeeded,
+                failed=failed,
             ),
         ).rowcount
         == 1
@@ -430,10 +443,13 @@ def finish_shard(
         return False
     _execute(session, update(Job).where(Job.id == shard.job_id).values(**count_sums(shard.job_id)))
     job = session.get_one(Job, shard.job_id, populate_existing=True)
-    job_tokens = session.scalar(
-        select(func.coalesce(func.sum(JobShard.tokens), 0)).where(JobShard.job_id == shard.job_id)
-    )
-    job.usage = added_usage(job.usage, usage, int(job_tokens or 0))
+    read, wrote = session.execute(
+        select(
+            func.coalesce(func.sum(JobShard.tokens), 0),
+            func.coalesce(func.sum(JobShard.completion_tokens), 0),
+        ).where(JobShard.job_id == shard.job_id)
+    ).one()
+    job.usage = added_usage(job.usage, usage, int(read or 0), int(wrote or 0))
     add_event(session, shard.job_id, f"shard_{status}", {"shard": shard.index})
     if active_shards(session, shard.job_id) == 0:
         return True

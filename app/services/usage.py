@@ -36,6 +36,7 @@ class UsageRow:
     items: int
     failed_items: int
     tokens: int
+    completion_tokens: int
     cpu_seconds: float
     gpu_seconds: float
 
@@ -82,6 +83,7 @@ def usage(
             func.sum(case((inference, Job.counts_succeeded + Job.counts_failed), else_=0)),
             func.sum(case((inference, Job.counts_failed), else_=0)),
             func.sum(func.coalesce(Job.usage["tokens"].as_integer(), 0)),
+            func.sum(func.coalesce(Job.usage["completion_tokens"].as_integer(), 0)),
             func.sum(_seconds("cpu_seconds")),
             func.sum(_seconds("gpu_seconds")),
         )
@@ -101,7 +103,7 @@ def usage(
         values = list(row)
         named = {"tenant": values.pop(0) if tenant is None else None}
         named |= {g: values.pop(0) for g in group_by}
-        jobs, items, failed, tokens, cpu, gpu = values
+        jobs, items, failed, tokens, completion, cpu, gpu = values
         rows.append(
             UsageRow(
                 tenant=named["tenant"],
@@ -112,6 +114,7 @@ def usage(
                 items=int(items or 0),
                 failed_items=int(failed or 0),
                 tokens=int(tokens or 0),
+                completion_tokens=int(completion or 0),
                 cpu_seconds=round(float(cpu or 0), 3),
                 gpu_seconds=round(float(gpu or 0), 3),
             )

@@ -7,7 +7,7 @@ counts what is in flight from the shards released and not finished only
 (`ix_job_shards_in_flight`, as many rows as the pools' windows).
 
 Revision ID: 0018
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-07 01:40:00.000000
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -55,6 +55,7 @@ def test_every_page_with_examples_is_read_and_few_are_not_run() -> None:
     assert [lang for lang, _, why in readme if why is None] == [
         *["sh", "python", "sh"],  # the command line; images: the folders, train, classify
         *["sh", "python", "python"],  # curl, the Python client, the openai client
+        *["sh", "python"],  # a chat batch: the command line, the openai client's Batch API
     ]
 
 

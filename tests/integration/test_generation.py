@@ -8,6 +8,7 @@ import json
 import signal
 import struct
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,16 @@ def test_smollm2_answers_a_chat_and_a_prompt(client: httpx.Client) -> None:
     assert chat["output"]["finish_reason"] == "stop"  # it ended with <|im_end|>
     assert prompt["output"]["finish_reason"] == "length"
     assert prompt["output"]["usage"]["completion_tokens"] == 4
-    usage = [line["output"]["usage"] for line in (chat, prompt)]
-    tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage)
-    assert job["usage"]["tokens"] == tokens
-    # /metrics counts them per model (its rate: tokens per second).
+    read, wrote = _usage_of([chat, prompt])
+    assert (job["usage"]["tokens"], job["usage"]["completion_tokens"]) == (read, wrote)
+    # /metrics counts them per model (their rates: tokens read and generated per second).
     metrics = client.get("/metrics").text
-    (line,) = [
-        m for m in metrics.splitlines() if m.startswith('modelfarm_tokens_total{model="smollm2')
-    ]
-    assert float(line.rsplit(" ", 1)[1]) >= tokens
+    for family, least in (
+        ("modelfarm_tokens_total", read),
+        ("modelfarm_generated_tokens_total", wrote),
+    ):
+        (line,) = [m for m in metrics.splitlines() if m.startswith(f'{family}{{model="smollm2')]
+        assert float(line.rsplit(" ", 1)[1]) >= least
 
 
 def test_uploaded_causal_lm_lines_outputs_and_error_lines(
@@ -85,6 +87,15 @@ def test_uploaded_causal_lm_lines_outputs_and_error_lines(
 ) -> None:
     version = _register_tiny(client, tiny_lm, "tiny-chat")
     assert version["info"]["context_length"] == 1024
+    # Both model lists show a generation model's task and context length.
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
+    shown = {n: (listed[n]["task"], listed[n]["context_length"]) for n in ("tiny-chat", "smollm2")}
+    assert shown == {"tiny-chat": ("text-generation", 1024), "smollm2": ("text-generation", 8192)}
+    openai_listed = {m["id"]: m for m in client.get("/openai/v1/models").json()["data"]}
+    assert (openai_listed["tiny-chat"]["task"], openai_listed["tiny-chat"]["context_length"]) == (
+        "text-generation",
+        1024,
+    )
     good = [
         "the quick brown fox",
         {"prompt": "Once upon a time", "max_tokens": 5},
@@ -113,6 +124,13 @@ def test_uploaded_causal_lm_lines_outputs_and_error_lines(
     assert [line["output"] for line in outputs] == expected
     assert expected[1]["finish_reason"] == "length"
     assert expected[1]["usage"]["completion_tokens"] == 5
+    # Usage tells what the model read (the prompts) from what it wrote, each the sum of the
+    # output lines' own figures (the error lines read nothing), in the job and in GET /v1/usage.
+    read, wrote = _usage_of(outputs)
+    assert (job["usage"]["tokens"], job["usage"]["completion_tokens"]) == (read, wrote)
+    rows = client.get("/v1/usage", params={"group_by": "model"}).json()["data"]
+    (row,) = [r for r in rows if r["model"] == job["model"]]
+    assert (row["tokens"], row["completion_tokens"]) == (read, wrote)
 
 
 def _gguf(tensors: int, keys: int, body: bytes = b"") -> bytes:
@@ -189,22 +207,38 @@ def _wait_started(client: httpx.Client, job_id: str) -> None:
     raise TimeoutError("the shard never started")
 
 
+# Each line samples with its own seed, so the rows do not all meet the tiny model's EOS at one
+# step: 64 lines (one chunk) of up to 1000 tokens, a few thousand decode steps, however fast
+# this machine is. A stop seen only at the chunk's end would write them all.
+LONG_ROWS = [
+    {"custom_id": i, "input": {"prompt": "the quick brown fox", "seed": i}} for i in range(64)
+]
+LONG_PARAMS = {"max_tokens": 1000, "temperature": 1.0}
+
+
 def test_cancel_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
     _register_tiny(client, tiny_lm, "tiny-long")
-    # Each line samples with its own seed, so the rows do not all meet the tiny model's EOS
-    # at one step: 64 lines (one chunk) of up to 1000 tokens, a few thousand decode steps,
-    # however fast this machine is. A stop seen only at the chunk's end would write them all.
-    rows = [
-        {"custom_id": i, "input": {"prompt": "the quick brown fox", "seed": i}} for i in range(64)
-    ]
-    file = upload(client, "".join(_line(r) for r in rows).encode())
-    params = {"max_tokens": 1000, "temperature": 1.0}
+    file = upload(client, "".join(_line(r) for r in LONG_ROWS).encode())
+    params = LONG_PARAMS
     job = submit(client, {"model": "tiny-long", "input": {"file_id": file["id"]}, "params": params})
     _wait_started(client, job["id"])
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
     done = wait_done(client, job["id"], timeout=60)
     assert done["status"] == "cancelled"
     assert done["counts"]["succeeded"] == 0  # the chunk was dropped mid-generation
+
+
+def test_a_deadline_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
+    """The deadline is checked between decode steps too: the job ends soon after it, not when
+    its thousands of steps would have."""
+    _register_tiny(client, tiny_lm, "tiny-deadline")
+    warm = run_job(client, "tiny-deadline", [{"input": {"prompt": "hi", "max_tokens": 1}}])
+    assert warm["status"] == "succeeded", warm  # loaded: the deadline times the generation
+    job = run_job(client, "tiny-deadline", LONG_ROWS, params=LONG_PARAMS, deadline_seconds=6)
+    assert job["status"] == "cancelled" and job["error"]["code"] == "deadline_exceeded", job
+    assert job["counts"]["succeeded"] == 0  # the chunk was dropped mid-generation
+    ended, deadline = (datetime.fromisoformat(job[k]) for k in ("finished_at", "deadline_at"))
+    assert (ended - deadline).total_seconds() < 30
 
 
 @pytest.mark.timeout(600)
@@ -236,8 +270,18 @@ def test_a_crash_mid_shard_redoes_it_with_the_same_seeded_text(
     runner = load_generation_runner(str(tiny_lm), "cpu")
     options = RunOptions(params=params)
     expected = runner.run([runner.prepare(v, options) for v in good[:8]], options)
-    outputs = [line["output"] for line in read_lines(client, done["output_file_id"])]
+    lines = read_lines(client, done["output_file_id"])
+    outputs = [line["output"] for line in lines]
     assert len(outputs) == len(good) and outputs[:8] == expected
+    # The redone shard's tokens count once: the job's are its lines' own.
+    read, wrote = _usage_of(lines)
+    assert (done["usage"]["tokens"], done["usage"]["completion_tokens"]) == (read, wrote)
+
+
+def _usage_of(lines: list[dict[str, Any]]) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) summed over output lines."""
+    used = [line["output"]["usage"] for line in lines]
+    return sum(u["prompt_tokens"] for u in used), sum(u["completion_tokens"] for u in used)
 
 
 def _line(row: dict[str, Any]) -> str:

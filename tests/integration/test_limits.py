@@ -257,6 +257,7 @@ def test_usage_after_a_real_job(api_url: str, client: httpx.Client) -> None:
     assert job["usage"]["tokens"] == tokens
     assert (row["jobs"], row["items"], row["failed_items"], row["tokens"]) == (1, 5, 1, tokens)
     assert row["cpu_seconds"] > 0 and row["gpu_seconds"] == 0
+    assert row["completion_tokens"] == job["usage"]["completion_tokens"] == 0  # it wrote none
 
     by_model = client.get("/v1/usage", params={"group_by": "model,job_type"}).json()["data"]
     assert [(r["model"], r["job_type"], r["items"]) for r in by_model] == [

@@ -139,8 +139,11 @@ def test_a_chat_batch_with_a_bad_line_among_good_ones(oai: OpenAI) -> None:
     assert body["choices"][0]["message"]["content"] == plain.choices[0].message.content
     assert plain.usage is not None
     assert body["usage"] == plain.usage.model_dump(exclude_none=True)
-    used = sum(o["response"]["body"]["usage"]["total_tokens"] for o in out)
-    assert batch.usage is not None and batch.usage.total_tokens == used
+    used = [o["response"]["body"]["usage"] for o in out]
+    assert batch.usage is not None
+    assert batch.usage.input_tokens == sum(u["prompt_tokens"] for u in used)
+    assert batch.usage.output_tokens == sum(u["completion_tokens"] for u in used) > 0
+    assert batch.usage.total_tokens == sum(u["total_tokens"] for u in used)
 
     errors = [json.loads(x) for x in oai.files.content(batch.error_file_id).text.splitlines()]
     assert [e["custom_id"] for e in errors] == ["n", "empty", "c"]

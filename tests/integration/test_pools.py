@@ -123,3 +123,29 @@ def test_an_image_job_runs_in_half_precision_on_the_gpu_pool(
     full = np.array([[s[k] for k in "abc"] for s in outputs["cpu"]])
     # bf16 autocast on this stand-in CPU (fp16 on CUDA): close to fp32, and not equal to it.
     assert np.abs(half - full).max() < 0.03 and not np.allclose(half, full, atol=1e-7)
+
+
+def test_a_generation_job_runs_in_half_precision_on_the_gpu_pool(
+    client: httpx.Client, gpu_worker: FarmProcess, cpu_worker: FarmProcess, tmp_path: Path
+) -> None:
+    """Text generation on the GPU pool's own path (half precision: bf16 on this stand-in CPU,
+    fp16 on CUDA) gives what the same engine gives in-process in that precision."""
+    from tests.factories import make_tiny_causal_lm
+    from tests.helpers import register_ready, tar_of
+    from workers.runtime.base import RunOptions
+    from workers.runtime.generation import load_generation_runner
+
+    model = make_tiny_causal_lm(tmp_path / "lm", context=256)
+    file = upload(client, tar_of(model), purpose="model", name="lm.tar.gz")
+    body = {"name": "tiny-gen", "framework": "transformers", "task": "text-generation"}
+    register_ready(client, {**body, "file_id": file["id"]})
+    prompts = ["the quick brown fox", "Once upon a time", "hello world"]
+    params = {"temperature": 0, "max_tokens": 8}
+    rows = [{"custom_id": i, "input": p} for i, p in enumerate(prompts)]
+    job = run_job(client, "tiny-gen", rows, device="gpu", params=params)
+    assert job["status"] == "succeeded" and job["queue"] == "gpu", job
+    assert _worker_of(client, job["id"])["worker"].startswith("gpu0@")
+    half = load_generation_runner(str(model), "cpu", precision="mixed")
+    options = RunOptions(params=params)
+    expected = half.run([half.prepare(p, options) for p in prompts], options)
+    assert [r["output"] for r in read_lines(client, job["output_file_id"])] == expected

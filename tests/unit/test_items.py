@@ -140,7 +140,8 @@ def test_hostile_lines_each_become_one_error_line(tmp_path: Path) -> None:
 
 class _Fragile:
     """A runner whose model breaks on one input and returns NaN for another; it tells ten
-    tokens per text, before it breaks, as a text runner tokenizes before its model runs."""
+    tokens read per text, before it breaks, as a text runner tokenizes before its model runs,
+    and three written per text once it ran, as a text-generation runner does."""
 
     def prepare(self, value: object, options: RunOptions) -> object:
         return value
@@ -150,6 +151,8 @@ class _Fragile:
             options.on_tokens([10] * len(values))
         if "boom" in values:
             raise RuntimeError("the model fell over")
+        if options.on_completion_tokens is not None:
+            options.on_completion_tokens([3] * len(values))
         return [float("nan") if v == "nan" else len(str(v)) for v in values]
 
 
@@ -169,8 +172,8 @@ def test_an_item_that_breaks_the_model_fails_alone() -> None:
         ("c", "invalid_output", 3),
     ]
     # The broken batch's count is dropped and its items counted as they ran again, one by one:
-    # a, c and d read their tokens once; b broke the model and counts none.
-    assert result.tokens == 30
+    # a, c and d read (and wrote) their tokens once; b broke the model and counts none.
+    assert (result.tokens, result.completion_tokens) == (30, 9)
 
 
 def test_an_over_long_line_is_skipped_without_being_held(

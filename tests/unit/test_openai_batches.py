@@ -89,6 +89,10 @@ def test_counts_usage_and_events() -> None:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 42,
     }
+    # A chat batch: prompts read apart from completions written.
+    chat = {"cpu_seconds": 1.5, "tokens": 42, "completion_tokens": 17}
+    usage = batch_public(_job("succeeded", usage=chat)).usage
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (42, 17, 59)
     done = batch_event(_job("succeeded"), "job.succeeded")
     assert done is not None and done[0] == "batch.completed"
     assert done[1]["object"] == "event" and done[1]["data"] == {"id": "job_x"}

@@ -91,6 +91,9 @@ class RunOptions:
     #: told each text's token count (what the model reads, special tokens included) when a
     #: text runner tokenizes a call's values, so tokens are counted where they are made
     on_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
+    #: text generation: told each value's completion tokens (what the model wrote), with
+    #: `on_tokens` told its prompt tokens (what it read)
+    on_completion_tokens: Callable[[list[int]], None] | None = field(default=None, compare=False)
     # Image models (workers/runtime/vision.py).
     top_k: int = 5  #: image-classification: the labels an output scores
     normalize: bool = False  #: image-feature-extraction: L2-normalise the embedding

@@ -41,7 +41,9 @@ class DecodingRunner:
         requests = [replace(v, index=i) for i, v in enumerate(values)]
         generated = self.engine.generate(requests, options)
         if options.on_tokens is not None:
-            options.on_tokens([g.prompt_tokens + g.completion_tokens for g in generated])
+            options.on_tokens([g.prompt_tokens for g in generated])
+        if options.on_completion_tokens is not None:
+            options.on_completion_tokens([g.completion_tokens for g in generated])
         return [g.output() for g in generated]
 
 

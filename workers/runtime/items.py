@@ -36,6 +36,7 @@ class ChunkResult:
     outputs: list[bytes] = field(default_factory=list)  # JSONL lines, input order
     errors: list[bytes] = field(default_factory=list)
     tokens: int = 0  #: what the model read for these lines (text models; 0 otherwise)
+    completion_tokens: int = 0  #: what it wrote for them (text generation; 0 otherwise)
 
 
 def read_lines(
@@ -227,30 +228,50 @@ def _model_failure(exc: Exception) -> ItemError:
     return ItemError("item_failed", f"the model failed on this input: {type(exc).__name__}")
 
 
-def run_isolated(
-    runner: Runner, values: list[Any], options: RunOptions
-) -> tuple[list[Any], list[int]]:
-    """Outputs in order, and each value's token count as the runner's tokenizer made it (0 for
-    a model without one). When a batch breaks, its items run one by one, so only an item that
-    breaks the model itself becomes an error (an ItemError stands in for its output, 0 for its
-    tokens); the counts of a call that broke are dropped, so no text counts twice."""
+@dataclass
+class Counted:
+    """A run's outputs in order, and each value's tokens as the runner's tokenizer made them:
+    what the model read (`tokens`) and, for text generation, what it wrote (`completion`);
+    0 for a model without a tokenizer, or for an item that broke."""
+
+    outputs: list[Any]
+    tokens: list[int]
+    completion: list[int]
+
+    def __iadd__(self, other: Counted) -> Counted:
+        self.outputs += other.outputs
+        self.tokens += other.tokens
+        self.completion += other.completion
+        return self
+
+
+def run_isolated(runner: Runner, values: list[Any], options: RunOptions) -> Counted:
+    """Outputs in order, and each value's token counts (`Counted`). When a batch breaks, its
+    items run one by one, so only an item that breaks the model itself becomes an error (an
+    ItemError stands in for its output, 0 for its tokens); the counts of a call that broke are
+    dropped, so no text counts twice."""
     if not values:
-        return [], []
-    counted: list[int] = []
+        return Counted([], [], [])
+    read: list[int] = []
+    wrote: list[int] = []
+    counting = replace(options, on_tokens=read.extend, on_completion_tokens=wrote.extend)
+    zeros = [0] * len(values)
     try:
-        outputs = runner.run(values, replace(options, on_tokens=counted.extend))
-        return outputs, counted if len(counted) == len(values) else [0] * len(values)
+        outputs = runner.run(values, counting)
+        return Counted(
+            outputs,
+            read if len(read) == len(values) else zeros,
+            wrote if len(wrote) == len(values) else list(zeros),
+        )
     except Stopped:
         raise
     except Exception as exc:
         if len(values) == 1:
-            return [_model_failure(exc)], [0]
-    outputs, tokens = [], []
+            return Counted([_model_failure(exc)], [0], [0])
+    found = Counted([], [], [])
     for value in values:
-        output, count = run_isolated(runner, [value], options)
-        outputs += output
-        tokens += count
-    return outputs, tokens
+        found += run_isolated(runner, [value], options)
+    return found
 
 
 def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkResult:
@@ -268,8 +289,8 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
             errors.append((number, error_line(exc.custom_id, exc.code, exc.message, number)))
         except ItemError as exc:
             errors.append((number, error_line(None, exc.code, exc.message, number)))
-    results, tokens = run_isolated(runner, [item.value for item in good], options)
-    for item, output in zip(good, results, strict=True):
+    counted = run_isolated(runner, [item.value for item in good], options)
+    for item, output in zip(good, counted.outputs, strict=True):
         line: bytes | None = None
         if isinstance(output, ItemError):
             line = error_line(item.custom_id, output.code, output.message, item.number)
@@ -289,4 +310,9 @@ def run_chunk(runner: Runner, lines: list[Line], options: RunOptions) -> ChunkRe
         if line is not None:
             errors.append((item.number, line))
     errors.sort(key=lambda pair: pair[0])  # the error file keeps input order too
-    return ChunkResult(outputs=outputs, errors=[line for _, line in errors], tokens=sum(tokens))
+    return ChunkResult(
+        outputs=outputs,
+        errors=[line for _, line in errors],
+        tokens=sum(counted.tokens),
+        completion_tokens=sum(counted.completion),
+    )

@@ -198,9 +198,8 @@ class OpenAIRequests:
             except RequestError as exc:
                 errors.append((number, error_line(number, exc)))
         values = [value for request in good for value in request.values]
-        results, tokens = run_isolated(runner, values, options)
-        if self.endpoint in generation.ENDPOINTS:  # what was read and what was written
-            tokens = [_generated_tokens(result) for result in results]
+        counted = run_isolated(runner, values, options)
+        results, tokens = counted.outputs, counted.tokens
         outputs: list[bytes] = []
         start = 0
         for request in good:
@@ -229,7 +228,12 @@ class OpenAIRequests:
                 errors.append((request.number, error_line(request.number, failed)))
             start = end
         errors.sort(key=lambda pair: pair[0])
-        return ChunkResult(outputs=outputs, errors=[line for _, line in errors], tokens=sum(tokens))
+        return ChunkResult(
+            outputs=outputs,
+            errors=[line for _, line in errors],
+            tokens=sum(tokens),
+            completion_tokens=sum(counted.completion),
+        )
 
     def _body(self, request: _Request, outputs: list[Any], tokens: list[int]) -> dict[str, Any]:
         for output in outputs:
@@ -284,13 +288,6 @@ def transcription_body(output: dict[str, Any]) -> dict[str, Any]:
             {"id": i, "seek": int(s["start"] * 100), **s} for i, s in enumerate(output["segments"])
         ]
     return body
-
-
-def _generated_tokens(result: Any) -> int:
-    if isinstance(result, ItemError):
-        return 0
-    used = result["usage"]
-    return int(used["prompt_tokens"]) + int(used["completion_tokens"])
 
 
 def _prepare(runner: Runner, value: Any, options: RunOptions, endpoint: str = "") -> Any:

@@ -373,7 +373,8 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
                     outputs.result(),
                     errors.result(),
                     events=backend,
-                    tokens=tokens,
+                    tokens=tokens.read,
+                    completion_tokens=tokens.wrote,
                     finish_began=finish_began,
                 )
                 return False
@@ -387,7 +388,8 @@ def _run_claimed(plan: ShardPlan, owner: str) -> None:
                 usage,
                 outputs.lines,
                 errors.lines,
-                tokens=tokens,
+                tokens=tokens.read,
+                completion_tokens=tokens.wrote,
             )
 
     assemble = db_retry(finish)
@@ -556,7 +558,7 @@ def _run_items(
     watch: ShardWatch,
     outputs: ResultWriter,
     errors: ResultWriter,
-) -> tuple[Literal["done", "stopped", "lost"], int]:
+) -> tuple[Literal["done", "stopped", "lost"], TokensUsed]:
     """How the shard ended, and the tokens of all its items (recorded only with its finish, so
     once). What it wrote is counted by `outputs` and `errors`: the counts recorded as it goes
     and at its finish are theirs, absolute, so a write retried after a lost answer never adds
@@ -568,7 +570,7 @@ def _run_items(
     if plan.stream:  # the API process answering the request forwards them (app/streams.py)
         options = replace(options, on_text=Publisher(shard.job_id))
     run = run_chunk if plan.requests is None else plan.requests.run_chunk
-    tokens = 0
+    tokens = TokensUsed()
     with get_store().open(plan.input_uri, "rb") as f, LineMap(plan.lines_uri) as original:
         f.seek(shard.start_offset)
         lines = original.lines(
@@ -590,7 +592,8 @@ def _run_items(
                 return "stopped", tokens
             outputs.write(result.outputs)
             errors.write(result.errors)
-            tokens += result.tokens
+            tokens.read += result.tokens
+            tokens.wrote += result.completion_tokens
             chunk = next(chunks, None)
             if chunk is None:  # what is left goes with the shard's finish
                 return "done", tokens
@@ -607,6 +610,14 @@ def _run_items(
                 _stopped(plan, chunk, chunks, errors)
                 return "stopped", tokens
     return "done", tokens
+
+
+@dataclass
+class TokensUsed:
+    """A shard's tokens so far: what its model read, and what it wrote (text generation)."""
+
+    read: int = 0
+    wrote: int = 0
 
 
 def _stopped(
