@@ -107,10 +107,15 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
         self._stop_timer()  # the app has the whole request; its answer takes what it takes
         self._in_body = False
         super().on_message_complete()
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
+            self._wait_for_head()  # answered before its body ended: the next head is due now
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # An answer sent before the request's body ended (a 413, say): the rest of that body
+        # is still body, read against the body's idle time, never counted as the next head.
+        if not self.transport.is_closing() and not self._in_body:
             self._wait_for_head()
 
     def send_400_response(self, msg: str) -> None:

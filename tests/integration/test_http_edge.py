@@ -213,13 +213,15 @@ def test_a_body_that_stops_is_408(any_url: str) -> None:
 
 
 def _latencies(tenant: httpx.Client) -> list[float]:
+    # 300 requests: their p99 is the third slowest, not one hiccup of a shared host (a
+    # sweep, a collection) that the hostile clients did not cause.
     took = []
-    for _ in range(100):
+    for _ in range(300):
         started = time.perf_counter()
         response = tenant.get("/v1/jobs", params={"limit": 1})
         took.append(time.perf_counter() - started)
         assert response.status_code == 200, response.text
-        time.sleep(0.02)
+        time.sleep(0.01)
     return took
 
 
