@@ -1,6 +1,6 @@
 """Images through the farm, end to end, against the same classifier in-process.
 
-    .venv/bin/python bench/images.py [--images 2000] [--runs 1]
+    .venv/bin/python bench/images.py [--images 2000] [--runs 1] [--precisions fp32,bf16]
 
 A ResNet-50-sized classifier built from a config (random weights: speed does not need trained
 ones) with ResNet's own image processor (resize to 256, centre crop 224), and pictures of mixed
@@ -9,6 +9,9 @@ MODELFARM_TEST_REDIS_URL), registers the model, warms the worker up with a one-p
 times upload of the zip -> job -> downloaded output. With the farm stopped, it times in this
 process: one picture at a time (open, processor, model: what a user writes first) and batches
 of 32. Prints the throughputs and the ratios (targets: >= 2x one at a time, >= 0.9x batches).
+The farm's job runs at each of `--precisions` (params.precision, docs/decisions/0021); the
+ratios' first lines are fp32's (outputs equal to in-process), then each other precision's,
+with the share of its labels equal to fp32 in-process and the agreement validation recorded.
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ def make_pictures(n: int, seed: int = 3) -> list[bytes]:
     return pictures
 
 
-def run_farm(model_dir: Path, pictures: list[bytes], runs: int) -> tuple[float, list[str]]:
+def run_farm(
+    model_dir: Path, pictures: list[bytes], runs: int, precisions: list[str]
+) -> dict[str, tuple[float, list[str], object]]:
+    """{precision: (best seconds, labels, the fidelity validation recorded for it)}."""
     from bench.farm import running_farm
 
     with running_farm() as farm:
@@ -78,22 +84,35 @@ def run_farm(model_dir: Path, pictures: list[bytes], runs: int) -> tuple[float, 
         warm = farm.tmp / "warm.zip"
         with zipfile.ZipFile(warm, "w") as zf:
             zf.writestr("warm.jpg", pictures[0])
-        client.wait(_job(client, warm)["id"], timeout=600, poll=0.5)  # loads the model
-        best, labels = float("inf"), []
-        for _ in range(runs):
-            start = time.perf_counter()
-            job = client.wait(_job(client, archive)["id"], timeout=7200, poll=0.5)
-            body = b"".join(client.file_chunks(job["output_file_id"]))
-            elapsed = time.perf_counter() - start
-            assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
-            best = min(best, elapsed)
-            labels = [json.loads(line)["output"]["label"] for line in body.splitlines()]
-        return best, labels
+        measured = client.model("resnet50")["versions"][0]["info"]["precisions"]
+        results: dict[str, tuple[float, list[str], object]] = {}
+        for precision in precisions:
+            if not measured.get(precision, {}).get("offered"):
+                print(f"precision {precision}: not offered ({measured.get(precision)})")
+                continue
+            # The first job at a precision loads (and freezes) the model at it.
+            client.wait(_job(client, warm, precision)["id"], timeout=600, poll=0.5)
+            best, labels = float("inf"), []
+            for _ in range(runs):
+                start = time.perf_counter()
+                job = client.wait(_job(client, archive, precision)["id"], timeout=7200, poll=0.5)
+                body = b"".join(client.file_chunks(job["output_file_id"]))
+                elapsed = time.perf_counter() - start
+                assert job["status"] == "succeeded" and job["counts"]["failed"] == 0, job
+                best = min(best, elapsed)
+                labels = [json.loads(line)["output"]["label"] for line in body.splitlines()]
+            results[precision] = (best, labels, measured[precision])
+        return results
 
 
-def _job(client: object, path: Path) -> dict[str, object]:
+def _job(client: object, path: Path, precision: str) -> dict[str, object]:
     file = client.upload(path)  # type: ignore[attr-defined]
-    body = {"model": "resnet50", "input": {"file_id": file["id"]}, "device": "cpu"}
+    body = {
+        "model": "resnet50",
+        "input": {"file_id": file["id"]},
+        "device": "cpu",
+        "params": {"precision": precision},
+    }
     return client.create_job(body)  # type: ignore[attr-defined,no-any-return]
 
 
@@ -123,25 +142,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=1, help="best of N for the farm")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="the farm's jobs run at each (fp32 first)"
+    )
     args = parser.parse_args()
+    precisions = args.precisions.split(",")
     pictures = make_pictures(args.images)
     with tempfile.TemporaryDirectory(prefix="mf-bench-images-") as tmp:
         model_dir = Path(tmp) / "resnet50"
         make_model(model_dir)
-        farm_s, farm_labels = run_farm(model_dir, pictures, args.runs)
+        farm = run_farm(model_dir, pictures, args.runs, precisions)
         one_s, one_labels = run_in_process(model_dir, pictures, 1)
         batch_s, batch_labels = run_in_process(model_dir, pictures, 32)
     n = len(pictures)
-    agree = (
-        sum(a == b == c for a, b, c in zip(farm_labels, batch_labels, one_labels, strict=True)) / n
-    )
-    farm_rate, one_rate, batch_rate = n / farm_s, n / one_s, n / batch_s
+    one_rate, batch_rate = n / one_s, n / batch_s
     print(f"images: {n}  cores: {os.cpu_count()}  model: ResNet-50 (config), 224 x 224")
-    print(f"farm (upload zip -> job -> output file): {farm_s:8.2f} s  {farm_rate:7.2f} images/s")
     print(f"in-process, one image at a time:         {one_s:8.2f} s  {one_rate:7.2f} images/s")
     print(f"in-process, batches of 32:               {batch_s:8.2f} s  {batch_rate:7.2f} images/s")
-    print(f"ratio farm / one at a time: {farm_rate / one_rate:.2f}")
-    print(f"ratio farm / batches of 32: {farm_rate / batch_rate:.2f}  (labels agree: {agree:.3f})")
+    for precision, (farm_s, farm_labels, recorded) in farm.items():
+        farm_rate = n / farm_s
+        same = sum(a == b for a, b in zip(farm_labels, one_labels, strict=True)) / n
+        print(
+            f"farm at {precision} (upload zip -> job -> output file): {farm_s:8.2f} s  "
+            f"{farm_rate:7.2f} images/s"
+        )
+        if precision == "fp32":
+            agree = sum(
+                a == b == c for a, b, c in zip(farm_labels, batch_labels, one_labels, strict=True)
+            )
+            print(f"ratio farm / one at a time: {farm_rate / one_rate:.2f}")
+            print(
+                f"ratio farm / batches of 32: {farm_rate / batch_rate:.2f}  "
+                f"(labels agree: {agree / n:.3f})"
+            )
+        else:
+            print(
+                f"ratio farm at {precision} / one at a time: {farm_rate / one_rate:.2f}  "
+                f"/ batches of 32: {farm_rate / batch_rate:.2f}  (labels equal to fp32 "
+                f"in-process: {same:.3f}; validation recorded {recorded})"
+            )
 
 
 if __name__ == "__main__":

@@ -173,6 +173,13 @@ FIGURES = [
         ">= 0.9x",
         "ge:0.9",
     ),
+    Figure(
+        "images.py",
+        "  at bf16 (a job's choice) / one at a time",
+        r"ratio farm at bf16 / one at a time: ([\d.]+)",
+        "",
+        "",
+    ),
 ]
 
 

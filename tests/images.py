@@ -117,3 +117,20 @@ def make_tiny_resnet(path: Path) -> Path:
     ResNetModel(config).eval().save_pretrained(path)
     ConvNextImageProcessorPil(size={"shortest_edge": 40}).save_pretrained(path)
     return path
+
+
+def make_tiny_resnet_classifier(path: Path, labels: list[str]) -> Path:
+    """A tiny ResNet classifier (image-classification): convolutions, batch norms and a head,
+    the kind of network the CPU runs as a frozen graph (workers/runtime/vision.py)."""
+    import torch
+    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(1)
+    config = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
+    )
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    ResNetForImageClassification(config).eval().save_pretrained(path)
+    ConvNextImageProcessorPil(size={"shortest_edge": 48}).save_pretrained(path)
+    return path

@@ -31,6 +31,7 @@ from tests.images import (
     data_url,
     digits_pngs,
     make_tiny_resnet,
+    make_tiny_resnet_classifier,
     make_tiny_vit_classifier,
     noise,
     png,
@@ -133,6 +134,56 @@ def test_uploaded_image_models_equal_in_process_transformers(
     answers = read_lines(client, batch["output_file_id"])
     for answer, output in zip(answers, outputs[:2], strict=True):
         assert answer["response"]["body"]["output"] == output["output"]
+
+
+def test_an_image_classifier_offers_bf16_as_measured_and_a_job_chooses_it(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    """Validation measures bf16 against fp32 on the image probe and records it; a job that
+    chooses bf16 runs at it; the recorded agreement is what the runner gives again here."""
+    from dataclasses import replace
+
+    from workers.runtime import ModelSpec, load_runner, precision
+
+    directory = make_tiny_resnet_classifier(tmp_path / "rc", LABELS)
+    file = upload(client, tar_of(directory), purpose="model", name="rc.tar.gz")
+    body = {"name": "tiny-rc", "framework": "transformers", "task": "image-classification"}
+    version = register_ready(client, {**body, "file_id": file["id"]})
+    measured = version["info"]["precisions"]
+    assert set(measured) == {"fp32", "bf16"}  # no ONNX graph for images: no int8
+    agreement = measured["bf16"]["label_agreement"]
+    native = precision.native_bf16("cpu")
+    assert measured["bf16"]["offered"] is (agreement >= precision.MIN_AGREEMENT and native)
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed["tiny-rc"]["versions"][0]["info"]["precisions"] == measured
+
+    spec = ModelSpec(
+        key="rc", framework="transformers", task="image-classification", path=str(directory)
+    )
+    probe = precision.image_probe()
+    fp32 = precision.outputs(load_runner(spec), probe)
+    bf16 = precision.outputs(load_runner(replace(spec, precision="bf16")), probe)
+    assert precision.bf16_fidelity("image-classification", fp32, bf16) == measured["bf16"]
+
+    pictures = _pictures()
+    rows = [{"custom_id": i, "input": {"image": data_url(p)}} for i, p in enumerate(pictures)]
+    request = {"model": "tiny-rc", "input": {"items": rows}, "params": {"precision": "bf16"}}
+    if not measured["bf16"]["offered"]:
+        refused = client.post("/v1/jobs", json=request)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "precision_not_offered"
+        return
+    job = wait_done(client, submit(client, request)["id"])
+    assert job["status"] == "succeeded" and job["params"]["precision"] == "bf16", job
+    outputs = read_lines(client, job["output_file_id"])
+    from transformers import AutoModelForImageClassification
+
+    expected = _in_process(directory, AutoModelForImageClassification, pictures).logits
+    got = np.array([[o["output"]["scores"][label] for label in LABELS] for o in outputs])
+    difference = np.abs(got - expected.softmax(-1).numpy()).max()
+    # bf16 keeps 8 bits of mantissa: close to fp32's probabilities, yet not equal to them
+    # (equal would mean the job ran at fp32)
+    assert 0.0 < difference <= 2e-2, difference
 
 
 def test_an_archive_input_runs_one_item_per_image_in_archive_order(

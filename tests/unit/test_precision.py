@@ -81,11 +81,12 @@ def test_validation_measures_each_precision_and_refuses_a_default_not_offered(
     for name in ("bf16", "int8"):
         agreement = measured[name]["label_agreement"]
         assert 0.0 <= agreement <= 1.0
-        assert measured[name]["offered"] is (agreement >= precision.MIN_AGREEMENT)
+        native = name != "bf16" or precision.native_bf16("cpu")
+        assert measured[name]["offered"] is (agreement >= precision.MIN_AGREEMENT and native)
     # bf16 measured again: the same runner kinds on the same probe give the same figure.
     fp32 = precision.outputs(load_runner(spec))
     bf16 = precision.outputs(load_runner(replace(spec, precision="bf16")))
-    assert precision.fidelity("text-classification", fp32, bf16) == measured["bf16"]
+    assert precision.bf16_fidelity("text-classification", fp32, bf16) == measured["bf16"]
 
     monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)
     (tmp_path / "b").mkdir()
@@ -98,3 +99,35 @@ def test_other_tasks_and_sklearn_serve_fp32_only(tmp_path: Path) -> None:
     assert precisions(spec, tmp_path, "fp32")["precisions"] == {"fp32": {"offered": True}}
     with pytest.raises(ModelRefused):
         precisions(spec, tmp_path, "bf16")
+
+
+def test_bf16_is_not_offered_where_the_cpu_would_emulate_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    same = [{"label": "a"}, {"label": "b"}]
+    # A CPU with AVX-512 BF16 or AMX computes in bf16: close enough is offered.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert precision.bf16_fidelity("text-classification", same, same) == {
+        "label_agreement": 1.0,
+        "offered": True,
+    }
+    # An AVX2-only CPU (measured: bf16 at 0.16x encode there) gets it measured, not offered.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    report = precision.bf16_fidelity("text-classification", same, same)
+    assert report["label_agreement"] == 1.0 and report["offered"] is False
+    assert "no bf16 instructions" in report["reason"]
+    # Too far from fp32 is refused whatever the CPU, with no word about the CPU.
+    far = precision.bf16_fidelity("text-classification", same, [{"label": "a"}, {"label": "a"}])
+    assert far == {"label_agreement": 0.5, "offered": False}
+
+
+def test_the_image_probe_is_fixed_and_decodes() -> None:
+    from workers.runtime.images import prepare_image
+
+    probe = precision.image_probe()
+    assert probe == precision.image_probe() and len(set(probe)) == len(probe) == 50
+    sizes = {prepare_image(p, 10**7).image.size for p in probe[:10]}  # type: ignore[union-attr]
+    assert len(sizes) == 10  # each its own size: processors resize each differently

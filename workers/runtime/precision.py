@@ -1,20 +1,24 @@
 """Precisions a user may choose for a text encoder or classifier, and what each costs.
 
 - `fp32`: the default, equal to in-process transformers (within 1e-4).
-- `bf16`: torch with its matrix products autocast to bfloat16 (AMX / AVX-512 BF16 on CPUs that
-  have them; a CPU without them emulates it, slowly).
+- `bf16`: torch with its matrix products and convolutions autocast to bfloat16 (AMX /
+  AVX-512 BF16 on CPUs that have them). A CPU without them would emulate it, slower than fp32,
+  so there it is measured but not offered (`native_bf16`).
 - `int8`: ONNX Runtime's dynamic quantisation of the version's fp32 graph (weights int8,
   activations quantised per batch at run time: VNNI's integer products on this CPU).
 
-A precision is only offered when it stays close to fp32 on PROBE (docs/decisions/0017):
-embeddings' mean cosine to fp32's vectors >= MIN_COSINE, a classifier's labels equal to fp32's
-on >= MIN_AGREEMENT of the probe. The worker that quantises a graph checks it the same way
+A precision is only offered when it stays close to fp32 on a fixed probe (docs/decisions/0017:
+PROBE's texts, or IMAGE_PROBE's pictures for image models, decision 0021): embeddings' mean
+cosine to fp32's vectors >= MIN_COSINE, a classifier's labels equal to fp32's on >=
+MIN_AGREEMENT of the probe. The worker that quantises a graph checks it the same way
 before publishing it (as workers/runtime/onnx.py checks an fp32 export), and validation
 records each precision's figures in the version's info.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import random
 import shutil
@@ -56,6 +60,51 @@ def _probe() -> list[str]:
 #: 53 texts: mixed lengths (one past every model's limit), non-ASCII, very short
 PROBE = _probe()
 
+#: image models whose precision may be chosen: only bf16 besides fp32 (no ONNX graph, so no
+#: int8), measured on IMAGE_PROBE. The value is the fidelity measure their outputs take.
+IMAGE_TASKS = {
+    "image-classification": "image-classification",
+    "image-feature-extraction": "embedding",
+}
+
+
+def image_probe(count: int = 50) -> list[str]:
+    """`count` pictures as base64 PNG, the same every time: smooth colour fields (what a camera
+    gives), stripes and a checkerboard, of sizes from a thumbnail to a photo, portrait and
+    landscape, so a model's processor resizes and crops each differently."""
+    from PIL import Image
+
+    rng = np.random.default_rng(21)
+    pictures = []
+    for i in range(count):
+        width, height = (int(v) for v in rng.integers(24, 480, 2))
+        if i % 5 == 3:  # stripes: edges a convolution responds to
+            row = np.repeat(rng.integers(0, 256, (1, 12, 3), dtype=np.uint8), 4, axis=1)
+            small = np.repeat(row, 48, axis=0)
+        elif i % 5 == 4:  # a checkerboard of two colours
+            a, b = rng.integers(0, 256, (2, 3), dtype=np.uint8)
+            mask = (np.indices((16, 16)).sum(axis=0) % 2).astype(bool)[..., None]
+            small = np.where(mask, a, b).astype(np.uint8)
+        else:
+            small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        resample = Image.Resampling.NEAREST if i % 5 == 4 else Image.Resampling.BILINEAR
+        picture = Image.fromarray(small).resize((width, height), resample)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        pictures.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return pictures
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bfloat16 itself: a CUDA GPU that supports it, or a CPU
+    with AVX-512 BF16 or AMX. Elsewhere torch emulates bf16, and it runs slower than fp32
+    (measured at 0.16x `encode` on an AVX2-only CPU), so it is not offered."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
 
 def fidelity(kind: str, reference: list[Any], outputs: list[Any]) -> dict[str, Any]:
     """How close `outputs` are to fp32's `reference` on the same texts, and whether that is
@@ -76,9 +125,11 @@ def fidelity(kind: str, reference: list[Any], outputs: list[Any]) -> dict[str, A
     return {"label_agreement": agreement, "offered": agreement >= MIN_AGREEMENT}
 
 
-def outputs(runner: Any) -> list[Any]:
+def outputs(runner: Any, probe: list[str] | None = None) -> list[Any]:
+    """The runner's outputs on the probe (PROBE's texts unless another is given)."""
     options = RunOptions()
-    return list(runner.run([runner.prepare(t, options) for t in PROBE], options))
+    items = PROBE if probe is None else probe
+    return list(runner.run([runner.prepare(t, options) for t in items], options))
 
 
 def int8_folder(graph_dir: str) -> Path:
@@ -151,19 +202,43 @@ def quantize(kind: str, fp32_folder: Path, tmp: Path, reference: list[Any]) -> d
     return report
 
 
-def measure(
-    kind: str, load_fp32: Callable[[], Any], load_bf16: Callable[[], Any], scratch: Path
+def bf16_fidelity(
+    kind: str, reference: list[Any], bf16: list[Any], device: str = "cpu"
 ) -> dict[str, Any]:
-    """Every precision's fidelity to fp32 on PROBE, as validation records it in a version's
-    info: {"fp32": {...}, "bf16": {...}, "int8": {...}}, each with `offered`."""
+    """bf16's fidelity to fp32, offered only where it is close enough and `device` computes in
+    bf16 itself (native_bf16)."""
+    report = fidelity(kind, reference, bf16)
+    if report["offered"] and not native_bf16(device):
+        report["offered"] = False
+        report["reason"] = (
+            "this machine has no bf16 instructions (AVX-512 BF16 or AMX): bf16 would be "
+            "emulated, slower than fp32"
+        )
+    return report
+
+
+def measure(
+    kind: str,
+    load_fp32: Callable[[], Any],
+    load_bf16: Callable[[], Any],
+    scratch: Path,
+    *,
+    images: bool = False,
+) -> dict[str, Any]:
+    """Every precision's fidelity to fp32 on the probe, as validation records it in a
+    version's info: {"fp32": {...}, "bf16": {...}, "int8": {...}}, each with `offered`.
+    Image models (`images`, on IMAGE_PROBE) have fp32 and bf16 only."""
     from workers.runtime import onnx
 
+    probe = image_probe() if images else PROBE
     torch_fp32 = load_fp32()
-    reference = outputs(torch_fp32)
+    reference = outputs(torch_fp32, probe)
     report: dict[str, Any] = {"fp32": {"offered": True}}
-    if kind not in KINDS:
+    if not images and kind not in KINDS:
         return report
-    report["bf16"] = fidelity(kind, reference, outputs(load_bf16()))
+    report["bf16"] = bf16_fidelity(kind, reference, outputs(load_bf16(), probe))
+    if images:
+        return report
     graph = scratch / "fp32"
     try:
         onnx.export(torch_fp32, kind, graph)

@@ -162,17 +162,22 @@ def memory_limit(extra_bytes: int) -> Iterator[None]:
 def precisions(spec: ModelSpec, scratch: Path, default: str) -> dict[str, Any]:
     """Each precision's fidelity to fp32 on a probe set (workers/runtime/precision.py), and
     the version's default precision, which must be one offered."""
-    measured: dict[str, Any] = {"fp32": {"offered": True}}
-    kind = {"feature-extraction": "embedding", "text-classification": "text-classification"}
-    if spec.framework != "sklearn" and spec.task in kind:
-        from workers.runtime.precision import measure
+    from workers.runtime.precision import IMAGE_TASKS, measure
 
+    measured: dict[str, Any] = {"fp32": {"offered": True}}
+    kind = {
+        "feature-extraction": "embedding",
+        "text-classification": "text-classification",
+        **IMAGE_TASKS,
+    }
+    if spec.framework != "sklearn" and spec.task in kind:
         try:
             measured = measure(
                 kind[spec.task],
                 lambda: load_runner(spec),
                 lambda: load_runner(replace(spec, precision="bf16")),
                 scratch,
+                images=spec.task in IMAGE_TASKS,
             )
         except (ModelLoadError, ItemError) as exc:
             raise ModelRefused("invalid_model", f"measuring precisions failed: {exc}") from None

@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 
 def computing(device: torch.device, precision: str) -> contextlib.ExitStack:
     """No autograd; in the GPU pool, half precision (fp16 autocast on CUDA, bf16 on a CPU
-    standing in for a GPU), as text models run there."""
+    standing in for a GPU), as text models run there; bf16 autocast when the job chose it
+    (workers/runtime/precision.py, docs/decisions/0021)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     if precision == "mixed":
         half = torch.float16 if device.type == "cuda" else torch.bfloat16
         stack.enter_context(torch.autocast(device_type=device.type, dtype=half))
+    elif precision == "bf16":
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=torch.bfloat16))
     return stack
 
 
@@ -54,6 +57,8 @@ class _ImageRunner:
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The task's tensor (logits, or the pooled vectors) for a micro-batch."""
+        if self.precision == "bf16":
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if self.frozen is not None and tuple(pixel_values.shape[1:]) == self.frozen_shape:
             return self.frozen(pixel_values)  # type: ignore[no-any-return]
         return head(self.model, self.task, pixel_values)
@@ -141,6 +146,9 @@ class _Head(torch.nn.Module):
 #: A frozen graph is kept only if it answers as the model does, to within this (absolute, and
 #: relative to the largest output): folding batch norms into convolutions rounds differently.
 FROZEN_TOLERANCE = 1e-5
+#: The same at bf16, against the model under bf16 autocast: the graph keeps its weights in
+#: bfloat16 (8 bits of mantissa) and folds batch norms before rounding them.
+FROZEN_TOLERANCE_BF16 = 5e-2
 
 
 def compile_for_cpu(runner: _ImageRunner) -> None:
@@ -150,7 +158,7 @@ def compile_for_cpu(runner: _ImageRunner) -> None:
     at every call. The graph is checked against the model on probe batches of two sizes; a
     model that cannot be traced, or whose graph answers differently, runs as it is."""
     model = runner.model
-    if runner.device.type != "cpu" or runner.precision != "fp32":
+    if runner.device.type != "cpu" or runner.precision not in ("fp32", "bf16"):
         return
     if sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) < 2:
         return  # a ViT's one convolution (its patches) is not worth a second graph
@@ -159,20 +167,30 @@ def compile_for_cpu(runner: _ImageRunner) -> None:
     shape = tuple(pixel_values.shape[1:])
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn((3, *shape), generator=generator)
+    bf16 = runner.precision == "bf16"
+    tolerance = FROZEN_TOLERANCE_BF16 if bf16 else FROZEN_TOLERANCE
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+        with torch.no_grad(), autocast, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            model.requires_grad_(False)  # autocast's weight casts become graph constants
+            if bf16:
+                # oneDNN's bf16 convolutions (AMX) want channels-last tensors; traced under
+                # autocast, the graph records its casts and freezing keeps bf16 weights.
+                model.to(memory_format=torch.channels_last)
             traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # unannotated
                 _Head(model, runner.task).eval(), probe[:2], strict=False
             )
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            frozen = torch.jit.freeze(traced)
+            if not bf16:
+                frozen = torch.jit.optimize_for_inference(frozen)
             for batch in (probe[:1], probe):
-                expected = head(model, runner.task, batch)
+                expected = head(model, runner.task, batch).float()
                 got = frozen(batch)
                 for _ in range(2):  # the first calls of a frozen graph run its profiling passes
                     got = frozen(batch)
                 scale = max(1.0, float(expected.abs().max()))
-                if not torch.allclose(got, expected, rtol=0, atol=FROZEN_TOLERANCE * scale):
+                if not torch.allclose(got.float(), expected, rtol=0, atol=tolerance * scale):
                     log.info("the frozen graph differs from the model; it runs unfrozen")
                     return
     except Exception:  # noqa: BLE001 - any failure to trace leaves the model as it is
