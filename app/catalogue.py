@@ -7,7 +7,28 @@ both read. Where the weights of each lie is the loading side's business
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
+
+#: CPU flags (Linux's /proc/cpuinfo) of instructions that compute in bfloat16
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this host's CPU computes in bf16 itself. Without it bf16 is emulated, slower
+    than fp32 (docs/decisions/0021), so the builtins do not offer it; uploaded models are
+    measured by the worker that validates them (workers/runtime/precision.py). A host whose
+    CPU flags cannot be read is taken to have it."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(BF16_FLAGS & set(line.partition(":")[2].split()))
+    return True
 
 
 @dataclass(frozen=True)
@@ -25,6 +46,10 @@ class BuiltinModel:
 
     def ref(self, name: str) -> str:
         return f"{name}@{self.version}"
+
+    def offered(self) -> tuple[str, ...]:
+        """The precisions a job may choose on this host: bf16 only where the CPU computes it."""
+        return tuple(p for p in self.precisions if p != "bf16" or cpu_has_bf16())
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {

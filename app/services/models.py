@@ -79,7 +79,7 @@ def resolve_model(session: Session, tenant: Tenant, ref: str) -> ResolvedModel:
             raise NotFound(f"no model {ref!r}: builtin {name!r} has one version")
         builtin = BUILTIN_MODELS[name]
         return ResolvedModel(
-            builtin.ref(name), builtin.framework, builtin.task, None, builtin.precisions
+            builtin.ref(name), builtin.framework, builtin.task, None, builtin.offered()
         )
     query = (
         select(ModelVersion)
@@ -272,7 +272,7 @@ def _builtin_public(name: str) -> ModelPublic:
         framework=builtin.framework,
         task=builtin.task,
         file_id=None,
-        info={"precisions": {p: {"offered": True} for p in builtin.precisions}},
+        info={"precisions": {p: {"offered": True} for p in builtin.offered()}},
         status=VersionStatus.READY,
         error=None,
         created_at=None,

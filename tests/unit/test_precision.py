@@ -131,3 +131,19 @@ def test_the_image_probe_is_fixed_and_decodes() -> None:
     assert probe == precision.image_probe() and len(set(probe)) == len(probe) == 50
     sizes = {prepare_image(p, 10**7).image.size for p in probe[:10]}  # type: ignore[union-attr]
     assert len(sizes) == 10  # each its own size: processors resize each differently
+
+
+def test_the_builtins_offer_bf16_only_on_a_cpu_that_computes_it(tmp_path: Path) -> None:
+    from app.catalogue import BUILTIN_MODELS, cpu_has_bf16
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16 amx_tile\n")
+    assert cpu_has_bf16(str(avx2)) is False
+    assert cpu_has_bf16(str(amx)) is True
+    assert cpu_has_bf16(str(tmp_path / "absent")) is True  # unreadable: not held against it
+    here = cpu_has_bf16()
+    assert BUILTIN_MODELS["minilm"].offered() == (
+        ("fp32", "bf16", "int8") if here else ("fp32", "int8")
+    )
