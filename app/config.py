@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # it, since anyone who reaches it can shut workers down and revoke tasks.
     flower_basic_auth: SecretStr | None = None
     flower_max_tasks: int = 10000  # tasks Flower keeps (in memory and in DATA_DIR/flower.db)
+    # `up` (and the GPU pool) restart a process that exited after this long, twice as long
+    # after each further crash within seconds of its start (at most 30 s; five give up).
+    restart_seconds: float = Field(default=1.0, gt=0)
     api_url: str | None = None  # for the CLI as a client; default http://api_host:api_port
     api_key: SecretStr | None = None  # for the CLI as a client
     max_upload_bytes: int = 2 * 1024**3

@@ -162,7 +162,13 @@ def worker(
 def _run_gpu_pool(idle_without_gpu: bool = False) -> int:
     """One worker process per GPU, each pinned by CUDA_VISIBLE_DEVICES before CUDA starts,
     each restarted with backoff if it dies."""
-    from app.local.procs import Supervisor, install_stop_handlers, modelfarm_command, visible_gpus
+    from app.local.procs import (
+        RestartPolicy,
+        Supervisor,
+        install_stop_handlers,
+        modelfarm_command,
+        visible_gpus,
+    )
 
     settings = get_settings()
     gpus = visible_gpus()
@@ -182,7 +188,7 @@ def _run_gpu_pool(idle_without_gpu: bool = False) -> int:
         except KeyboardInterrupt:
             return 0
     _logging()
-    supervisor = Supervisor()
+    supervisor = Supervisor(RestartPolicy(initial_delay=settings.restart_seconds))
     try:
         for slot in range(count):
             device = gpus[slot] if slot < len(gpus) else ""

@@ -23,6 +23,7 @@ from rich.console import Console
 from app.config import Settings, get_settings
 from app.local.farm_lock import FarmRunning, hold
 from app.local.procs import (
+    RestartPolicy,
     Supervisor,
     install_stop_handlers,
     modelfarm_command,
@@ -108,7 +109,7 @@ def run_farm(with_flower: bool = True) -> int:
     # platformdirs (under pgserver) warns about a missing XDG_RUNTIME_DIR on every start as
     # root or in a container; nothing depends on that directory here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    supervisor = Supervisor()
+    supervisor = Supervisor(RestartPolicy(initial_delay=settings.restart_seconds))
     with ExitStack() as stack:
         stack.callback(lock.close)  # the last thing let go: after every process stopped
         try:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -283,23 +284,44 @@ def test_up_gives_up_on_an_api_that_cannot_start_and_stops(
         MODELFARM_DATABASE_URL=services["MODELFARM_DATABASE_URL"],
         MODELFARM_REDIS_URL=services["MODELFARM_REDIS_URL"],
         MODELFARM_API_WORKERS="1",
+        # The backoff still doubles (0.1, 0.2, 0.4, 0.8 s), only from a shorter start than 1 s.
+        MODELFARM_RESTART_SECONDS="0.1",
     )
-    # Something else holds the API's port: every start of the API fails within a second.
+    # Something else holds the API's port: every start of the API fails within seconds. That
+    # server hangs up on whoever connects, so `up`'s /readyz probe fails at once rather than
+    # after its 2 s timeout (a listener that never accepts would hold each restart that long).
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", int(env["MODELFARM_API_PORT"])))
         taken.listen()
+        taken.settimeout(0.05)
+        done = threading.Event()
+        server = threading.Thread(target=_hang_up_on_everyone, args=(taken, done), daemon=True)
+        server.start()
         up = FarmProcess.start(["up", "--no-flower"], env, tmp_path / "up.log")
         try:
             code = up.proc.wait(timeout=180)
             tree_left = [p for p in psutil.process_iter(["cmdline"]) if _under_farm(p, env)]
         finally:
             up.stop()
+            done.set()
+            server.join(timeout=10)
     output = up.output()
     assert code == 1, output[-3000:]
     assert output.count("api (pid") == 4 and "restarting in" in output
+    # RESTART_SECONDS reached the supervisor, and the backoff doubled from it.
+    assert [f"restarting in {d} s" in output for d in ("0.1", "0.2", "0.4", "0.8")] == [True] * 4
     assert "5 crashes in a row" in output and "stopping the farm" in output
     assert "Ctrl-C stops the farm." not in output  # never announced as up
     assert not tree_left, [p.info for p in tree_left]
+
+
+def _hang_up_on_everyone(listener: socket.socket, done: threading.Event) -> None:
+    while not done.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conn.close()
 
 
 def _under_farm(proc: psutil.Process, env: dict[str, str]) -> bool:

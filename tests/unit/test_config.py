@@ -113,3 +113,15 @@ def test_the_fastapi_floor_has_the_features_used() -> None:
     floor = next(re.match(r"fastapi>=([\d.]+)", d) for d in deps if d.startswith("fastapi"))
     assert floor is not None
     assert tuple(int(p) for p in floor.group(1).split(".")) >= (0, 121)
+
+
+def test_the_restart_backoff_starts_at_one_second_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MODELFARM_RESTART_SECONDS", raising=False)
+    assert Settings().restart_seconds == 1.0
+    monkeypatch.setenv("MODELFARM_RESTART_SECONDS", "0.25")
+    assert Settings().restart_seconds == 0.25
+    monkeypatch.setenv("MODELFARM_RESTART_SECONDS", "0")
+    with pytest.raises(ValueError, match="restart_seconds"):
+        Settings()
