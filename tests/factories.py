@@ -175,7 +175,12 @@ def _byte_level_bpe(specials: list[str], unknown: str | None = None) -> Any:
 
 
 def make_tiny_causal_lm(
-    path: str | Path, seed: int = 0, context: int = 8192, template: str = CHATML_TEMPLATE
+    path: str | Path,
+    seed: int = 0,
+    context: int = 8192,
+    template: str = CHATML_TEMPLATE,
+    hidden: int = 32,
+    layers: int = 2,
 ) -> Path:
     """A LlamaForCausalLM with random weights and a byte-level BPE tokenizer trained here on a
     few sentences (a ~400-token vocabulary, ChatML special tokens), for "text-generation"."""
@@ -195,9 +200,9 @@ def make_tiny_causal_lm(
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=bpe.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,

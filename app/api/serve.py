@@ -19,6 +19,10 @@ needed, a connection is answered and closed when (issue 25, part 1):
 - its body stops arriving for HTTP_BODY_IDLE_SECONDS: 408 when nothing was answered yet, else
   closed.
 
+A request that is not HTTP at all (a control byte in a header, a broken request line) gets
+uvicorn's 400 in the API's error shape rather than its plain-text sentence, and OpenAI's shape
+under `/openai/`, as every other refusal.
+
 A hostile client therefore costs one connection and the bytes of one head, never a parse of
 megabytes on the event loop that every other client shares. The dashboard is served by the
 same app, so it has the same edge.
@@ -32,6 +36,7 @@ in its ASGI scope, so `/readyz` says `http_edge: bounded` or, served without it,
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -39,7 +44,11 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import get_settings
 
-REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 #: The ASGI scope extension that says a request came through this protocol (`/readyz`).
 EDGE_EXTENSION = "modelfarm.bounded_edge"
 
@@ -120,7 +129,7 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a parse error after a refusal: answered already
-            super().send_400_response(msg)
+            self._refuse(400, "the request is not valid HTTP")
 
     def _wait_for_head(self) -> None:
         self._in_body, self._head_bytes = False, 0
@@ -162,8 +171,16 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app, if it runs, sees a client that left
             self.cycle.message_event.set()
-        body = f'{{"error": {{"code": "{REASONS[status].decode().lower().replace(" ", "_")}", '
-        body += f'"message": "{message}"}}}}'
+        code = REASONS[status].decode().lower().replace(" ", "_")
+        error: dict[str, Any] = {"code": code, "message": message}
+        if bytes(getattr(self, "url", b"") or b"").startswith(b"/openai/"):  # the target so far
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        body = json.dumps({"error": error})
         head = STATUS_LINE.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
         self.transport.write(
             head

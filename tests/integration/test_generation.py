@@ -207,17 +207,24 @@ def _wait_started(client: httpx.Client, job_id: str) -> None:
     raise TimeoutError("the shard never started")
 
 
-# Each line samples with its own seed, so the rows do not all meet the tiny model's EOS at one
-# step: 64 lines (one chunk) of up to 1000 tokens, a few thousand decode steps, however fast
-# this machine is. A stop seen only at the chunk's end would write them all.
-LONG_ROWS = [
-    {"custom_id": i, "input": {"prompt": "the quick brown fox", "seed": i}} for i in range(64)
-]
-LONG_PARAMS = {"max_tokens": 1000, "temperature": 1.0}
+@pytest.fixture(scope="module")
+def long_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A larger tiny model (4 layers of 256) whose greedy text from LONG_ROWS' prompt never
+    meets its EOS: 64 lines of 1000 tokens are 2000 decode steps of 32 rows, about 20 s on
+    two cores, so a cancel or deadline a few seconds in lands mid-generation however the
+    machine's speed goes (its random sampling ended lines early at random: 3.7 s here)."""
+    return make_tiny_causal_lm(
+        tmp_path_factory.mktemp("long-lm"), context=1024, hidden=256, layers=4
+    )
 
 
-def test_cancel_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
-    _register_tiny(client, tiny_lm, "tiny-long")
+# 64 lines (one chunk): a stop seen only at the chunk's end would write them all.
+LONG_ROWS = [{"custom_id": i, "input": {"prompt": "the quick brown fox"}} for i in range(64)]
+LONG_PARAMS = {"max_tokens": 1000, "temperature": 0}
+
+
+def test_cancel_stops_a_long_generation(client: httpx.Client, long_lm: Path) -> None:
+    _register_tiny(client, long_lm, "tiny-long")
     file = upload(client, "".join(_line(r) for r in LONG_ROWS).encode())
     params = LONG_PARAMS
     job = submit(client, {"model": "tiny-long", "input": {"file_id": file["id"]}, "params": params})
@@ -228,13 +235,13 @@ def test_cancel_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> 
     assert done["counts"]["succeeded"] == 0  # the chunk was dropped mid-generation
 
 
-def test_a_deadline_stops_a_long_generation(client: httpx.Client, tiny_lm: Path) -> None:
+def test_a_deadline_stops_a_long_generation(client: httpx.Client, long_lm: Path) -> None:
     """The deadline is checked between decode steps too: the job ends soon after it, not when
     its thousands of steps would have."""
-    _register_tiny(client, tiny_lm, "tiny-deadline")
+    _register_tiny(client, long_lm, "tiny-deadline")
     warm = run_job(client, "tiny-deadline", [{"input": {"prompt": "hi", "max_tokens": 1}}])
     assert warm["status"] == "succeeded", warm  # loaded: the deadline times the generation
-    job = run_job(client, "tiny-deadline", LONG_ROWS, params=LONG_PARAMS, deadline_seconds=6)
+    job = run_job(client, "tiny-deadline", LONG_ROWS, params=LONG_PARAMS, deadline_seconds=5)
     assert job["status"] == "cancelled" and job["error"]["code"] == "deadline_exceeded", job
     assert job["counts"]["succeeded"] == 0  # the chunk was dropped mid-generation
     ended, deadline = (datetime.fromisoformat(job[k]) for k in ("finished_at", "deadline_at"))

@@ -9,6 +9,7 @@ the bounded protocol named on its command line (docs/operations.md).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -289,3 +290,26 @@ def test_with_redis_away_limits_hold_in_process_and_readyz_says_so(
             answers = [tenant.get("/v1/jobs", params={"limit": 1}) for _ in range(4)]
         assert [a.status_code for a in answers] == [200, 200, 429, 429], answers
         assert int(answers[-1].headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/v1/webhooks/secret/rotate", {"code", "message"}),
+        ("/openai/v1/models", {"message", "type", "param", "code"}),
+    ],
+)
+def test_a_request_that_is_not_http_is_400_in_the_error_shape(
+    any_url: str, path: str, shape: set[str]
+) -> None:
+    """A control byte in a header value is no HTTP (the fuzzer found it): uvicorn answered
+    its plain-text sentence; the edge answers in the surface's error shape."""
+    with socket.create_connection(_address(any_url)) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Key: a\x01b\r\n\r\n" % path.encode())
+        answer = _answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"content-type: application/json" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert set(error) == shape and error["code"] == "bad_request", error
+    assert httpx.get(f"{any_url}/healthz").is_success  # the server goes on
