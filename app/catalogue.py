@@ -11,8 +11,10 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-#: CPU flags (Linux's /proc/cpuinfo) of instructions that compute in bfloat16
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: CPU flags (Linux's /proc/cpuinfo: x86's `flags`, Arm's `Features`) of instructions that
+#: compute in bfloat16
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+BF16_MISSING = "this host's CPU has no bf16 instructions: bf16 would be emulated, slower than fp32"
 
 
 @functools.cache
@@ -26,7 +28,7 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         return True
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             return bool(BF16_FLAGS & set(line.partition(":")[2].split()))
     return True
 
@@ -50,6 +52,14 @@ class BuiltinModel:
     def offered(self) -> tuple[str, ...]:
         """The precisions a job may choose on this host: bf16 only where the CPU computes it."""
         return tuple(p for p in self.precisions if p != "bf16" or cpu_has_bf16())
+
+    def precision_info(self) -> dict[str, dict[str, object]]:
+        """`info.precisions` as GET /v1/models shows it: each precision, offered or why not."""
+        offered = self.offered()
+        return {
+            p: {"offered": True} if p in offered else {"offered": False, "reason": BF16_MISSING}
+            for p in self.precisions
+        }
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {

@@ -42,6 +42,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app.api.errors import OPENAI_PREFIX
 from app.config import get_settings
 
 REASONS = {
@@ -173,7 +174,8 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
             self.cycle.message_event.set()
         code = REASONS[status].decode().lower().replace(" ", "_")
         error: dict[str, Any] = {"code": code, "message": message}
-        if bytes(getattr(self, "url", b"") or b"").startswith(b"/openai/"):  # the target so far
+        target = bytes(getattr(self, "url", b"") or b"")  # the request target read so far
+        if target.startswith(OPENAI_PREFIX.encode()):
             error = {
                 "message": message,
                 "type": "invalid_request_error",

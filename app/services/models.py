@@ -272,7 +272,7 @@ def _builtin_public(name: str) -> ModelPublic:
         framework=builtin.framework,
         task=builtin.task,
         file_id=None,
-        info={"precisions": {p: {"offered": True} for p in builtin.offered()}},
+        info={"precisions": builtin.precision_info()},
         status=VersionStatus.READY,
         error=None,
         created_at=None,

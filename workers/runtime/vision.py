@@ -155,8 +155,11 @@ def compile_for_cpu(runner: _ImageRunner) -> None:
     """Freeze a convolutional network for CPU inference (docs/decisions/0013): traced once,
     frozen, then torch.jit.optimize_for_inference folds each batch norm into its convolution,
     fuses the activations and keeps the weights in oneDNN's layout instead of reordering them
-    at every call. The graph is checked against the model on probe batches of two sizes; a
-    model that cannot be traced, or whose graph answers differently, runs as it is."""
+    at every call. At bf16 (decision 0021) the model is traced under bf16 autocast in
+    channels-last layout and frozen with its bf16 weights, without optimize_for_inference. The
+    graph is checked against the model on probe batches of two sizes, laid out as forward()
+    will hand them over; a model that cannot be traced, or whose graph answers differently,
+    runs as it is."""
     model = runner.model
     if runner.device.type != "cpu" or runner.precision not in ("fp32", "bf16"):
         return
@@ -168,6 +171,8 @@ def compile_for_cpu(runner: _ImageRunner) -> None:
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn((3, *shape), generator=generator)
     bf16 = runner.precision == "bf16"
+    if bf16:
+        probe = probe.contiguous(memory_format=torch.channels_last)  # as forward() passes it
     tolerance = FROZEN_TOLERANCE_BF16 if bf16 else FROZEN_TOLERANCE
     try:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
