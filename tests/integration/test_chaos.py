@@ -157,7 +157,9 @@ def _submit(client: httpx.Client, n: int = ITEMS) -> str:
     return submit(client, {"model": "minilm", "input": {"file_id": file["id"]}})["id"]
 
 
-def _wait_for(check: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
+def _wait_for(
+    check: Callable[[], bool], timeout: float = 120, what: str = "", interval: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -165,7 +167,7 @@ def _wait_for(check: Callable[[], bool], timeout: float = 120, what: str = "") -
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(interval)
     raise TimeoutError(what)
 
 
@@ -198,6 +200,13 @@ def _pool_children(worker: FarmProcess) -> list[psutil.Process]:
     return psutil.Process(worker.proc.pid).children(recursive=True)
 
 
+def _mid_shard(client: httpx.Client, job_id: str) -> bool:
+    """A shard of the job has started and not ended, and no more than half its items are done."""
+    events = [e["type"] for e in all_pages(client, f"/v1/jobs/{job_id}/events")]
+    running = events.count("shard_started") - events.count("shard_succeeded")
+    return running > 0 and _progress(client, job_id) < KILLED_ITEMS // 2
+
+
 def _usage_items(client: httpx.Client) -> int:
     rows = client.get("/v1/usage", params={"group_by": "job_type"}).json()["data"]
     return sum(row["items"] for row in rows)
@@ -207,7 +216,9 @@ def test_sigkill_a_pool_child_mid_job(farm: ChaosFarm) -> None:
     with farm.client() as client:
         used_before = _usage_items(client)
         job_id = _submit(client, KILLED_ITEMS)
-        _wait_for(lambda: _progress(client, job_id) > 0, what="job never started")
+        # Killed only while a shard runs, in the job's first half: on a fast machine a kill
+        # after the first progress could land between two shards, or after the last one.
+        _wait_for(lambda: _mid_shard(client, job_id), what="no shard ran", interval=0.02)
         worker = farm.procs["worker"]
         killed_at = time.monotonic()
         for child in _pool_children(worker):
