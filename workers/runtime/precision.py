@@ -3,7 +3,7 @@
 - `fp32`: the default, equal to in-process transformers (within 1e-4).
 - `bf16`: torch with its matrix products and convolutions autocast to bfloat16 (AMX /
   AVX-512 BF16 on CPUs that have them). A CPU without them would emulate it, slower than fp32,
-  so there it is measured but not offered (`native_bf16`).
+  so there it is recorded as not offered, without being measured (`native_bf16`).
 - `int8`: ONNX Runtime's dynamic quantisation of the version's fp32 graph (weights int8,
   activations quantised per batch at run time: VNNI's integer products on this CPU).
 
@@ -212,13 +212,11 @@ def quantize(kind: str, fp32_folder: Path, tmp: Path, reference: list[Any]) -> d
     return report
 
 
-def bf16_fidelity(
-    kind: str, reference: list[Any], bf16: list[Any], device: str = "cpu"
-) -> dict[str, Any]:
-    """bf16's fidelity to fp32, offered only where it is close enough and `device` computes in
-    bf16 itself (native_bf16)."""
+def bf16_fidelity(kind: str, reference: list[Any], bf16: list[Any]) -> dict[str, Any]:
+    """bf16's fidelity to fp32, offered only where it is close enough and this machine's CPU
+    computes in bf16 itself (native_bf16; validation runs on a CPU worker)."""
     report = fidelity(kind, reference, bf16)
-    if report["offered"] and not native_bf16(device):
+    if report["offered"] and not native_bf16("cpu"):
         report["offered"] = False
         report["reason"] = NOT_NATIVE
     return report
