@@ -119,6 +119,10 @@ def test_the_openai_client_transcribes(
     assert verbose.segments is not None
     for segment in verbose.segments:
         assert 0 <= segment.start <= segment.end <= 5.0
+        # every field of the client's TranscriptionSegment is there, as OpenAI sends it
+        assert set(segment.model_dump(exclude_unset=True)) == set(type(segment).model_fields)
+        assert segment.avg_logprob <= 0 and 0 <= segment.no_speech_prob <= 1
+        assert segment.temperature == 0 and segment.seek == 0 and segment.tokens
     with pytest.raises(openai.BadRequestError) as refused:
         oai.audio.transcriptions.create(model=model, file=("a.txt", b"plain text, not audio"))
     assert refused.value.status_code == 400

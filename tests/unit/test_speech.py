@@ -136,8 +136,87 @@ def test_timestamps_give_segments_in_the_audios_time(runner: Any, whisper: Path)
     assert segments, "a timestamped transcription has segments"
     for segment in segments:
         assert 0 <= segment["start"] <= segment["end"] <= 40.0
-        assert set(segment) == {"start", "end", "text"}
+        assert set(segment) == {"start", "end", "text", *WINDOW_FIELDS, "tokens"}
     assert [s["start"] for s in segments] == sorted(s["start"] for s in segments)
+
+
+WINDOW_FIELDS = ("seek", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob")
+
+
+def window_reference(whisper: Path, window: np.ndarray, multilingual: bool) -> dict[str, Any]:
+    """What OpenAI's Whisper reports of one window's decoding, computed here one step at a time
+    from the model's raw logits: the mean log-probability of every token generate's first pass
+    over the window chose (its end of text included), the no-speech token's probability after
+    the start of transcript, and the zlib compression ratio of the window's text."""
+    import zlib
+
+    import torch
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(whisper)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
+    tokenizer = processor.tokenizer
+    features = processor.feature_extractor(window, sampling_rate=RATE, return_tensors="pt")
+    features = features.input_features
+    timestamp_begin = model.generation_config.no_timestamps_token_id + 1
+    with torch.no_grad():
+        generated = model.generate(
+            features,
+            **({"language": "en", "task": "transcribe"} if multilingual else {}),
+            return_timestamps=True,
+            return_segments=True,
+            max_new_tokens=model.config.max_target_positions - 4,
+        )
+        first_pass = generated["segments"][0][0]["result"].tolist()  # prompt, then the tokens
+        start = next(i for i, t in enumerate(first_pass) if t >= timestamp_begin)
+        prompt, chosen = first_pass[:start], first_pass[start:]
+        if tokenizer.eos_token_id in chosen:
+            chosen = chosen[: chosen.index(tokenizer.eos_token_id) + 1]
+        logprobs = []
+        for step, token in enumerate(chosen):
+            prefix = torch.tensor([prompt + chosen[:step]])
+            logits = model(features, decoder_input_ids=prefix).logits[0, -1]
+            logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+        sot = torch.tensor([prompt[:1]])
+        after_sot = torch.softmax(model(features, decoder_input_ids=sot).logits[0, -1], dim=-1)
+    ids = generated["sequences"][0].tolist()
+    text = tokenizer.decode(ids, skip_special_tokens=True).encode()
+    return {
+        "avg_logprob": sum(logprobs) / len(logprobs),
+        "no_speech_prob": float(after_sot[tokenizer.convert_tokens_to_ids("<|nospeech|>")]),
+        "compression_ratio": len(text) / len(zlib.compress(text)),
+    }
+
+
+@pytest.mark.parametrize("multilingual", [True, False], ids=["multilingual", "english-only"])
+def test_segments_carry_their_windows_scores_as_openais_whisper(
+    tmp_path: Path, multilingual: bool
+) -> None:
+    from workers.runtime.registry import load_runner
+
+    whisper = make_tiny_whisper(tmp_path, multilingual=multilingual)
+    runner = load_runner(ModelSpec("t/whisper@1", "transformers", TASK, str(whisper)))
+    samples = tone(40.0, seed=12)
+    item = {"audio": data_url(encode(samples)), "language": "en", "timestamps": True}
+    segments = runner.run([runner.prepare(item, RunOptions())], RunOptions())[0]["segments"]
+    assert segments, "the random model times some of what it hears"
+    # The English-only model decodes its first window twice (its last segment is cut): the
+    # second pass's times go on from the first's, as transformers times them.
+    assert [s["start"] for s in segments] == sorted(s["start"] for s in segments)
+    windows = {0: samples[: 30 * RATE], 3000: samples[30 * RATE :]}
+    references = {seek: window_reference(whisper, w, multilingual) for seek, w in windows.items()}
+    assert {s["seek"] for s in segments} <= set(windows)
+    for segment in segments:
+        expected = references[segment["seek"]]
+        assert segment["start"] >= segment["seek"] / 100
+        assert segment["temperature"] == 0.0
+        for field in ("avg_logprob", "no_speech_prob", "compression_ratio"):
+            assert segment[field] == pytest.approx(expected[field], abs=1e-4), field
+        tokens = segment["tokens"]
+        assert runner.tokenizer.decode(tokens, skip_special_tokens=True).strip() == segment["text"]
+        assert tokens[0] >= runner.timestamp_begin and tokens[-1] >= runner.timestamp_begin
+    # Two windows of a random model: their scores differ, so each segment got its own window's.
+    assert references[0]["avg_logprob"] != pytest.approx(references[3000]["avg_logprob"])
 
 
 def test_hostile_items_are_error_lines_and_good_items_succeed(runner: Any) -> None:
@@ -191,3 +270,8 @@ def test_the_verbose_json_body_is_openais_shape() -> None:
     assert body["language"] == "french" and body["task"] == "transcribe"
     assert body["usage"] == {"type": "duration", "seconds": 3}
     assert body["segments"] == [{"id": 0, "seek": 50, "start": 0.5, "end": 2.0, "text": "Bonjour."}]
+    window = {"seek": 0, "tokens": [7, 8], "temperature": 0.0, "avg_logprob": -0.5}
+    window |= {"compression_ratio": 1.0, "no_speech_prob": 0.01}
+    output["segments"] = [{"start": 0.5, "end": 2.0, "text": "Bonjour.", **window}]
+    body = transcription_body(output)  # the window's seek, not the segment's start
+    assert body["segments"] == [{"id": 0, "start": 0.5, "end": 2.0, "text": "Bonjour.", **window}]

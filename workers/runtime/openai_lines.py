@@ -272,8 +272,9 @@ class OpenAIRequests:
 
 def transcription_body(output: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's verbose_json transcription from a speech output (the API answers the other
-    response formats from it): the language by its name, segments numbered, `seek` their
-    start in Whisper's 10 ms frames; usage in seconds, as OpenAI bills audio."""
+    response formats from it): the language by its name, segments numbered (`seek`, their
+    window's start in Whisper's 10 ms frames, comes from the worker; their start where an
+    older worker left it out); usage in seconds, as OpenAI bills audio."""
     from workers.runtime.speech import language_name
 
     body: dict[str, Any] = {

@@ -15,6 +15,7 @@ is off), weights from safetensors only, with the upload's feature extractor and 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from workers.runtime.vision import computing
 #: processor file, which holds it)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 WINDOW_SECONDS = 30.0  #: Whisper's window: its feature extractor pads or cuts to this
+FRAMES_PER_SECOND = 100  #: Whisper's mel frames; a segment's `seek` is its window's start in them
 
 
 @dataclass
@@ -62,7 +64,9 @@ def language_name(code: str) -> str:
 
 
 class SpeechRecognitionRunner:
-    """{"text", "language"} per item; with timestamps, "segments": [{"start", "end", "text"}]."""
+    """{"text", "language", "duration"} per item; with timestamps, "segments": [{"start",
+    "end", "text"}, each with its window's "seek", "tokens", "temperature", "avg_logprob",
+    "compression_ratio" and "no_speech_prob"] (docs/tasks.md)."""
 
     backend = "torch"
 
@@ -79,6 +83,7 @@ class SpeechRecognitionRunner:
             getattr(config, "lang_to_id", None)
         )
         self.timestamp_begin = int(config.no_timestamps_token_id) + 1
+        self.no_speech_token = no_speech_token(self.tokenizer, int(config.no_timestamps_token_id))
         # What generate may add to its prompt of at most 4 tokens (start, language, task, no
         # timestamps) within the decoder's positions.
         self.max_new_tokens = int(model.config.max_target_positions) - 4
@@ -119,10 +124,12 @@ class SpeechRecognitionRunner:
                 for row, (text, found) in zip(rows, self._generate(rows), strict=True):
                     texts[row.item].append(text.strip())
                     languages[row.item] = row.language or "en"
-                    length = values[row.item].seconds
-                    for segment in found:  # in the audio's time, within its length
-                        segment["start"] = round(min(segment["start"] + row.offset, length), 2)
-                        segment["end"] = round(min(segment["end"] + row.offset, length), 2)
+                    # In the audio's time, within the window: a model may time a second pass
+                    # past the window's end.
+                    end = min(values[row.item].seconds, row.offset + WINDOW_SECONDS)
+                    for segment in found:
+                        segment["start"] = round(min(segment["start"] + row.offset, end), 2)
+                        segment["end"] = round(min(segment["end"] + row.offset, end), 2)
                         segments[row.item].append(segment)
         outputs: list[dict[str, Any]] = []
         for index, value in enumerate(values):
@@ -183,10 +190,81 @@ class SpeechRecognitionRunner:
             kinds.setdefault((row.language, row.timestamps), []).append(position)
         for (language, timestamps), positions in kinds.items():
             features = self.features([rows[p].samples for p in positions])
-            sequences = self.model.generate(features, **self.generate_kwargs(language, timestamps))
-            for position, ids in zip(positions, sequences.cpu().tolist(), strict=True):
-                results[position] = self.decode(ids, timestamps)
+            kwargs = self.generate_kwargs(language, timestamps)
+            if not timestamps:
+                sequences = self.model.generate(features, **kwargs)
+                for position, ids in zip(positions, sequences.cpu().tolist(), strict=True):
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    results[position] = (text, [])
+                continue
+            # transformers times the segments: when a window's last segment is cut, it
+            # decodes the window again from that segment's start (a second pass), and only
+            # it knows where each pass began.
+            generated = self.model.generate(features, return_segments=True, **kwargs)
+            passes = [found[0]["result"] if found else None for found in generated["segments"]]
+            scores = self.window_scores(features, passes, generated["segments"])
+            for position, ids, found, score in zip(
+                positions,
+                generated["sequences"].cpu().tolist(),
+                generated["segments"],
+                scores,
+                strict=True,
+            ):
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                window = {
+                    "seek": round(rows[position].offset * FRAMES_PER_SECOND),
+                    "temperature": 0.0,  # greedy
+                    **score,
+                    "compression_ratio": compression_ratio(text),
+                }
+                results[position] = (text, [self.segment(f) | window for f in found])
         return results
+
+    def segment(self, found: dict[str, Any]) -> dict[str, Any]:
+        """One of generate's segments: its times in seconds within the window, its text and
+        its tokens (the start and end timestamp tokens included)."""
+        tokens = [int(t) for t in found["tokens"].tolist()]
+        words = [t for t in tokens if t < self.timestamp_begin]
+        return {
+            "start": float(found["start"]),
+            "end": float(found["end"]),
+            "text": self.tokenizer.decode(words, skip_special_tokens=True).strip(),
+            "tokens": tokens,
+        }
+
+    def window_scores(
+        self, features: torch.Tensor, passes: list[Any], found: list[list[dict[str, Any]]]
+    ) -> list[dict[str, float]]:
+        """Per window, what OpenAI's Whisper reports of a decoding: `avg_logprob`, the mean
+        log-probability of the tokens its first pass chose (its end of text included), and
+        `no_speech_prob`, the no-speech token's probability after the start of transcript.
+        One teacher-forced decoder pass over each first pass's tokens (generate's prompt
+        included), on the window's encoder output. A window without segments has none."""
+        rows = [row for row, call in enumerate(passes) if call is not None]
+        scores: list[dict[str, float]] = [{} for _ in passes]
+        if not rows:
+            return scores
+        eos = int(self.model.generation_config.eos_token_id)
+        calls = [passes[row].to(features.device) for row in rows]
+        width = max(len(call) for call in calls)
+        sequences = torch.stack(
+            [torch.nn.functional.pad(call, (0, width - len(call)), value=eos) for call in calls]
+        )
+        encoded = self.model.get_encoder()(features[rows])
+        logits = self.model(encoder_outputs=encoded, decoder_input_ids=sequences).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logprobs[:, :-1].gather(-1, sequences[:, 1:, None])[..., 0]
+        no_speech = logprobs[:, 0, self.no_speech_token].exp()
+        for index, (row, call) in enumerate(zip(rows, calls, strict=True)):
+            ids = call.tolist()  # unpadded: a pass that met no end of text ends where it stopped
+            first = int(found[row][0]["idxs"][0])  # a pass's first token is a timestamp
+            end = ids.index(eos, first) + 1 if eos in ids[first:] else len(ids)
+            mean = float(chosen[index, first - 1 : end - 1].mean())
+            scores[row] = {
+                "avg_logprob": round(mean, 6),
+                "no_speech_prob": round(float(no_speech[index]), 6),
+            }
+        return scores
 
     def generate_kwargs(self, language: str | None, timestamps: bool) -> dict[str, Any]:
         """What generate is called with for one window: greedy, the item's language."""
@@ -200,28 +278,23 @@ class SpeechRecognitionRunner:
             kwargs.update(language=language, task="transcribe")
         return kwargs
 
-    def decode(self, ids: list[int], timestamps: bool) -> tuple[str, list[dict[str, Any]]]:
-        """The window's text, and with timestamps its segments (the text between a start and
-        an end timestamp token), times in seconds within the window."""
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if not timestamps:
-            return text, []
-        found: list[dict[str, Any]] = []
-        start: float | None = None
-        tokens: list[int] = []
-        precision = 0.02  # Whisper's timestamp tokens are 20 ms apart
-        for token in ids:
-            if token >= self.timestamp_begin:
-                at = (token - self.timestamp_begin) * precision
-                if start is None:
-                    start, tokens = at, []
-                else:
-                    said = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                    found.append({"start": start, "end": at, "text": said})
-                    start = None
-            elif start is not None:
-                tokens.append(token)
-        return text, found
+
+def no_speech_token(tokenizer: Any, no_timestamps: int) -> int:
+    """The token Whisper predicts after the start of transcript when it hears no speech:
+    `<|nospeech|>` (`<|nocaptions|>` in the first vocabularies); transformers' guess, the
+    token before `<|notimestamps|>`, where the vocabulary names neither."""
+    for name in ("<|nospeech|>", "<|nocaptions|>"):
+        token = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(token, int) and token != tokenizer.unk_token_id:
+            return token
+    return no_timestamps - 1
+
+
+def compression_ratio(text: str) -> float:
+    """A text's size over its zlib-compressed size, as OpenAI's Whisper reports it (above
+    2.4, the window probably repeats itself)."""
+    data = text.encode("utf-8")
+    return round(len(data) / len(zlib.compress(data)), 6) if data else 0.0
 
 
 def load_speech_runner(path: str, device: str, precision: str = "fp32") -> Runner:
