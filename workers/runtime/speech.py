@@ -240,29 +240,31 @@ class SpeechRecognitionRunner:
         `no_speech_prob`, the no-speech token's probability after the start of transcript.
         One teacher-forced decoder pass over each first pass's tokens (generate's prompt
         included), on the window's encoder output. A window without segments has none."""
+        from transformers.modeling_outputs import BaseModelOutput
+
         rows = [row for row, call in enumerate(passes) if call is not None]
         scores: list[dict[str, float]] = [{} for _ in passes]
         if not rows:
             return scores
         eos = int(self.model.generation_config.eos_token_id)
-        calls = [passes[row].to(features.device) for row in rows]
-        width = max(len(call) for call in calls)
-        sequences = torch.stack(
-            [torch.nn.functional.pad(call, (0, width - len(call)), value=eos) for call in calls]
-        )
-        encoded = self.model.get_encoder()(features[rows])
-        logits = self.model(encoder_outputs=encoded, decoder_input_ids=sequences).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        chosen = logprobs[:, :-1].gather(-1, sequences[:, 1:, None])[..., 0]
-        no_speech = logprobs[:, 0, self.no_speech_token].exp()
-        for index, (row, call) in enumerate(zip(rows, calls, strict=True)):
-            ids = call.tolist()  # unpadded: a pass that met no end of text ends where it stopped
+        states = self.model.get_encoder()(features[rows]).last_hidden_state
+        for index, row in enumerate(rows):
+            ids = passes[row].tolist()
             first = int(found[row][0]["idxs"][0])  # a pass's first token is a timestamp
             end = ids.index(eos, first) + 1 if eos in ids[first:] else len(ids)
-            mean = float(chosen[index, first - 1 : end - 1].mean())
+            # One row at a time: a batch's logits (rows x tokens x a 51,865-token vocabulary)
+            # would hold hundreds of MB at once.
+            sequence = torch.tensor([ids[:end]], device=features.device)
+            encoded = BaseModelOutput(last_hidden_state=states[index : index + 1])
+            logits = self.model(encoder_outputs=encoded, decoder_input_ids=sequence).logits[0]
+            logits = logits.float()
+            totals = torch.logsumexp(logits, dim=-1)  # log_softmax without a second copy
+            steps = torch.arange(first - 1, end - 1, device=logits.device)
+            chosen = logits[steps, sequence[0, first:end]] - totals[steps]
+            no_speech = torch.exp(logits[0, self.no_speech_token] - totals[0])
             scores[row] = {
-                "avg_logprob": round(mean, 6),
-                "no_speech_prob": round(float(no_speech[index]), 6),
+                "avg_logprob": round(float(chosen.mean()), 6),
+                "no_speech_prob": round(float(no_speech), 6),
             }
         return scores
 
