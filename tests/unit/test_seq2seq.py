@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.factories import make_tiny_seq2seq
 from workers.runtime.base import ItemError, RunOptions, Stopped
@@ -75,6 +76,90 @@ def test_greedy_text_equals_generate_while_rows_leave_their_wave(
         assert output["finish_reason"] == ("stop" if ended else "length")
         texts.add(output["text"])
     assert len(texts) > 1, "the tiny model must answer different inputs differently"
+
+
+#: What published summarisers ship in their generation config (BART-large-CNN: min_length 56,
+#: no_repeat_ngram_size 3, forced_eos_token_id 2), scaled to a tiny model's outputs.
+RULES = {"min_length": 6, "no_repeat_ngram_size": 2}
+
+
+@pytest.mark.parametrize("name", ["bart", "t5"])
+def test_the_generation_configs_rules_are_applied_as_generate_applies_them(
+    tmp_path: Path, name: str
+) -> None:
+    import dataclasses
+
+    folder = make_tiny_seq2seq(tmp_path, name, seed=7)
+    runner = load_seq2seq_runner(str(folder), "cpu")
+    plain = _run(runner, TEXTS, RunOptions(params={"temperature": 0, "max_tokens": 12}))
+    generation = runner.model.generation_config
+    for key, value in RULES.items():
+        setattr(generation, key, value)
+    generation.forced_eos_token_id = runner.tokenizer.eos_token_id
+    generation.save_pretrained(folder)
+    runner = load_seq2seq_runner(str(folder), "cpu")  # the rules, as an upload carries them
+    assert dataclasses.asdict(runner.engine.rules) | {"suppressed": ()} == {
+        "suppressed": (),
+        "forced_bos": None,
+        "forced_eos": runner.tokenizer.eos_token_id,
+        "min_new_tokens": 0,
+        **RULES,
+    }
+    lengths = [6 + 3 * i for i in range(len(TEXTS))]  # rows meet their limit at different steps
+    items = [{"text": t, "max_tokens": n} for t, n in zip(TEXTS, lengths, strict=True)]
+    outputs = _run(runner, items, RunOptions(params={"temperature": 0}, max_rows=3))
+    for text, length, output in zip(TEXTS, lengths, outputs, strict=True):
+        tokens, want = _reference(runner, text, length)
+        assert output["text"] == want, (name, text)
+        assert output["usage"]["completion_tokens"] == len(tokens)
+        ended = bool(tokens) and tokens[-1] in runner.eos_ids
+        assert output["finish_reason"] == ("stop" if ended else "length")
+        assert ended, "the forced end of text closes every row that meets its limit"
+        assert len(tokens) >= RULES["min_length"] - 1, "no end of text before min_length"
+        pairs = list(zip(tokens, tokens[1:], strict=False))
+        assert len(pairs) == len(set(pairs)), "no 2-gram written twice"
+    # The rules change what this model writes: without them the same texts come out otherwise.
+    short = _run(runner, TEXTS, RunOptions(params={"temperature": 0, "max_tokens": 12}))
+    assert [o["text"] for o in short] != [o["text"] for o in plain]
+
+
+@pytest.mark.parametrize(("min_length", "min_new_tokens"), [(6, None), (3, 8), (6, 0)])
+def test_no_end_of_text_before_the_configs_least_length(
+    tmp_path: Path, min_length: int, min_new_tokens: int | None
+) -> None:
+    folder = make_tiny_seq2seq(tmp_path, "bart", seed=3)
+    generation = load_seq2seq_runner(str(folder), "cpu").model.generation_config
+    generation.min_length, generation.min_new_tokens = min_length, min_new_tokens
+    generation.save_pretrained(folder)
+    runner = load_seq2seq_runner(str(folder), "cpu")
+    eos = runner.tokenizer.eos_token_id
+    with torch.no_grad():  # a model that would end every text at once
+        runner.model.final_logits_bias[0, eos] = 100.0
+    outputs = _run(runner, TEXTS, RunOptions(params={"temperature": 0, "max_tokens": 20}))
+    # Tokens before the end of text may come. generate lets min_new_tokens, when set (even to
+    # 0), stand for min_length.
+    least = min_length - 1 if min_new_tokens is None else min_new_tokens
+    for text, output in zip(TEXTS, outputs, strict=True):
+        tokens, want = _reference(runner, text, 20)
+        assert output["text"] == want and tokens[-1] == eos
+        assert output["usage"]["completion_tokens"] == len(tokens) == least + 1
+        assert output["finish_reason"] == "stop"
+
+
+def repeated(tokens: list[int]) -> list[int]:
+    from workers.runtime.seq2seq import repeated_ngram_ends
+
+    return repeated_ngram_ends(tokens, 3)
+
+
+def test_repeated_ngram_ends_are_what_followed_the_last_two_tokens_before() -> None:
+    assert repeated([5, 6, 7, 5, 6]) == [7]
+    assert repeated([5, 6, 7, 5, 6, 8, 5, 6]) == [7, 8]
+    assert repeated([5, 6]) == [] and repeated([5]) == []
+    from workers.runtime.seq2seq import repeated_ngram_ends
+
+    assert repeated_ngram_ends([4, 4, 9, 4], 1) == [4, 4, 9, 4]  # size 1: no token twice
+    assert repeated_ngram_ends([3, 4, 3], 2) == [4]
 
 
 def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(

@@ -9,7 +9,9 @@ Decoding shares the loop of workers/runtime/decoding.py (its sampling, stop stri
 streaming, `should_stop` and KV budget), in waves (docs/decisions/0019): the encoder reads the
 inputs of a wave once (right-padded, in passes of at most PREFILL_TOKENS padded tokens), then
 every row of the wave decodes from the model's start token, one forward pass per step; the
-cross-attention keys and values are computed at the first step and kept; a row that ends
+cross-attention keys and values are computed at the first step and kept; every step applies
+what the model's generation config asks of it (StepRules: suppressed and forced tokens, least
+lengths, no repeated n-grams), as generate does with one beam; a row that ends
 leaves the batch (its cache rows dropped) and the next wave starts when the last row of this
 one has ended. Rows of a wave always hold decoders of the same length, which is what BART's
 and Marian's absolute decoder positions need (they count from the cache's length, one for
@@ -20,7 +22,7 @@ positions.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,47 @@ from workers.runtime.tokens import json_type
 DEFAULT_MAX_INPUT = 512
 
 
+@dataclass(frozen=True)
+class StepRules:
+    """What a model's generation config asks of every decoding step besides sampling, as
+    `generate` applies it (with one beam): tokens never written, a forced first and last
+    token, no end of text before a length, no n-gram written twice."""
+
+    suppressed: tuple[int, ...] = ()  #: never written (suppress_tokens, one-token bad words)
+    forced_bos: int | None = None  #: the first token (mBART's and BART-large's)
+    forced_eos: int | None = None  #: the last token a row's limit leaves room for (BART's)
+    min_length: int = 0  #: no end of text while the decoder holds fewer tokens, start included
+    min_new_tokens: int = 0  #: no end of text before this many tokens are written
+    no_repeat_ngram_size: int = 0  #: no n-gram of this size twice in the decoder's tokens
+
+    @classmethod
+    def of(cls, generation: Any) -> StepRules:
+        suppressed = [int(t) for t in generation.suppress_tokens or []]
+        # generate's bad words of one token are never chosen (Marian's padding is one).
+        suppressed += [int(w[0]) for w in generation.bad_words_ids or [] if len(w) == 1]
+
+        def token(value: Any) -> int | None:
+            if isinstance(value, list):  # forced_eos_token_id may list several; the first
+                value = value[0] if value else None
+            return None if value is None else int(value)
+
+        min_length = int(generation.min_length or 0)
+        min_new_tokens = getattr(generation, "min_new_tokens", None)
+        if min_new_tokens is not None:  # generate lets it stand for min_length, even at 0
+            min_length = 0
+        return cls(
+            suppressed=tuple(sorted(set(suppressed))),
+            forced_bos=token(generation.forced_bos_token_id),
+            forced_eos=token(generation.forced_eos_token_id),
+            min_length=min_length,
+            min_new_tokens=int(min_new_tokens or 0),
+            no_repeat_ngram_size=int(generation.no_repeat_ngram_size or 0),
+        )
+
+
 class Seq2SeqEngine(Engine):
-    """An encoder-decoder model's decoding loop; what generate's configuration asks of every
-    step besides sampling: the decoder's start token, a forced first token, suppressed ones."""
+    """An encoder-decoder model's decoding loop: the decoder's start token, and its
+    generation config's StepRules at every step."""
 
     def __init__(
         self,
@@ -49,13 +89,13 @@ class Seq2SeqEngine(Engine):
         pad_id: int,
         device: torch.device,
         start_id: int,
-        forced_bos: int | None,
-        suppressed: list[int],
+        rules: StepRules,
     ) -> None:
         super().__init__(model, decode, eos_ids, pad_id, device)
         self.start_id = start_id
-        self.forced_bos = forced_bos
-        self.suppressed = torch.tensor(sorted(set(suppressed)), dtype=torch.long, device=device)
+        self.rules = rules
+        self.suppressed = torch.tensor(rules.suppressed, dtype=torch.long, device=device)
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
 
     def generate(self, requests: list[Request], options: RunOptions) -> list[Generated]:
         with torch.inference_mode():
@@ -130,17 +170,54 @@ class _Waves(_Loop):
             cache=self.cache,
             use_cache=True,
         )
-        logits = out.logits[:, -1, :].float()
-        if len(self.e.suppressed):
-            logits[:, self.e.suppressed] = float("-inf")
-        if self.steps == 0 and self.e.forced_bos is not None:
-            forced = logits.new_full(logits.shape, float("-inf"))
-            forced[:, self.e.forced_bos] = 0.0
-            logits = forced
+        logits = self._apply_rules(out.logits[:, -1, :].float())
         self.steps += 1
         tokens = self._choose(logits, self.rows)
         self._take(self.rows, tokens)
         self.last = torch.tensor(tokens, dtype=torch.long, device=self.e.device)
+
+    def _apply_rules(self, logits: torch.Tensor) -> torch.Tensor:
+        """The step's logits with the generation config's rules applied, as generate's
+        logits processors apply them (every rule only ever rules tokens out, or forces one)."""
+        rules, never = self.e.rules, float("-inf")
+        if len(self.e.suppressed):
+            logits[:, self.e.suppressed] = never
+        # Every row of a wave has written `steps` tokens after its start token.
+        if self.steps + 1 < rules.min_length or self.steps < rules.min_new_tokens:
+            logits[:, self.e.eos] = never
+        if rules.no_repeat_ngram_size > 0:
+            for row, seq in enumerate(self.rows):
+                banned = repeated_ngram_ends(
+                    seq.request.ids + seq.state.tokens, rules.no_repeat_ngram_size
+                )
+                if banned:
+                    logits[row, banned] = never
+        forced: list[tuple[int, int]] = []  # (row, token), later ones winning, as in generate
+        if self.steps == 0 and rules.forced_bos is not None:
+            forced = [(row, rules.forced_bos) for row in range(len(self.rows))]
+        if rules.forced_eos is not None:  # a row's last token, where its limit ends it
+            forced += [
+                (row, rules.forced_eos)
+                for row, seq in enumerate(self.rows)
+                if seq.count == seq.request.sampling.max_tokens - 1
+            ]
+        for row, token in forced:
+            logits[row] = never
+            logits[row, token] = 0.0
+        return logits
+
+
+def repeated_ngram_ends(tokens: list[int], size: int) -> list[int]:
+    """The tokens that would write an n-gram of `size` that `tokens` already hold: those that
+    followed an earlier occurrence of the last size - 1 tokens."""
+    if len(tokens) + 1 < size:
+        return []
+    prefix = tokens[len(tokens) - size + 1 :] if size > 1 else []
+    return [
+        tokens[start + size - 1]
+        for start in range(len(tokens) - size + 1)
+        if tokens[start : start + size - 1] == prefix
+    ]
 
 
 def _pad_right(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -180,10 +257,6 @@ class Seq2SeqRunner(DecodingRunner):
             start = start[0] if start else None
         if start is None or pad is None:
             raise ModelLoadError("the config names no decoder_start_token_id or pad_token_id")
-        suppressed = [int(t) for t in generation.suppress_tokens or []]
-        # generate's bad words of one token are never chosen (Marian's padding is one).
-        suppressed += [int(w[0]) for w in generation.bad_words_ids or [] if len(w) == 1]
-        forced = generation.forced_bos_token_id
         self.engine = Seq2SeqEngine(
             model,
             self._decode,
@@ -191,8 +264,7 @@ class Seq2SeqRunner(DecodingRunner):
             int(pad),
             torch.device(device),
             int(start),
-            None if forced is None else int(forced),
-            suppressed,
+            StepRules.of(generation),
         )
 
     def prepare(self, value: Any, options: RunOptions) -> Request:
