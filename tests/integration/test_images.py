@@ -277,6 +277,13 @@ def test_train_a_digit_classifier_then_classify_held_out_digits_from_an_archive(
     assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / 140)
     version = client.get("/v1/models/digits").json()["versions"][0]
     assert version["status"] == "ready" and version["task"] == "image-classification"
+    # Measured as validation measures an upload, though a trained version is never validated.
+    from workers.runtime import precision
+
+    measured = version["info"]["precisions"]
+    assert set(measured) == {"fp32", "bf16"} and version["info"]["default_precision"] == "fp32"
+    native = precision.native_bf16("cpu")
+    assert ("label_agreement" in measured["bf16"]) == native, measured
 
     tested = sorted(held_out)
     archive = tar_of_members([(f"test/{i:04d}.png", pictures[i]) for i in tested])
@@ -294,6 +301,14 @@ def test_train_a_digit_classifier_then_classify_held_out_digits_from_an_archive(
     print(f"\nheld-out digits: {right}/{len(tested)} right; validation {metrics['accuracy']:.3f}")
     assert right / len(tested) >= 0.9
     assert all(len(o["output"]["scores"]) == 5 for o in outputs)  # top_k's default
+    if measured["bf16"]["offered"]:  # the same folder at bf16: the labels agree as measured
+        request = {"model": "digits", "input": {"file_id": file["id"]}}
+        job = wait_done(client, submit(client, {**request, "params": {"precision": "bf16"}})["id"])
+        assert job["status"] == "succeeded" and job["params"]["precision"] == "bf16", job
+        at_bf16 = read_lines(client, job["output_file_id"])
+        pairs = zip(at_bf16, outputs, strict=True)
+        same = sum(a["output"]["label"] == b["output"]["label"] for a, b in pairs)
+        assert same / len(outputs) >= 0.98
 
 
 def test_fine_tune_a_registered_image_model_with_a_new_head(

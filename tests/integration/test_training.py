@@ -245,6 +245,22 @@ def test_finetune_a_tiny_transformer_and_classify(client: httpx.Client, tmp_path
     assert set(line["output"]["scores"]) == {"negative", "positive"}
     version = client.get("/v1/models/mood").json()["versions"][0]
     assert version["task"] == "text-classification"
+    # Measured as validation measures an upload, though a trained version is never validated:
+    # int8 on its ONNX graph, so a job may choose it where it is close enough.
+    measured = version["info"]["precisions"]
+    assert set(measured) == {"fp32", "bf16", "int8"} and measured["fp32"] == {"offered": True}
+    assert 0.0 <= measured["int8"]["label_agreement"] <= 1.0
+    assert measured["int8"]["offered"] == (measured["int8"]["label_agreement"] >= 0.98)
+    request = {"model": "mood", "input": {"items": [{"input": "the film was superb today"}]}}
+    request["params"] = {"precision": "int8"}
+    if measured["int8"]["offered"]:
+        at_int8 = wait_done(client, client.post("/v1/jobs", json=request).json()["id"])
+        assert at_int8["status"] == "succeeded" and at_int8["params"]["precision"] == "int8"
+        (answer,) = read_lines(client, at_int8["output_file_id"])
+        assert set(answer["output"]["scores"]) == {"negative", "positive"}
+    else:
+        refused = client.post("/v1/jobs", json=request)
+        assert refused.json()["error"]["code"] == "precision_not_offered", refused.text
 
 
 def test_cancel_stops_a_training_run(client: httpx.Client, tmp_path: Path) -> None:

@@ -67,5 +67,6 @@ def train_images(
         "base_model": setup.base_model,
         "trained_by": job_id,
         "metrics": result.metrics,
+        **training.measured_precisions(job_id, "image-classification", output, tmp),
     }
     return training.Trained("image-classification", uri, info, result.metrics)

@@ -219,8 +219,29 @@ def _finetune(
         "base_model": setup.base_model,
         "trained_by": job_id,
         "metrics": result.metrics,
+        **measured_precisions(job_id, "text-classification", output, tmp),
     }
     return Trained("text-classification", uri, info, result.metrics)
+
+
+def measured_precisions(job_id: str, task: str, folder: Path, tmp: Path) -> dict[str, Any]:
+    """A trained model's `precisions` and `default_precision` for its version's info, measured
+    as validation measures an upload's (docs/decisions/0017): a trained version is never
+    validated, and without them it would serve fp32 only. fp32 alone where measuring fails;
+    the model itself is still good."""
+    from workers.runtime.base import ModelSpec
+    from workers.runtime.validation import ModelRefused, precisions
+
+    spec = ModelSpec(key=f"trained/{job_id}", framework="transformers", task=task, path=str(folder))
+    scratch = tmp / "precision"
+    scratch.mkdir(exist_ok=True)
+    try:
+        return precisions(spec, scratch, "fp32")
+    except ModelRefused as exc:
+        log.warning("training job %s: its model's precisions were not measured: %s", job_id, exc)
+        return {"precisions": {"fp32": {"offered": True}}, "default_precision": "fp32"}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _checkpoints_uri(store: ArtifactStore, tenant_id: str, job_id: str, *parts: str) -> str:
