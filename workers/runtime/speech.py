@@ -246,7 +246,8 @@ class SpeechRecognitionRunner:
         scores: list[dict[str, float]] = [{} for _ in passes]
         if not rows:
             return scores
-        eos = int(self.model.generation_config.eos_token_id)
+        eos = self.model.generation_config.eos_token_id
+        eos = int(eos[0] if isinstance(eos, list) else eos)  # a list in some configs
         states = self.model.get_encoder()(features[rows]).last_hidden_state
         for index, row in enumerate(rows):
             ids = passes[row].tolist()

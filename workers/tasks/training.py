@@ -237,11 +237,15 @@ def measured_precisions(job_id: str, task: str, folder: Path, tmp: Path) -> dict
     scratch.mkdir(exist_ok=True)
     try:
         return precisions(spec, scratch, "fp32")
+    except SoftTimeLimitExceeded:
+        raise  # the job gives its lease back, as anywhere in training
     except ModelRefused as exc:
         log.warning("training job %s: its model's precisions were not measured: %s", job_id, exc)
-        return {"precisions": {"fp32": {"offered": True}}, "default_precision": "fp32"}
+    except Exception:  # a broken measurement must not lose a trained model
+        log.exception("training job %s: measuring its model's precisions broke", job_id)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return {"precisions": {"fp32": {"offered": True}}, "default_precision": "fp32"}
 
 
 def _checkpoints_uri(store: ArtifactStore, tenant_id: str, job_id: str, *parts: str) -> str:
