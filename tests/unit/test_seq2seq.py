@@ -11,7 +11,7 @@ import torch
 
 from tests.factories import make_tiny_seq2seq
 from workers.runtime.base import ItemError, RunOptions, Stopped
-from workers.runtime.seq2seq import Seq2SeqRunner, load_seq2seq_runner
+from workers.runtime.seq2seq import Seq2SeqRunner, load_seq2seq_runner, repeated_ngram_ends
 
 TEXTS = [
     "the quick brown fox",
@@ -146,18 +146,10 @@ def test_no_end_of_text_before_the_configs_least_length(
         assert output["finish_reason"] == "stop"
 
 
-def repeated(tokens: list[int]) -> list[int]:
-    from workers.runtime.seq2seq import repeated_ngram_ends
-
-    return repeated_ngram_ends(tokens, 3)
-
-
-def test_repeated_ngram_ends_are_what_followed_the_last_two_tokens_before() -> None:
-    assert repeated([5, 6, 7, 5, 6]) == [7]
-    assert repeated([5, 6, 7, 5, 6, 8, 5, 6]) == [7, 8]
-    assert repeated([5, 6]) == [] and repeated([5]) == []
-    from workers.runtime.seq2seq import repeated_ngram_ends
-
+def test_repeated_ngram_ends_are_what_followed_the_last_n_minus_1_tokens_before() -> None:
+    assert repeated_ngram_ends([5, 6, 7, 5, 6], 3) == [7]
+    assert repeated_ngram_ends([5, 6, 7, 5, 6, 8, 5, 6], 3) == [7, 8]
+    assert repeated_ngram_ends([5, 6], 3) == [] and repeated_ngram_ends([5], 3) == []
     assert repeated_ngram_ends([4, 4, 9, 4], 1) == [4, 4, 9, 4]  # size 1: no token twice
     assert repeated_ngram_ends([3, 4, 3], 2) == [4]
 
